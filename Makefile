@@ -1,0 +1,36 @@
+# iadgpt — top-level entry points. `make test` is what CI runs (via .ci/run).
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all deps configure build test fuzz bench clean
+
+all: build
+
+deps:
+	bash scripts/install-deps.sh
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+configure: $(BUILD)/build.ninja
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: deps
+	$(MAKE) build
+	@test -d ../shared || { echo "error: ../shared (fixtures and data) not found beside the checkout" >&2; exit 2; }
+	cd $(BUILD) && ctest --output-on-failure -j 1
+
+fuzz: deps
+	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DIADGPT_FUZZ=ON -DIADGPT_TESTS=OFF
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_safetensors fuzz_image
+
+bench: build
+	$(BUILD)/iadgpt bench encode --arch imagebind-huge
+	$(BUILD)/iadgpt bench llm --arch tinyllama-1.1b
+
+clean:
+	rm -rf $(BUILD) build-fuzz

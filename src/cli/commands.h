@@ -1,0 +1,23 @@
+// One function per subcommand; each adds itself to the parent app (CLI11) with its options
+// declared once and a callback that does the work. Callbacks throw iadgpt::InputError for bad
+// input (exit 2) and anything else for internal failures (exit 1); main() maps them.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace iadgpt::cli {
+
+void add_info(CLI::App& app);          // cmd_info.cpp
+void add_encode_image(CLI::App& app);  // cmd_encode_image.cpp
+void add_encode_text(CLI::App& app);   // cmd_encode_text.cpp
+void add_tokenize(CLI::App& app);      // cmd_tokenize.cpp
+void add_metrics(CLI::App& app);       // cmd_metrics.cpp
+void add_llm_logits(CLI::App& app);    // cmd_llm_logits.cpp
+void add_generate(CLI::App& app);      // cmd_generate.cpp
+void add_chat(CLI::App& app);          // cmd_chat.cpp
+void add_bench_encode(CLI::App& bench);  // cmd_bench_encode.cpp (under `iadgpt bench`)
+void add_bench_llm(CLI::App& bench);     // cmd_bench_llm.cpp (under `iadgpt bench`)
+
+// Sets libtorch's intra-op thread count (libtorch starts with 1 thread here); 0 = all cores.
+void configure_threads(int threads);
+
+}  // namespace iadgpt::cli

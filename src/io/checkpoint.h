@@ -1,0 +1,57 @@
+// Checkpoint I/O: every weight file a user downloads, read into named tensors.
+//
+//   auto ckpt = iadgpt::io::load_checkpoint("imagebind_huge.pth");           // auto-detects format
+//   const torch::Tensor& w = ckpt.tensors.at("modality_heads.vision.2.weight");
+//   iadgpt::io::save_safetensors("out.safetensors", {{"embedding", e}});
+//
+// Formats: safetensors (mmap, validated before any data is read), PyTorch zip archives
+// (.pth/.pt/.bin state dicts, possibly nested under `model`/`state_dict`, and TorchScript
+// archives read as data) through a restricted unpickler, Hugging Face directories
+// (config.json + model.safetensors | model.safetensors.index.json shards | pytorch_model*.bin).
+// All errors are iadgpt::InputError naming the file and, where there is one, the key.
+// Thread-safety: functions are re-entrant; returned tensors own (or share) their memory.
+#pragma once
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "io/error.h"
+
+namespace iadgpt::io {
+
+// Ordered by key: deterministic iteration for writers and `info`.
+using TensorMap = std::map<std::string, torch::Tensor>;
+
+enum class Format { Safetensors, TorchZip, TorchScript, HuggingFaceDir };
+
+struct Checkpoint {
+  TensorMap tensors;
+  Format format = Format::Safetensors;
+  std::filesystem::path path;
+  std::map<std::string, std::string> metadata;  // safetensors __metadata__, when present
+  std::optional<nlohmann::json> hf_config;      // config.json of a Hugging Face directory
+};
+
+struct LoadOptions {
+  // Convert every floating tensor to this dtype on load (integer tensors are kept).
+  std::optional<torch::Dtype> float_dtype;
+};
+
+// Reads any supported layout; the format is detected from the content, not the extension.
+Checkpoint load_checkpoint(const std::filesystem::path& path, const LoadOptions& options = {});
+
+// Individual readers (load_checkpoint dispatches to them).
+TensorMap load_safetensors(const std::filesystem::path& path,
+                           std::map<std::string, std::string>* metadata = nullptr);
+TensorMap load_torch_zip(const std::filesystem::path& path);
+
+// Writes a safetensors file (F32/F16/BF16/I64/I32/U8/BOOL); tensors are made contiguous.
+void save_safetensors(const std::filesystem::path& path, const TensorMap& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace iadgpt::io
