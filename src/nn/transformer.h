@@ -1,0 +1,54 @@
+// Building blocks shared by every CLIP-family tower (vision and text): LayerNorm, the two GELU
+// variants, and one pre-norm transformer block. Weights are plain tensors filled by the
+// family's key-map table; the forward is a function of (input, weights, config).
+//
+//   iadgpt::nn::BlockConfig cfg{.width = 1280, .heads = 16, .eps = 1e-6, .activation = Gelu};
+//   x = iadgpt::nn::block_forward(x, weights.blocks[i], cfg);          // x: [B, L, D]
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace iadgpt::nn {
+
+enum class Activation {
+  Gelu,       // exact erf GELU (ImageBind, OpenCLIP ViT-H)
+  QuickGelu,  // x·sigmoid(1.702x) (OpenAI CLIP)
+};
+
+struct BlockConfig {
+  int64_t width = 0;
+  int64_t heads = 0;
+  double eps = 1e-5;
+  Activation activation = Activation::Gelu;
+};
+
+// One residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+struct BlockWeights {
+  torch::Tensor ln1_weight, ln1_bias;  // [D]
+  torch::Tensor qkv_weight;            // [3D, D], rows stacked q, k, v (nn.MultiheadAttention order)
+  torch::Tensor qkv_bias;              // [3D]
+  torch::Tensor out_weight, out_bias;  // [D, D], [D]
+  torch::Tensor ln2_weight, ln2_bias;  // [D]
+  torch::Tensor fc1_weight, fc1_bias;  // [F, D], [F]
+  torch::Tensor fc2_weight, fc2_bias;  // [D, F], [D]
+};
+
+torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& weight,
+                         const torch::Tensor& bias, double eps);
+torch::Tensor activation(const torch::Tensor& x, Activation kind);
+
+// Multi-head self-attention with a packed q/k/v projection; `additive_mask` is [L, L] (0 / -inf)
+// or undefined for full attention. x: [B, L, D] batch-first.
+torch::Tensor self_attention(const torch::Tensor& x, const BlockWeights& w, const BlockConfig& cfg,
+                             const torch::Tensor& additive_mask);
+
+torch::Tensor block_forward(const torch::Tensor& x, const BlockWeights& w, const BlockConfig& cfg,
+                            const torch::Tensor& additive_mask = {});
+
+// Casts every tensor of a block (e.g. to bf16 for the fast path).
+void convert_block(BlockWeights& w, torch::Dtype dtype);
+
+}  // namespace iadgpt::nn
