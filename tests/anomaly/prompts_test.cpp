@@ -52,3 +52,26 @@ TEST(TextFeatures, EachSideIsTheNormalisedMeanOfNormalisedRows) {
   EXPECT_LT((feats.abnormal_sentences.norm(2, -1) - 1).abs().max().item<double>(), 1e-6);
   EXPECT_THROW(anomaly::reduce_text_features(normal, torch::randn({4, 7})), InputError);
 }
+
+#include "common/shared.h"
+
+TEST(PromptCache, EncodesOnceThenServesFromDisk) {
+  const auto dir = test::scratch("prompt-cache");
+  anomaly::PromptCache cache(dir);
+  int calls = 0;
+  anomaly::SentenceEncoder encode = [&](const std::vector<std::string>& sentences) {
+    ++calls;
+    return torch::randn({static_cast<int64_t>(sentences.size()), 6});
+  };
+  auto prompts = anomaly::build_prompts("grid", anomaly::TemplateSet::AnomalyGpt);
+  auto first = cache.get("model-a", prompts, encode);
+  EXPECT_EQ(calls, 2);  // normal and abnormal sides
+  auto second = cache.get("model-a", prompts, encode);
+  EXPECT_EQ(calls, 2);
+  EXPECT_TRUE(torch::equal(first.f_text, second.f_text));
+  cache.get("model-b", prompts, encode);  // another model identity never shares an entry
+  EXPECT_EQ(calls, 4);
+  std::vector<std::string> apg = {"a grid with a bent wire."};
+  EXPECT_NE(cache.key("model-a", prompts), cache.key("model-a", anomaly::build_prompts("grid", anomaly::TemplateSet::AnomalyGpt, apg)));
+  std::filesystem::remove_all(dir);
+}
