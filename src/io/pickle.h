@@ -37,6 +37,10 @@ struct UnpickledTensors {
   bool torchscript = false;  // the top object was a __torch__.* module, not a dict
 };
 
+// The in-memory counterpart of load_torch_zip (fuzzing entry point; also for embedded archives).
+std::map<std::string, torch::Tensor> load_torch_zip_bytes(std::span<const uint8_t> zip, std::string_view what,
+                                                          bool* torchscript = nullptr);
+
 UnpickledTensors unpickle_tensors(std::span<const uint8_t> pickle, const StorageLoader& load_storage,
                                   std::string_view what);
 

@@ -1,6 +1,9 @@
 // PyTorch zip checkpoints (torch.save since 1.6, TorchScript archives): the zip is read by
 // libtorch's PyTorchStreamReader, data.pkl by our restricted unpickler (io/pickle.h).
+#include <caffe2/serialize/file_adapter.h>
 #include <caffe2/serialize/inline_container.h>
+
+#include <cstring>
 
 #include <fmt/format.h>
 
@@ -19,13 +22,27 @@ bool plain_key(const std::string& key) {
   return true;
 }
 
-}  // namespace
+// Bounds-checked in-memory reader (libtorch's MemoryReadAdapter trusts every position).
+class SpanReadAdapter final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  explicit SpanReadAdapter(std::span<const uint8_t> bytes) : bytes_(bytes) {}
+  size_t size() const override { return bytes_.size(); }
+  size_t read(uint64_t pos, void* buf, size_t n, const char*) const override {
+    if (pos >= bytes_.size()) return 0;
+    n = std::min<uint64_t>(n, bytes_.size() - pos);
+    std::memcpy(buf, bytes_.data() + pos, n);
+    return n;
+  }
 
-TensorMap load_torch_zip(const std::filesystem::path& path, bool* torchscript) {
-  const auto what = path.string();
+ private:
+  std::span<const uint8_t> bytes_;
+};
+
+TensorMap read_archive(std::shared_ptr<caffe2::serialize::ReadAdapterInterface> adapter, const std::string& what,
+                       bool* torchscript) {
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
   try {
-    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path.string());
+    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(std::move(adapter));
   } catch (const c10::Error& e) {
     throw InputError(fmt::format("{}: not a readable PyTorch zip archive: {}", what, e.what_without_backtrace()));
   }
@@ -62,6 +79,22 @@ TensorMap load_torch_zip(const std::filesystem::path& path, bool* torchscript) {
   } catch (const c10::Error& e) {
     throw InputError(fmt::format("{}: corrupt PyTorch zip archive: {}", what, e.what_without_backtrace()));
   }
+}
+
+}  // namespace
+
+TensorMap load_torch_zip(const std::filesystem::path& path, bool* torchscript) {
+  std::shared_ptr<caffe2::serialize::ReadAdapterInterface> adapter;
+  try {
+    adapter = std::make_shared<caffe2::serialize::FileAdapter>(path.string());
+  } catch (const c10::Error& e) {
+    throw InputError(fmt::format("{}: cannot open: {}", path.string(), e.what_without_backtrace()));
+  }
+  return read_archive(std::move(adapter), path.string(), torchscript);
+}
+
+TensorMap load_torch_zip_bytes(std::span<const uint8_t> bytes, std::string_view what, bool* torchscript) {
+  return read_archive(std::make_shared<SpanReadAdapter>(bytes), std::string(what), torchscript);
 }
 
 }  // namespace iadgpt::io

@@ -56,7 +56,9 @@ void expect_same_tensors(const io::TensorMap& a, const io::TensorMap& b, bool sa
   for (const auto& [k, v] : a) {
     ASSERT_TRUE(b.count(k)) << k;
     const auto& w = b.at(k);
-    if (same_dtype) EXPECT_EQ(v.scalar_type(), w.scalar_type()) << k;
+    if (same_dtype) {
+      EXPECT_EQ(v.scalar_type(), w.scalar_type()) << k;
+    }
     EXPECT_EQ(v.sizes(), w.sizes()) << k;
     // Exact: the fixtures store values representable in F16 and BF16 (see their READMEs).
     EXPECT_TRUE(torch::equal(v.to(torch::kFloat32), w.to(torch::kFloat32))) << k;
