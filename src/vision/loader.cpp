@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <fstream>
 
 #include "io/error.h"
 #include "nn/weights.h"
@@ -333,6 +334,16 @@ VisionModel load_vision(const io::Checkpoint& ckpt, const VisionOptions& o) {
     for (const auto& r : map.block) m.weights.blocks[i].*(r.field) = read(block_key(r.key, i), r.shape, r.fix);
   }
   return m;
+}
+
+nlohmann::json read_config_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw InputError(fmt::format("{}: cannot open config file", path.string()));
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(fmt::format("{}: not valid JSON: {}", path.string(), e.what()));
+  }
 }
 
 }  // namespace iadgpt::vision

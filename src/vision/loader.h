@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <optional>
 
 #include "io/checkpoint.h"
@@ -34,5 +35,8 @@ struct VisionModel {
 // Hyper-parameters from shapes and config; InputError when the checkpoint does not fit the family.
 VitConfig infer_vit_config(const io::Checkpoint& ckpt, const VisionOptions& options = {});
 VisionModel load_vision(const io::Checkpoint& ckpt, const VisionOptions& options = {});
+
+// Reads a --config JSON file; InputError naming the file when it cannot be read or parsed.
+nlohmann::json read_config_file(const std::filesystem::path& path);
 
 }  // namespace iadgpt::vision

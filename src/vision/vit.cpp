@@ -19,6 +19,13 @@ int64_t VitConfig::parameter_count() const {
          (has_projection ? embed_dim * D : 0);
 }
 
+double VitConfig::flops_per_image() const {
+  const double L = static_cast<double>(tokens()), D = static_cast<double>(width), F = static_cast<double>(mlp_dim);
+  const double N = L - 1, stem = 2.0 * N * D * 3 * patch_size * patch_size;
+  const double block = 2.0 * L * D * 3 * D + 2 * (2.0 * L * L * D) + 2.0 * L * D * D + 2 * (2.0 * L * D * F);
+  return stem + layers * block + (has_projection ? 2.0 * D * embed_dim : 0.0);
+}
+
 namespace {
 
 void check_input(const torch::Tensor& pixels, const VitConfig& cfg) {

@@ -40,6 +40,8 @@ struct VitConfig {
   std::vector<int64_t> default_taps() const;
   // Parameters of the vision tower (what load_vision reads).
   int64_t parameter_count() const;
+  // Multiply-adds ×2 of one image's forward (matmuls and convolution only).
+  double flops_per_image() const;
 };
 
 // Every tensor in our layout, whatever the family (the key maps convert on load).
