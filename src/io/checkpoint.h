@@ -10,6 +10,10 @@
 // (config.json + model.safetensors | model.safetensors.index.json shards | pytorch_model*.bin).
 // All errors are iadgpt::InputError naming the file and, where there is one, the key.
 // Thread-safety: functions are re-entrant; returned tensors own (or share) their memory.
+// Memory: safetensors tensors are zero-copy views of a private (copy-on-write) mmap of the file,
+// kept alive by the tensors' deleters; PyTorch zip tensors view the storage records read from
+// the archive (tensors that shared a storage in Python share it here too). Use .clone() if
+// you need an independent buffer; float_dtype conversion always copies.
 #pragma once
 #include <torch/torch.h>
 
@@ -48,7 +52,14 @@ Checkpoint load_checkpoint(const std::filesystem::path& path, const LoadOptions&
 // Individual readers (load_checkpoint dispatches to them).
 TensorMap load_safetensors(const std::filesystem::path& path,
                            std::map<std::string, std::string>* metadata = nullptr);
-TensorMap load_torch_zip(const std::filesystem::path& path);
+// `torchscript` (optional) is set when data.pkl was a TorchScript module tree rather than a dict.
+TensorMap load_torch_zip(const std::filesystem::path& path, bool* torchscript = nullptr);
+
+// The format load_checkpoint would use; throws InputError for legacy pickles and unknown files.
+Format detect_format(const std::filesystem::path& path);
+
+// Casts every floating tensor to `dtype` (integer and bool tensors are kept).
+void convert_floats(TensorMap& tensors, torch::Dtype dtype);
 
 // Writes a safetensors file (F32/F16/BF16/I64/I32/U8/BOOL); tensors are made contiguous.
 void save_safetensors(const std::filesystem::path& path, const TensorMap& tensors,

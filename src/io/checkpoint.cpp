@@ -1,0 +1,144 @@
+// load_checkpoint: format detection by content, Hugging Face directories, dtype conversion.
+#include "io/checkpoint.h"
+
+#include <cstring>
+#include <fstream>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "io/safetensors.h"
+
+namespace iadgpt::io {
+
+namespace {
+
+std::string read_prefix(const std::filesystem::path& path, size_t n) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(fmt::format("{}: cannot open", path.string()));
+  std::string s(n, '\0');
+  in.read(s.data(), static_cast<std::streamsize>(n));
+  s.resize(static_cast<size_t>(in.gcount()));
+  return s;
+}
+
+nlohmann::json read_json(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw InputError(fmt::format("{}: cannot open", path.string()));
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(fmt::format("{}: not valid JSON: {}", path.string(), e.what()));
+  }
+}
+
+// Merges `part` into `all`; a tensor name present twice is an error (it would be ambiguous).
+void merge_into(TensorMap& all, TensorMap&& part, const std::filesystem::path& from) {
+  for (auto& [k, v] : part) {
+    if (!all.emplace(k, std::move(v)).second)
+      throw InputError(fmt::format("{}: tensor '{}' appears in more than one shard", from.string(), k));
+  }
+}
+
+// *.index.json: {"metadata": ..., "weight_map": {tensor: shard file}}. Every shard is loaded
+// once; every key of the index must be in the shard it names.
+TensorMap load_sharded(const std::filesystem::path& index_path, bool safetensors,
+                       std::map<std::string, std::string>* metadata) {
+  auto index = read_json(index_path);
+  auto wm = index.find("weight_map");
+  if (!index.is_object() || wm == index.end() || !wm->is_object())
+    throw InputError(fmt::format("{}: no 'weight_map' object", index_path.string()));
+  std::map<std::string, std::vector<std::string>> keys_by_shard;
+  for (const auto& [key, shard] : wm->items()) {
+    if (!shard.is_string()) throw InputError(fmt::format("{}: weight_map['{}'] is not a file name", index_path.string(), key));
+    const auto file = shard.get<std::string>();
+    if (file.empty() || file.find('/') != std::string::npos || file == "." || file == "..")
+      throw InputError(fmt::format("{}: weight_map['{}'] = '{}' is not a file in this directory", index_path.string(), key, file));
+    keys_by_shard[file].push_back(key);
+  }
+  const auto dir = index_path.parent_path();
+  TensorMap all;
+  for (const auto& [file, keys] : keys_by_shard) {
+    const auto shard_path = dir / file;
+    if (!std::filesystem::exists(shard_path))
+      throw InputError(fmt::format("{}: shard '{}' named in the index is missing (needed for '{}')", index_path.string(), file,
+                                   keys.front()));
+    TensorMap part = safetensors ? load_safetensors(shard_path, metadata) : load_torch_zip(shard_path);
+    for (const auto& k : keys)
+      if (!part.count(k))
+        throw InputError(fmt::format("{}: tensor '{}' listed in {} is missing from the shard", shard_path.string(), k,
+                                     index_path.filename().string()));
+    merge_into(all, std::move(part), shard_path);
+  }
+  return all;
+}
+
+Checkpoint load_hf_dir(const std::filesystem::path& dir) {
+  Checkpoint ck;
+  ck.path = dir;
+  ck.format = Format::HuggingFaceDir;
+  if (std::filesystem::exists(dir / "config.json")) ck.hf_config = read_json(dir / "config.json");
+  if (std::filesystem::exists(dir / "model.safetensors")) {
+    ck.tensors = load_safetensors(dir / "model.safetensors", &ck.metadata);
+  } else if (std::filesystem::exists(dir / "model.safetensors.index.json")) {
+    ck.tensors = load_sharded(dir / "model.safetensors.index.json", true, &ck.metadata);
+  } else if (std::filesystem::exists(dir / "pytorch_model.bin")) {
+    ck.tensors = load_torch_zip(dir / "pytorch_model.bin");
+  } else if (std::filesystem::exists(dir / "pytorch_model.bin.index.json")) {
+    ck.tensors = load_sharded(dir / "pytorch_model.bin.index.json", false, nullptr);
+  } else {
+    throw InputError(fmt::format(
+        "{}: directory has no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
+        "pytorch_model.bin.index.json",
+        dir.string()));
+  }
+  return ck;
+}
+
+}  // namespace
+
+Format detect_format(const std::filesystem::path& path) {
+  if (std::filesystem::is_directory(path)) return Format::HuggingFaceDir;
+  if (!std::filesystem::exists(path)) throw InputError(fmt::format("{}: no such file or directory", path.string()));
+  const auto head = read_prefix(path, 16);
+  if (head.size() >= 4 && head.compare(0, 4, "PK\x03\x04") == 0) return Format::TorchZip;
+  // Legacy torch.save (pre-1.6): a bare pickle stream, protocol 2 (0x80 0x02) and a magic number.
+  if (head.size() >= 2 && static_cast<uint8_t>(head[0]) == 0x80 && static_cast<uint8_t>(head[1]) <= 5)
+    throw InputError(fmt::format(
+        "{}: legacy non-zip PyTorch checkpoint; re-save with torch.save(..., _use_new_zipfile_serialization=True)",
+        path.string()));
+  // safetensors: u64 header length, then a JSON object.
+  if (head.size() >= 9 && head[8] == '{') return Format::Safetensors;
+  throw InputError(fmt::format("{}: unrecognised checkpoint format (not safetensors, a PyTorch zip or a directory)",
+                               path.string()));
+}
+
+void convert_floats(TensorMap& tensors, torch::Dtype dtype) {
+  for (auto& [name, t] : tensors)
+    if (t.is_floating_point() && t.scalar_type() != dtype) t = t.to(dtype);
+}
+
+Checkpoint load_checkpoint(const std::filesystem::path& path, const LoadOptions& options) {
+  Checkpoint ck;
+  switch (detect_format(path)) {
+    case Format::HuggingFaceDir:
+      ck = load_hf_dir(path);
+      break;
+    case Format::Safetensors:
+      ck.format = Format::Safetensors;
+      ck.tensors = load_safetensors(path, &ck.metadata);
+      break;
+    case Format::TorchZip:
+    case Format::TorchScript: {
+      bool torchscript = false;
+      ck.tensors = load_torch_zip(path, &torchscript);
+      ck.format = torchscript ? Format::TorchScript : Format::TorchZip;
+      break;
+    }
+  }
+  ck.path = path;
+  if (options.float_dtype) convert_floats(ck.tensors, *options.float_dtype);
+  return ck;
+}
+
+}  // namespace iadgpt::io
