@@ -13,7 +13,6 @@
 #include "eval/regions.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
-#include "eval/tmp_safetensors.h"
 
 namespace {
 
@@ -29,7 +28,7 @@ nlohmann::json read_json(const fs::path& p) {
 }
 
 io::TensorMap load_case(const std::string& name) {
-  return test::load_tensors(case_dir(name) / "input.safetensors");
+  return io::load_safetensors(case_dir(name) / "input.safetensors");
 }
 
 template <class T>
