@@ -290,6 +290,22 @@ BinaryScores binary_metrics(std::span<const float> scores, std::span<const uint8
   return acc.finish();
 }
 
+BestF1 best_f1(std::span<const float> scores, std::span<const uint8_t> labels, std::string_view what) {
+  int64_t pos = 0, neg = 0;
+  const auto keys = sort_binary(scores, labels, what, pos, neg);
+  BestF1 best;
+  int64_t best_den = 1;
+  sweep(keys, {}, [&](uint64_t key, int64_t tp, int64_t fp, double) {
+    const int64_t den = pos + tp + fp;  // F1 = 2tp / den; `>=` keeps the lowest threshold on ties
+    if (static_cast<__int128>(tp) * best_den >= static_cast<__int128>(best.tp) * den) {
+      best = {key_score(key), 0.0, tp, fp};
+      best_den = den;
+    }
+  });
+  best.f1 = 2.0 * static_cast<double>(best.tp) / static_cast<double>(best_den);
+  return best;
+}
+
 double yes_no_accuracy(std::span<const uint8_t> said_yes, std::span<const uint8_t> labels) {
   if (said_yes.size() != labels.size()) {
     throw InputError(fmt::format("yes/no accuracy: {} answers for {} labels", said_yes.size(), labels.size()));

@@ -46,6 +46,15 @@ std::vector<CurvePoint> binary_curve(std::span<const float> scores, std::span<co
 BinaryScores binary_metrics(std::span<const float> scores, std::span<const uint8_t> labels,
                             std::string_view what = "image");
 
+// The threshold of maximal F1 (sklearn precision_recall_curve points); among equal F1 values the
+// lowest threshold wins, as torch.argmax over anomalib's ascending thresholds picks it.
+struct BestF1 {
+  float threshold = 0;
+  double f1 = 0;
+  int64_t tp = 0, fp = 0;
+};
+BestF1 best_f1(std::span<const float> scores, std::span<const uint8_t> labels, std::string_view what = "image");
+
 // Yes/No answers of the language model: accuracy against 0/1 labels (lengths must match).
 double yes_no_accuracy(std::span<const uint8_t> said_yes, std::span<const uint8_t> labels);
 
