@@ -238,6 +238,13 @@ TEST(YesNo, AccuracyCountsAgreement) {
   EXPECT_THROW(eval::yes_no_accuracy(said, short_truth), InputError);
 }
 
+TEST(YesNo, FirstStandaloneYesOrNoDecides) {
+  EXPECT_EQ(eval::parse_yes_no("Yes, there is an anomaly in the image, at the top left."), true);
+  EXPECT_EQ(eval::parse_yes_no("No. The bottle looks normal, no defect."), false);
+  EXPECT_EQ(eval::parse_yes_no("  NO anomaly; yes I am sure"), false);
+  EXPECT_EQ(eval::parse_yes_no("Nothing unusual, eyes fine"), std::nullopt);  // 'Nothing', 'eyes' are not words yes/no
+}
+
 TEST(Json, AuproKeyFollowsTheLimit) {
   EXPECT_EQ(eval::aupro_key(0.3), "aupro_0.3");
   EXPECT_EQ(eval::aupro_key(0.05), "aupro_0.05");
