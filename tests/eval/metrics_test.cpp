@@ -106,6 +106,18 @@ TEST_P(CurveCase, ProCurveMatchesOfficialComputePro) {
   }
 }
 
+TEST_P(CurveCase, StreamedAuproEqualsTrapezoidOfTheFullCurveAtEveryLimit) {
+  // The one-pass integral must agree with the array version (official trapezoid) for any limit,
+  // including limits that land on an FPR value (1.0 always does).
+  const auto tensors = load_case(GetParam());
+  const auto px = pixels_of(tensors);
+  const auto curve = eval::pro_curve(px);
+  for (double limit : {0.01, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0}) {
+    EXPECT_NEAR(eval::pixel_metrics(px, limit).aupro, eval::trapezoid(curve.fpr, curve.pro, limit) / limit, 1e-15)
+        << limit;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, CurveCase, ::testing::Values("small", "ties_and_constant"));
 
 // ---- invalid inputs: one InputError naming the problem -------------------------------------------
