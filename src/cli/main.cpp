@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   add_bench_encode(*bench);
   add_bench_llm(*bench);
+  add_bench_maps(*bench);
 
   try {
     app.parse(argc, argv);
