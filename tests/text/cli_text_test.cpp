@@ -118,6 +118,31 @@ TEST(CliEncodeText, ImageBindTextsMatchUpstream) {
   EXPECT_LE(max_abs(got.at("embedding_raw"), ref.at("text_embeds_upstream")), 1e-5);
 }
 
+TEST(CliEncodeText, FileInputAndAnomalyGptTruncation) {
+  // --file: one text per line; --truncate anomalygpt drops the EOT of the 95-token prompt 7.
+  const auto dir = iadgpt::test::scratch("text-cli");
+  const auto prompts = read_json(fixture("imagebind_tiny/reference.json"))["prompts"]
+                           .get<std::vector<std::string>>();
+  {
+    std::ofstream f(dir / "prompts.txt");
+    for (const auto& p : prompts) f << p << "\r\n\n";  // CRLF and blank lines are tolerated
+  }
+  const auto out = dir / "file_text.safetensors";
+  const auto r = run({"encode-text", "--model", fixture("imagebind_tiny/imagebind_tiny.pth").string(),
+                      "--config", fixture("imagebind_tiny/config.json").string(), "--vocab",
+                      kVocab.string(), "--file", (dir / "prompts.txt").string(), "--truncate",
+                      "anomalygpt", "--dtype", "bf16", "--out", out.string()});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto got = iadgpt::io::load_safetensors(out);
+  const auto ref = iadgpt::io::load_safetensors(fixture("imagebind_tiny/reference.safetensors"));
+  const auto ids = got.at("token_ids");
+  ASSERT_EQ(ids.sizes(), (std::vector<int64_t>{8, 77}));
+  EXPECT_TRUE(torch::equal(ids.slice(0, 0, 7), ref.at("text_input_ids").slice(0, 0, 7)));
+  EXPECT_EQ((ids[7] == 49407).sum().item<int64_t>(), 0);
+  // bf16 path on the 7 rows with identical ids; bound as in text_tower_test.cpp.
+  EXPECT_LE(max_abs(got.at("embedding").slice(0, 0, 7), ref.at("text_embeds_normalized").slice(0, 0, 7)), 1.5e-2);
+}
+
 TEST(CliEncodeText, TokenIdsFileFeedsTheTowerDirectly) {
   // openai_clip_tiny's 2048-id vocabulary cannot take real tokenizer ids: feed the mapped ids.
   const auto out = iadgpt::test::scratch("text-cli") / "hf_text.safetensors";
