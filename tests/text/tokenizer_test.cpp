@@ -165,3 +165,18 @@ TEST(ClipTokenizer, MissingOrBrokenVocabularyIsAnInputError) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(ClipTokenizer, PreTokenizerFollowsRegexIgnoreCaseSemantics) {
+  // Under IGNORECASE, [^\s\p{L}\p{N}] does not match U+0345 (its case partner U+03B9 is a
+  // letter) and [\p{L}]+ does not either: regex.findall skips it like whitespace.
+  EXPECT_EQ(tokenizer().encode("x\xcd\x85y"), tokenizer().encode("x y"));
+  // IGNORECASE folds long s onto 's': "'ſ" is the contraction piece (ſ is lowercase already).
+  EXPECT_EQ(tokenizer().encode("a'\xc5\xbf"), tokenizer().encode("a '\xc5\xbf"));
+  EXPECT_NE(tokenizer().encode("a'\xc5\xbf"), tokenizer().encode("a' \xc5\xbf"));
+  // Special-token text is recognised after lower-casing, at any position.
+  EXPECT_EQ(tokenizer().encode("<|ENDOFTEXT|>x"), (std::vector<int64_t>{49407, tokenizer().encode("x")[0]}));
+}
+
+}  // namespace
