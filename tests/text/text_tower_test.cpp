@@ -254,3 +254,24 @@ TEST(TextTower, OpenClipConfigSelectsFamilyAndActivation) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(TextTower, TokensAfterThePooledTokenDoNotMatter) {
+  // Causal mask: the EOT token sees only earlier tokens. encode_text also skips positions after
+  // the last pooled token of the batch; both must leave the embeddings unchanged.
+  const auto tower = text::load_text_tower(test::fixture("imagebind_tiny/imagebind_tiny.safetensors"),
+                                           imagebind_options());
+  const auto ids = imagebind_ref().at("text_input_ids");
+  auto noisy = ids.clone();
+  noisy.index_put_({0, torch::indexing::Slice(9, torch::indexing::None)},
+                   torch::randint(1, 49000, {68}, torch::kInt64));  // row 0 has its EOT at 8
+  const auto batch = torch::stack({noisy[0], ids[7]});  // row 7 runs to position 76
+  const auto full = text::encode_text(tower, batch);
+  const auto alone = text::encode_text(tower, ids.slice(0, 0, 1));  // runs 9 positions only
+  // Same math, different matrix shapes: only BLAS blocking can differ (fp32 rounding).
+  EXPECT_LE(max_abs(full.head[0], alone.head[0]), 1e-6);
+  EXPECT_LE(max_abs(full.head[0], imagebind_ref().at("text_head")[0]), kHeadTol);
+}
+
+}  // namespace
