@@ -113,7 +113,9 @@ std::string clip_clean_text(std::string_view text) {
 fs::path ClipTokenizer::find_beside(const fs::path& checkpoint) {
   const fs::path dir = fs::is_directory(checkpoint) ? checkpoint : checkpoint.parent_path();
   const fs::path base = dir.empty() ? fs::path(".") : dir;
-  for (const fs::path& candidate : {base / kGzName, base / "bpe_simple_vocab_16e6.txt"})
+  // Beside the file, or in a bpe/ folder as ImageBind and AnomalyGPT ship it.
+  for (const fs::path& candidate :
+       {base / kGzName, base / "bpe_simple_vocab_16e6.txt", base / "bpe" / kGzName})
     if (fs::is_regular_file(candidate)) return candidate;
   if (is_hf_dir(base)) return base;
   if (is_hf_dir(base / "tokenizer")) return base / "tokenizer";
