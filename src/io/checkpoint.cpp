@@ -122,6 +122,16 @@ void convert_floats(TensorMap& tensors, at::ScalarType dtype) {
 
 Checkpoint load_checkpoint(const std::filesystem::path& path, const LoadOptions& options) {
   Checkpoint ck;
+  const auto name = path.filename().string();
+  if (name.ends_with(".index.json") && std::filesystem::is_regular_file(path)) {
+    // A shard index named directly: the same as its directory, without guessing the layout.
+    ck.format = Format::HuggingFaceDir;
+    if (std::filesystem::exists(path.parent_path() / "config.json")) ck.hf_config = read_json(path.parent_path() / "config.json");
+    ck.tensors = load_sharded(path, name.find("safetensors") != std::string::npos, &ck.metadata);
+    ck.path = path;
+    if (options.float_dtype) convert_floats(ck.tensors, *options.float_dtype);
+    return ck;
+  }
   switch (detect_format(path)) {
     case Format::HuggingFaceDir:
       ck = load_hf_dir(path);

@@ -112,3 +112,11 @@ TEST(Detect, SafetensorsHeaderLengthThatLooksLikePickleMagicIsSafetensors) {
   auto ck = io::load_checkpoint(d / "m.safetensors");
   EXPECT_EQ(ck.tensors.at("x").item<uint8_t>(), 'A');
 }
+
+TEST(HfDir, IndexFileNamedDirectlyLoadsLikeItsDirectory) {
+  auto idx = iadgpt::test::fixture("llama_tiny/sharded/model.safetensors.index.json");
+  auto ck = io::load_checkpoint(idx);
+  EXPECT_EQ(ck.format, io::Format::HuggingFaceDir);
+  EXPECT_EQ(ck.tensors.size(), 21u);
+  ASSERT_TRUE(ck.hf_config.has_value());
+}
