@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "cli/detector_flags.h"
 #include "cli/progress.h"
+#include "eval/postprocess.h"
 #include "image/decode.h"
 #include "image/overlay.h"
 #include "io/checkpoint.h"
@@ -20,7 +21,7 @@ namespace {
 
 struct DetectFlags {
   DetectorFlags detector;
-  std::string class_name, out;
+  std::string class_name, out, post;
   std::vector<std::string> references, inputs;
   double threshold = 0.5;
   int64_t min_area = 16, batch = 4;
@@ -41,12 +42,31 @@ std::string csv_field(const std::string& s) {
   return out + "\"";
 }
 
+// Thresholds fitted by `iadgpt eval --calibrate`: a file {class: post-processing} (or one
+// post-processing object); the entry of --class is used.
+std::optional<eval::PostProcessor> load_post(const std::string& path, const std::string& class_name) {
+  if (path.empty()) return std::nullopt;
+  std::ifstream in(path);
+  if (!in) throw InputError(fmt::format("thresholds file not found: {}", path));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(fmt::format("{}: not valid JSON ({})", path, e.what()));
+  }
+  if (j.contains("image_threshold")) return j.get<eval::PostProcessor>();
+  if (!class_name.empty() && j.contains(class_name)) return j[class_name].get<eval::PostProcessor>();
+  if (j.is_object() && j.size() == 1 && class_name.empty()) return j.begin()->get<eval::PostProcessor>();
+  throw InputError(fmt::format("{}: no thresholds for class '{}'", path, class_name.empty() ? "object" : class_name));
+}
+
 void run_detect(const DetectFlags& f) {
   if (f.threshold < 0 || f.batch < 1) throw InputError("--threshold must be >= 0 and --batch >= 1");
   const auto images = collect_images(f.inputs);
   const std::filesystem::path out_dir(f.out);
   std::filesystem::create_directories(out_dir);
 
+  const auto post = load_post(f.post, f.class_name);
   anomaly::Detector detector(f.detector.options());
   if (!f.class_name.empty()) detector.set_class(f.class_name);
   if (!f.references.empty()) {
@@ -83,20 +103,35 @@ void run_detect(const DetectFlags& f) {
       const auto& d = detections[b];
       const auto stem = unique_stem(paths[b], used);
       auto full_map = anomaly::resize_map(d.map, batch[b].rows, batch[b].cols);
-      auto regions = anomaly::find_regions(full_map, f.threshold, f.min_area);
-      const bool label = d.score > f.threshold;
-      if (!label) regions.clear();
+      float pred_score = d.score;
+      bool label = d.score > f.threshold;
+      torch::Tensor pred_mask;
+      if (post) {
+        // anomalib's convention: normalised score and map with the fitted thresholds at 0.5.
+        auto prediction = eval::predict(*post, d.score, full_map);
+        pred_score = prediction.pred_score;
+        label = prediction.pred_label;
+        full_map = prediction.anomaly_map;
+        pred_mask = prediction.pred_mask.to(torch::kUInt8) * static_cast<int64_t>(label);
+      } else {
+        pred_mask = (full_map > f.threshold).to(torch::kUInt8) * static_cast<int64_t>(label);
+      }
+      auto regions = anomaly::find_regions(pred_mask.to(torch::kFloat32), 0.5, f.min_area);
       anomalous += label;
       const auto answer = anomaly::describe(regions);
-      auto pred_mask = (full_map > f.threshold).to(torch::kUInt8) * static_cast<int64_t>(label);
 
       nlohmann::ordered_json j;
       j["image"] = paths[b].string();
       j["class"] = f.class_name.empty() ? "object" : f.class_name;
       j["mode"] = anomaly::map_mode_name(detector.effective_mode());
-      j["pred_score"] = d.score;
+      j["pred_score"] = pred_score;
       j["pred_label"] = label ? 1 : 0;
-      j["threshold"] = f.threshold;
+      j["raw_score"] = d.score;
+      if (post) {
+        j["thresholds"] = nlohmann::json(*post);
+      } else {
+        j["threshold"] = f.threshold;
+      }
       j["answer"] = answer;
       j["regions"] = nlohmann::json::array();
       for (const auto& r : regions) {
@@ -113,9 +148,9 @@ void run_detect(const DetectFlags& f) {
         image::write_png(out_dir / (stem + "_grid.png"),
                          image::result_grid(batch[b], full_map, pred_mask, std::nullopt));
       }
-      summary << csv_field(paths[b].string()) << "," << fmt::format("{:.6f}", d.score) << "," << (label ? 1 : 0)
+      summary << csv_field(paths[b].string()) << "," << fmt::format("{:.6f}", pred_score) << "," << (label ? 1 : 0)
               << "," << regions.size() << "," << csv_field(answer) << ",\n";
-      std::cout << fmt::format("{}\t{:.4f}\t{}\n", paths[b].string(), d.score, answer);
+      std::cout << fmt::format("{}\t{:.4f}\t{}\n", paths[b].string(), pred_score, answer);
     }
     progress.step(static_cast<int64_t>(end));
   }
@@ -136,7 +171,9 @@ void add_detect(CLI::App& app) {
   flags->detector.add_to(*cmd);
   cmd->add_option("--class", flags->class_name, "Object class for the prompts (default: object)");
   cmd->add_option("--reference", flags->references, "Normal reference images or folders (few-shot)");
-  cmd->add_option("--threshold", flags->threshold, "Map/score threshold for the label, mask and regions")->capture_default_str();
+  cmd->add_option("--threshold", flags->threshold, "Raw map/score threshold for the label, mask and regions")->capture_default_str();
+  cmd->add_option("--post", flags->post,
+                  "Thresholds from `iadgpt eval --calibrate` (<out>.thresholds.json): normalised scores, threshold 0.5");
   cmd->add_option("--min-area", flags->min_area, "Smallest region reported, in pixels")->capture_default_str();
   cmd->add_option("--batch", flags->batch, "Images encoded together")->capture_default_str();
   cmd->add_flag("--grid", flags->grid, "Also write anomalib-style grids (input | overlay | mask | ground truth)");

@@ -13,6 +13,8 @@
 #include "cli/detector_flags.h"
 #include "cli/progress.h"
 #include "data/dataset.h"
+#include "data/synth.h"
+#include "eval/postprocess.h"
 #include "eval/metrics.h"
 #include "image/decode.h"
 #include "io/checkpoint.h"
@@ -29,6 +31,7 @@ struct EvalFlags {
   int64_t shots = 0, rounds = 5, batch = 4;
   uint64_t seed = 0;
   double pro_fpr = 0.3;
+  int64_t calibrate = 4;
 };
 
 // Maps, masks and labels of one category and round, kept at both resolutions.
@@ -153,6 +156,75 @@ std::string markdown(const nlohmann::ordered_json& results, const std::vector<st
   return md;
 }
 
+// F1-adaptive thresholds and min-max statistics (METHOD §4.3) fitted on a validation set: the
+// dataset's own normal validation images when it has them, else normal training images that are
+// not references; each also yields a CutPaste anomaly, since no real anomalies may be used.
+struct Calibration {
+  eval::PostProcessor post;
+  int64_t normals = 0;
+};
+
+Calibration calibrate(anomaly::Detector& detector, const std::vector<data::Sample>& candidates, int64_t count,
+                      uint64_t seed) {
+  std::vector<cv::Mat> normals;
+  for (const auto& s : candidates) {
+    if (static_cast<int64_t>(normals.size()) >= count) break;
+    normals.push_back(image::decode_file(s.image));
+  }
+  if (normals.empty()) throw InputError("no normal images left for threshold calibration (use --calibrate 0)");
+  std::mt19937_64 rng(seed);
+  std::vector<cv::Mat> images;
+  std::vector<uint8_t> labels;
+  std::vector<torch::Tensor> masks;
+  for (size_t i = 0; i < normals.size(); ++i) {
+    images.push_back(normals[i]);
+    labels.push_back(0);
+    masks.push_back(torch::zeros({normals[i].rows, normals[i].cols}, torch::kUInt8));
+    auto synthetic = data::cutpaste(normals[i], normals[(i + 1) % normals.size()], rng);
+    images.push_back(synthetic.image);
+    labels.push_back(1);
+    masks.push_back(synthetic.mask);
+  }
+  std::vector<float> scores;
+  std::vector<torch::Tensor> maps_s, masks_s;
+  for (size_t i = 0; i < images.size(); ++i) {
+    auto d = detector.detect({images[i]});
+    scores.push_back(d[0].score);
+    maps_s.push_back(d[0].map);
+    masks_s.push_back(resize_mask_nearest(masks[i], detector.size()));
+  }
+  auto maps = torch::stack(maps_s).contiguous();
+  auto mask_stack = torch::stack(masks_s).contiguous();
+  eval::PixelInput pixels{std::span<const float>(maps.data_ptr<float>(), maps.numel()),
+                          std::span<const uint8_t>(mask_stack.data_ptr<uint8_t>(), mask_stack.numel()),
+                          maps.size(0), maps.size(1), maps.size(2)};
+  Calibration c;
+  c.post = eval::fit_post_processor(scores, labels, pixels);
+  c.normals = static_cast<int64_t>(normals.size());
+  return c;
+}
+
+// How the calibrated thresholds do on the test split: image accuracy and pixel F1 at the threshold.
+nlohmann::ordered_json calibrated_json(const Calibration& c, const Collected& test) {
+  int64_t correct = 0;
+  for (size_t i = 0; i < test.scores.size(); ++i) {
+    correct += (test.scores[i] >= c.post.image_threshold) == (test.labels[i] == 1);
+  }
+  int64_t tp = 0, fp = 0, fn = 0;
+  for (size_t i = 0; i < test.maps_s.size(); ++i) {
+    auto predicted = test.maps_s[i] >= c.post.pixel_threshold;
+    auto truth = test.masks_s[i].to(torch::kBool);
+    tp += (predicted & truth).sum().item<int64_t>();
+    fp += (predicted & ~truth).sum().item<int64_t>();
+    fn += (~predicted & truth).sum().item<int64_t>();
+  }
+  nlohmann::json post = c.post;
+  return {{"validation_normals", c.normals},
+          {"post_processing", post},
+          {"test_image_accuracy", static_cast<double>(correct) / std::max<size_t>(1, test.scores.size())},
+          {"test_pixel_f1", tp == 0 ? 0.0 : 2.0 * tp / (2.0 * tp + fp + fn)}};
+}
+
 void run_eval(const EvalFlags& f) {
   const auto colon = f.dataset.find(':');
   if (colon == std::string::npos) throw InputError("--dataset must be KIND:DIR (mvtec, visa, mvtec3d, folder)");
@@ -187,6 +259,7 @@ void run_eval(const EvalFlags& f) {
   results["seed"] = f.seed;
   results["pro_fpr"] = f.pro_fpr;
   results["categories"] = nlohmann::ordered_json::object();
+  nlohmann::ordered_json thresholds = nlohmann::ordered_json::object();
   Progress progress("eval", total);
   int64_t done = 0;
   for (const auto& cat : categories) {
@@ -199,13 +272,34 @@ void run_eval(const EvalFlags& f) {
     if (uses_text) detector.set_class(cat);
     const auto start = progress.seconds();
     std::map<std::string, std::vector<nlohmann::ordered_json>> per_round;
+    nlohmann::ordered_json calibrated;
     for (int64_t r = 0; r < rounds; ++r) {
+      std::vector<data::Sample> refs;
       if (f.shots > 0) {
-        std::vector<cv::Mat> refs;
-        for (const auto& s : draw_references(train_good, f.shots, f.seed + r)) refs.push_back(image::decode_file(s.image));
-        detector.set_references(refs);
+        refs = draw_references(train_good, f.shots, f.seed + r);
+        std::vector<cv::Mat> ref_images;
+        for (const auto& s : refs) ref_images.push_back(image::decode_file(s.image));
+        detector.set_references(ref_images);
+      }
+      std::optional<Calibration> calibration;
+      if (f.calibrate > 0 && r == 0) {
+        std::vector<data::Sample> candidates;
+        for (const auto& s : samples[cat]) {
+          if (s.split == data::Split::Val && s.label == 0) candidates.push_back(s);
+        }
+        if (candidates.empty()) {
+          for (const auto& s : train_good) {
+            const bool is_reference = std::any_of(refs.begin(), refs.end(), [&](const data::Sample& ref) { return ref.image == s.image; });
+            if (!is_reference) candidates.push_back(s);
+          }
+        }
+        calibration = calibrate(detector, candidates, f.calibrate, f.seed);
       }
       auto collected = run_category(detector, test, f.batch, progress, done);
+      if (calibration) {
+        calibrated = calibrated_json(*calibration, collected);
+        thresholds[cat] = calibrated["post_processing"];
+      }
       for (const auto& res : resolutions) {
         const bool full = res == "full";
         if (!f.save_maps.empty() && (!full || same_sizes(collected.masks_full))) {
@@ -223,6 +317,7 @@ void run_eval(const EvalFlags& f) {
       const auto& rounds_json = per_round[res];
       entry["metrics"][res] = rounds_json[0].contains("error") ? rounds_json[0] : mean_of(rounds_json);
     }
+    if (!calibrated.is_null()) entry["calibration"] = calibrated;
     entry["seconds"] = progress.seconds() - start;
     results["categories"][cat] = entry;
   }
@@ -239,6 +334,13 @@ void run_eval(const EvalFlags& f) {
   const std::filesystem::path out(f.out);
   if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());
   std::ofstream(out) << results.dump(2) << "\n";
+  if (!thresholds.empty()) {
+    auto thresholds_path = out;
+    thresholds_path.replace_extension(".thresholds.json");
+    std::ofstream(thresholds_path) << thresholds.dump(2) << "\n";
+    results["thresholds_file"] = thresholds_path.string();
+    std::ofstream(out) << results.dump(2) << "\n";
+  }
   const auto md = markdown(results, resolutions);
   auto md_path = out;
   std::ofstream(md_path.replace_extension(".md")) << md;
@@ -260,6 +362,9 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--resolution", flags->resolution, "224, full or both")->capture_default_str();
   cmd->add_option("--pro-fpr", flags->pro_fpr, "AUPRO integration limit")->capture_default_str();
   cmd->add_option("--batch", flags->batch, "Images encoded together")->capture_default_str();
+  cmd->add_option("--calibrate", flags->calibrate,
+                  "Normal validation images (+ one CutPaste anomaly each) for F1-adaptive thresholds; 0 = off; "
+                  "writes <out>.thresholds.json for `detect --post`")->capture_default_str();
   cmd->add_option("--save-maps", flags->save_maps, "Folder for per-category maps (the `iadgpt metrics` input format)");
   cmd->add_option("--out", flags->out, "results.json (a .md table is written beside it)")->required();
   cmd->callback([flags] { run_eval(*flags); });

@@ -113,6 +113,31 @@ TEST(EvalCommand, ZeroShotOnMvtec3dTireAndHazelnutWithoutMaskSuffix) {
   EXPECT_EQ(nut["categories"]["hazelnut"]["test_images"], 8);
   EXPECT_EQ(nut["categories"]["hazelnut"]["anomalous"], 4);
   EXPECT_GT(nut["timing"]["images_per_second"].get<double>(), 0.0);
+  // Calibration on 4 held-out normals + 4 CutPaste anomalies; thresholds saved for `detect --post`.
+  const auto& calibration = nut["categories"]["hazelnut"]["calibration"];
+  EXPECT_EQ(calibration["validation_normals"], 4);
+  const auto thresholds_path = dir / "hazelnut.thresholds.json";
+  auto thresholds = nlohmann::json::parse(test::slurp(thresholds_path));
+  ASSERT_TRUE(thresholds.contains("hazelnut"));
+  const double image_threshold = thresholds["hazelnut"]["image_threshold"].get<double>();
+
+  r = test::run_iadgpt("detect " + tiny_flags() + " --class hazelnut --post '" + thresholds_path.string() +
+                       "' --reference '" + test::data("hazelnut_toy/hazelnut/train/good/00.jpg").string() +
+                       "' --reference '" + test::data("hazelnut_toy/hazelnut/train/good/02.jpg").string() +
+                       "' --out '" + (dir / "detect").string() + "' '" +
+                       test::data("hazelnut_toy/hazelnut/test/colour/00.jpg").string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(test::slurp(dir / "detect" / "00.json"));
+  const double raw = j["raw_score"].get<double>(), normalised = j["pred_score"].get<double>();
+  EXPECT_GE(normalised, 0.0);
+  EXPECT_LE(normalised, 1.0);
+  // anomalib's normalisation puts the fitted threshold at 0.5 and keeps the order.
+  EXPECT_EQ(raw >= image_threshold, normalised >= 0.5);
+  EXPECT_EQ(j["pred_label"].get<int>(), raw >= image_threshold ? 1 : 0);
+  r = test::run_iadgpt("detect " + tiny_flags() + " --class bottle --post '" + thresholds_path.string() + "' --out '" +
+                       (dir / "detect2").string() + "' '" + test::data("hazelnut_toy/hazelnut/test/colour/00.jpg").string() + "'");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("no thresholds for class 'bottle'"), std::string::npos) << r.err;
   std::filesystem::remove_all(dir);
 }
 
