@@ -75,7 +75,13 @@ LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfi
   w.norm = take(tensors, kNormKey, {c.hidden_size}, source, torch::kFloat32, used);
   if (c.tie_word_embeddings) {
     w.lm_head = w.embed;
-    if (tensors.count(kHeadKey)) used.insert(kHeadKey);  // some exporters write the tied copy too
+    // Some exporters write the tied copy too; it must then really be the embedding.
+    if (auto it = tensors.find(kHeadKey); it != tensors.end()) {
+      used.insert(kHeadKey);
+      if (it->second.sizes() != w.embed.sizes() || !torch::equal(it->second.to(dtype), w.embed))
+        throw InputError(fmt::format("{}: config.json has tie_word_embeddings true but tensor '{}' differs from '{}'",
+                                     source, kHeadKey, kEmbedKey));
+    }
   } else {
     w.lm_head = take(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, source, dtype, used);
   }
