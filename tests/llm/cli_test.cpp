@@ -3,6 +3,8 @@
 
 #include <array>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 
 #include "io/checkpoint.h"
 #include "llm_test_util.h"
@@ -29,9 +31,7 @@ Result run(const std::string& args) {
 }
 
 std::string ids_arg(const std::vector<int64_t>& ids) {
-  std::string s;
-  for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
-  return s;
+  return fmt::format("{}", fmt::join(ids, ","));
 }
 
 }  // namespace
@@ -64,4 +64,19 @@ TEST(Cli, BadInputExitsWithCode2) {
   EXPECT_EQ(run("llm-logits --model " + model + " --tokens 1,600 --out /tmp/unused.safetensors").code, 2);
   EXPECT_EQ(run("llm-logits --model /nonexistent --tokens 1 --out /tmp/unused.safetensors").code, 2);
   EXPECT_EQ(run("generate --model " + t::fixture("stories260K").string() + " --bos --top-p 0").code, 2);
+}
+
+TEST(Cli, ChatAnswersEveryTurnAndKeepsHistory) {
+  // Greedy, two turns and a reset through stdin; each answer is one line on stdout.
+  const auto model = t::fixture("stories260K").string();
+  const auto input = t::scratch("llm-chat") / "input.txt";
+  std::ofstream(input) << "Once upon a time\nThen\n/reset\nOnce upon a time\n";
+  auto r = run("chat --model " + model + " --template plain --max-tokens 8 < " + input.string());
+  ASSERT_EQ(r.code, 0);
+  std::vector<std::string> lines;
+  std::stringstream ss(r.out);
+  for (std::string l; std::getline(ss, l);) lines.push_back(l);
+  ASSERT_EQ(lines.size(), 3u) << r.out;
+  EXPECT_EQ(lines[0], lines[2]);  // after /reset the same question gets the same greedy answer
+  EXPECT_FALSE(lines[0].empty());
 }
