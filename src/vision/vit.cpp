@@ -1,0 +1,139 @@
+#include "vision/vit.h"
+
+#include <fmt/format.h>
+
+#include "io/error.h"
+
+namespace iadgpt::vision {
+
+std::vector<int64_t> VitConfig::default_taps() const {
+  std::vector<int64_t> taps;
+  for (int64_t k = 1; k <= 4; ++k) taps.push_back(std::max<int64_t>(0, k * layers / 4 - 1));
+  return taps;
+}
+
+int64_t VitConfig::parameter_count() const {
+  const int64_t D = width, F = mlp_dim;
+  const int64_t block = 4 * D /*2 LN*/ + 3 * D * D + 3 * D + D * D + D + F * D + F + D * F + D;
+  return D * 3 * patch_size * patch_size + D + tokens() * D + 2 * D + layers * block + 2 * D +
+         (has_projection ? embed_dim * D : 0);
+}
+
+double VitConfig::flops_per_image() const {
+  const double L = static_cast<double>(tokens()), D = static_cast<double>(width), F = static_cast<double>(mlp_dim);
+  const double N = L - 1, stem = 2.0 * N * D * 3 * patch_size * patch_size;
+  const double block = 2.0 * L * D * 3 * D + 2 * (2.0 * L * L * D) + 2.0 * L * D * D + 2 * (2.0 * L * D * F);
+  return stem + layers * block + (has_projection ? 2.0 * D * embed_dim : 0.0);
+}
+
+namespace {
+
+void check_input(const torch::Tensor& pixels, const VitConfig& cfg) {
+  if (pixels.dim() != 4 || pixels.size(1) != 3 || pixels.size(2) != cfg.image_size ||
+      pixels.size(3) != cfg.image_size) {
+    throw InputError(fmt::format("pixel values have shape {}, expected [B, 3, {}, {}]",
+                                 fmt::join(pixels.sizes(), ","), cfg.image_size, cfg.image_size));
+  }
+  if (!pixels.is_floating_point()) throw InputError("pixel values must be floating point");
+}
+
+// Patch embedding: a p×p/stride-p convolution without bias, then one token per patch in
+// row-major order. [B,3,S,S] → [B,N,D_v].
+torch::Tensor embed_patches(const torch::Tensor& pixels, const VitWeights& w, const VitConfig& cfg) {
+  auto x = torch::conv2d(pixels, w.patch_weight, {}, cfg.patch_size);
+  return x.flatten(2).transpose(1, 2);
+}
+
+}  // namespace
+
+VitOutput vit_forward(const VitWeights& w, const VitConfig& cfg, const torch::Tensor& pixels,
+                      std::span<const int64_t> taps) {
+  check_input(pixels, cfg);
+  for (int64_t t : taps) {
+    if (t < 0 || t >= cfg.layers) {
+      throw InputError(fmt::format("tap {} is out of range: the model has blocks 0..{}", t, cfg.layers - 1));
+    }
+  }
+  torch::NoGradGuard no_grad;
+  const auto dtype = w.patch_weight.scalar_type();
+  const int64_t B = pixels.size(0);
+
+  // 1. Patches → tokens, class token first, plus learned positions.
+  auto x = embed_patches(pixels.to(dtype), w, cfg);
+  auto cls = w.cls_token.to(dtype).view({1, 1, cfg.width}).expand({B, 1, cfg.width});
+  x = torch::cat({cls, x}, 1) + w.pos_embed.to(dtype).unsqueeze(0);
+
+  // 2. Pre-transformer LayerNorm (ImageBind pre_transformer_layer, OpenAI ln_pre, HF pre_layrnorm).
+  x = nn::layer_norm(x, w.pre_ln_weight, w.pre_ln_bias, cfg.eps);
+
+  // 3. Blocks; taps are the raw block outputs, batch-first (ImageBind itself runs sequence-first).
+  VitOutput out;
+  out.taps.resize(taps.size());
+  const auto block_cfg = cfg.block();
+  for (int64_t i = 0; i < cfg.layers; ++i) {
+    x = nn::block_forward(x, w.blocks[i], block_cfg);
+    for (size_t k = 0; k < taps.size(); ++k) {
+      if (taps[k] == i) out.taps[k] = x.to(torch::kFloat32);
+    }
+  }
+
+  // 4. Head: LayerNorm of the class token, projection into the joint space, normalise.
+  auto pooled = nn::layer_norm(x.select(1, 0), w.head_ln_weight, w.head_ln_bias, cfg.eps);
+  auto raw = w.proj.defined() ? torch::matmul(pooled, w.proj.t()) : pooled;
+  out.embedding_raw = raw.to(torch::kFloat32);
+  out.embedding = torch::nn::functional::normalize(
+      out.embedding_raw, torch::nn::functional::NormalizeFuncOptions().p(2).dim(-1));
+  return out;
+}
+
+void convert_weights(VitWeights& w, torch::Dtype dtype) {
+  for (auto* t : {&w.patch_weight, &w.cls_token, &w.pos_embed, &w.pre_ln_weight, &w.pre_ln_bias,
+                  &w.head_ln_weight, &w.head_ln_bias, &w.proj}) {
+    if (t->defined()) *t = t->to(dtype);
+  }
+  for (auto& b : w.blocks) nn::convert_block(b, dtype);
+}
+
+VitConfig vit_preset(std::string_view arch) {
+  if (arch == "imagebind-huge") {
+    return {.family = Family::ImageBind, .image_size = 224, .patch_size = 14, .width = 1280, .layers = 32,
+            .heads = 16, .mlp_dim = 5120, .embed_dim = 1024, .eps = 1e-6, .activation = nn::Activation::Gelu};
+  }
+  if (arch == "clip-vit-l-14-336") {
+    return {.family = Family::OpenAiClip, .image_size = 336, .patch_size = 14, .width = 1024, .layers = 24,
+            .heads = 16, .mlp_dim = 4096, .embed_dim = 768, .eps = 1e-5, .activation = nn::Activation::QuickGelu};
+  }
+  throw InputError(fmt::format("unknown architecture '{}' (expected imagebind-huge or clip-vit-l-14-336)", arch));
+}
+
+VitWeights random_weights(const VitConfig& cfg, torch::Dtype dtype, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const auto opts = torch::TensorOptions().dtype(dtype);
+  // Filled in place so that a bf16 model never holds an fp32 copy of a weight.
+  auto randn = [&](std::vector<int64_t> shape) { return torch::empty(shape, opts).normal_(0.0, 0.02, gen); };
+  auto ones = [&](int64_t n) { return torch::ones({n}, opts); };
+  auto zeros = [&](int64_t n) { return torch::zeros({n}, opts); };
+  const int64_t D = cfg.width, F = cfg.mlp_dim, p = cfg.patch_size;
+  VitWeights w;
+  w.patch_weight = randn({D, 3, p, p});
+  w.cls_token = randn({D});
+  w.pos_embed = randn({cfg.tokens(), D});
+  w.pre_ln_weight = ones(D);
+  w.pre_ln_bias = zeros(D);
+  for (int64_t i = 0; i < cfg.layers; ++i) {
+    nn::BlockWeights b;
+    b.ln1_weight = ones(D), b.ln1_bias = zeros(D);
+    b.qkv_weight = randn({3 * D, D}), b.qkv_bias = zeros(3 * D);
+    b.out_weight = randn({D, D}), b.out_bias = zeros(D);
+    b.ln2_weight = ones(D), b.ln2_bias = zeros(D);
+    b.fc1_weight = randn({F, D}), b.fc1_bias = zeros(F);
+    b.fc2_weight = randn({D, F}), b.fc2_bias = zeros(D);
+    w.blocks.push_back(std::move(b));
+  }
+  w.head_ln_weight = ones(D);
+  w.head_ln_bias = zeros(D);
+  if (cfg.has_projection) w.proj = randn({cfg.embed_dim, D});
+  return w;
+}
+
+}  // namespace iadgpt::vision

@@ -1,0 +1,117 @@
+// The shared block against libtorch's own nn::MultiheadAttention / LayerNorm composition:
+// an independent implementation of the same pre-norm block.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "io/error.h"
+#include "nn/transformer.h"
+#include "nn/weights.h"
+
+using namespace iadgpt;
+
+namespace {
+
+nn::BlockWeights random_block(int64_t width, int64_t hidden) {
+  torch::manual_seed(3);
+  nn::BlockWeights w;
+  w.ln1_weight = 1 + 0.1 * torch::randn({width});
+  w.ln1_bias = 0.1 * torch::randn({width});
+  w.qkv_weight = torch::randn({3 * width, width}) / std::sqrt(double(width));
+  w.qkv_bias = 0.05 * torch::randn({3 * width});
+  w.out_weight = torch::randn({width, width}) / std::sqrt(double(width));
+  w.out_bias = 0.05 * torch::randn({width});
+  w.ln2_weight = 1 + 0.1 * torch::randn({width});
+  w.ln2_bias = 0.1 * torch::randn({width});
+  w.fc1_weight = torch::randn({hidden, width}) / std::sqrt(double(width));
+  w.fc1_bias = 0.05 * torch::randn({hidden});
+  w.fc2_weight = torch::randn({width, hidden}) / std::sqrt(double(hidden));
+  w.fc2_bias = 0.05 * torch::randn({width});
+  return w;
+}
+
+// Reference: torch::nn::MultiheadAttention (sequence-first), as the upstream towers use it.
+torch::Tensor reference_block(const torch::Tensor& x, const nn::BlockWeights& w, int64_t heads,
+                              double eps, const torch::Tensor& mask) {
+  const int64_t width = x.size(2);
+  torch::nn::MultiheadAttention mha(torch::nn::MultiheadAttentionOptions(width, heads));
+  torch::NoGradGuard no_grad;
+  mha->in_proj_weight.copy_(w.qkv_weight);
+  mha->in_proj_bias.copy_(w.qkv_bias);
+  mha->out_proj->weight.copy_(w.out_weight);
+  mha->out_proj->bias.copy_(w.out_bias);
+  auto ln = [&](const torch::Tensor& t, const torch::Tensor& g, const torch::Tensor& b) {
+    auto mean = t.mean(-1, true);
+    auto var = (t - mean).pow(2).mean(-1, true);
+    return (t - mean) / torch::sqrt(var + eps) * g + b;
+  };
+  auto seq = x.transpose(0, 1);
+  auto normed = ln(seq, w.ln1_weight, w.ln1_bias);
+  auto attn = std::get<0>(mha->forward(normed, normed, normed, {}, false, mask.defined() ? mask : torch::Tensor()));
+  auto h = seq + attn;
+  auto hidden = torch::linear(ln(h, w.ln2_weight, w.ln2_bias), w.fc1_weight, w.fc1_bias);
+  auto out = h + torch::linear(0.5 * hidden * (1 + torch::erf(hidden / std::sqrt(2.0))), w.fc2_weight, w.fc2_bias);
+  return out.transpose(0, 1);
+}
+
+}  // namespace
+
+TEST(TransformerBlock, MatchesMultiheadAttentionComposition) {
+  auto w = random_block(32, 128);
+  torch::manual_seed(4);
+  auto x = torch::randn({2, 9, 32});
+  nn::BlockConfig cfg{.width = 32, .heads = 4, .eps = 1e-6, .activation = nn::Activation::Gelu};
+  auto ours = nn::block_forward(x, w, cfg);
+  auto ref = reference_block(x, w, 4, 1e-6, {});
+  // fp32 with different summation orders: agreement to ~1e-6 relative on O(1) values.
+  EXPECT_LT((ours - ref).abs().max().item<double>(), 2e-5);
+}
+
+TEST(TransformerBlock, CausalMaskHidesTheFuture) {
+  auto w = random_block(16, 64);
+  torch::manual_seed(5);
+  auto x = torch::randn({1, 6, 16});
+  auto mask = torch::full({6, 6}, -INFINITY).triu(1);
+  nn::BlockConfig cfg{.width = 16, .heads = 2, .eps = 1e-5, .activation = nn::Activation::Gelu};
+  auto full = nn::block_forward(x, w, cfg, mask);
+  auto prefix = nn::block_forward(x.slice(1, 0, 3), w, cfg, mask.slice(0, 0, 3).slice(1, 0, 3));
+  EXPECT_LT((full.slice(1, 0, 3) - prefix).abs().max().item<double>(), 1e-5);
+  auto ref = reference_block(x, w, 2, 1e-5, mask);
+  EXPECT_LT((full - ref).abs().max().item<double>(), 2e-5);
+}
+
+TEST(TransformerBlock, QuickGeluIsSigmoidScaled) {
+  auto x = torch::linspace(-4, 4, 17);
+  auto y = nn::activation(x, nn::Activation::QuickGelu);
+  EXPECT_LT((y - x * torch::sigmoid(1.702 * x)).abs().max().item<double>(), 1e-7);
+  EXPECT_GT((nn::activation(x, nn::Activation::Gelu) - y).abs().max().item<double>(), 1e-3);
+}
+
+TEST(TransformerBlock, Bf16PathStaysCloseToFp32) {
+  auto w = random_block(32, 128);
+  torch::manual_seed(6);
+  auto x = torch::randn({2, 9, 32});
+  nn::BlockConfig cfg{.width = 32, .heads = 4, .eps = 1e-6, .activation = nn::Activation::Gelu};
+  auto ref = nn::block_forward(x, w, cfg);
+  auto w16 = w;
+  nn::convert_block(w16, torch::kBFloat16);
+  auto out = nn::block_forward(x.to(torch::kBFloat16), w16, cfg).to(torch::kFloat32);
+  // bf16 keeps 8 significant bits: relative error ~2^-8 per op, a few ops deep.
+  EXPECT_LT((out - ref).abs().max().item<double>(), 0.1);
+}
+
+TEST(Take, NamesKeyAndShapesOnMismatch) {
+  io::TensorMap m{{"a.weight", torch::zeros({3, 4})}};
+  EXPECT_EQ(nn::take(m, "a.weight", {3, -1}, "f.pth").sizes(), (std::vector<int64_t>{3, 4}));
+  try {
+    nn::take(m, "a.weight", {4, 4}, "f.pth");
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'a.weight' has shape [3,4], expected [4,4]"), std::string::npos) << e.what();
+  }
+  try {
+    nn::take(m, "b.weight", {1}, "f.pth");
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("missing tensor 'b.weight'"), std::string::npos) << e.what();
+  }
+}

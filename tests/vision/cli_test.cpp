@@ -1,0 +1,134 @@
+// End-to-end: the iadgpt program's info / encode-image / bench encode commands and exit codes.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <sys/wait.h>
+
+#include "common/shared.h"
+#include "io/checkpoint.h"
+
+namespace {
+
+using namespace iadgpt;
+
+struct Run {
+  int code = -1;
+  std::string output;  // stdout + stderr
+};
+
+Run run(const std::string& args) {
+  const std::string cmd = test::program().string() + " --threads 1 " + args + " 2>&1";
+  Run r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) r.output.append(buf.data(), n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string fx(const std::string& rel) { return test::fixture(rel).string(); }
+
+double max_abs(const torch::Tensor& a, const torch::Tensor& b) {
+  EXPECT_EQ(a.sizes(), b.sizes());
+  return (a - b).abs().max().item<double>();
+}
+
+TEST(CliInfo, DescribesImageBindWithConfigAsJson) {
+  auto r = run("info --json " + fx("imagebind_tiny/imagebind_tiny.safetensors") + " --config " +
+               fx("imagebind_tiny/config.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["family"], "imagebind");
+  EXPECT_EQ(j["format"], "safetensors");
+  EXPECT_EQ(j["tensors"], 179);
+  EXPECT_EQ(j["vision"]["width"], 64);
+  EXPECT_EQ(j["vision"]["heads"], 4);
+  EXPECT_EQ(j["vision"]["layers"], 4);
+  EXPECT_EQ(j["dtypes"]["Half"], 179);
+}
+
+TEST(CliInfo, DescribesHfDirectoryAndNonClipCheckpoints) {
+  auto r = run("info --json " + fx("openai_clip_tiny/hf"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["family"], "hf");
+  EXPECT_EQ(j["vision"]["heads"], 2);
+  r = run("info --json " + fx("llama_tiny/model.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  j = nlohmann::json::parse(r.output);
+  EXPECT_FALSE(j.contains("family"));
+  EXPECT_EQ(j["tensors"], 21);
+  EXPECT_GT(j["parameters"].get<int64_t>(), 0);
+}
+
+TEST(CliInfo, MissingFileIsInputError) {
+  auto r = run("info /nonexistent/model.pth");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("iadgpt: error:"), std::string::npos) << r.output;
+}
+
+TEST(CliEncodeImage, WritesEmbeddingsAndTapsMatchingUpstream) {
+  const auto out = test::scratch("cli-encode") / "out.safetensors";
+  auto r = run("encode-image --model " + fx("imagebind_tiny/imagebind_tiny.safetensors") + " --config " +
+               fx("imagebind_tiny/config.json") + " --taps 1,3 " + fx("imagebind_tiny/images/astronaut.png") + " " +
+               fx("imagebind_tiny/images/coffee.png") + " " + fx("imagebind_tiny/images/chelsea.png") + " --out " +
+               out.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto t = io::load_safetensors(out);
+  const auto ref = io::load_safetensors(test::fixture("imagebind_tiny/reference.safetensors"));
+  // Same tolerances as tests/vision/vit_test.cpp (preprocessing is bit-exact).
+  EXPECT_EQ(max_abs(t.at("pixel_values"), ref.at("pixel_values")), 0.0);
+  EXPECT_LE(max_abs(t.at("tap.1"), ref.at("vision_block1")), 2e-5);
+  EXPECT_LE(max_abs(t.at("tap.3"), ref.at("vision_block3")), 2e-5);
+  EXPECT_LE(max_abs(t.at("embedding_raw"), ref.at("vision_head")), 1e-5);
+  EXPECT_LE(max_abs(t.at("embedding"), ref.at("vision_embeds")), 2e-6);
+}
+
+TEST(CliEncodeImage, EncodesGivenPixelValuesWithHfModel) {
+  const auto out = test::scratch("cli-encode-pv") / "out.safetensors";
+  auto r = run("encode-image --model " + fx("openai_clip_tiny/hf") + " --pixel-values " +
+               fx("openai_clip_tiny/reference.safetensors") + " --key pixel_values --taps 3 --out " + out.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto t = io::load_safetensors(out);
+  const auto ref = io::load_safetensors(test::fixture("openai_clip_tiny/reference.safetensors"));
+  EXPECT_LE(max_abs(t.at("tap.3"), ref.at("vision_block3")), 2e-5);
+  EXPECT_LE(max_abs(t.at("embedding_raw"), ref.at("image_embeds")), 1e-5);
+  EXPECT_LE(max_abs(t.at("embedding"), ref.at("image_embeds_normalized")), 2e-6);
+}
+
+TEST(CliEncodeImage, BadInputsExitWithCode2) {
+  const auto dir = test::scratch("cli-encode-bad");
+  const auto model = " --model " + fx("openai_clip_tiny/hf");
+  const auto out = " --out " + (dir / "o.safetensors").string();
+  {
+    std::ofstream junk(dir / "junk.png");
+    junk << "not an image";
+  }
+  for (const std::string& args : {
+           "encode-image" + model + " " + (dir / "junk.png").string() + out,             // undecodable
+           "encode-image" + model + " /nonexistent.png" + out,                           // missing image
+           "encode-image" + model + " --taps 9 " + fx("openai_clip_tiny/images/coffee.png") + out,  // tap range
+           "encode-image" + model + " --taps x " + fx("openai_clip_tiny/images/coffee.png") + out,  // tap syntax
+           "encode-image" + model + " --dtype f16 " + fx("openai_clip_tiny/images/coffee.png") + out,
+           "encode-image" + model + out,                                                 // nothing to encode
+           "encode-image --model " + fx("llama_tiny/model.safetensors") + " " +
+               fx("openai_clip_tiny/images/coffee.png") + out,                           // not a CLIP model
+           "encode-image" + model + " --pixel-values " + fx("openai_clip_tiny/reference.safetensors") +
+               " --key nope" + out,
+       }) {
+    auto r = run(args);
+    EXPECT_EQ(r.code, 2) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("iadgpt: error:"), std::string::npos) << r.output;
+  }
+}
+
+TEST(CliBenchEncode, RejectsUnknownArchitecture) {
+  auto r = run("bench encode --arch resnet50");
+  EXPECT_EQ(r.code, 2) << r.output;
+}
+
+}  // namespace
