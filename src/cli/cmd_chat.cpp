@@ -81,7 +81,10 @@ void add_chat(CLI::App& app) {
       if (static_cast<int64_t>(ids.size()) + 1 >= cache.capacity())
         throw InputError(fmt::format("the conversation ({} tokens) no longer fits the context ({}); use /reset or --ctx",
                                      ids.size(), cache.capacity()));
-      llm::GenerateOptions gen{.sampling = o->sampling, .max_tokens = o->max_tokens, .stop = llm::stop_strings(tmpl)};
+      llm::GenerateOptions gen;
+      gen.sampling = o->sampling;
+      gen.max_tokens = o->max_tokens;
+      gen.stop = llm::stop_strings(tmpl);
       gen.sampling.seed = turn_seed++;
       bool started = false;
       gen.on_text = [&](std::string_view s) {

@@ -56,8 +56,11 @@ void add_generate(CLI::App& app) {
 
     const auto model = llm::load_model_with_lora(o->model, llm::resolve_dtype(o->dtype, o->model), o->lora, o->lora_alpha);
     llm::KvCache cache(model, o->ctx > 0 ? o->ctx : static_cast<int64_t>(ids.size()) + o->max_tokens);
-    llm::GenerateOptions gen{.sampling = o->sampling, .max_tokens = o->max_tokens, .stop = o->stop,
-                             .stop_at_eos = !o->ignore_eos};
+    llm::GenerateOptions gen;
+    gen.sampling = o->sampling;
+    gen.max_tokens = o->max_tokens;
+    gen.stop = o->stop;
+    gen.stop_at_eos = !o->ignore_eos;
     if (!o->json) gen.on_text = [](std::string_view s) {
       std::cout << s << std::flush;
       return true;

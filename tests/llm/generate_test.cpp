@@ -56,7 +56,9 @@ TEST(Sampler, InvalidParametersAreInputErrors) {
 }
 
 TEST(Generate, SameSeedSameSampleDifferentSeedDiffers) {
-  llm::GenerateOptions opt{.sampling = {.temperature = 1.0, .top_p = 0.95, .seed = 42}, .max_tokens = 40};
+  llm::GenerateOptions opt;
+  opt.sampling = {.temperature = 1.0, .top_p = 0.95, .seed = 42};
+  opt.max_tokens = 40;
   auto a = run(opt), b = run(opt);
   EXPECT_EQ(a.tokens, b.tokens);
   opt.sampling.seed = 43;
@@ -64,12 +66,15 @@ TEST(Generate, SameSeedSameSampleDifferentSeedDiffers) {
 }
 
 TEST(Generate, StopStringCutsTextAndStreamNeverShowsIt) {
-  llm::GenerateOptions plain{.max_tokens = 60};
+  llm::GenerateOptions plain;
+  plain.max_tokens = 60;
   const auto full = run(plain).text;
   const auto at = full.find("Lily");
   ASSERT_NE(at, std::string::npos) << full;
   std::string streamed;
-  llm::GenerateOptions opt{.max_tokens = 60, .stop = {"Lily"}};
+  llm::GenerateOptions opt;
+  opt.max_tokens = 60;
+  opt.stop = {"Lily"};
   opt.on_text = [&](std::string_view s) {
     streamed += s;
     return true;
@@ -82,11 +87,14 @@ TEST(Generate, StopStringCutsTextAndStreamNeverShowsIt) {
 }
 
 TEST(Generate, MaxTokensAndCallbackStop) {
-  auto out = run({.max_tokens = 5});
+  llm::GenerateOptions five;
+  five.max_tokens = 5;
+  auto out = run(five);
   EXPECT_EQ(out.tokens.size(), 5u);
   EXPECT_EQ(out.stop_reason, "length");
   int calls = 0;
-  llm::GenerateOptions opt{.max_tokens = 50};
+  llm::GenerateOptions opt;
+  opt.max_tokens = 50;
   opt.on_text = [&](std::string_view) { return ++calls < 3; };
   auto stopped = run(opt);
   EXPECT_EQ(stopped.stop_reason, "callback");
