@@ -241,3 +241,11 @@ TEST(TorchZipRejects, CorruptZip) {
   auto msg = expect_input_error([&] { io::load_checkpoint(p); });
   EXPECT_NE(msg.find("not a readable PyTorch zip archive"), std::string::npos) << msg;
 }
+
+TEST(TorchZipRejects, StrideZeroViewLargerThanItsStorage) {
+  auto bad = kTinyStateDict;
+  bad[bad.find("K\x02\x85")+1] = 200;                  // size (200,) ...
+  bad[bad.find("K\x01\x85")+1] = 0;                    // ... stride (0,) over 2 elements
+  auto msg = expect_input_error([&] { unpickle(bad); });
+  EXPECT_NE(msg.find("has more elements than its storage (2)"), std::string::npos) << msg;
+}
