@@ -71,3 +71,11 @@ TEST(Tokenizer, MissingOrInvalidModelIsInputError) {
   EXPECT_THROW(llm::Tokenizer::from_path("/nonexistent/tokenizer.model"), iadgpt::InputError);
   EXPECT_THROW(llm::Tokenizer::from_path(t::llama_tiny("config.json")), iadgpt::InputError);
 }
+
+TEST(Tokenizer, YesAndNoAreSingleFirstAnswerTokens) {
+  // The fast decision (METHOD §1.10) reads the probability of these two ids after one prefill.
+  EXPECT_EQ(llama_tok().encode("Yes"), (std::vector<int64_t>{3869}));
+  EXPECT_EQ(llama_tok().encode("No"), (std::vector<int64_t>{1939}));
+  EXPECT_EQ(llama_tok().piece(3869), "▁Yes");
+  EXPECT_EQ(llama_tok().piece(1939), "▁No");
+}
