@@ -2,7 +2,7 @@
 // decode token by token through the KV cache with a Sampler, stopping at EOS, a stop string
 // (e.g. "###" for Vicuna v0) or max_tokens; text is streamed through a callback as it becomes final.
 //
-//   llm::GenerateOptions opt{.max_tokens = 64, .stop = {"###"}};
+//   llm::GenerateOptions opt;  opt.max_tokens = 64;  opt.stop = {"###"};
 //   opt.on_text = [](std::string_view s) { std::cout << s << std::flush; return true; };
 //   auto out = llm::generate(model, tokenizer, cache, prompt_segments, opt);
 //

@@ -1,31 +1,90 @@
 #include "llm/tokenizer.h"
 
+#include <dlfcn.h>
 #include <fmt/format.h>
-#include <sentencepiece_processor.h>
+#include <unistd.h>
+
+#include <mutex>
 
 #include "io/error.h"
 
 namespace iadgpt::llm {
+namespace {
 
-Tokenizer::Tokenizer() : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {}
-Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
-Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
-Tokenizer::~Tokenizer() = default;
+// The shim's entry points (spm_shim/spm_shim.cpp), resolved once per process.
+struct SpmApi {
+  void* (*load)(const std::string*, std::string*);
+  void (*free)(void*);
+  bool (*encode)(const void*, std::string_view, std::vector<int>*, std::string*);
+  bool (*decode)(const void*, const std::vector<int>*, std::string*, std::string*);
+  void (*piece)(const void*, int, std::string*);
+  int (*info)(const void*, int);
+};
+
+constexpr const char* kShimName = "libiadgpt_spm.so";
+
+std::vector<std::string> shim_candidates() {
+  std::vector<std::string> out;
+  if (const char* env = std::getenv("IADGPT_SPM_SHIM"); env && *env) out.emplace_back(env);
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    out.push_back((exe.parent_path() / kShimName).string());
+    out.push_back((exe.parent_path() / "../lib" / kShimName).string());
+  }
+  out.emplace_back(kShimName);  // LD_LIBRARY_PATH / system paths
+  return out;
+}
+
+const SpmApi& api() {
+  static SpmApi table = [] {
+    void* handle = nullptr;
+    std::string tried;
+    for (const auto& path : shim_candidates()) {
+      // RTLD_DEEPBIND: sentencepiece resolves to its own bundled protobuf first (see the shim).
+      handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      if (handle) break;
+      tried += fmt::format("\n  {}: {}", path, dlerror());
+    }
+    if (!handle) throw std::runtime_error("cannot load the SentencePiece shim " + std::string(kShimName) + tried);
+    auto sym = [&](const char* name) {
+      void* p = dlsym(handle, name);
+      if (!p) throw std::runtime_error(fmt::format("{}: missing symbol {}", kShimName, name));
+      return p;
+    };
+    SpmApi a;
+    a.load = reinterpret_cast<decltype(a.load)>(sym("iadgpt_spm_load"));
+    a.free = reinterpret_cast<decltype(a.free)>(sym("iadgpt_spm_free"));
+    a.encode = reinterpret_cast<decltype(a.encode)>(sym("iadgpt_spm_encode"));
+    a.decode = reinterpret_cast<decltype(a.decode)>(sym("iadgpt_spm_decode"));
+    a.piece = reinterpret_cast<decltype(a.piece)>(sym("iadgpt_spm_piece"));
+    a.info = reinterpret_cast<decltype(a.info)>(sym("iadgpt_spm_info"));
+    return a;
+  }();
+  return table;
+}
+
+}  // namespace
 
 Tokenizer Tokenizer::from_path(const std::filesystem::path& path) {
   auto file = std::filesystem::is_directory(path) ? path / "tokenizer.model" : path;
   if (!std::filesystem::is_regular_file(file))
     throw InputError(fmt::format("{}: SentencePiece tokenizer.model not found", file.string()));
+  const auto& a = api();
+  std::string error, name = file.string();
+  void* sp = a.load(&name, &error);
+  if (!sp) throw InputError(fmt::format("{}: not a SentencePiece model ({})", name, error));
   Tokenizer t;
-  if (auto status = t.sp_->Load(file.string()); !status.ok())
-    throw InputError(fmt::format("{}: not a SentencePiece model ({})", file.string(), status.ToString()));
+  t.sp_ = std::shared_ptr<void>(sp, a.free);
+  t.path_ = name;
   return t;
 }
 
 std::vector<int64_t> Tokenizer::encode(std::string_view text, bool bos, bool eos) const {
   std::vector<int> pieces;
-  if (auto status = sp_->Encode(text, &pieces); !status.ok())
-    throw InputError(fmt::format("tokenizer: cannot encode text ({})", status.ToString()));
+  std::string error;
+  if (!api().encode(sp_.get(), text, &pieces, &error))
+    throw InputError(fmt::format("tokenizer: cannot encode text ({})", error));
   std::vector<int64_t> ids;
   ids.reserve(pieces.size() + 2);
   if (bos) ids.push_back(bos_id());
@@ -37,22 +96,27 @@ std::vector<int64_t> Tokenizer::encode(std::string_view text, bool bos, bool eos
 std::string Tokenizer::decode(std::span<const int64_t> ids) const {
   std::vector<int> pieces;
   pieces.reserve(ids.size());
+  const int64_t n = vocab_size();
   for (int64_t id : ids) {
-    if (id < 0 || id >= vocab_size())
-      throw InputError(fmt::format("token id {} is outside the tokenizer vocabulary [0, {})", id, vocab_size()));
+    if (id < 0 || id >= n)
+      throw InputError(fmt::format("token id {} is outside the tokenizer vocabulary [0, {})", id, n));
     pieces.push_back(static_cast<int>(id));
   }
-  std::string text;
-  if (auto status = sp_->Decode(pieces, &text); !status.ok())
-    throw std::runtime_error(fmt::format("tokenizer: cannot decode ({})", status.ToString()));
+  std::string text, error;
+  if (!api().decode(sp_.get(), &pieces, &text, &error))
+    throw std::runtime_error(fmt::format("tokenizer: cannot decode ({})", error));
   return text;
 }
 
-std::string Tokenizer::piece(int64_t id) const { return sp_->IdToPiece(static_cast<int>(id)); }
-int64_t Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
-int64_t Tokenizer::bos_id() const { return sp_->bos_id(); }
-int64_t Tokenizer::eos_id() const { return sp_->eos_id(); }
-int64_t Tokenizer::unk_id() const { return sp_->unk_id(); }
+std::string Tokenizer::piece(int64_t id) const {
+  std::string p;
+  api().piece(sp_.get(), static_cast<int>(id), &p);
+  return p;
+}
+int64_t Tokenizer::vocab_size() const { return api().info(sp_.get(), 0); }
+int64_t Tokenizer::bos_id() const { return api().info(sp_.get(), 1); }
+int64_t Tokenizer::eos_id() const { return api().info(sp_.get(), 2); }
+int64_t Tokenizer::unk_id() const { return api().info(sp_.get(), 3); }
 
 namespace {
 // True when `s` ends inside a UTF-8 sequence or with U+FFFD produced by a partial byte run.

@@ -6,7 +6,9 @@
 //
 // encode adds the SentencePiece dummy prefix as the model's normalizer says (LLaMA: "Hello" ->
 // ▁Hello); special tokens are never parsed from text. decode follows byte fallback (<0xE2>...).
-// Thread-safety: const methods may be called concurrently.
+// Thread-safety: const methods may be called concurrently. libsentencepiece is reached through a
+// small shim loaded with dlopen (see spm_shim/spm_shim.cpp for why); it is looked up in
+// $IADGPT_SPM_SHIM, beside the executable, then on the library path.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -15,10 +17,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-namespace sentencepiece {
-class SentencePieceProcessor;
-}
 
 namespace iadgpt::llm {
 
@@ -36,13 +34,12 @@ class Tokenizer {
   int64_t eos_id() const;
   int64_t unk_id() const;
 
-  Tokenizer(Tokenizer&&) noexcept;
-  Tokenizer& operator=(Tokenizer&&) noexcept;
-  ~Tokenizer();
+  std::string path() const { return path_; }
 
  private:
-  Tokenizer();
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  Tokenizer() = default;
+  std::shared_ptr<void> sp_;  // SentencePieceProcessor owned by the shim
+  std::string path_;
 };
 
 // Streams text while ids arrive: emits the newly decoded suffix of the whole sequence, holding back

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
 #include <set>
 
 #include "io/error.h"
@@ -75,7 +76,13 @@ LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfi
   w.norm = take(tensors, kNormKey, {c.hidden_size}, source, torch::kFloat32, used);
   if (c.tie_word_embeddings) {
     w.lm_head = w.embed;
-    if (tensors.count(kHeadKey)) used.insert(kHeadKey);  // some exporters write the tied copy too
+    // Some exporters write the tied copy too; it must then really be the embedding.
+    if (auto it = tensors.find(kHeadKey); it != tensors.end()) {
+      used.insert(kHeadKey);
+      if (it->second.sizes() != w.embed.sizes() || !torch::equal(it->second.to(dtype), w.embed))
+        throw InputError(fmt::format("{}: config.json has tie_word_embeddings true but tensor '{}' differs from '{}'",
+                                     source, kHeadKey, kEmbedKey));
+    }
   } else {
     w.lm_head = take(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, source, dtype, used);
   }
@@ -96,12 +103,15 @@ LlamaWeights random_weights(const LlamaConfig& c, torch::Dtype dtype, uint64_t s
   int64_t offset = 0;
   auto make = [&](Shape shape, torch::Dtype dt) {
     auto t = torch::empty(shape, torch::TensorOptions().dtype(dt));
-    auto flat = t.view({-1});
     const auto src = pool.to(dt);
-    for (int64_t i = 0; i < flat.numel();) {
-      const int64_t start = offset % src.numel();
-      const int64_t n = std::min(flat.numel() - i, src.numel() - start);
-      flat.narrow(0, i, n).copy_(src.narrow(0, start, n));
+    // Plain memcpy: first touch of the fresh pages dominates; no tensor op overhead per chunk.
+    auto* dst = static_cast<char*>(t.data_ptr());
+    const auto* from = static_cast<const char*>(src.data_ptr());
+    const int64_t total = t.numel() * t.element_size(), pool_bytes = src.numel() * src.element_size();
+    for (int64_t i = 0; i < total;) {
+      const int64_t start = (offset * src.element_size()) % pool_bytes;
+      const int64_t n = std::min(total - i, pool_bytes - start);
+      std::memcpy(dst + i, from + start, static_cast<size_t>(n));
       i += n;
       offset += 7919;  // shift the pool between chunks so matrices are not periodic in rows
     }

@@ -89,6 +89,12 @@ TEST(LlamaTiny, ShardedBf16CheckpointGivesReferenceLogits) {
   EXPECT_LE(t::max_abs_diff(full_logits(m, s.ids), ref.at("seq2.logits")), kFp32Tol);
 }
 
+TEST(LlamaTiny, PytorchBinCheckpointGivesReferenceLogits) {
+  auto m = llm::load_model(t::llama_tiny("bin"));
+  const auto s = sequences()[1];
+  EXPECT_LE(t::max_abs_diff(full_logits(m, s.ids), t::llama_tiny_reference().at("seq1.logits")), kFp32Tol);
+}
+
 TEST(LlamaTiny, Bf16WeightsStayCloseToReference) {
   // bf16 activations (8-bit mantissa, ~4e-3 relative) through 2 layers: logits of std 1 move by a
   // few 1e-2; 0.15 still catches any structural error (wrong RoPE/GQA moves logits by O(1)).
