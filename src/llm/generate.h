@@ -1,0 +1,55 @@
+// Text generation on top of the decoder: prefill a prompt (segments: ids or embedding rows), then
+// decode token by token through the KV cache with a Sampler, stopping at EOS, a stop string
+// (e.g. "###" for Vicuna v0) or max_tokens; text is streamed through a callback as it becomes final.
+//
+//   llm::GenerateOptions opt{.max_tokens = 64, .stop = {"###"}};
+//   opt.on_text = [](std::string_view s) { std::cout << s << std::flush; return true; };
+//   auto out = llm::generate(model, tokenizer, cache, prompt_segments, opt);
+//
+//   // Fast Yes/No decision (METHOD §1.10): one prefill, probabilities of candidate first tokens.
+//   auto p = llm::first_token_probs(model, cache, prompt_segments, {yes_id, no_id});
+#pragma once
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "llm/model.h"
+#include "llm/sampler.h"
+#include "llm/tokenizer.h"
+
+namespace iadgpt::llm {
+
+struct GenerateOptions {
+  SamplingParams sampling;
+  int64_t max_tokens = 256;
+  std::vector<std::string> stop;  // stop strings; the text is cut before the first match
+  bool stop_at_eos = true;
+  // Receives text as soon as it can no longer be part of a stop string; return false to stop.
+  std::function<bool(std::string_view)> on_text;
+};
+
+struct Generation {
+  std::vector<int64_t> tokens;  // generated ids (the EOS, if produced, is included)
+  std::string text;             // decoded, cut at the stop string
+  std::string stop_reason;      // "eos", "stop", "length", "callback"
+  int64_t prompt_tokens = 0;
+  double prefill_seconds = 0, decode_seconds = 0;
+};
+
+// Runs the prompt starting at cache.pos (so a conversation can continue in the same cache).
+Generation generate(const LlamaModel& model, const Tokenizer& tokenizer, KvCache& cache,
+                    std::span<const Segment> prompt, const GenerateOptions& options);
+
+struct CandidateProbs {
+  std::vector<double> probs;       // softmax over the whole vocabulary, at each candidate
+  std::vector<double> restricted;  // softmax over the candidates' logits only (sums to 1)
+  std::vector<double> logits;
+};
+
+// One prefill of `prompt` (from cache.pos); the distribution of the next token at the candidates.
+CandidateProbs first_token_probs(const LlamaModel& model, KvCache& cache, std::span<const Segment> prompt,
+                                 std::span<const int64_t> candidates);
+
+}  // namespace iadgpt::llm

@@ -1,0 +1,162 @@
+#include "llm/model.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "io/checkpoint.h"
+#include "io/error.h"
+
+namespace iadgpt::llm {
+namespace {
+
+// cos/sin(p / factor · theta^(-2i/hd)) for i < hd/2, computed in double then stored fp32
+// (HF computes them in fp32; the difference is far below the 1e-4 logit tolerance).
+std::pair<torch::Tensor, torch::Tensor> rope_table(const LlamaConfig& c) {
+  const int64_t half = c.head_dim() / 2;
+  auto inv_freq = torch::arange(0, half, torch::kFloat64).mul(-2.0 / c.head_dim());
+  inv_freq = torch::pow(torch::full({}, c.rope_theta, torch::kFloat64), inv_freq);
+  auto pos = torch::arange(0, c.max_position_embeddings, torch::kFloat64).div(c.rope_linear_factor);
+  auto angles = torch::outer(pos, inv_freq);
+  return {angles.cos().to(torch::kFloat32), angles.sin().to(torch::kFloat32)};
+}
+
+// HF rotate_half convention: the two halves of each head are the (real, imaginary) parts.
+// x: [heads, T, hd] fp32; cos/sin: [T, hd/2].
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+
+// RMSNorm in fp32 as HF does (variance of the fp32 input), weight applied after normalising.
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  auto var = x.pow(2).mean(-1, /*keepdim=*/true);
+  return x * torch::rsqrt(var + eps) * weight;
+}
+
+// y = x Wᵀ (+ LoRA kept separate). x is already in the weights' dtype.
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const LoraPair& lora) {
+  auto y = torch::linear(x, w);
+  if (lora.defined()) y = y + torch::linear(torch::linear(x, lora.a), lora.b).mul(lora.scale);
+  return y;
+}
+
+std::filesystem::path config_path_for(const std::filesystem::path& path) {
+  return std::filesystem::is_directory(path) ? path / "config.json" : path.parent_path() / "config.json";
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(LlamaConfig c, LlamaWeights w, torch::Dtype dt, std::filesystem::path src)
+    : config(std::move(c)), weights(std::move(w)), dtype(dt), source(std::move(src)) {
+  std::tie(rope_cos, rope_sin) = rope_table(config);
+}
+
+torch::Tensor LlamaModel::embed(std::span<const int64_t> ids) const {
+  for (int64_t id : ids)
+    if (id < 0 || id >= config.vocab_size)
+      throw InputError(fmt::format("token id {} is outside the vocabulary [0, {})", id, config.vocab_size));
+  auto index = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64);
+  return weights.embed.index_select(0, index).to(torch::kFloat32);
+}
+
+LlamaModel load_model(const std::filesystem::path& path, const LoadOptions& options) {
+  const auto config_file = config_path_for(path);
+  if (!std::filesystem::exists(path))
+    throw InputError(fmt::format("{}: no such model directory or file", path.string()));
+  if (!std::filesystem::exists(config_file))
+    throw InputError(fmt::format("{}: config.json not found (a Hugging Face model directory is expected)",
+                                 config_file.string()));
+  auto config = LlamaConfig::from_file(config_file);
+  auto ckpt = io::load_checkpoint(path);
+  auto weights = weights_from_tensors(ckpt.tensors, config, path.string(), options.dtype);
+  return LlamaModel(std::move(config), std::move(weights), options.dtype, path);
+}
+
+KvCache::KvCache(const LlamaModel& m, int64_t capacity) {
+  const auto& c = m.config;
+  capacity = std::min(capacity, m.max_positions());
+  // torch::empty: pages are touched only as positions fill, so a large capacity costs nothing up front.
+  auto opts = torch::TensorOptions().dtype(m.dtype);
+  k = torch::empty({c.num_layers, c.num_kv_heads, capacity, c.head_dim()}, opts);
+  v = torch::empty({c.num_layers, c.num_kv_heads, capacity, c.head_dim()}, opts);
+}
+
+torch::Tensor embed_segments(const LlamaModel& model, std::span<const Segment> segments) {
+  std::vector<torch::Tensor> parts;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const auto& s = segments[i];
+    if (s.embeddings.defined()) {
+      if (s.embeddings.dim() != 2 || s.embeddings.size(1) != model.config.hidden_size)
+        throw InputError(fmt::format("prompt segment {}: embedding rows have shape [{}], expected [n, {}] (LLM width)",
+                                     i, fmt::join(s.embeddings.sizes(), ", "), model.config.hidden_size));
+      parts.push_back(s.embeddings.to(torch::kFloat32));
+    } else if (!s.ids.empty()) {
+      parts.push_back(model.embed(s.ids));
+    }
+  }
+  if (parts.empty()) throw InputError("the prompt is empty");
+  return torch::cat(parts, 0);
+}
+
+torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tensor& input, Logits which) {
+  torch::NoGradGuard no_grad;
+  const auto& c = model.config;
+  const auto& W = model.weights;
+  const int64_t T = input.size(0), pos = cache.pos, S = pos + T;
+  const int64_t H = c.num_heads, KV = c.num_kv_heads, hd = c.head_dim(), group = H / KV;
+  if (S > cache.capacity())
+    throw InputError(fmt::format("context full: {} positions requested, the KV cache holds {}", S, cache.capacity()));
+
+  const auto cos = model.rope_cos.narrow(0, pos, T), sin = model.rope_sin.narrow(0, pos, T);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  // Causal mask for the new queries against all S keys: query t sits at position pos+t.
+  torch::Tensor mask;
+  if (T > 1) {
+    auto q_pos = torch::arange(pos, S, torch::kInt64).unsqueeze(1);
+    auto k_pos = torch::arange(0, S, torch::kInt64).unsqueeze(0);
+    mask = torch::zeros({T, S}, torch::kFloat32).masked_fill_(k_pos > q_pos, -INFINITY);
+  }
+
+  torch::Tensor x = input.to(torch::kFloat32);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const auto& L = W.layers[l];
+    // Attention: pre-norm, q/k/v projections, RoPE, append to the cache, grouped-query attention.
+    auto h = rms_norm(x, L.attn_norm, c.rms_norm_eps).to(model.dtype);
+    auto q = project(h, L.wq, L.lora_q).view({T, H, hd}).transpose(0, 1).to(torch::kFloat32);
+    auto k = project(h, L.wk, L.lora_k).view({T, KV, hd}).transpose(0, 1).to(torch::kFloat32);
+    auto v = project(h, L.wv, L.lora_v).view({T, KV, hd}).transpose(0, 1);
+    q = apply_rope(q, cos, sin);
+    k = apply_rope(k, cos, sin);
+    cache.k[l].narrow(1, pos, T).copy_(k);
+    cache.v[l].narrow(1, pos, T).copy_(v);
+    auto keys = cache.k[l].narrow(1, 0, S);    // [KV, S, hd]
+    auto values = cache.v[l].narrow(1, 0, S);  // [KV, S, hd]
+    // Query heads kv*group .. kv*group+group-1 share kv head `kv` (HF repeat_kv) — grouping
+    // them into one batch entry avoids materialising repeated keys.
+    auto qg = q.to(model.dtype).reshape({KV, group * T, hd});
+    auto scores = torch::bmm(qg, keys.transpose(1, 2)).to(torch::kFloat32).mul_(scale);  // [KV, group*T, S]
+    if (mask.defined()) scores = (scores.view({KV, group, T, S}) + mask).view({KV, group * T, S});
+    auto probs = torch::softmax(scores, -1).to(model.dtype);
+    auto attn = torch::bmm(probs, values).view({H, T, hd}).transpose(0, 1).reshape({T, H * hd});
+    x = x + project(attn, L.wo, L.lora_o).to(torch::kFloat32);
+
+    // SwiGLU MLP.
+    h = rms_norm(x, L.ffn_norm, c.rms_norm_eps).to(model.dtype);
+    auto gate = torch::silu(project(h, L.w_gate, L.lora_gate));
+    auto up = project(h, L.w_up, L.lora_up);
+    x = x + project(gate * up, L.w_down, L.lora_down).to(torch::kFloat32);
+  }
+  cache.pos = S;
+  if (which == Logits::Last) x = x.narrow(0, T - 1, 1);
+  x = rms_norm(x, W.norm, c.rms_norm_eps).to(model.dtype);
+  return torch::linear(x, W.lm_head).to(torch::kFloat32);
+}
+
+torch::Tensor forward_tokens(const LlamaModel& model, KvCache& cache, std::span<const int64_t> ids, Logits which) {
+  if (ids.empty()) throw InputError("no tokens to run");
+  return forward(model, cache, model.embed(ids), which);
+}
+
+}  // namespace iadgpt::llm

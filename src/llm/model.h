@@ -1,0 +1,77 @@
+// The LLaMA-family decoder: config + weights + rotary table, a preallocated KV cache, and one
+// forward over a block of input embeddings (prefill of any length, or one decode step).
+//
+//   auto model = iadgpt::llm::load_model("vicuna-7b", {.dtype = torch::kBFloat16});
+//   auto cache = iadgpt::llm::KvCache(model, 2048);
+//   auto logits = iadgpt::llm::forward(model, cache, model.embed({1, 15043}), Logits::Last);
+//
+// A prompt is a list of Segments: token ids, or a float matrix of embeddings (rows = hidden_size)
+// placed at that position — how the image embedding and the 18 expert tokens enter (METHOD §1.9).
+// Thread-safety: a model is read-only after loading and may be shared; a KvCache is per sequence.
+#pragma once
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "llm/config.h"
+#include "llm/weights.h"
+
+namespace iadgpt::llm {
+
+struct LlamaModel {
+  LlamaConfig config;
+  LlamaWeights weights;
+  torch::Dtype dtype = torch::kFloat32;  // of the matrices; activations between blocks are fp32
+  torch::Tensor rope_cos, rope_sin;      // [max_positions, head_dim/2] fp32
+  std::filesystem::path source;
+
+  LlamaModel() = default;
+  LlamaModel(LlamaConfig config, LlamaWeights weights, torch::Dtype dtype, std::filesystem::path source = {});
+
+  // Token embeddings as fp32 rows [ids.size(), D]; ids are range-checked.
+  torch::Tensor embed(std::span<const int64_t> ids) const;
+  int64_t max_positions() const { return rope_cos.size(0); }
+};
+
+// Reads `dir/config.json` and the weights beside it (model.safetensors, sharded safetensors with an
+// index, or pytorch_model*.bin), validated against the config.
+LlamaModel load_model(const std::filesystem::path& dir, const LoadOptions& options = {});
+
+// Keys and values for every layer, allocated once for `capacity` positions (no per-token allocation).
+struct KvCache {
+  torch::Tensor k, v;  // [n_layers, n_kv_heads, capacity, head_dim], in the model's dtype
+  int64_t pos = 0;     // positions filled
+
+  KvCache() = default;
+  KvCache(const LlamaModel& model, int64_t capacity);
+  int64_t capacity() const { return k.defined() ? k.size(2) : 0; }
+  void clear() { pos = 0; }
+  void truncate(int64_t n) { pos = std::min(pos, n); }
+};
+
+// One piece of a prompt: either token ids or embedding rows [n, D].
+struct Segment {
+  std::vector<int64_t> ids;
+  torch::Tensor embeddings;
+
+  static Segment tokens(std::vector<int64_t> ids) { return Segment{std::move(ids), {}}; }
+  static Segment rows(torch::Tensor embeddings) { return Segment{{}, std::move(embeddings)}; }
+  int64_t length() const { return embeddings.defined() ? embeddings.size(0) : static_cast<int64_t>(ids.size()); }
+};
+
+// The input embedding matrix [sum of lengths, D] (fp32) for a segment list; checks widths.
+torch::Tensor embed_segments(const LlamaModel& model, std::span<const Segment> segments);
+
+enum class Logits { All, Last };
+
+// Runs x [T, D] at positions cache.pos .. cache.pos+T-1, appends keys/values to the cache and
+// returns fp32 logits [T, V] (All) or [1, V] (Last). Throws InputError when the cache is full.
+torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tensor& x, Logits which);
+
+// Convenience: embeds `ids` and runs forward.
+torch::Tensor forward_tokens(const LlamaModel& model, KvCache& cache, std::span<const int64_t> ids, Logits which);
+
+}  // namespace iadgpt::llm

@@ -1,0 +1,140 @@
+#include "llm/weights.h"
+
+#include <fmt/format.h>
+
+#include <set>
+
+#include "io/error.h"
+
+namespace iadgpt::llm {
+namespace {
+
+using Shape = std::vector<int64_t>;
+
+// One row per tensor of a decoder layer: HF name (after `model.layers.{L}.`) -> field, shape.
+struct LayerKey {
+  const char* name;
+  torch::Tensor LayerWeights::*field;
+  Shape (*shape)(const LlamaConfig&);
+  bool is_norm;
+};
+
+const LayerKey kHfLayerKeys[] = {
+    {"input_layernorm.weight", &LayerWeights::attn_norm, [](const LlamaConfig& c) { return Shape{c.hidden_size}; }, true},
+    {"self_attn.q_proj.weight", &LayerWeights::wq, [](const LlamaConfig& c) { return Shape{c.q_dim(), c.hidden_size}; }, false},
+    {"self_attn.k_proj.weight", &LayerWeights::wk, [](const LlamaConfig& c) { return Shape{c.kv_dim(), c.hidden_size}; }, false},
+    {"self_attn.v_proj.weight", &LayerWeights::wv, [](const LlamaConfig& c) { return Shape{c.kv_dim(), c.hidden_size}; }, false},
+    {"self_attn.o_proj.weight", &LayerWeights::wo, [](const LlamaConfig& c) { return Shape{c.hidden_size, c.q_dim()}; }, false},
+    {"post_attention_layernorm.weight", &LayerWeights::ffn_norm, [](const LlamaConfig& c) { return Shape{c.hidden_size}; }, true},
+    {"mlp.gate_proj.weight", &LayerWeights::w_gate, [](const LlamaConfig& c) { return Shape{c.intermediate_size, c.hidden_size}; }, false},
+    {"mlp.up_proj.weight", &LayerWeights::w_up, [](const LlamaConfig& c) { return Shape{c.intermediate_size, c.hidden_size}; }, false},
+    {"mlp.down_proj.weight", &LayerWeights::w_down, [](const LlamaConfig& c) { return Shape{c.hidden_size, c.intermediate_size}; }, false},
+};
+
+// Model-level tensors.
+constexpr const char* kEmbedKey = "model.embed_tokens.weight";
+constexpr const char* kNormKey = "model.norm.weight";
+constexpr const char* kHeadKey = "lm_head.weight";
+
+std::string shape_str(at::IntArrayRef s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
+
+torch::Tensor take(const io::TensorMap& tensors, const std::string& key, const Shape& shape,
+                   const std::string& source, torch::Dtype dtype, std::set<std::string>& used) {
+  auto it = tensors.find(key);
+  if (it == tensors.end())
+    throw InputError(fmt::format("{}: missing tensor '{}' (expected shape {})", source, key, shape_str(shape)));
+  const torch::Tensor& t = it->second;
+  if (!t.is_floating_point())
+    throw InputError(fmt::format("{}: tensor '{}' has dtype {}, expected a floating-point type", source, key,
+                                 std::string(c10::toString(t.scalar_type()))));
+  if (t.sizes() != at::IntArrayRef(shape))
+    throw InputError(fmt::format("{}: tensor '{}' has shape {}, expected {} from the config", source, key,
+                                 shape_str(t.sizes()), shape_str(shape)));
+  used.insert(key);
+  return t.to(dtype).contiguous();
+}
+
+// Tensors that HF checkpoints may carry but that are recomputed here.
+bool ignorable(const std::string& key) { return key.ends_with(".rotary_emb.inv_freq"); }
+
+}  // namespace
+
+LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfig& c, const std::string& source,
+                                  torch::Dtype dtype) {
+  // Shapes are validated for every key before any conversion work is done.
+  LlamaWeights w;
+  std::set<std::string> used;
+  w.embed = take(tensors, kEmbedKey, {c.vocab_size, c.hidden_size}, source, dtype, used);
+  w.layers.resize(c.num_layers);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    for (const auto& row : kHfLayerKeys) {
+      const auto key = fmt::format("model.layers.{}.{}", l, row.name);
+      w.layers[l].*row.field = take(tensors, key, row.shape(c), source, row.is_norm ? torch::kFloat32 : dtype, used);
+    }
+  }
+  w.norm = take(tensors, kNormKey, {c.hidden_size}, source, torch::kFloat32, used);
+  if (c.tie_word_embeddings) {
+    w.lm_head = w.embed;
+    if (tensors.count(kHeadKey)) used.insert(kHeadKey);  // some exporters write the tied copy too
+  } else {
+    w.lm_head = take(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, source, dtype, used);
+  }
+  for (const auto& [key, t] : tensors) {
+    if (used.count(key) || ignorable(key)) continue;
+    throw InputError(fmt::format(
+        "{}: unexpected tensor '{}' {} (config: {} layers, hidden_size {}); config.json and the weights disagree",
+        source, key, shape_str(t.sizes()), c.num_layers, c.hidden_size));
+  }
+  return w;
+}
+
+LlamaWeights random_weights(const LlamaConfig& c, torch::Dtype dtype, uint64_t seed) {
+  // A small random pool copied into every matrix: values look like trained weights (std 0.02)
+  // while filling 13 GB costs one memory pass, and no fp32 copy of any matrix ever exists.
+  torch::manual_seed(seed);
+  const auto pool = torch::randn({1 << 20}, torch::kFloat32).mul_(0.02).to(dtype);
+  int64_t offset = 0;
+  auto make = [&](Shape shape, torch::Dtype dt) {
+    auto t = torch::empty(shape, torch::TensorOptions().dtype(dt));
+    auto flat = t.view({-1});
+    const auto src = pool.to(dt);
+    for (int64_t i = 0; i < flat.numel();) {
+      const int64_t start = offset % src.numel();
+      const int64_t n = std::min(flat.numel() - i, src.numel() - start);
+      flat.narrow(0, i, n).copy_(src.narrow(0, start, n));
+      i += n;
+      offset += 7919;  // shift the pool between chunks so matrices are not periodic in rows
+    }
+    return t;
+  };
+  auto ones = [&](int64_t n) { return torch::ones({n}, torch::kFloat32); };
+  LlamaWeights w;
+  w.embed = make({c.vocab_size, c.hidden_size}, dtype);
+  w.layers.resize(c.num_layers);
+  for (auto& L : w.layers) {
+    L.attn_norm = ones(c.hidden_size);
+    L.wq = make({c.q_dim(), c.hidden_size}, dtype);
+    L.wk = make({c.kv_dim(), c.hidden_size}, dtype);
+    L.wv = make({c.kv_dim(), c.hidden_size}, dtype);
+    L.wo = make({c.hidden_size, c.q_dim()}, dtype);
+    L.ffn_norm = ones(c.hidden_size);
+    L.w_gate = make({c.intermediate_size, c.hidden_size}, dtype);
+    L.w_up = make({c.intermediate_size, c.hidden_size}, dtype);
+    L.w_down = make({c.hidden_size, c.intermediate_size}, dtype);
+  }
+  w.norm = ones(c.hidden_size);
+  w.lm_head = c.tie_word_embeddings ? w.embed : make({c.vocab_size, c.hidden_size}, dtype);
+  return w;
+}
+
+int64_t weight_bytes(const LlamaWeights& w) {
+  auto bytes = [](const torch::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : int64_t{0}; };
+  int64_t total = bytes(w.embed) + bytes(w.norm);
+  if (!w.lm_head.is_same(w.embed)) total += bytes(w.lm_head);
+  for (const auto& L : w.layers)
+    total += bytes(L.attn_norm) + bytes(L.wq) + bytes(L.wk) + bytes(L.wv) + bytes(L.wo) + bytes(L.ffn_norm) +
+             bytes(L.w_gate) + bytes(L.w_up) + bytes(L.w_down);
+  return total;
+}
+
+}  // namespace iadgpt::llm

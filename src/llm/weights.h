@@ -1,0 +1,61 @@
+// LLaMA-family weights: one struct of named tensors, filled from a Hugging Face checkpoint
+// through a key table (HF name -> field), every tensor's shape checked against the config first.
+//
+//   auto model = iadgpt::llm::load_model("vicuna-7b", {.dtype = torch::kBFloat16});
+//   model.weights.layers[0].wq;   // [n_heads*head_dim, D], HF (rotate_half) row order
+#pragma once
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "io/checkpoint.h"
+#include "llm/config.h"
+
+namespace iadgpt::llm {
+
+// A low-rank update kept separate from its base matrix: y += scale · (x Aᵀ) Bᵀ.
+struct LoraPair {
+  torch::Tensor a;  // [r, in]
+  torch::Tensor b;  // [out, r]
+  double scale = 0.0;
+  bool defined() const { return a.defined(); }
+};
+
+struct LayerWeights {
+  torch::Tensor attn_norm;  // [D] fp32
+  torch::Tensor wq;         // [n_heads*hd, D]
+  torch::Tensor wk;         // [n_kv*hd, D]
+  torch::Tensor wv;         // [n_kv*hd, D]
+  torch::Tensor wo;         // [D, n_heads*hd]
+  torch::Tensor ffn_norm;   // [D] fp32
+  torch::Tensor w_gate;     // [F, D]
+  torch::Tensor w_up;       // [F, D]
+  torch::Tensor w_down;     // [D, F]
+  // Unmerged LoRA updates (empty unless attach_lora was used), by projection.
+  LoraPair lora_q, lora_k, lora_v, lora_o, lora_gate, lora_up, lora_down;
+};
+
+struct LlamaWeights {
+  torch::Tensor embed;    // [V, D]
+  std::vector<LayerWeights> layers;
+  torch::Tensor norm;     // [D] fp32
+  torch::Tensor lm_head;  // [V, D]; the same tensor as `embed` when tie_word_embeddings
+};
+
+struct LoadOptions {
+  torch::Dtype dtype = torch::kFloat32;  // matrices (embedding, projections, head); norms stay fp32
+};
+
+// Fills LlamaWeights from HF-named tensors. Every expected key must be present with the shape the
+// config implies; unknown keys are rejected (they mean config and weights disagree).
+LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfig& config,
+                                  const std::string& source, torch::Dtype dtype);
+
+// Random weights of the right shapes, created directly in `dtype` (for benchmarks: no fp32 copy).
+LlamaWeights random_weights(const LlamaConfig& config, torch::Dtype dtype, uint64_t seed);
+
+int64_t weight_bytes(const LlamaWeights& w);
+
+}  // namespace iadgpt::llm

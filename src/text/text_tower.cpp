@@ -1,0 +1,82 @@
+#include "text/text_tower.h"
+
+#include <fmt/format.h>
+
+#include "io/error.h"
+#include "nn/weights.h"
+
+namespace iadgpt::text {
+namespace {
+
+// Additive causal mask: token i attends to tokens 0..i (openai/CLIP build_attention_mask).
+torch::Tensor causal_mask(int64_t length) {
+  return torch::full({length, length}, -INFINITY, torch::kFloat32).triu(1);
+}
+
+torch::Tensor checked_ids(const TextConfig& c, const torch::Tensor& ids) {
+  if (ids.dim() != 2 || ids.size(0) == 0 || ids.size(1) == 0)
+    throw InputError(fmt::format("token ids must have shape [n, L], got {}",
+                                 nn::shape_string(ids.sizes())));
+  if (ids.is_floating_point() || ids.scalar_type() == torch::kBool)
+    throw InputError("token ids must be an integer tensor");
+  if (ids.size(1) > c.context_length)
+    throw InputError(fmt::format("token ids have {} positions; the text tower holds {}",
+                                 ids.size(1), c.context_length));
+  auto out = ids.to(torch::kInt64).contiguous();
+  const int64_t lo = out.min().item<int64_t>(), hi = out.max().item<int64_t>();
+  if (lo < 0 || hi >= c.vocab_size)
+    throw InputError(fmt::format("token id {} is outside the vocabulary of {} ids",
+                                 lo < 0 ? lo : hi, c.vocab_size));
+  return out;
+}
+
+}  // namespace
+
+torch::Tensor pooling_positions(const TextConfig& c, const torch::Tensor& ids) {
+  // HF CLIPTextTransformer: legacy configs (eos_token_id == 2) pool at argmax(ids); newer ones at
+  // the first eos_token_id. Everyone else: argmax(ids) — the first EOT, the largest id.
+  if (c.family == TextFamily::HfClip && c.eos_token_id != 2)
+    return (ids == c.eos_token_id).to(torch::kInt32).argmax(-1);
+  return ids.argmax(-1);
+}
+
+TextOutput encode_text(const TextTower& tower, const torch::Tensor& ids_in) {
+  torch::NoGradGuard no_grad;
+  const TextConfig& c = tower.config;
+  const TextWeights& w = tower.weights;
+  const auto ids = checked_ids(c, ids_in);
+  const int64_t n = ids.size(0), length = ids.size(1);
+
+  // 1. token embedding + positions.
+  auto x = w.token_embedding.index_select(0, ids.flatten()).view({n, length, c.width});
+  x = x + w.pos_embedding.slice(0, 0, length);
+
+  // 2. pre-norm blocks under the causal mask.
+  const auto mask = w.mask.defined() ? w.mask.slice(0, 0, length).slice(1, 0, length)
+                                     : causal_mask(length);
+  const nn::BlockConfig block{.width = c.width, .heads = c.heads, .eps = c.eps,
+                              .activation = c.activation};
+  for (const auto& b : w.blocks) x = nn::block_forward(x, b, block, mask);
+
+  // 3. the pooled token (EOT) -> LayerNorm -> projection. LayerNorm is per token, so pooling
+  // first equals CLIP's ln_final over all tokens followed by pooling.
+  const auto pos = pooling_positions(c, ids);
+  auto pooled = x.index({torch::arange(n), pos});  // [n, W]
+  pooled = nn::layer_norm(pooled, w.final_ln_weight, w.final_ln_bias, c.eps);
+  auto head = torch::linear(pooled, w.projection).to(torch::kFloat32);
+
+  TextOutput out;
+  out.head = head;
+  out.embedding = torch::nn::functional::normalize(
+      head, torch::nn::functional::NormalizeFuncOptions().p(2).dim(-1));
+  if (c.family == TextFamily::ImageBind) {
+    // ImageBind's text postprocessor: Normalize, then LearnableLogitScaling (clamped at 100).
+    const double scale = std::min(std::exp(w.log_logit_scale.item<double>()), 100.0);
+    out.embedding_raw = out.embedding * scale;
+  } else {
+    out.embedding_raw = head;  // CLIP encode_text / HF get_text_features
+  }
+  return out;
+}
+
+}  // namespace iadgpt::text
