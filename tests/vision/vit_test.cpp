@@ -191,6 +191,30 @@ TEST(VitForward, RejectsOutOfRangeTapsAndWrongPixelShape) {
   EXPECT_THROW(vit_forward(model.weights, model.config, torch::zeros({1, 3, 200, 200})), InputError);
 }
 
+// CLIPVisionModel has no visual_projection: the embedding is the pooled output (post_layernorm
+// of CLS). Projecting it with the CLIPModel's projection must then give the reference.
+TEST(VitLoader, HfVisionModelWithoutProjectionReturnsPooledOutput) {
+  auto ckpt = io::load_checkpoint(test::fixture("openai_clip_tiny/hf"));
+  const auto proj = ckpt.tensors.at("visual_projection.weight");
+  ckpt.tensors.erase("visual_projection.weight");
+  const auto model = load_vision(ckpt);
+  EXPECT_FALSE(model.config.has_projection);
+  EXPECT_EQ(model.config.embed_dim, 128);
+  const auto out = vit_forward(model.weights, model.config, openai_ref().at("pixel_values"));
+  EXPECT_LE(max_abs(torch::matmul(out.embedding_raw, proj.t()), openai_ref().at("image_embeds")), kRawTol);
+}
+
+// OpenAI and OpenCLIP share key names; forcing OpenCLIP switches to erf GELU, which must change
+// the result well beyond the parity tolerance (the override is honoured, not ignored).
+TEST(VitLoader, FamilyOverrideChangesTheActivation) {
+  const auto ckpt = io::load_checkpoint(test::fixture("openai_clip_tiny/openai_clip_tiny.pth"));
+  const auto model = load_vision(ckpt, {.family = Family::OpenClip});
+  EXPECT_EQ(model.config.activation, nn::Activation::Gelu);
+  const std::vector<int64_t> taps = {1};
+  const auto out = vit_forward(model.weights, model.config, openai_ref().at("pixel_values"), taps);
+  EXPECT_GT(max_abs(out.taps[0], openai_ref().at("vision_block1")), 1e-4);
+}
+
 TEST(Family, DetectionRules) {
   io::TensorMap openai_names = {{"visual.conv1.weight", torch::zeros({1})},
                                 {"visual.class_embedding", torch::zeros({1280})}};
