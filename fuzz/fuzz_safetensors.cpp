@@ -8,7 +8,7 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace iadgpt::io;
-  std::map<std::string, torch::Tensor> tensors;
+  std::map<std::string, at::Tensor> tensors;
   std::map<std::string, std::string> metadata;
   try {
     tensors = parse_safetensors({data, size}, "fuzz", &metadata);

@@ -16,9 +16,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       for (auto& [k, v] : t) (void)v.sum();  // touch every view: extents were validated
       return 0;
     }
-    StorageLoader zeros = [](const std::string&, torch::Dtype dt, int64_t numel) {
+    StorageLoader zeros = [](const std::string&, at::ScalarType dt, int64_t numel) {
       if (numel > (1 << 16)) throw iadgpt::InputError("fuzz: storage too large");  // a real record bounds it
-      return torch::zeros({numel}, dt);
+      return zeros_tensor({numel}, dt);
     };
     auto r = unpickle_tensors(bytes, zeros, "fuzz.pkl");
     for (auto& [k, v] : r.tensors) (void)v.sum();

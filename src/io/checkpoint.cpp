@@ -102,24 +102,36 @@ Format detect_format(const std::filesystem::path& path) {
   if (!std::filesystem::exists(path)) throw InputError(fmt::format("{}: no such file or directory", path.string()));
   const auto head = read_prefix(path, 16);
   if (head.size() >= 4 && head.compare(0, 4, "PK\x03\x04") == 0) return Format::TorchZip;
-  // Legacy torch.save (pre-1.6): a bare pickle stream, protocol 2 (0x80 0x02) and a magic number.
-  if (head.size() >= 2 && static_cast<uint8_t>(head[0]) == 0x80 && static_cast<uint8_t>(head[1]) <= 5)
+  // safetensors: u64 header length, then a JSON object. Checked before the pickle magic: a
+  // header length such as 0x0280 also starts with the bytes 0x80 0x02.
+  if (head.size() >= 9 && head[8] == '{') return Format::Safetensors;
+  // Legacy torch.save (pre-1.6): a bare pickle stream, PROTO (0x80) 2..5.
+  if (head.size() >= 2 && static_cast<uint8_t>(head[0]) == 0x80 && static_cast<uint8_t>(head[1]) >= 2 &&
+      static_cast<uint8_t>(head[1]) <= 5)
     throw InputError(fmt::format(
         "{}: legacy non-zip PyTorch checkpoint; re-save with torch.save(..., _use_new_zipfile_serialization=True)",
         path.string()));
-  // safetensors: u64 header length, then a JSON object.
-  if (head.size() >= 9 && head[8] == '{') return Format::Safetensors;
   throw InputError(fmt::format("{}: unrecognised checkpoint format (not safetensors, a PyTorch zip or a directory)",
                                path.string()));
 }
 
-void convert_floats(TensorMap& tensors, torch::Dtype dtype) {
+void convert_floats(TensorMap& tensors, at::ScalarType dtype) {
   for (auto& [name, t] : tensors)
     if (t.is_floating_point() && t.scalar_type() != dtype) t = t.to(dtype);
 }
 
 Checkpoint load_checkpoint(const std::filesystem::path& path, const LoadOptions& options) {
   Checkpoint ck;
+  const auto name = path.filename().string();
+  if (name.ends_with(".index.json") && std::filesystem::is_regular_file(path)) {
+    // A shard index named directly: the same as its directory, without guessing the layout.
+    ck.format = Format::HuggingFaceDir;
+    if (std::filesystem::exists(path.parent_path() / "config.json")) ck.hf_config = read_json(path.parent_path() / "config.json");
+    ck.tensors = load_sharded(path, name.find("safetensors") != std::string::npos, &ck.metadata);
+    ck.path = path;
+    if (options.float_dtype) convert_floats(ck.tensors, *options.float_dtype);
+    return ck;
+  }
   switch (detect_format(path)) {
     case Format::HuggingFaceDir:
       ck = load_hf_dir(path);

@@ -1,7 +1,7 @@
 // Checkpoint I/O: every weight file a user downloads, read into named tensors.
 //
 //   auto ckpt = iadgpt::io::load_checkpoint("imagebind_huge.pth");           // auto-detects format
-//   const torch::Tensor& w = ckpt.tensors.at("modality_heads.vision.2.weight");
+//   const at::Tensor& w = ckpt.tensors.at("modality_heads.vision.2.weight");
 //   iadgpt::io::save_safetensors("out.safetensors", {{"embedding", e}});
 //
 // Formats: safetensors (mmap, validated before any data is read), PyTorch zip archives
@@ -15,7 +15,7 @@
 // the archive (tensors that shared a storage in Python share it here too). Use .clone() if
 // you need an independent buffer; float_dtype conversion always copies.
 #pragma once
-#include <torch/torch.h>
+#include "io/aten.h"
 
 #include <nlohmann/json.hpp>
 
@@ -29,7 +29,7 @@
 namespace iadgpt::io {
 
 // Ordered by key: deterministic iteration for writers and `info`.
-using TensorMap = std::map<std::string, torch::Tensor>;
+using TensorMap = std::map<std::string, at::Tensor>;
 
 enum class Format { Safetensors, TorchZip, TorchScript, HuggingFaceDir };
 
@@ -43,7 +43,7 @@ struct Checkpoint {
 
 struct LoadOptions {
   // Convert every floating tensor to this dtype on load (integer tensors are kept).
-  std::optional<torch::Dtype> float_dtype;
+  std::optional<at::ScalarType> float_dtype;
 };
 
 // Reads any supported layout; the format is detected from the content, not the extension.
@@ -59,7 +59,7 @@ TensorMap load_torch_zip(const std::filesystem::path& path, bool* torchscript = 
 Format detect_format(const std::filesystem::path& path);
 
 // Casts every floating tensor to `dtype` (integer and bool tensors are kept).
-void convert_floats(TensorMap& tensors, torch::Dtype dtype);
+void convert_floats(TensorMap& tensors, at::ScalarType dtype);
 
 // Writes a safetensors file (F32/F16/BF16/I64/I32/U8/BOOL); tensors are made contiguous.
 void save_safetensors(const std::filesystem::path& path, const TensorMap& tensors,

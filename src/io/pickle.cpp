@@ -50,29 +50,29 @@ using Ref = uint32_t;
 struct Value {
   Kind kind = Kind::None;
   Callable callable = Callable::None;  // Global
-  torch::Dtype dtype = torch::kFloat32;  // Global of a storage type; Storage
+  at::ScalarType dtype = at::kFloat;  // Global of a storage type; Storage
   int64_t i = 0;       // Int, Bool
   double f = 0;        // Float
   std::string s;       // Str, Bytes, Global (qualified name), Object (class name), Storage (key)
   std::vector<Ref> items;  // Tuple, List; Dict as key,value,key,value...; Object: [state]
-  torch::Tensor tensor;    // Tensor, Storage
+  at::Tensor tensor;    // Tensor, Storage
 };
 
 struct StorageName {
   std::string_view name;
-  torch::Dtype dtype;
+  at::ScalarType dtype;
 };
 constexpr std::array<StorageName, 10> kStorages{{
-    {"FloatStorage", torch::kFloat32},
-    {"HalfStorage", torch::kFloat16},
-    {"BFloat16Storage", torch::kBFloat16},
-    {"DoubleStorage", torch::kFloat64},
-    {"LongStorage", torch::kInt64},
-    {"IntStorage", torch::kInt32},
-    {"ShortStorage", torch::kInt16},
-    {"CharStorage", torch::kInt8},
-    {"ByteStorage", torch::kUInt8},
-    {"BoolStorage", torch::kBool},
+    {"FloatStorage", at::kFloat},
+    {"HalfStorage", at::kHalf},
+    {"BFloat16Storage", at::kBFloat16},
+    {"DoubleStorage", at::kDouble},
+    {"LongStorage", at::kLong},
+    {"IntStorage", at::kInt},
+    {"ShortStorage", at::kShort},
+    {"CharStorage", at::kChar},
+    {"ByteStorage", at::kByte},
+    {"BoolStorage", at::kBool},
 }};
 
 // Limits that keep hostile input from exhausting memory or the stack.
@@ -258,7 +258,7 @@ Ref Unpickler::persistent_load(Ref pid) {
   expect(t.items[3], Kind::Str, "storage location");
   const int64_t numel = expect(t.items[4], Kind::Int, "storage numel").i;
   if (numel < 0) throw error(fmt::format("storage '{}' has negative size {}", key, numel));
-  const torch::Dtype dtype = type.dtype;
+  const at::ScalarType dtype = type.dtype;
   if (auto it = storages_.find(key); it != storages_.end()) {
     const auto& s = arena_[it->second];
     if (s.dtype != dtype || s.tensor.numel() < numel)
@@ -627,12 +627,12 @@ class Flattener {
     return false;
   }
 
-  std::map<std::string, torch::Tensor> take() { return std::move(out_); }
+  std::map<std::string, at::Tensor> take() { return std::move(out_); }
 
  private:
   const Unpickler& u_;
   std::string_view what_;
-  std::map<std::string, torch::Tensor> out_;
+  std::map<std::string, at::Tensor> out_;
   std::unordered_set<Ref> seen_;
 };
 

@@ -1,6 +1,6 @@
 // Restricted unpickler for the data.pkl of PyTorch zip checkpoints and TorchScript archives.
 //
-//   auto loader = [&](const std::string& key, torch::Dtype dt, int64_t numel) { ... };  // data/<key>
+//   auto loader = [&](const std::string& key, at::ScalarType dt, int64_t numel) { ... };  // data/<key>
 //   UnpickledTensors r = iadgpt::io::unpickle_tensors(bytes, loader, "model.pth");
 //   r.tensors.at("visual.conv1.weight");
 //
@@ -17,7 +17,7 @@
 // a dict with a `state_dict` or `model` entry that holds tensors, only that entry is used.
 // Non-tensor leaves (ints, strings, `training` flags, None) are skipped.
 #pragma once
-#include <torch/torch.h>
+#include "io/aten.h"
 
 #include <cstdint>
 #include <functional>
@@ -30,15 +30,15 @@ namespace iadgpt::io {
 
 // Returns a 1-D tensor of `dtype` holding the storage record `key` with at least `numel`
 // elements; throws InputError when the record is missing or too short.
-using StorageLoader = std::function<torch::Tensor(const std::string& key, torch::Dtype dtype, int64_t numel)>;
+using StorageLoader = std::function<at::Tensor(const std::string& key, at::ScalarType dtype, int64_t numel)>;
 
 struct UnpickledTensors {
-  std::map<std::string, torch::Tensor> tensors;
+  std::map<std::string, at::Tensor> tensors;
   bool torchscript = false;  // the top object was a __torch__.* module, not a dict
 };
 
 // The in-memory counterpart of load_torch_zip (fuzzing entry point; also for embedded archives).
-std::map<std::string, torch::Tensor> load_torch_zip_bytes(std::span<const uint8_t> zip, std::string_view what,
+std::map<std::string, at::Tensor> load_torch_zip_bytes(std::span<const uint8_t> zip, std::string_view what,
                                                           bool* torchscript = nullptr);
 
 UnpickledTensors unpickle_tensors(std::span<const uint8_t> pickle, const StorageLoader& load_storage,

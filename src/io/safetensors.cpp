@@ -25,23 +25,23 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
 struct DtypeName {
   std::string_view name;
-  torch::Dtype dtype;
+  at::ScalarType dtype;
 };
 // The dtypes libtorch 1.13 can hold; F8_* and the unsigned wide types have no torch dtype here.
 constexpr std::array<DtypeName, 10> kDtypes{{
-    {"F32", torch::kFloat32},
-    {"F16", torch::kFloat16},
-    {"BF16", torch::kBFloat16},
-    {"F64", torch::kFloat64},
-    {"I64", torch::kInt64},
-    {"I32", torch::kInt32},
-    {"I16", torch::kInt16},
-    {"I8", torch::kInt8},
-    {"U8", torch::kUInt8},
-    {"BOOL", torch::kBool},
+    {"F32", at::kFloat},
+    {"F16", at::kHalf},
+    {"BF16", at::kBFloat16},
+    {"F64", at::kDouble},
+    {"I64", at::kLong},
+    {"I32", at::kInt},
+    {"I16", at::kShort},
+    {"I8", at::kChar},
+    {"U8", at::kByte},
+    {"BOOL", at::kBool},
 }};
 
-std::optional<torch::Dtype> dtype_from_name(std::string_view name) {
+std::optional<at::ScalarType> dtype_from_name(std::string_view name) {
   for (const auto& d : kDtypes)
     if (d.name == name) return d.dtype;
   return std::nullopt;
@@ -75,7 +75,7 @@ SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& v, u
   e.dtype = *dtype;
 
   // numel * itemsize computed with overflow checks: a hostile shape must not wrap around.
-  uint64_t nbytes = torch::elementSize(e.dtype);
+  uint64_t nbytes = c10::elementSize(e.dtype);
   for (const auto& d : *sh) {
     auto dim = as_u64(d);
     if (!dim || *dim > static_cast<uint64_t>(INT64_MAX)) throw fail(fmt::format("bad dimension {} in shape", d.dump()));
@@ -98,7 +98,7 @@ SafetensorsEntry parse_entry(const std::string& name, const nlohmann::json& v, u
 
 }  // namespace
 
-std::string_view safetensors_dtype_name(torch::Dtype dtype) {
+std::string_view safetensors_dtype_name(at::ScalarType dtype) {
   for (const auto& d : kDtypes)
     if (d.dtype == dtype) return d.name;
   throw InputError(fmt::format("safetensors: cannot store dtype {}", c10::toString(dtype)));
@@ -154,12 +154,12 @@ SafetensorsHeader parse_safetensors_header(std::span<const uint8_t> bytes, std::
   return h;
 }
 
-std::map<std::string, torch::Tensor> parse_safetensors(std::span<const uint8_t> bytes, std::string_view what,
+std::map<std::string, at::Tensor> parse_safetensors(std::span<const uint8_t> bytes, std::string_view what,
                                                        std::map<std::string, std::string>* metadata) {
   auto h = parse_safetensors_header(bytes, what);
-  std::map<std::string, torch::Tensor> out;
+  std::map<std::string, at::Tensor> out;
   for (const auto& e : h.entries) {
-    auto t = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype));
+    auto t = empty_tensor(e.shape, e.dtype);
     if (e.end > e.begin) std::memcpy(t.data_ptr(), bytes.data() + h.data_start + e.begin, e.end - e.begin);
     out.emplace(e.name, std::move(t));
   }
@@ -174,13 +174,13 @@ TensorMap load_safetensors(const std::filesystem::path& path, std::map<std::stri
   TensorMap out;
   for (const auto& e : h.entries) {
     uint8_t* p = file->mutable_data() + h.data_start + e.begin;
-    torch::Tensor t;
-    if (reinterpret_cast<uintptr_t>(p) % torch::elementSize(e.dtype) == 0 && e.end > e.begin) {
+    at::Tensor t;
+    if (reinterpret_cast<uintptr_t>(p) % c10::elementSize(e.dtype) == 0 && e.end > e.begin) {
       // Zero-copy: the tensor views the mapping and its deleter keeps the mapping alive.
-      t = torch::from_blob(p, e.shape, [file](void*) {}, torch::TensorOptions().dtype(e.dtype));
+      t = at::from_blob(p, e.shape, [file](void*) {}, at::TensorOptions().dtype(e.dtype));
     } else {
       // Misaligned (legal when the writer did not pad the header) or empty: copy.
-      t = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype));
+      t = empty_tensor(e.shape, e.dtype);
       if (e.end > e.begin) std::memcpy(t.data_ptr(), p, e.end - e.begin);
     }
     out.emplace(e.name, std::move(t));
@@ -192,15 +192,15 @@ TensorMap load_safetensors(const std::filesystem::path& path, std::map<std::stri
 namespace {
 
 // Header JSON (space-padded so the data section starts 8-aligned) and the tensors to write.
-std::pair<std::string, std::vector<torch::Tensor>> prepare(const TensorMap& tensors,
+std::pair<std::string, std::vector<at::Tensor>> prepare(const TensorMap& tensors,
                                                            const std::map<std::string, std::string>& metadata) {
   nlohmann::json j = nlohmann::json::object();
   if (!metadata.empty()) j["__metadata__"] = metadata;
-  std::vector<torch::Tensor> data;
+  std::vector<at::Tensor> data;
   uint64_t offset = 0;
   for (const auto& [name, tensor] : tensors) {  // std::map: sorted by name, as upstream writes
     if (name.empty() || name == "__metadata__") throw InputError(fmt::format("safetensors: invalid tensor name '{}'", name));
-    auto t = tensor.detach().to(torch::kCPU).contiguous();
+    auto t = tensor.detach().to(at::kCPU).contiguous();
     const auto dtype_name = safetensors_dtype_name(t.scalar_type());
     const uint64_t nbytes = t.numel() * t.element_size();
     j[name] = {{"dtype", dtype_name}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + nbytes}}};
@@ -213,7 +213,7 @@ std::pair<std::string, std::vector<torch::Tensor>> prepare(const TensorMap& tens
 }
 
 template <class Sink>
-void write_all(const std::string& header, const std::vector<torch::Tensor>& data, Sink&& sink) {
+void write_all(const std::string& header, const std::vector<at::Tensor>& data, Sink&& sink) {
   const uint64_t n = header.size();
   char len[8];
   std::memcpy(len, &n, 8);

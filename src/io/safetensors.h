@@ -9,7 +9,7 @@
 // then the data section; offsets are relative to the data section.
 // Everything is validated before a single data byte is interpreted.
 #pragma once
-#include <torch/torch.h>
+#include "io/aten.h"
 
 #include <cstdint>
 #include <map>
@@ -22,7 +22,7 @@ namespace iadgpt::io {
 
 struct SafetensorsEntry {
   std::string name;
-  torch::Dtype dtype;
+  at::ScalarType dtype;
   std::vector<int64_t> shape;
   uint64_t begin = 0;  // byte offsets into the data section, end exclusive
   uint64_t end = 0;
@@ -39,14 +39,14 @@ struct SafetensorsHeader {
 SafetensorsHeader parse_safetensors_header(std::span<const uint8_t> bytes, std::string_view what);
 
 // Parses and copies every tensor out of `bytes` (no reference to `bytes` is kept).
-std::map<std::string, torch::Tensor> parse_safetensors(std::span<const uint8_t> bytes, std::string_view what,
+std::map<std::string, at::Tensor> parse_safetensors(std::span<const uint8_t> bytes, std::string_view what,
                                                        std::map<std::string, std::string>* metadata = nullptr);
 
-// "F32" <-> torch::kFloat32 ...; throws InputError for a dtype this port does not handle.
-std::string_view safetensors_dtype_name(torch::Dtype dtype);
+// "F32" <-> at::kFloat ...; throws InputError for a dtype this port does not handle.
+std::string_view safetensors_dtype_name(at::ScalarType dtype);
 
 // The serialized file for `tensors` (what save_safetensors writes).
-std::string serialize_safetensors(const std::map<std::string, torch::Tensor>& tensors,
+std::string serialize_safetensors(const std::map<std::string, at::Tensor>& tensors,
                                   const std::map<std::string, std::string>& metadata);
 
 }  // namespace iadgpt::io

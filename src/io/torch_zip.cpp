@@ -57,12 +57,12 @@ TensorMap read_archive(std::shared_ptr<caffe2::serialize::ReadAdapterInterface> 
     }
     auto [pkl, pkl_size] = reader->getRecord("data.pkl");
 
-    StorageLoader load = [&](const std::string& key, torch::Dtype dtype, int64_t numel) {
+    StorageLoader load = [&](const std::string& key, at::ScalarType dtype, int64_t numel) {
       if (!plain_key(key)) throw InputError(fmt::format("{}: storage key '{}' is not a plain name", what, key));
       const std::string record = "data/" + key;
       if (!reader->hasRecord(record)) throw InputError(fmt::format("{}: storage record '{}' is missing", what, record));
       auto [data, nbytes] = reader->getRecord(record);
-      const auto itemsize = static_cast<int64_t>(torch::elementSize(dtype));
+      const auto itemsize = static_cast<int64_t>(c10::elementSize(dtype));
       if (numel > static_cast<int64_t>(nbytes) / itemsize)
         throw InputError(fmt::format("{}: storage record '{}' holds {} bytes, the pickle needs {} x {} bytes", what, record,
                                      nbytes, numel, itemsize));
@@ -70,8 +70,8 @@ TensorMap read_archive(std::shared_ptr<caffe2::serialize::ReadAdapterInterface> 
       auto owner = std::make_shared<at::DataPtr>(std::move(data));
       void* p = owner->get();
       const int64_t have = static_cast<int64_t>(nbytes) / itemsize;
-      if (have == 0) return torch::empty({0}, torch::TensorOptions().dtype(dtype));
-      return torch::from_blob(p, {have}, [owner](void*) {}, torch::TensorOptions().dtype(dtype));
+      if (have == 0) return empty_tensor({0}, dtype);
+      return at::from_blob(p, {have}, [owner](void*) {}, at::TensorOptions().dtype(dtype));
     };
     auto result = unpickle_tensors(std::span<const uint8_t>(static_cast<const uint8_t*>(pkl.get()), pkl_size), load, what);
     if (torchscript) *torchscript = result.torchscript;
