@@ -86,12 +86,20 @@ cv::Mat to_rgb8(const cv::Mat& rgb) {
   }
 }
 
-torch::Tensor to_float_tensor(const cv::Mat& rgb) {
+at::Tensor to_float_tensor(const cv::Mat& rgb) {
   cv::Mat f;
   const double scale = rgb.depth() == CV_8U ? 1.0 / 255 : rgb.depth() == CV_16U ? 1.0 / 65535 : 1.0;
   rgb.convertTo(f, CV_32F, scale);
-  if (!f.isContinuous()) f = f.clone();
-  return torch::from_blob(f.data, {f.rows, f.cols, 3}, torch::kFloat32).permute({2, 0, 1}).clone();
+  auto out = io::empty_tensor({3, f.rows, f.cols}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  const int64_t plane = static_cast<int64_t>(f.rows) * f.cols;
+  for (int y = 0; y < f.rows; ++y) {
+    const float* p = f.ptr<float>(y);
+    for (int x = 0; x < f.cols; ++x) {
+      for (int c = 0; c < 3; ++c) o[c * plane + static_cast<int64_t>(y) * f.cols + x] = p[x * 3 + c];
+    }
+  }
+  return out;
 }
 
 cv::Mat decode_bytes(std::span<const uint8_t> bytes, std::string_view name, Depth depth) {
