@@ -19,9 +19,11 @@ uint32_t le32(const uint8_t* p) { return uint32_t{p[0]} | (uint32_t{p[1]} << 8) 
 cv::Size jpeg_size(std::span<const uint8_t> b) {
   size_t i = 2;
   while (i + 4 <= b.size()) {
-    if (b[i] != 0xFF) return {0, 0};
+    // libjpeg skips garbage before a marker ("extraneous bytes"), so must we, or a forged SOF
+    // behind garbage would escape the size check (found by fuzz_image).
+    if (b[i] != 0xFF) { ++i; continue; }
     const uint8_t marker = b[i + 1];
-    if (marker == 0xFF) { ++i; continue; }
+    if (marker == 0xFF || marker == 0x00) { ++i; continue; }
     if (marker == 0xD8 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) { i += 2; continue; }
     const uint16_t len = be16(&b[i + 2]);
     const bool sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
