@@ -32,8 +32,8 @@ def ranges(pred):
     return out
 
 
-def class_pred(pattern):
-    rx = regex.compile(pattern)
+def class_pred(pattern, flags=0):
+    rx = regex.compile(pattern, flags)
     def pred(cp):
         if 0xD800 <= cp <= 0xDFFF:
             return False
@@ -63,9 +63,13 @@ def main():
           f"regex {regex.__version__}.")
     print('#include "text/unicode_tables.h"\n')
     print("namespace iadgpt::text::unicode {\n")
-    emit_ranges("kLetter", ranges(class_pred(r"\p{L}")))
-    emit_ranges("kNumber", ranges(class_pred(r"\p{N}")))
+    # The pre-tokenizer runs with IGNORECASE, which changes the negated class: U+0345 (whose case
+    # partner is the letter U+03B9) is not matched by [^\s\p{L}\p{N}] although it is neither a
+    # letter, a number nor a space. So the punctuation class is its own table.
+    emit_ranges("kLetter", ranges(class_pred(r"[\p{L}]", regex.IGNORECASE)))
+    emit_ranges("kNumber", ranges(class_pred(r"[\p{N}]", regex.IGNORECASE)))
     emit_ranges("kSpace", ranges(class_pred(r"\s")))
+    emit_ranges("kPunct", ranges(class_pred(r"[^\s\p{L}\p{N}]", regex.IGNORECASE)))
     emit_ranges("kCased", ranges(class_pred(r"\p{Cased}")))
     emit_ranges("kCaseIgnorable", ranges(class_pred(r"\p{Case_Ignorable}")))
 

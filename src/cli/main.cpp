@@ -37,10 +37,13 @@ int main(int argc, char** argv) {
   add_llm_logits(app);
   add_generate(app);
   add_chat(app);
+  add_detect(app);
+  add_eval(app);
   auto* bench = app.add_subcommand("bench", "Measure speed and memory of real-size architectures");
   bench->require_subcommand(1);
   add_bench_encode(*bench);
   add_bench_llm(*bench);
+  add_bench_maps(*bench);
 
   try {
     app.parse(argc, argv);

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -55,7 +56,10 @@ struct BestF1 {
 };
 BestF1 best_f1(std::span<const float> scores, std::span<const uint8_t> labels, std::string_view what = "image");
 
-// Yes/No answers of the language model: accuracy against 0/1 labels (lengths must match).
+// Yes/No answers of the language model: the first standalone word "yes" or "no" (any case) decides
+// ("Yes, there is an anomaly..." -> true, "No." -> false); nullopt when neither word occurs.
+std::optional<bool> parse_yes_no(std::string_view answer);
+// Accuracy of said_yes (1 = "Yes") against 0/1 labels (lengths must match, non-empty).
 double yes_no_accuracy(std::span<const uint8_t> said_yes, std::span<const uint8_t> labels);
 
 // Pixel-level inputs: n maps of h x w, row-major; masks 0/1.

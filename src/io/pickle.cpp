@@ -243,6 +243,15 @@ Ref Unpickler::rebuild_tensor(const std::vector<Ref>& args) {
     throw error(fmt::format("tensor of size {} stride {} offset {} reads element {} of a storage of {} elements",
                             fmt::join(size, "x"), fmt::join(stride, ","), offset, last, numel));
   if (empty && offset > numel) throw error(fmt::format("storage offset {} past storage of {} elements", offset, numel));
+  // A view with more elements than its storage repeats elements (stride 0 or overlapping
+  // strides). State dicts never hold such tensors, and a hostile one could make a 1-element
+  // storage look like a 2^40-element tensor that the first .to() or .contiguous() allocates.
+  int64_t view_numel = 1;
+  for (int64_t s : size)
+    if (__builtin_mul_overflow(view_numel, s, &view_numel)) throw error("tensor numel overflows");
+  if (view_numel > numel)
+    throw error(fmt::format("tensor of size {} has more elements than its storage ({}); overlapping views are not supported",
+                            fmt::join(size, "x"), numel));
   return make(Value{.kind = Kind::Tensor, .tensor = storage.tensor.as_strided(size, stride, offset)});
 }
 

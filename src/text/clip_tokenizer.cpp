@@ -113,7 +113,9 @@ std::string clip_clean_text(std::string_view text) {
 fs::path ClipTokenizer::find_beside(const fs::path& checkpoint) {
   const fs::path dir = fs::is_directory(checkpoint) ? checkpoint : checkpoint.parent_path();
   const fs::path base = dir.empty() ? fs::path(".") : dir;
-  for (const fs::path& candidate : {base / kGzName, base / "bpe_simple_vocab_16e6.txt"})
+  // Beside the file, or in a bpe/ folder as ImageBind and AnomalyGPT ship it.
+  for (const fs::path& candidate :
+       {base / kGzName, base / "bpe_simple_vocab_16e6.txt", base / "bpe" / kGzName})
     if (fs::is_regular_file(candidate)) return candidate;
   if (is_hf_dir(base)) return base;
   if (is_hf_dir(base / "tokenizer")) return base / "tokenizer";
@@ -222,7 +224,7 @@ std::vector<std::string> ClipTokenizer::vocabulary() const {
 std::vector<std::string> ClipTokenizer::pre_tokenize(std::string_view text) const {
   // regex.findall(<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|
   //               [^\s\p{L}\p{N}]+, IGNORECASE): alternatives tried in order at each position,
-  // characters matching none (whitespace) are skipped.
+  // characters matching none (whitespace, and U+0345 under IGNORECASE) are skipped.
   static constexpr std::string_view kLiterals[] = {kSot, kEot, "'s", "'t", "'re", "'ve",
                                                    "'m", "'ll", "'d"};
   const std::u32string s = utf8_decode(text);
@@ -240,9 +242,8 @@ std::vector<std::string> ClipTokenizer::pre_tokenize(std::string_view text) cons
         while (end < s.size() && is_letter(s[end])) ++end;
       } else if (is_number(s[i])) {
         end = i + 1;
-      } else if (!is_space(s[i])) {
-        while (end < s.size() && !is_space(s[end]) && !is_letter(s[end]) && !is_number(s[end]))
-          ++end;
+      } else {
+        while (end < s.size() && is_clip_punct(s[end])) ++end;
       }
     }
     if (end == i) {

@@ -38,7 +38,8 @@ class ClipTokenizer {
   // `path`: bpe_simple_vocab_16e6.txt(.gz), a vocab.json or merges.txt file, or a directory
   // holding either the .txt.gz or vocab.json + merges.txt (Hugging Face layout).
   static ClipTokenizer load(const std::filesystem::path& path);
-  // Looks beside a checkpoint (its directory, or the directory itself) for a vocabulary.
+  // Looks beside a checkpoint (its directory, or the directory itself; also bpe/ and tokenizer/
+  // subfolders) for bpe_simple_vocab_16e6.txt(.gz) or vocab.json + merges.txt.
   // Returns an empty path when none is there.
   static std::filesystem::path find_beside(const std::filesystem::path& checkpoint);
 

@@ -44,8 +44,13 @@ TextOutput encode_text(const TextTower& tower, const torch::Tensor& ids_in) {
   torch::NoGradGuard no_grad;
   const TextConfig& c = tower.config;
   const TextWeights& w = tower.weights;
-  const auto ids = checked_ids(c, ids_in);
-  const int64_t n = ids.size(0), length = ids.size(1);
+  const auto all_ids = checked_ids(c, ids_in);
+  const int64_t n = all_ids.size(0);
+  // Under the causal mask a token only sees earlier ones, so positions after the last pooled
+  // token cannot change any output: run only up to it (prompts use ~10 of the 77 slots).
+  const auto pos = pooling_positions(c, all_ids);
+  const int64_t length = pos.max().item<int64_t>() + 1;
+  const auto ids = all_ids.slice(1, 0, length);
 
   // 1. token embedding + positions.
   auto x = w.token_embedding.index_select(0, ids.flatten()).view({n, length, c.width});
@@ -60,7 +65,6 @@ TextOutput encode_text(const TextTower& tower, const torch::Tensor& ids_in) {
 
   // 3. the pooled token (EOT) -> LayerNorm -> projection. LayerNorm is per token, so pooling
   // first equals CLIP's ln_final over all tokens followed by pooling.
-  const auto pos = pooling_positions(c, ids);
   auto pooled = x.index({torch::arange(n), pos});  // [n, W]
   pooled = nn::layer_norm(pooled, w.final_ln_weight, w.final_ln_bias, c.eps);
   auto head = torch::linear(pooled, w.projection).to(torch::kFloat32);

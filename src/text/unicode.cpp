@@ -138,6 +138,7 @@ std::u32string utf8_decode(std::string_view bytes) {
 bool is_letter(char32_t cp) { return in_ranges(unicode::kLetter, unicode::kLetter_size, cp); }
 bool is_number(char32_t cp) { return in_ranges(unicode::kNumber, unicode::kNumber_size, cp); }
 bool is_space(char32_t cp) { return in_ranges(unicode::kSpace, unicode::kSpace_size, cp); }
+bool is_clip_punct(char32_t cp) { return in_ranges(unicode::kPunct, unicode::kPunct_size, cp); }
 bool is_strip_space(char32_t cp) {
   return in_ranges(unicode::kStripSpace, unicode::kStripSpace_size, cp);
 }

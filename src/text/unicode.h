@@ -21,6 +21,8 @@ void utf8_append(std::string& out, char32_t cp);
 bool is_letter(char32_t cp);      // \p{L}
 bool is_number(char32_t cp);      // \p{N}
 bool is_space(char32_t cp);       // regex \s (Unicode White_Space)
+// regex [^\s\p{L}\p{N}] under IGNORECASE: not quite the complement of the three above (U+0345).
+bool is_clip_punct(char32_t cp);
 bool is_strip_space(char32_t cp); // str.isspace()
 
 // Python str.lower(): full mapping (U+0130 -> "i\u0307") and the Final_Sigma context.

@@ -18,10 +18,12 @@ struct NamedEntity {
   const char* value;  // UTF-8
 };
 
-extern const CodepointRange kLetter[];               // regex \p{L}
+extern const CodepointRange kLetter[];               // regex [\p{L}] (IGNORECASE)
 extern const std::size_t kLetter_size;
-extern const CodepointRange kNumber[];               // regex \p{N}
+extern const CodepointRange kNumber[];               // regex [\p{N}] (IGNORECASE)
 extern const std::size_t kNumber_size;
+extern const CodepointRange kPunct[];                // regex [^\s\p{L}\p{N}] (IGNORECASE)
+extern const std::size_t kPunct_size;
 extern const CodepointRange kSpace[];                // regex \s
 extern const std::size_t kSpace_size;
 extern const CodepointRange kStripSpace[];           // str.isspace() (str.strip)

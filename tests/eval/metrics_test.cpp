@@ -106,6 +106,18 @@ TEST_P(CurveCase, ProCurveMatchesOfficialComputePro) {
   }
 }
 
+TEST_P(CurveCase, StreamedAuproEqualsTrapezoidOfTheFullCurveAtEveryLimit) {
+  // The one-pass integral must agree with the array version (official trapezoid) for any limit,
+  // including limits that land on an FPR value (1.0 always does).
+  const auto tensors = load_case(GetParam());
+  const auto px = pixels_of(tensors);
+  const auto curve = eval::pro_curve(px);
+  for (double limit : {0.01, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0}) {
+    EXPECT_NEAR(eval::pixel_metrics(px, limit).aupro, eval::trapezoid(curve.fpr, curve.pro, limit) / limit, 1e-15)
+        << limit;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, CurveCase, ::testing::Values("small", "ties_and_constant"));
 
 // ---- invalid inputs: one InputError naming the problem -------------------------------------------
@@ -236,6 +248,13 @@ TEST(YesNo, AccuracyCountsAgreement) {
   EXPECT_DOUBLE_EQ(eval::yes_no_accuracy(said, truth), 0.75);
   const uint8_t short_truth[] = {1};
   EXPECT_THROW(eval::yes_no_accuracy(said, short_truth), InputError);
+}
+
+TEST(YesNo, FirstStandaloneYesOrNoDecides) {
+  EXPECT_EQ(eval::parse_yes_no("Yes, there is an anomaly in the image, at the top left."), true);
+  EXPECT_EQ(eval::parse_yes_no("No. The bottle looks normal, no defect."), false);
+  EXPECT_EQ(eval::parse_yes_no("  NO anomaly; yes I am sure"), false);
+  EXPECT_EQ(eval::parse_yes_no("Nothing unusual, eyes fine"), std::nullopt);  // 'Nothing', 'eyes' are not words yes/no
 }
 
 TEST(Json, AuproKeyFollowsTheLimit) {

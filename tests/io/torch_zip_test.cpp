@@ -241,3 +241,47 @@ TEST(TorchZipRejects, CorruptZip) {
   auto msg = expect_input_error([&] { io::load_checkpoint(p); });
   EXPECT_NE(msg.find("not a readable PyTorch zip archive"), std::string::npos) << msg;
 }
+
+TEST(TorchZipRejects, StrideZeroViewLargerThanItsStorage) {
+  auto bad = kTinyStateDict;
+  bad[bad.find("K\x02\x85")+1] = 200;                  // size (200,) ...
+  bad[bad.find("K\x01\x85")+1] = 0;                    // ... stride (0,) over 2 elements
+  auto msg = expect_input_error([&] { unpickle(bad); });
+  EXPECT_NE(msg.find("has more elements than its storage (2)"), std::string::npos) << msg;
+}
+
+namespace {
+// torch.save-style {'epoch': 3, 'state_dict': OrderedDict(enc.w [2,3], enc.wt = its transposed view,
+// head.b [1] at offset 1), 'note': 'ok'} pickled by CPython with protocol 4 (FRAME, MEMOIZE,
+// STACK_GLOBAL, SHORT_BINUNICODE), storages as HalfStorage '0' (6 elements) and '1' (2).
+const std::string kProtocol4 = std::string(
+    "\x80\x04\x95\x24\x01\x00\x00\x00\x00\x00\x00\x7d\x94\x28\x8c\x05\x65\x70\x6f\x63\x68\x94\x4b\x03"
+    "\x8c\x0a\x73\x74\x61\x74\x65\x5f\x64\x69\x63\x74\x94\x8c\x0b\x63\x6f\x6c\x6c\x65\x63\x74\x69\x6f"
+    "\x6e\x73\x94\x8c\x0b\x4f\x72\x64\x65\x72\x65\x64\x44\x69\x63\x74\x94\x93\x94\x29\x52\x94\x28\x8c"
+    "\x05\x65\x6e\x63\x2e\x77\x94\x8c\x0c\x74\x6f\x72\x63\x68\x2e\x5f\x75\x74\x69\x6c\x73\x94\x8c\x12"
+    "\x5f\x72\x65\x62\x75\x69\x6c\x64\x5f\x74\x65\x6e\x73\x6f\x72\x5f\x76\x32\x94\x93\x94\x28\x28\x8c"
+    "\x07\x73\x74\x6f\x72\x61\x67\x65\x94\x8c\x05\x74\x6f\x72\x63\x68\x94\x8c\x0b\x48\x61\x6c\x66\x53"
+    "\x74\x6f\x72\x61\x67\x65\x94\x93\x94\x8c\x01\x30\x94\x8c\x03\x63\x70\x75\x94\x4b\x06\x74\x94\x51"
+    "\x4b\x00\x4b\x02\x4b\x03\x86\x94\x4b\x03\x4b\x01\x86\x94\x89\x68\x05\x29\x52\x94\x74\x94\x52\x94"
+    "\x8c\x06\x65\x6e\x63\x2e\x77\x74\x94\x68\x0a\x28\x28\x68\x0b\x68\x0e\x68\x0f\x68\x10\x4b\x06\x74"
+    "\x94\x51\x4b\x00\x4b\x03\x4b\x02\x86\x94\x4b\x01\x4b\x03\x86\x94\x89\x68\x05\x29\x52\x94\x74\x94"
+    "\x52\x94\x8c\x06\x68\x65\x61\x64\x2e\x62\x94\x68\x0a\x28\x28\x68\x0b\x68\x0e\x8c\x01\x31\x94\x68"
+    "\x10\x4b\x02\x74\x94\x51\x4b\x01\x4b\x01\x85\x94\x68\x21\x89\x68\x05\x29\x52\x94\x74\x94\x52\x94"
+    "\x75\x8c\x04\x6e\x6f\x74\x65\x94\x8c\x02\x6f\x6b\x94\x75\x2e",
+    303);
+}  // namespace
+
+TEST(TorchZip, Protocol4NestedStateDictWithSharedStorage) {
+  auto arange = [](const std::string& key, torch::Dtype dt, int64_t numel) {
+    return (torch::arange(numel) + (key == "1" ? 10 : 0)).to(dt);
+  };
+  auto r = io::unpickle_tensors(as_bytes(kProtocol4), arange, "p4.pkl");
+  EXPECT_FALSE(r.torchscript);
+  ASSERT_EQ(r.tensors.size(), 3u) << "only the state_dict entry, not epoch/note";
+  const auto& w = r.tensors.at("enc.w");
+  EXPECT_EQ(w.scalar_type(), torch::kFloat16);
+  EXPECT_TRUE(torch::equal(w, torch::arange(6).reshape({2, 3}).to(torch::kFloat16)));
+  EXPECT_TRUE(torch::equal(r.tensors.at("enc.wt"), w.t()));
+  EXPECT_EQ(r.tensors.at("enc.wt").data_ptr(), w.data_ptr()) << "views of one storage share memory";
+  EXPECT_EQ(r.tensors.at("head.b").item<float>(), 11.0f);  // storage '1' = [10, 11], offset 1
+}

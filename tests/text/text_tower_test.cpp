@@ -193,3 +193,85 @@ TEST(TextTower, PrefixedKeysAreFound) {
 }
 
 }  // namespace
+
+namespace {
+
+// openai_clip_tiny's HF tensors renamed back to OpenAI/OpenCLIP state-dict names (the inverse of
+// transformers' convert_clip_original_pytorch_to_hf.py for the text side), so the OpenAI key table
+// is exercised without the PyTorch zip reader.
+io::Checkpoint openai_names_from_hf() {
+  const auto hf = io::load_checkpoint(test::fixture("openai_clip_tiny/hf"));
+  io::Checkpoint ck;
+  ck.path = "openai_names_from_hf";
+  const auto& t = hf.tensors;
+  ck.tensors["token_embedding.weight"] = t.at("text_model.embeddings.token_embedding.weight");
+  ck.tensors["positional_embedding"] = t.at("text_model.embeddings.position_embedding.weight");
+  ck.tensors["ln_final.weight"] = t.at("text_model.final_layer_norm.weight");
+  ck.tensors["ln_final.bias"] = t.at("text_model.final_layer_norm.bias");
+  ck.tensors["text_projection"] = t.at("text_projection.weight").t().contiguous();
+  for (int i = 0; i < 2; ++i) {
+    const std::string h = "text_model.encoder.layers." + std::to_string(i) + ".";
+    const std::string o = "transformer.resblocks." + std::to_string(i) + ".";
+    for (const char* wb : {"weight", "bias"}) {
+      const std::string s = wb;
+      ck.tensors[o + "attn.in_proj_" + s] = torch::cat(
+          {t.at(h + "self_attn.q_proj." + s), t.at(h + "self_attn.k_proj." + s), t.at(h + "self_attn.v_proj." + s)});
+      ck.tensors[o + "attn.out_proj." + s] = t.at(h + "self_attn.out_proj." + s);
+      ck.tensors[o + "ln_1." + s] = t.at(h + "layer_norm1." + s);
+      ck.tensors[o + "ln_2." + s] = t.at(h + "layer_norm2." + s);
+      ck.tensors[o + "mlp.c_fc." + s] = t.at(h + "mlp.fc1." + s);
+      ck.tensors[o + "mlp.c_proj." + s] = t.at(h + "mlp.fc2." + s);
+    }
+  }
+  return ck;
+}
+
+TEST(TextTower, OpenAiKeyTableMatchesUpstream) {
+  const auto tower = text::load_text_tower(openai_names_from_hf());
+  EXPECT_EQ(tower.config.family, TextFamily::OpenAiClip);
+  EXPECT_EQ(tower.config.heads, 1);  // width 64 / 64, as clip.model.build_model infers
+  const auto out = text::encode_text(tower, openai_ref().at("input_ids"));
+  EXPECT_LE(max_abs(out.head, openai_ref().at("text_embeds")), kHeadTol);
+  EXPECT_LE(max_abs(out.embedding, openai_ref().at("text_embeds_normalized")), kNormTol);
+}
+
+TEST(TextTower, OpenClipConfigSelectsFamilyAndActivation) {
+  // An OpenCLIP model config (text_cfg) selects OpenCLIP; quick_gelu keeps OpenAI's activation.
+  nlohmann::json cfg = {{"embed_dim", 32}, {"quick_gelu", true},
+                        {"text_cfg", {{"width", 64}, {"heads", 1}, {"layers", 2}}}};
+  auto tower = text::load_text_tower(openai_names_from_hf(), {.config = cfg});
+  EXPECT_EQ(tower.config.family, TextFamily::OpenClip);
+  EXPECT_EQ(tower.config.activation, nn::Activation::QuickGelu);
+  auto out = text::encode_text(tower, openai_ref().at("input_ids"));
+  EXPECT_LE(max_abs(out.head, openai_ref().at("text_embeds")), kHeadTol);
+
+  // Without quick_gelu OpenCLIP uses exact GELU: the model differs from the QuickGELU reference.
+  cfg.erase("quick_gelu");
+  tower = text::load_text_tower(openai_names_from_hf(), {.config = cfg});
+  EXPECT_EQ(tower.config.activation, nn::Activation::Gelu);
+  out = text::encode_text(tower, openai_ref().at("input_ids"));
+  EXPECT_GT(max_abs(out.head, openai_ref().at("text_embeds")), 1e-3);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(TextTower, TokensAfterThePooledTokenDoNotMatter) {
+  // Causal mask: the EOT token sees only earlier tokens. encode_text also skips positions after
+  // the last pooled token of the batch; both must leave the embeddings unchanged.
+  const auto tower = text::load_text_tower(test::fixture("imagebind_tiny/imagebind_tiny.safetensors"),
+                                           imagebind_options());
+  const auto ids = imagebind_ref().at("text_input_ids");
+  auto noisy = ids.clone();
+  noisy.index_put_({0, torch::indexing::Slice(9, torch::indexing::None)},
+                   torch::randint(1, 49000, {68}, torch::kInt64));  // row 0 has its EOT at 8
+  const auto batch = torch::stack({noisy[0], ids[7]});  // row 7 runs to position 76
+  const auto full = text::encode_text(tower, batch);
+  const auto alone = text::encode_text(tower, ids.slice(0, 0, 1));  // runs 9 positions only
+  // Same math, different matrix shapes: only BLAS blocking can differ (fp32 rounding).
+  EXPECT_LE(max_abs(full.head[0], alone.head[0]), 1e-6);
+  EXPECT_LE(max_abs(full.head[0], imagebind_ref().at("text_head")[0]), kHeadTol);
+}
+
+}  // namespace

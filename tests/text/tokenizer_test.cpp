@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/shared.h"
+#include "io/checkpoint.h"
 #include "io/error.h"
 #include "text/clip_tokenizer.h"
 #include "text/unicode.h"
@@ -84,6 +85,11 @@ TEST(ClipTokenizer, MatchesImageBindAndOpenAiFixtureIds) {
   const auto batch = tokenizer().tokenize_batch(prompts);
   ASSERT_EQ(batch.sizes(), (std::vector<int64_t>{8, 77}));
   EXPECT_EQ(batch[7][76].item<int64_t>(), 49407);
+  // And the tensors the towers are tested with (reference.safetensors).
+  const auto ib_ref = iadgpt::io::load_safetensors(iadgpt::test::fixture("imagebind_tiny/reference.safetensors"));
+  const auto oc_ref = iadgpt::io::load_safetensors(iadgpt::test::fixture("openai_clip_tiny/reference.safetensors"));
+  EXPECT_TRUE(torch::equal(batch, ib_ref.at("text_input_ids")));
+  EXPECT_TRUE(torch::equal(batch, oc_ref.at("clip_tokenize_ids").to(torch::kInt64)));
 }
 
 TEST(ClipTokenizer, AnomalyGptTruncationDropsTheEot) {
@@ -162,6 +168,21 @@ TEST(ClipTokenizer, MissingOrBrokenVocabularyIsAnInputError) {
   EXPECT_THROW(ClipTokenizer::load(dir / "bad.txt"), iadgpt::InputError);
   EXPECT_THROW(ClipTokenizer::load(dir), iadgpt::InputError);
   EXPECT_THROW(tokenizer().tokenize("\xff invalid"), iadgpt::InputError);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(ClipTokenizer, PreTokenizerFollowsRegexIgnoreCaseSemantics) {
+  // Under IGNORECASE, [^\s\p{L}\p{N}] does not match U+0345 (its case partner U+03B9 is a
+  // letter) and [\p{L}]+ does not either: regex.findall skips it like whitespace.
+  EXPECT_EQ(tokenizer().encode("x\xcd\x85y"), tokenizer().encode("x y"));
+  // IGNORECASE folds long s onto 's': "'ſ" is the contraction piece (ſ is lowercase already).
+  EXPECT_EQ(tokenizer().encode("a'\xc5\xbf"), tokenizer().encode("a '\xc5\xbf"));
+  EXPECT_NE(tokenizer().encode("a'\xc5\xbf"), tokenizer().encode("a' \xc5\xbf"));
+  // Special-token text is recognised after lower-casing, at any position.
+  EXPECT_EQ(tokenizer().encode("<|ENDOFTEXT|>x"), (std::vector<int64_t>{49407, tokenizer().encode("x")[0]}));
 }
 
 }  // namespace

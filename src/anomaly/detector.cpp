@@ -1,0 +1,227 @@
+#include "anomaly/detector.h"
+
+#include <fmt/format.h>
+
+#include "image/preprocess.h"
+#include "io/checkpoint.h"
+#include "io/error.h"
+#include "nn/transformer.h"
+#include "text/clip_tokenizer.h"
+#include "text/text_tower.h"
+#include "vision/loader.h"
+
+namespace iadgpt::anomaly {
+namespace F = torch::nn::functional;
+
+MapMode parse_map_mode(std::string_view name) {
+  if (name == "auto") return MapMode::Auto;
+  if (name == "zero-shot") return MapMode::ZeroShot;
+  if (name == "decoder") return MapMode::Decoder;
+  if (name == "few-shot") return MapMode::FewShot;
+  if (name == "blend") return MapMode::Blend;
+  throw InputError(fmt::format("unknown map mode '{}' (expected auto, zero-shot, decoder, few-shot or blend)", name));
+}
+
+std::string_view map_mode_name(MapMode mode) {
+  switch (mode) {
+    case MapMode::Auto: return "auto";
+    case MapMode::ZeroShot: return "zero-shot";
+    case MapMode::Decoder: return "decoder";
+    case MapMode::FewShot: return "few-shot";
+    case MapMode::Blend: return "blend";
+  }
+  return "?";
+}
+
+struct Detector::State {
+  DetectorOptions options;
+  vision::VisionModel vision;
+  std::vector<int64_t> taps;
+  int64_t size = 0;
+  std::string model_identity;
+  // Text side, loaded on first use: few-shot alone needs no text tower.
+  std::optional<text::TextTower> text_tower;
+  std::optional<text::ClipTokenizer> tokenizer;
+  std::optional<TextFeatures> features;
+  std::optional<VisualDecoder> decoder;
+  MemoryBank bank;
+
+  bool needs_text(MapMode mode) const {
+    return mode == MapMode::ZeroShot || mode == MapMode::Decoder || mode == MapMode::Blend;
+  }
+
+  void load_text() {
+    if (text_tower) return;
+    const auto path = options.text.value_or(options.vision);
+    text::TextLoadOptions text_options;
+    text_options.dtype = options.dtype;
+    text_options.config = options.config;
+    text_tower = text::load_text_tower(path, text_options);
+    auto vocab = options.vocab.value_or(text::ClipTokenizer::find_beside(path));
+    if (vocab.empty()) {
+      throw InputError(fmt::format("no CLIP BPE vocabulary beside {}; give --vocab bpe_simple_vocab_16e6.txt.gz",
+                                   path.string()));
+    }
+    tokenizer.emplace(text::ClipTokenizer::load(vocab));
+  }
+
+  torch::Tensor encode_sentences(const std::vector<std::string>& sentences) {
+    auto ids = tokenizer->tokenize_batch(sentences);
+    return text::encode_text(*text_tower, ids).embedding;
+  }
+
+  // Taps of the map view, fp32 [B, 1+N, D_v] per tapped block.
+  std::vector<torch::Tensor> encode(const torch::Tensor& pixels) {
+    torch::NoGradGuard no_grad;
+    auto out = vision::vit_forward(vision.weights, vision.config, pixels.to(options.dtype), taps);
+    return out.taps;
+  }
+
+  // The family's own final norm + projection applied to patch tokens (METHOD §1.6).
+  torch::Tensor to_joint_space(const torch::Tensor& tokens) const {
+    const auto& w = vision.weights;
+    auto normed = nn::layer_norm(tokens.to(torch::kFloat32), w.head_ln_weight.to(torch::kFloat32),
+                                 w.head_ln_bias.to(torch::kFloat32), vision.config.eps);
+    if (!w.proj.defined()) return normed;
+    return torch::matmul(normed, w.proj.to(torch::kFloat32).t());
+  }
+};
+
+Detector::Detector(const DetectorOptions& options) : state_(std::make_unique<State>()) {
+  auto& s = *state_;
+  s.options = options;
+  vision::VisionOptions vision_options;
+  vision_options.config = options.config;
+  vision_options.dtype = options.dtype;
+  s.vision = vision::load_vision(io::load_checkpoint(options.vision), vision_options);
+  s.taps = options.taps.empty() ? s.vision.config.default_taps() : options.taps;
+  for (auto t : s.taps) {
+    if (t < 0 || t >= s.vision.config.layers) {
+      throw InputError(fmt::format("tap {} is outside the tower's {} blocks", t, s.vision.config.layers));
+    }
+  }
+  s.size = options.size > 0 ? options.size : s.vision.config.image_size;
+  if (s.size != s.vision.config.image_size) {
+    // The positional embedding fixes the grid; other sizes would need interpolated positions.
+    throw InputError(fmt::format("--size {} differs from the tower's native input size {}", s.size,
+                                 s.vision.config.image_size));
+  }
+  s.model_identity = fmt::format("{}|{}|{}", std::filesystem::absolute(options.text.value_or(options.vision)).string(),
+                                 std::filesystem::exists(options.vision) ? std::filesystem::file_size(options.vision) : 0,
+                                 c10::toString(options.dtype));
+  if (options.decoder) {
+    auto ckpt = io::load_checkpoint(*options.decoder);
+    s.decoder.emplace(VisualDecoder(s.vision.config.width, s.vision.config.embed_dim,
+                                    static_cast<int64_t>(s.taps.size())));
+    load_decoder(*s.decoder, ckpt.tensors, options.decoder->string());
+    (*s.decoder)->eval();
+  }
+  const auto mode = options.mode;
+  if ((mode == MapMode::Decoder || mode == MapMode::Blend) && !options.decoder) {
+    throw InputError(fmt::format("map mode '{}' needs --decoder", map_mode_name(mode)));
+  }
+}
+
+Detector::~Detector() = default;
+Detector::Detector(Detector&&) noexcept = default;
+Detector& Detector::operator=(Detector&&) noexcept = default;
+
+MapMode Detector::effective_mode() const {
+  const auto& s = *state_;
+  if (s.options.mode != MapMode::Auto) return s.options.mode;
+  if (!s.bank.empty()) return s.decoder ? MapMode::Blend : MapMode::FewShot;
+  return s.decoder ? MapMode::Decoder : MapMode::ZeroShot;
+}
+
+int64_t Detector::size() const { return state_->size; }
+std::vector<int64_t> Detector::taps() const { return state_->taps; }
+
+const TextFeatures& Detector::text_features() const {
+  if (!state_->features) throw InputError("no class set: text features are computed by set_class");
+  return *state_->features;
+}
+
+void Detector::set_class(std::string_view class_name) {
+  auto& s = *state_;
+  s.load_text();
+  auto prompts = build_prompts(class_name, s.options.templates, s.options.extra_abnormal);
+  SentenceEncoder encode = [&](const std::vector<std::string>& sentences) { return s.encode_sentences(sentences); };
+  if (s.options.cache_dir) {
+    s.features = PromptCache(*s.options.cache_dir).get(s.model_identity, prompts, encode);
+  } else {
+    s.features = encode_prompts(prompts, encode);
+  }
+  if (s.features->f_text.size(1) != s.vision.config.embed_dim) {
+    throw InputError(fmt::format("text embeddings are {} wide but the vision tower projects to {}",
+                                 s.features->f_text.size(1), s.vision.config.embed_dim));
+  }
+}
+
+torch::Tensor Detector::map_view(const std::vector<cv::Mat>& rgb8) const {
+  std::vector<torch::Tensor> views;
+  for (const auto& img : rgb8) views.push_back(image::clip_map_view(img, static_cast<int>(state_->size)));
+  return torch::stack(views);
+}
+
+void Detector::set_references(const std::vector<cv::Mat>& rgb8) {
+  auto& s = *state_;
+  s.bank.clear();
+  if (rgb8.empty()) return;
+  auto pixels = map_view(rgb8);
+  if (s.options.rotations) pixels = with_rotations(pixels);
+  s.bank.add(s.encode(pixels));
+}
+
+std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) {
+  auto& s = *state_;
+  const auto mode = effective_mode();
+  if (s.needs_text(mode) && !s.features) set_class("");
+  if ((mode == MapMode::FewShot || mode == MapMode::Blend) && s.bank.empty()) {
+    throw InputError(fmt::format("map mode '{}' needs reference images", map_mode_name(mode)));
+  }
+  auto taps = s.encode(map_view(rgb8));
+  torch::NoGradGuard no_grad;
+  LayerMaps text_maps;
+  if (mode == MapMode::ZeroShot) {
+    text_maps = zero_shot_maps(taps, [&](const torch::Tensor& t) { return s.to_joint_space(t); },
+                               s.features->f_text, s.size);
+  } else if (mode == MapMode::Decoder || mode == MapMode::Blend) {
+    text_maps = (*s.decoder)->forward(taps, s.features->f_text, s.size);
+  }
+  torch::Tensor few_shot;
+  if (mode == MapMode::FewShot || mode == MapMode::Blend) few_shot = s.bank.query(taps, s.size);
+
+  torch::Tensor fused;
+  if (mode == MapMode::FewShot) fused = few_shot;
+  else if (mode == MapMode::Blend) fused = blend(text_maps.fused, few_shot);
+  else fused = text_maps.fused;
+
+  auto scores = image_scores(fused, s.options.top_k);
+  std::vector<Detection> out;
+  const int64_t batch = static_cast<int64_t>(rgb8.size());
+  for (int64_t b = 0; b < batch; ++b) {
+    Detection d;
+    d.map = fused[b][0].contiguous();
+    if (!text_maps.layers.empty()) {
+      std::vector<torch::Tensor> layers;
+      for (const auto& m : text_maps.layers) layers.push_back(m[b][1]);
+      d.layer_maps = torch::stack(layers);
+    } else {
+      d.layer_maps = torch::zeros({static_cast<int64_t>(s.taps.size()), s.size, s.size});
+    }
+    if (few_shot.defined()) d.few_shot = few_shot[b][0].contiguous();
+    d.score = scores[b].item<float>();
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+torch::Tensor resize_map(const torch::Tensor& map, int64_t height, int64_t width) {
+  auto grid = map.reshape({1, 1, map.size(-2), map.size(-1)}).to(torch::kFloat32);
+  return F::interpolate(grid, F::InterpolateFuncOptions()
+                                  .size(std::vector<int64_t>{height, width})
+                                  .mode(torch::kBilinear)
+                                  .align_corners(false))[0][0];
+}
+
+}  // namespace iadgpt::anomaly

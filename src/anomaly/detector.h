@@ -1,0 +1,90 @@
+// The anomaly-map pipeline for one class (METHOD §1.1–1.6): image → map view → tapped tokens →
+// map (zero-shot, trained decoder, few-shot memory bank, or decoder + few-shot blend) → score.
+//
+//   anomaly::DetectorOptions opt{.vision = "imagebind_huge.pth", .vocab = "bpe_simple_vocab_16e6.txt.gz"};
+//   anomaly::Detector detector(opt);
+//   detector.set_class("hazelnut");
+//   detector.set_references({good1, good2});                // optional: few-shot
+//   auto d = detector.detect({part});                       // d[0].map: [S, S], d[0].score
+//
+// Not thread-safe (it caches the class's text features and the memory bank); one per worker.
+#pragma once
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "anomaly/maps.h"
+#include "anomaly/prompts.h"
+
+namespace iadgpt::anomaly {
+
+enum class MapMode {
+  Auto,      // few-shot with references (blended with the decoder when one is given), else the
+             // decoder when given, else zero-shot
+  ZeroShot,  // METHOD §1.6
+  Decoder,   // §1.4 (needs --decoder)
+  FewShot,   // §1.5 (needs references)
+  Blend,     // (M_text + M_fs) / 2 (needs both)
+};
+MapMode parse_map_mode(std::string_view name);
+std::string_view map_mode_name(MapMode mode);
+
+struct DetectorOptions {
+  std::filesystem::path vision;                 // any CLIP-family checkpoint
+  std::optional<std::filesystem::path> text;    // text tower checkpoint (default: `vision`)
+  std::optional<std::filesystem::path> vocab;   // CLIP BPE vocabulary (default: beside the checkpoint)
+  std::optional<nlohmann::json> config;         // --config for towers whose shapes do not tell
+  std::optional<std::filesystem::path> decoder; // trained decoder: our safetensors or AnomalyGPT's delta
+  TemplateSet templates = TemplateSet::AnomalyGpt;
+  std::vector<std::string> extra_abnormal;      // APG sentences
+  std::vector<int64_t> taps;                    // empty: the family's default four
+  int64_t size = 0;                             // map view side S; 0: the tower's native size
+  MapMode mode = MapMode::Auto;
+  bool rotations = false;                       // add 90/180/270° views of the references
+  int64_t top_k = 0;                            // image score: 0 = max, else top-k mean
+  torch::Dtype dtype = torch::kFloat32;         // tower compute dtype
+  std::optional<std::filesystem::path> cache_dir;  // prompt-embedding cache
+};
+
+struct Detection {
+  torch::Tensor map;         // [S, S] float in [0, 1]
+  torch::Tensor layer_maps;  // [L, S, S] per-tap abnormal maps (zeros for few-shot only)
+  torch::Tensor few_shot;    // [S, S] M_fs, undefined without references
+  float score = 0;
+};
+
+class Detector {
+ public:
+  explicit Detector(const DetectorOptions& options);
+  ~Detector();
+  Detector(Detector&&) noexcept;
+  Detector& operator=(Detector&&) noexcept;
+
+  void set_class(std::string_view class_name);         // recomputes F_text (cached on disk)
+  void set_references(const std::vector<cv::Mat>& rgb8);  // replaces the memory bank; {} clears
+  std::vector<Detection> detect(const std::vector<cv::Mat>& rgb8);
+
+  MapMode effective_mode() const;  // what `detect` will compute now
+  int64_t size() const;            // S
+  std::vector<int64_t> taps() const;
+  const TextFeatures& text_features() const;  // InputError before set_class in a text mode
+
+  // Pixel tensors of the map view [B, 3, S, S] (CLIP-normalised), for callers that need them.
+  torch::Tensor map_view(const std::vector<cv::Mat>& rgb8) const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// Resizes a map [S, S] to height × width (bilinear), for output at the image's own size.
+torch::Tensor resize_map(const torch::Tensor& map, int64_t height, int64_t width);
+
+}  // namespace iadgpt::anomaly
