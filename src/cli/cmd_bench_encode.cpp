@@ -6,6 +6,8 @@
 #include <fstream>
 #include <iostream>
 
+#include <malloc.h>
+
 #include "cli/commands.h"
 #include "io/error.h"
 #include "vision/vit.h"
@@ -32,6 +34,7 @@ double peak_rss_mib() {
 // Resets VmHWM to the current RSS (Linux: writing 5 to clear_refs), so that each dtype's peak is
 // its own even when both run in one process.
 void reset_peak_rss() {
+  malloc_trim(0);  // glibc keeps freed large blocks after its mmap threshold adapts; give them back
   std::ofstream out("/proc/self/clear_refs");
   out << "5";
 }

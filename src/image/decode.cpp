@@ -19,9 +19,11 @@ uint32_t le32(const uint8_t* p) { return uint32_t{p[0]} | (uint32_t{p[1]} << 8) 
 cv::Size jpeg_size(std::span<const uint8_t> b) {
   size_t i = 2;
   while (i + 4 <= b.size()) {
-    if (b[i] != 0xFF) return {0, 0};
+    // libjpeg skips garbage before a marker ("extraneous bytes"), so must we, or a forged SOF
+    // behind garbage would escape the size check (found by fuzz_image).
+    if (b[i] != 0xFF) { ++i; continue; }
     const uint8_t marker = b[i + 1];
-    if (marker == 0xFF) { ++i; continue; }
+    if (marker == 0xFF || marker == 0x00) { ++i; continue; }
     if (marker == 0xD8 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) { i += 2; continue; }
     const uint16_t len = be16(&b[i + 2]);
     const bool sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
@@ -86,12 +88,20 @@ cv::Mat to_rgb8(const cv::Mat& rgb) {
   }
 }
 
-torch::Tensor to_float_tensor(const cv::Mat& rgb) {
+at::Tensor to_float_tensor(const cv::Mat& rgb) {
   cv::Mat f;
   const double scale = rgb.depth() == CV_8U ? 1.0 / 255 : rgb.depth() == CV_16U ? 1.0 / 65535 : 1.0;
   rgb.convertTo(f, CV_32F, scale);
-  if (!f.isContinuous()) f = f.clone();
-  return torch::from_blob(f.data, {f.rows, f.cols, 3}, torch::kFloat32).permute({2, 0, 1}).clone();
+  auto out = io::empty_tensor({3, f.rows, f.cols}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  const int64_t plane = static_cast<int64_t>(f.rows) * f.cols;
+  for (int y = 0; y < f.rows; ++y) {
+    const float* p = f.ptr<float>(y);
+    for (int x = 0; x < f.cols; ++x) {
+      for (int c = 0; c < 3; ++c) o[c * plane + static_cast<int64_t>(y) * f.cols + x] = p[x * 3 + c];
+    }
+  }
+  return out;
 }
 
 cv::Mat decode_bytes(std::span<const uint8_t> bytes, std::string_view name, Depth depth) {

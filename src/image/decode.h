@@ -18,7 +18,7 @@
 #include <span>
 #include <string_view>
 
-#include <torch/torch.h>
+#include "io/aten.h"  // not <torch/torch.h>: the fuzz build (clang 14) cannot parse it
 
 namespace iadgpt::image {
 
@@ -39,6 +39,6 @@ cv::Size peek_size(std::span<const uint8_t> bytes);
 // Any RGB Mat (8U/16U/32F) → CV_8UC3.
 cv::Mat to_rgb8(const cv::Mat& rgb);
 // RGB Mat → float tensor [3,H,W] in [0,1] (ToTensor); keeps 16-bit precision.
-torch::Tensor to_float_tensor(const cv::Mat& rgb);
+at::Tensor to_float_tensor(const cv::Mat& rgb);
 
 }  // namespace iadgpt::image

@@ -151,16 +151,26 @@ cv::Rect center_crop_rect(cv::Size in, int size) {
   return {left, top, size, size};
 }
 
-torch::Tensor normalize_clip(const cv::Mat& rgb8) {
-  cv::Mat m = rgb8.isContinuous() ? rgb8 : rgb8.clone();
-  auto x = torch::from_blob(m.data, {m.rows, m.cols, 3}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat32);
-  x = x.div(255);
-  const auto mean = torch::tensor({kClipMean[0], kClipMean[1], kClipMean[2]}).view({3, 1, 1});
-  const auto std = torch::tensor({kClipStd[0], kClipStd[1], kClipStd[2]}).view({3, 1, 1});
-  return x.sub(mean).div(std).contiguous();
+at::Tensor normalize_clip(const cv::Mat& rgb8) {
+  if (rgb8.empty() || rgb8.type() != CV_8UC3) throw InputError("normalize: expected an RGB 8-bit image");
+  auto out = io::empty_tensor({3, rgb8.rows, rgb8.cols}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  const int64_t plane = static_cast<int64_t>(rgb8.rows) * rgb8.cols;
+  for (int y = 0; y < rgb8.rows; ++y) {
+    const uint8_t* p = rgb8.ptr<uint8_t>(y);
+    for (int x = 0; x < rgb8.cols; ++x) {
+      for (int c = 0; c < 3; ++c) {
+        float v = static_cast<float>(p[x * 3 + c]) / 255.0f;  // separate statements: one rounding each
+        v = v - kClipMean[c];
+        v = v / kClipStd[c];
+        o[c * plane + static_cast<int64_t>(y) * rgb8.cols + x] = v;
+      }
+    }
+  }
+  return out;
 }
 
-torch::Tensor clip_encoder_view(const cv::Mat& rgb8, int size, Resampler r) {
+at::Tensor clip_encoder_view(const cv::Mat& rgb8, int size, Resampler r) {
   if (rgb8.empty() || rgb8.type() != CV_8UC3) throw InputError("preprocess: expected an RGB 8-bit image");
   const cv::Size s = short_side_size(rgb8.size(), size);
   if (s.width > 32768 || s.height > 32768 || s.width <= 0 || s.height <= 0) {
@@ -171,7 +181,7 @@ torch::Tensor clip_encoder_view(const cv::Mat& rgb8, int size, Resampler r) {
   return normalize_clip(resized(center_crop_rect(resized.size(), size)));
 }
 
-torch::Tensor clip_map_view(const cv::Mat& rgb8, int size, Resampler r) {
+at::Tensor clip_map_view(const cv::Mat& rgb8, int size, Resampler r) {
   if (rgb8.empty() || rgb8.type() != CV_8UC3) throw InputError("preprocess: expected an RGB 8-bit image");
   return normalize_clip(resize(rgb8, size, size, r));
 }

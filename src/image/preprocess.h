@@ -2,8 +2,8 @@
 // and the map view (whole image → S×S bicubic, no crop), both ToTensor + CLIP mean/std.
 //
 //   cv::Mat rgb = iadgpt::image::decode_file("bottle.png");
-//   torch::Tensor x = iadgpt::image::clip_encoder_view(rgb, 224);   // [3,224,224] float32
-//   torch::Tensor m = iadgpt::image::clip_map_view(rgb, 224);
+//   at::Tensor x = iadgpt::image::clip_encoder_view(rgb, 224);   // [3,224,224] float32
+//   at::Tensor m = iadgpt::image::clip_map_view(rgb, 224);
 //
 // The default resampler reproduces PIL's BICUBIC resize of 8-bit RGB images (what torchvision's
 // Resize(BICUBIC) on PIL images, and hence the ImageBind/CLIP/AnomalyGPT references, use):
@@ -13,7 +13,8 @@
 // Thread-safety: pure functions.
 #pragma once
 #include <opencv2/core.hpp>
-#include <torch/torch.h>
+
+#include "io/aten.h"  // not <torch/torch.h>: the fuzz build (clang 14) cannot parse it
 
 #include <array>
 #include <cstdint>
@@ -40,10 +41,11 @@ cv::Size short_side_size(cv::Size in, int size);
 // torchvision CenterCrop offsets: round((in - size) / 2) with Python's round-half-even.
 cv::Rect center_crop_rect(cv::Size in, int size);
 
-// ToTensor + Normalize(CLIP mean/std) in float32, the same operation order as torchvision.
-torch::Tensor normalize_clip(const cv::Mat& rgb8);
+// ToTensor + Normalize(CLIP mean/std): per value (v / 255 − mean) / std in float32, each step
+// rounded like torchvision's div(255), sub_(mean), div_(std).
+at::Tensor normalize_clip(const cv::Mat& rgb8);
 
-torch::Tensor clip_encoder_view(const cv::Mat& rgb8, int size, Resampler r = Resampler::PilBicubic);
-torch::Tensor clip_map_view(const cv::Mat& rgb8, int size, Resampler r = Resampler::PilBicubic);
+at::Tensor clip_encoder_view(const cv::Mat& rgb8, int size, Resampler r = Resampler::PilBicubic);
+at::Tensor clip_map_view(const cv::Mat& rgb8, int size, Resampler r = Resampler::PilBicubic);
 
 }  // namespace iadgpt::image

@@ -101,6 +101,16 @@ TEST(Decode, RejectsAbsurdDimensionsFromTheHeader) {
   }
 }
 
+// fuzz_image finding: libjpeg skips garbage before a marker, so the header peek must too,
+// otherwise a huge SOF placed behind garbage bypasses the size limit.
+TEST(Decode, JpegSizePeekSkipsGarbageBeforeMarkers) {
+  cv::Mat bgr(9, 13, CV_8UC3, cv::Scalar(1, 2, 3));
+  auto jpg = encode(bgr, ".jpg");
+  ASSERT_EQ(peek_size(jpg), cv::Size(13, 9));
+  jpg.insert(jpg.begin() + 2, {0x12, 0x34, 0x56});  // garbage between SOI and the first marker
+  EXPECT_EQ(peek_size(jpg), cv::Size(13, 9));
+}
+
 TEST(Preprocess, ShortSideAndCropFollowTorchvision) {
   EXPECT_EQ(short_side_size({320, 213}, 224), cv::Size(336, 224));  // int(224·320/213) = 336
   EXPECT_EQ(short_side_size({213, 320}, 224), cv::Size(224, 336));
