@@ -9,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "io/error.h"
+#include "llm/tokenizer.h"
 #include "text/clip_tokenizer.h"
 
 namespace iadgpt::cli {
@@ -41,8 +42,13 @@ void run(const TokenizeArgs& a) {
   std::filesystem::path vocab = a.vocab;
   if (vocab.empty()) {
     if (is_sentencepiece(a.model)) {
-      // SENTENCEPIECE BRANCH: wired by the coordinator to src/llm (LLaMA tokenizer, --bos).
-      throw InputError("SentencePiece tokenization requires the llm module");
+      // LLaMA-family SentencePiece: ids without BOS unless --bos (ARCHITECTURE.md contract).
+      const auto tok = llm::Tokenizer::from_path(a.model);
+      for (const auto& t : texts) {
+        nlohmann::json line = {{"text", t}, {"ids", tok.encode(t, a.bos)}};
+        std::cout << line.dump() << "\n";
+      }
+      return;
     }
     if (!std::filesystem::exists(a.model))
       throw InputError(fmt::format("{}: no such file or directory", a.model));

@@ -6,6 +6,8 @@
 #include "llm/tokenizer.h"
 #include "llm_test_util.h"
 
+#include <nlohmann/json.hpp>
+
 namespace llm = iadgpt::llm;
 namespace t = iadgpt::test;
 
@@ -78,4 +80,19 @@ TEST(Tokenizer, YesAndNoAreSingleFirstAnswerTokens) {
   EXPECT_EQ(llama_tok().encode("No"), (std::vector<int64_t>{1939}));
   EXPECT_EQ(llama_tok().piece(3869), "▁Yes");
   EXPECT_EQ(llama_tok().piece(1939), "▁No");
+}
+
+#include "common/run.h"
+
+// `iadgpt tokenize --model tokenizer.model` goes through the same SentencePiece tokenizer.
+TEST(TokenizeCommand, SentencePieceIdsWithAndWithoutBos) {
+  const auto model = iadgpt::test::data("tokenizers/llama2c/tokenizer.model");
+  const auto tok = iadgpt::llm::Tokenizer::from_path(model);
+  auto r = iadgpt::test::run_iadgpt("tokenize --model '" + model.string() + "' --text 'Hello world'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto line = nlohmann::json::parse(r.out);
+  EXPECT_EQ(line["ids"].get<std::vector<int64_t>>(), tok.encode("Hello world", false));
+  r = iadgpt::test::run_iadgpt("tokenize --bos --model '" + model.string() + "' --text 'Hello world'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["ids"][0].get<int64_t>(), tok.bos_id());
 }
