@@ -100,6 +100,20 @@ TEST(CliEncodeImage, EncodesGivenPixelValuesWithHfModel) {
   EXPECT_LE(max_abs(t.at("embedding"), ref.at("image_embeds_normalized")), 2e-6);
 }
 
+// bf16 path through the CLI, OpenAI TorchScript archive: same bound as VitBf16 (≈2x the measured
+// 0.0022 on the normalised embedding).
+TEST(CliEncodeImage, Bf16WithTorchScriptArchiveStaysWithinTolerance) {
+  const auto out = test::scratch("cli-encode-bf16") / "out.safetensors";
+  auto r = run("encode-image --model " + fx("openai_clip_tiny/openai_clip_tiny.pt") + " --dtype bf16 --pixel-values " +
+               fx("openai_clip_tiny/reference.safetensors") + " --taps 1 --out " + out.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto t = io::load_safetensors(out);
+  const auto ref = io::load_safetensors(test::fixture("openai_clip_tiny/reference.safetensors"));
+  EXPECT_EQ(t.at("embedding").scalar_type(), torch::kFloat32);
+  EXPECT_LE(max_abs(t.at("embedding"), ref.at("image_embeds_normalized")), 0.02);
+  EXPECT_LE(max_abs(t.at("tap.1"), ref.at("vision_block1")), 0.15);
+}
+
 TEST(CliEncodeImage, BadInputsExitWithCode2) {
   const auto dir = test::scratch("cli-encode-bad");
   const auto model = " --model " + fx("openai_clip_tiny/hf");
