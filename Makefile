@@ -26,7 +26,7 @@ test: deps
 fuzz: deps
 	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DIADGPT_FUZZ=ON -DIADGPT_TESTS=OFF
-	cmake --build build-fuzz -j $(JOBS) --target fuzz_safetensors fuzz_torch_zip
+	cmake --build build-fuzz -j $(JOBS) --target fuzz_safetensors fuzz_torch_zip fuzz_image
 
 bench: build
 	$(BUILD)/iadgpt bench encode --arch imagebind-huge
