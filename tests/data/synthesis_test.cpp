@@ -4,6 +4,7 @@
 #include <opencv2/core.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <cmath>
@@ -68,14 +69,15 @@ TEST(Nsa, OnRealHazelnutOnlyPastedPixelsChangeAndTheLabelIsTheLogisticOfTheChang
     ASSERT_LE(s.pasted.size(), 2u);
 
     cv::Mat region(target.size(), CV_8U, cv::Scalar(0)), seams(target.size(), CV_8U, cv::Scalar(0));
+    // Patches are pasted in order: a later patch covers an earlier one's seam and has its own.
     for (const auto& r : s.pasted) {
       region(r).setTo(1);
       seams(r).setTo(1);
+      seams(cv::Rect(r.x + opt.seam, r.y + opt.seam, r.width - 2 * opt.seam, r.height - 2 * opt.seam)).setTo(0);
       // Size: width bound × scale bound (±1 pixel of rounding per step).
       EXPECT_LE(r.width, std::lround(0.35 * 1.3 * target.cols) + 2);
       EXPECT_LE(r.height, std::lround(0.35 * 1.3 * target.rows) + 2);
     }
-    for (const auto& r : s.pasted) seams(cv::Rect(r.x + opt.seam, r.y + opt.seam, r.width - 2 * opt.seam, r.height - 2 * opt.seam)).setTo(0);
 
     const cv::Mat change = change_of(s.image, target), soft = as_mat(s.soft);
     // Outside the dilated soft label (dilated by the seam and the 1-pixel frame seamlessClone
@@ -255,10 +257,13 @@ TEST(SynthCli, WritesImagesMasksAndSamples) {
   const auto out = test::scratch("synth") / "nsa";
   const auto r = test::run_iadgpt("synth --dataset mvtec:'" + root.string() + "' --category hazelnut --method nsa --count 3 --seed 1 --out '" + out.string() + "'");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  for (const char* name : {"000", "001", "002"}) {
-    const auto img = image::decode_file(out / (std::string(name) + ".png"));
-    const auto mask = image::decode_file(out / (std::string(name) + "_mask.png"));
-    EXPECT_EQ(img.size(), cv::Size(512, 512));
+  // count 3 takes the first three training images, in the dataset's sorted order.
+  const char* sources[] = {"00.jpg", "01.jpg", "02.jpg"};
+  for (int i = 0; i < 3; ++i) {
+    const std::string name = fmt::format("{:03d}", i);
+    const auto img = image::decode_file(out / (name + ".png"));
+    const auto mask = image::decode_file(out / (name + "_mask.png"));
+    EXPECT_EQ(img.size(), image::decode_file(hazelnut_good(sources[i])).size()) << name;
     EXPECT_EQ(mask.size(), img.size());
     EXPECT_GT(cv::countNonZero(mask.reshape(1)), 0) << name;
   }
