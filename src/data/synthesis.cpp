@@ -301,22 +301,32 @@ SyntheticSample synthesize(SynthesisMethod method, const cv::Mat& normal, std::s
   throw std::logic_error("synthesize: unknown method");
 }
 
-std::string answer_for_mask(const torch::Tensor& mask, double min_area_fraction) {
-  const auto map = mask.to(torch::kFloat32);
+std::string answer_for_mask(const torch::Tensor& mask, double min_area_fraction, double merge_fraction) {
+  if (mask.dim() != 2) throw std::invalid_argument("answer_for_mask needs a [H, W] mask");
+  const auto binary = (mask.to(torch::kFloat32) > 0.5).to(torch::kUInt8).contiguous();
+  cv::Mat m(static_cast<int>(binary.size(0)), static_cast<int>(binary.size(1)), CV_8U, binary.data_ptr<uint8_t>());
+  // NSA labels are speckled inside one pasted patch (the logistic follows the local change):
+  // a closing merges the fragments of one anomaly before they are counted.
+  const int k = std::max(1, static_cast<int>(std::lround(merge_fraction * std::min(m.rows, m.cols)))) | 1;
+  cv::Mat closed;
+  if (k > 1) cv::morphologyEx(m, closed, cv::MORPH_CLOSE, cv::getStructuringElement(cv::MORPH_ELLIPSE, {k, k}));
+  else closed = m.clone();
+  const auto map = to_tensor(closed, torch::kUInt8).to(torch::kFloat32);
   const int64_t area = map.numel();
   const auto min_area = std::max<int64_t>(1, std::llround(min_area_fraction * static_cast<double>(area)));
   auto regions = anomaly::find_regions(map, 0.5, min_area);
-  // Specks alone must not turn a synthetic anomaly into a "No": then every component counts.
-  if (regions.empty() && (map > 0.5).any().item<bool>()) regions = anomaly::find_regions(map, 0.5, 1);
+  // Specks alone must not turn a synthetic anomaly into a "No": then the largest one counts.
+  if (regions.empty() && (map > 0.5).any().item<bool>()) regions = {anomaly::find_regions(map, 0.5, 1).front()};
   return anomaly::describe(regions);
 }
 
-TrainingPair make_pair(const cv::Mat& normal, SyntheticSample synthetic, double min_area_fraction) {
+TrainingPair make_pair(const cv::Mat& normal, SyntheticSample synthetic, double min_area_fraction,
+                       double merge_fraction) {
   TrainingPair pair;
   pair.normal = normal;
   pair.normal_mask = torch::zeros({normal.rows, normal.cols}, torch::kUInt8);
   pair.normal_answer = anomaly::describe({});
-  pair.anomaly_answer = answer_for_mask(synthetic.mask, min_area_fraction);
+  pair.anomaly_answer = answer_for_mask(synthetic.mask, min_area_fraction, merge_fraction);
   pair.synthetic = std::move(synthetic);
   return pair;
 }

@@ -92,9 +92,11 @@ SyntheticSample synthesize(SynthesisMethod method, const cv::Mat& normal, std::s
                            std::span<const cv::Mat> textures, std::mt19937_64& rng,
                            const SynthesisOptions& options = {});
 
-// The answer for a mask (U8 or float [H,W]): components (8-connectivity) of mask > 0.5 with at
-// least `min_area_fraction` of the image area, named on the 3×3 grid (METHOD §1.10).
-std::string answer_for_mask(const torch::Tensor& mask, double min_area_fraction = 0.001);
+// The answer for a mask (U8 or float [H,W]): components (8-connectivity) of mask > 0.5, after a
+// closing with a disc of `merge_fraction` of the shorter side (fragments of one anomaly count
+// once), of at least `min_area_fraction` of the image area (the largest one when none is that
+// big), named on the 3×3 grid by their centroids (METHOD §1.10).
+std::string answer_for_mask(const torch::Tensor& mask, double min_area_fraction = 0.002, double merge_fraction = 0.03);
 
 // What one normal image yields for training (METHOD §3.1).
 struct TrainingPair {
@@ -104,6 +106,7 @@ struct TrainingPair {
   SyntheticSample synthetic;
   std::string anomaly_answer;     // "Yes, ..." with the positions of the synthetic mask
 };
-TrainingPair make_pair(const cv::Mat& normal, SyntheticSample synthetic, double min_area_fraction = 0.001);
+TrainingPair make_pair(const cv::Mat& normal, SyntheticSample synthetic, double min_area_fraction = 0.002,
+                       double merge_fraction = 0.03);
 
 }  // namespace iadgpt::data

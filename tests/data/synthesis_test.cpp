@@ -13,6 +13,7 @@
 
 #include "common/run.h"
 #include "common/shared.h"
+#include "anomaly/position.h"
 #include "data/synthesis.h"
 #include "image/decode.h"
 #include "io/error.h"
@@ -227,6 +228,11 @@ TEST(Synthesis, AnswerNamesThePositionsOfTheMaskComponents) {
   speck[85][3] = 1;
   EXPECT_EQ(data::answer_for_mask(speck), "Yes, there is an anomaly in the image, at the bottom left of the image.");
   EXPECT_EQ(data::answer_for_mask(torch::zeros({90, 90}, torch::kUInt8)), "No, there is no anomaly in the image.");
+  // A speckled patch (as NSA labels are) is one anomaly, not one per stripe.
+  auto striped = torch::zeros({300, 300}, torch::kUInt8);
+  striped.slice(0, 130, 170).slice(1, 130, 170).slice(1, 0, 40, 2).fill_(1);
+  EXPECT_EQ(anomaly::find_regions(striped.to(torch::kFloat32), 0.5).size(), 20u);
+  EXPECT_EQ(data::answer_for_mask(striped), "Yes, there is an anomaly in the image, at the center of the image.");
 }
 
 TEST(Synthesis, EachNormalImageYieldsANormalAndASyntheticPair) {
