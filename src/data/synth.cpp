@@ -39,6 +39,8 @@ SyntheticSample cutpaste(const cv::Mat& target, const cv::Mat& source, std::mt19
   patch.copyTo(out.image(to));
   out.mask = torch::zeros({height, width}, torch::kUInt8);
   out.mask.slice(0, to.y, to.y + h).slice(1, to.x, to.x + w).fill_(1);
+  out.soft = out.mask.to(torch::kFloat32);
+  out.pasted = {to};
   return out;
 }
 

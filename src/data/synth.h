@@ -10,12 +10,15 @@
 #include <opencv2/core.hpp>
 
 #include <random>
+#include <vector>
 
 namespace iadgpt::data {
 
 struct SyntheticSample {
   cv::Mat image;       // RGB8, the target's size
   torch::Tensor mask;  // [H, W] U8 0/1
+  torch::Tensor soft;  // [H, W] float in [0,1]: the soft label (NSA); mask as float for the others
+  std::vector<cv::Rect> pasted;  // pasted rectangles (NSA, CutPaste); pixels outside them are untouched
 };
 
 struct CutPasteOptions {

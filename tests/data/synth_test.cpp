@@ -22,6 +22,7 @@ TEST(CutPaste, MaskMarksExactlyThePixelsThatChanged) {
     cv::Mat diff;
     cv::absdiff(s.image, target, diff);
     cv::Mat changed;
+    diff.convertTo(diff, CV_32FC3);  // transform keeps the depth: 8U would be read as float below
     cv::transform(diff, changed, cv::Matx13f(1, 1, 1));
     int64_t changed_outside = 0;
     auto mask = s.mask.accessor<uint8_t, 2>();
