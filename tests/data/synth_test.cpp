@@ -27,7 +27,7 @@ TEST(CutPaste, MaskMarksExactlyThePixelsThatChanged) {
     int64_t changed_outside = 0;
     auto mask = s.mask.accessor<uint8_t, 2>();
     for (int y = 0; y < 120; ++y)
-      for (int x = 0; x < 160; ++x) changed_outside += (mask[y][x] == 0 && changed.at<uchar>(y, x) > 0);
+      for (int x = 0; x < 160; ++x) changed_outside += (mask[y][x] == 0 && changed.at<float>(y, x) > 0);
     EXPECT_EQ(changed_outside, 0);
   }
 }
