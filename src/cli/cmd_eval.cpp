@@ -17,6 +17,7 @@
 #include "eval/postprocess.h"
 #include "eval/metrics.h"
 #include "image/decode.h"
+#include "image/overlay.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
 
@@ -26,7 +27,7 @@ namespace F = torch::nn::functional;
 
 struct EvalFlags {
   DetectorFlags detector;
-  std::string dataset, out, save_maps, resolution = "both";
+  std::string dataset, out, save_maps, grids, resolution = "both";
   std::vector<std::string> categories;
   int64_t shots = 0, rounds = 5, batch = 4;
   uint64_t seed = 0;
@@ -78,8 +79,14 @@ std::vector<data::Sample> draw_references(const std::vector<data::Sample>& train
   return refs;
 }
 
+// Where anomalib-style grids go (empty: none), and the raw map threshold of their predicted mask.
+struct GridOutput {
+  std::filesystem::path dir;
+  float pixel_threshold = 0.5f;
+};
+
 Collected run_category(anomaly::Detector& detector, const std::vector<data::Sample>& test, int64_t batch_size,
-                       Progress& progress, int64_t& done) {
+                       Progress& progress, int64_t& done, const GridOutput& grids = {}) {
   Collected c;
   const int64_t size = detector.size();
   for (size_t start = 0; start < test.size(); start += batch_size) {
@@ -97,6 +104,14 @@ Collected run_category(anomaly::Detector& detector, const std::vector<data::Samp
       c.masks_s.push_back(resize_mask_nearest(mask, size));
       c.maps_full.push_back(anomaly::resize_map(d.map, mask.size(0), mask.size(1)));
       c.masks_full.push_back(mask.to(torch::kUInt8));
+      if (!grids.dir.empty()) {
+        const auto& full_map = c.maps_full.back();
+        auto predicted = (full_map >= grids.pixel_threshold).to(torch::kUInt8);
+        std::optional<torch::Tensor> truth;
+        if (test[i].label == 1) truth = c.masks_full.back();
+        image::write_png(grids.dir / fmt::format("{}_{}.png", test[i].defect, test[i].image.stem().string()),
+                         image::result_grid(img, full_map, predicted, truth));
+      }
       progress.step(++done);
     }
   }
@@ -295,7 +310,13 @@ void run_eval(const EvalFlags& f) {
         }
         calibration = calibrate(detector, candidates, f.calibrate, f.seed);
       }
-      auto collected = run_category(detector, test, f.batch, progress, done);
+      GridOutput grids;
+      if (!f.grids.empty() && r == 0) {
+        grids.dir = std::filesystem::path(f.grids) / cat;
+        std::filesystem::create_directories(grids.dir);
+        if (calibration) grids.pixel_threshold = calibration->post.pixel_threshold;
+      }
+      auto collected = run_category(detector, test, f.batch, progress, done, grids);
       if (calibration) {
         calibrated = calibrated_json(*calibration, collected);
         thresholds[cat] = calibrated["post_processing"];
@@ -365,6 +386,9 @@ void add_eval(CLI::App& app) {
   cmd->add_option("--calibrate", flags->calibrate,
                   "Normal validation images (+ one CutPaste anomaly each) for F1-adaptive thresholds; 0 = off; "
                   "writes <out>.thresholds.json for `detect --post`")->capture_default_str();
+  cmd->add_option("--grids", flags->grids,
+                  "Folder for anomalib-style grids (input | overlay | predicted mask | ground truth), first round; "
+                  "the mask uses the calibrated pixel threshold (else 0.5)");
   cmd->add_option("--save-maps", flags->save_maps, "Folder for per-category maps (the `iadgpt metrics` input format)");
   cmd->add_option("--out", flags->out, "results.json (a .md table is written beside it)")->required();
   cmd->callback([flags] { run_eval(*flags); });

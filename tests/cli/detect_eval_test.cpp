@@ -61,7 +61,7 @@ double rank_auroc(const torch::Tensor& scores, const torch::Tensor& labels) {
 TEST(EvalCommand, FewShotOnMvtecGridRecomputesFromSavedMaps) {
   const auto dir = test::scratch("eval-grid");
   auto r = test::run_iadgpt("eval " + tiny_flags() + " --dataset 'mvtec:" + test::data("mvtec_ad").string() +
-                            "' --category grid --shots 1 --rounds 2 --save-maps '" + (dir / "maps").string() +
+                            "' --category grid --shots 1 --rounds 2 --grids '" + (dir / "grids").string() + "' --save-maps '" + (dir / "maps").string() +
                             "' --out '" + (dir / "results.json").string() + "'");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto results = nlohmann::json::parse(test::slurp(dir / "results.json"));
@@ -92,6 +92,11 @@ TEST(EvalCommand, FewShotOnMvtecGridRecomputesFromSavedMaps) {
     EXPECT_NEAR(grid["metrics"][res]["pixel_auroc"].get<double>(), pixel_auroc, 1e-9);
   }
   EXPECT_NE(test::slurp(dir / "results.md").find("| grid |"), std::string::npos);
+  // One grid per test image, four tiles wide.
+  int grids = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir / "grids" / "grid")) grids += entry.path().extension() == ".png";
+  EXPECT_EQ(grids, 10);
+  EXPECT_TRUE(std::filesystem::exists(dir / "grids" / "grid" / "bent_000.png"));
   std::filesystem::remove_all(dir);
 }
 
