@@ -44,7 +44,7 @@ struct Detector::State {
   std::optional<text::ClipTokenizer> tokenizer;
   std::optional<TextFeatures> features;
   std::optional<VisualDecoder> decoder;
-  MemoryBank bank;
+  MemoryBank bank{1024, torch::kFloat32};
 
   bool needs_text(MapMode mode) const {
     return mode == MapMode::ZeroShot || mode == MapMode::Decoder || mode == MapMode::Blend;
@@ -90,6 +90,7 @@ struct Detector::State {
 Detector::Detector(const DetectorOptions& options) : state_(std::make_unique<State>()) {
   auto& s = *state_;
   s.options = options;
+  s.bank = MemoryBank(1024, options.dtype);
   vision::VisionOptions vision_options;
   vision_options.config = options.config;
   vision_options.dtype = options.dtype;

@@ -119,7 +119,7 @@ void MemoryBank::add(const std::vector<torch::Tensor>& taps) {
   }
   for (size_t l = 0; l < taps.size(); ++l) {
     auto patches = taps[l].slice(1, 1).to(torch::kFloat32);
-    auto rows = F::normalize(patches.reshape({-1, patches.size(2)}), F::NormalizeFuncOptions().dim(-1));
+    auto rows = F::normalize(patches.reshape({-1, patches.size(2)}), F::NormalizeFuncOptions().dim(-1)).to(dtype_);
     if (bank_.size() <= l) {
       bank_.push_back(rows.contiguous());
     } else {
@@ -141,14 +141,15 @@ torch::Tensor MemoryBank::query(const std::vector<torch::Tensor>& taps, int64_t 
   auto similarity = torch::zeros({batch * patches}, torch::kFloat32);
   for (size_t l = 0; l < taps.size(); ++l) {
     auto q = F::normalize(taps[l].slice(1, 1).to(torch::kFloat32).reshape({batch * patches, -1}),
-                          F::NormalizeFuncOptions().dim(-1));
+                          F::NormalizeFuncOptions().dim(-1))
+                 .to(dtype_);
     if (q.size(1) != bank_[l].size(1)) {
       throw InputError(fmt::format("few-shot layer {}: query is {} wide, bank is {}", l, q.size(1), bank_[l].size(1)));
     }
     // Chunked so that a k=4 bank with rotations (4·4·256 rows) never builds a full Q×M matrix.
     for (int64_t start = 0; start < q.size(0); start += chunk_) {
       const int64_t end = std::min(start + chunk_, q.size(0));
-      auto best = std::get<0>(torch::matmul(q.slice(0, start, end), bank_[l].t()).max(1));
+      auto best = std::get<0>(torch::matmul(q.slice(0, start, end), bank_[l].t()).max(1)).to(torch::kFloat32);
       similarity.slice(0, start, end) += best;
     }
   }

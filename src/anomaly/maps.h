@@ -62,8 +62,11 @@ io::TensorMap decoder_tensors(VisualDecoder& decoder);  // `fc.<l>.*`, for savin
 // patch's score is 1 − max cosine to the bank, averaged over layers.
 class MemoryBank {
  public:
-  // Bounded memory: similarities are computed for `chunk` query patches at a time.
-  explicit MemoryBank(int64_t chunk = 1024) : chunk_(chunk) {}
+  // Bounded memory: similarities are computed for `chunk` query patches at a time. `dtype` is
+  // the dtype of the stored rows and of the similarity products: bf16 when the encoder itself
+  // runs in bf16 (its taps carry no more precision), which puts the products on oneDNN's bf16
+  // GEMM; the maximum and the mean over layers are taken in fp32.
+  explicit MemoryBank(int64_t chunk = 1024, torch::Dtype dtype = torch::kFloat32) : chunk_(chunk), dtype_(dtype) {}
 
   // Adds the taps of R reference images: taps[l] is [R, 1+N, D_v].
   void add(const std::vector<torch::Tensor>& taps);
@@ -76,7 +79,8 @@ class MemoryBank {
 
  private:
   int64_t chunk_;
-  std::vector<torch::Tensor> bank_;  // per layer [M, D_v], rows normalised
+  torch::Dtype dtype_;
+  std::vector<torch::Tensor> bank_;  // per layer [M, D_v], rows normalised, in dtype_
 };
 
 // The reference images plus their 90/180/270° rotations (AnomalyGPT's augmentation), [4R, 3, S, S].

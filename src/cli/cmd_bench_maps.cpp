@@ -52,7 +52,7 @@ void add_bench_maps(CLI::App& bench) {
     const int64_t views = o->shots * (o->rotations ? 4 : 1);
     std::vector<torch::Tensor> bank_taps;
     for (size_t l = 0; l < taps.size(); ++l) bank_taps.push_back(torch::randn({views, cfg.tokens(), cfg.width}));
-    anomaly::MemoryBank bank;
+    anomaly::MemoryBank bank(1024, dtype);  // the bank keeps the encoder's precision
     bank.add(bank_taps);
     torch::Tensor map;
     const double map_s = seconds_of([&] { map = bank.query(query.taps, cfg.image_size); }, o->iters);

@@ -179,3 +179,13 @@ TEST(ImageScores, MaxAndTopKMean) {
   EXPECT_FLOAT_EQ(anomaly::image_scores(maps, 2).item<float>(), 0.8f);
   EXPECT_LT((anomaly::blend(maps, torch::zeros_like(maps)) - maps / 2).abs().max().item<double>(), 1e-7);
 }
+
+TEST(MemoryBank, Bf16BankStaysCloseToFp32) {
+  auto reference = random_taps(2, 4, 32, 2, 11);
+  auto query = random_taps(1, 4, 32, 2, 12);
+  anomaly::MemoryBank fp32, bf16(1024, torch::kBFloat16);
+  fp32.add(reference);
+  bf16.add(reference);
+  // bf16 keeps 8 significant bits: a cosine in [-1, 1] is off by at most ~2^-8 plus rounding of the dot product.
+  EXPECT_LT((fp32.query(query, 4) - bf16.query(query, 4)).abs().max().item<double>(), 2e-2);
+}
