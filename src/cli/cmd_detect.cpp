@@ -160,7 +160,11 @@ void run_detect(const DetectFlags& f) {
                            images.size() - failed, seconds, 1000.0 * seconds / std::max<size_t>(1, images.size()),
                            out_dir.string());
   if (failed > 0) throw InputError(fmt::format("{} of {} images could not be read (see summary.csv)", failed, images.size()));
-  if (f.fail_on_anomaly && anomalous > 0) std::exit(3);  // production-line signal, documented in --help
+  if (f.fail_on_anomaly && anomalous > 0) {
+    summary.close();  // std::exit skips local destructors: the summary must be complete first
+    std::cout.flush();
+    std::exit(3);     // production-line signal, documented in --help
+  }
 }
 
 }  // namespace

@@ -186,6 +186,23 @@ TEST(DetectCommand, WritesResultsPerImageAndSkipsUnreadableFiles) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(DetectCommand, FailOnAnomalyExitsThreeWithACompleteSummary) {
+  const auto dir = test::scratch("detect-fail");
+  const auto good = test::data("mvtec_ad/grid/test/good/000.png").string();
+  const auto bent = test::data("mvtec_ad/grid/test/bent/000.png").string();
+  const std::string common = "detect " + tiny_flags() + " --reference '" +
+                             test::data("mvtec_ad/grid/train/good/000.png").string() + "' --fail-on-anomaly ";
+  // Threshold 0: any positive few-shot score is an anomaly.
+  auto r = test::run_iadgpt(common + "--threshold 0 --out '" + (dir / "a").string() + "' '" + good + "' '" + bent + "'");
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  auto summary = test::slurp(dir / "a" / "summary.csv");
+  EXPECT_EQ(std::count(summary.begin(), summary.end(), '\n'), 3);  // header + two images
+  // Threshold 1: 1 − cosine stays below 1 for these grid images, so nothing is flagged.
+  r = test::run_iadgpt(common + "--threshold 1 --out '" + (dir / "b").string() + "' '" + good + "'");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::filesystem::remove_all(dir);
+}
+
 TEST(DetectCommand, MissingCheckpointIsExitTwo) {
   auto r = test::run_iadgpt("detect --vision /nonexistent.pth --out /tmp/o " + test::data("mvtec_ad/grid/test/good/000.png").string());
   EXPECT_EQ(r.exit_code, 2);
