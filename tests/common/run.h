@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "common/shared.h"
 
@@ -24,6 +25,13 @@ inline std::string slurp(const std::filesystem::path& path) {
   return ss.str();
 }
 
+// One shell word, single-quoted.
+inline std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
 // `args` is appended to the program path as-is (the caller quotes paths with spaces).
 inline RunResult run_iadgpt(const std::string& args) {
   static int counter = 0;
@@ -37,6 +45,13 @@ inline RunResult run_iadgpt(const std::string& args) {
   r.out = slurp(out);
   r.err = slurp(err);
   return r;
+}
+
+// Each argument passed as one word, however it is spelled.
+inline RunResult run_iadgpt(const std::vector<std::string>& args) {
+  std::string line;
+  for (const auto& a : args) line += " " + shell_quote(a);
+  return run_iadgpt(line);
 }
 
 }  // namespace iadgpt::test

@@ -2,6 +2,8 @@
 // fixtures, and rejects every invalid case with exit code 2 and its specific message.
 #include <gtest/gtest.h>
 
+#include "common/run.h"
+
 #include <nlohmann/json.hpp>
 
 #include <fstream>
@@ -14,30 +16,16 @@ namespace {
 
 namespace fs = std::filesystem;
 using iadgpt::test::fixture;
+using iadgpt::test::slurp;
 
 struct Run {
   int rc = -1;
   std::string out, err;
 };
 
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 Run run_metrics(const std::string& args) {
-  static const fs::path dir = iadgpt::test::scratch("eval-cli");
-  const auto out = dir / "stdout", err = dir / "stderr";
-  const std::string cmd = "'" + iadgpt::test::program().string() + "' metrics " + args + " >'" + out.string() +
-                          "' 2>'" + err.string() + "'";
-  const int status = std::system(cmd.c_str());
-  Run r;
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
+  auto r = iadgpt::test::run_iadgpt("metrics " + args);
+  return {r.exit_code, r.out, r.err};
 }
 
 std::string input_of(const std::string& c) {

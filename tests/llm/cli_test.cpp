@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "io/checkpoint.h"
+#include "common/run.h"
 #include "llm_test_util.h"
 
 namespace t = iadgpt::test;
@@ -18,16 +19,10 @@ struct Result {
   std::string out;
 };
 
-// Runs the program with stderr discarded unless asked; returns exit code and stdout.
+// Exit code and stdout (stderr is captured separately and ignored here).
 Result run(const std::string& args) {
-  const auto cmd = t::program().string() + " " + args + " 2>/dev/null";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) throw std::runtime_error("popen failed");
-  std::string out;
-  std::array<char, 4096> buf{};
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) out.append(buf.data(), n);
-  const int status = pclose(pipe);
-  return {WEXITSTATUS(status), out};
+  auto r = t::run_iadgpt(args);
+  return {r.exit_code, r.out};
 }
 
 std::string ids_arg(const std::vector<int64_t>& ids) {

@@ -10,10 +10,7 @@ namespace llm = iadgpt::llm;
 namespace t = iadgpt::test;
 
 namespace {
-const llm::LlamaModel& stories() {
-  static const llm::LlamaModel m = llm::load_model(t::fixture("stories260K"));
-  return m;
-}
+const llm::LlamaModel& stories() { return t::stories_model(); }
 const llm::Tokenizer& stories_tok() {
   static const auto tok = llm::Tokenizer::from_path(t::fixture("stories260K"));
   return tok;

@@ -11,6 +11,7 @@
 
 #include "common/shared.h"
 #include "io/checkpoint.h"
+#include "llm/model.h"
 
 namespace iadgpt::test {
 
@@ -27,6 +28,12 @@ inline nlohmann::json read_json(const std::filesystem::path& p) {
 inline const io::TensorMap& llama_tiny_reference() {
   static const io::TensorMap ref = io::load_safetensors(llama_tiny("reference.safetensors"));
   return ref;
+}
+
+// The real trained stories260K model, loaded once per test binary.
+inline const llm::LlamaModel& stories_model() {
+  static const llm::LlamaModel m = llm::load_model(fixture("stories260K"));
+  return m;
 }
 
 inline std::vector<int64_t> to_ids(const torch::Tensor& t) {

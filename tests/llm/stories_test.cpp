@@ -12,10 +12,7 @@ namespace llm = iadgpt::llm;
 namespace t = iadgpt::test;
 
 namespace {
-const llm::LlamaModel& stories() {
-  static const llm::LlamaModel m = llm::load_model(t::fixture("stories260K"));
-  return m;
-}
+const llm::LlamaModel& stories() { return t::stories_model(); }
 }  // namespace
 
 TEST(Stories260K, TiedHeadSharesTheEmbedding) {

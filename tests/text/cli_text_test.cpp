@@ -1,6 +1,8 @@
 // End-to-end tests of `iadgpt tokenize` and `iadgpt encode-text` (the built program): exit codes
 // 0 / 2 and outputs compared with the upstream fixtures.
 #include <gtest/gtest.h>
+
+#include "common/run.h"
 #include <sys/wait.h>
 
 #include <fstream>
@@ -18,11 +20,7 @@ using iadgpt::test::fixture;
 
 const fs::path kVocab = data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz");
 
-std::string quote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
+std::string quote(const std::string& s) { return iadgpt::test::shell_quote(s); }
 
 struct Result {
   int code;
@@ -30,22 +28,10 @@ struct Result {
 };
 
 Result run(const std::vector<std::string>& args) {
-  static int counter = 0;
-  const auto dir = iadgpt::test::scratch("text-cli");
-  const auto out = dir / ("out" + std::to_string(counter) + ".txt");
-  const auto err = dir / ("err" + std::to_string(counter++) + ".txt");
-  std::string cmd = "--threads 1";  // tiny models: threads only add contention
-  std::string line = quote(iadgpt::test::program().string()) + " " + cmd;
-  for (const auto& a : args) line += " " + quote(a);
-  line += " >" + quote(out.string()) + " 2>" + quote(err.string());
-  const int status = std::system(line.c_str());
-  auto slurp = [](const fs::path& p) {
-    std::ifstream in(p);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  };
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(out), slurp(err)};
+  std::vector<std::string> all = {"--threads", "1"};  // tiny models: threads only add contention
+  all.insert(all.end(), args.begin(), args.end());
+  auto r = iadgpt::test::run_iadgpt(all);
+  return {r.exit_code, r.out, r.err};
 }
 
 nlohmann::json read_json(const fs::path& p) {

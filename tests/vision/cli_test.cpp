@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 
 #include "common/shared.h"
+#include "common/run.h"
 #include "io/checkpoint.h"
 
 namespace {
@@ -19,15 +20,8 @@ struct Run {
 };
 
 Run run(const std::string& args) {
-  const std::string cmd = test::program().string() + " --threads 1 " + args + " 2>&1";
-  Run r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) r.output.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  auto r = test::run_iadgpt("--threads 1 " + args);
+  return {r.exit_code, r.out + r.err};
 }
 
 std::string fx(const std::string& rel) { return test::fixture(rel).string(); }
