@@ -5,6 +5,7 @@
 
 #include <chrono>
 
+#include "anomaly/apg.h"
 #include "anomaly/detector.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
@@ -137,7 +138,7 @@ struct IadGpt::State {
   MultiMaskFusion mmf{nullptr};
   PromptLearner prompt_learner{nullptr};
   std::string class_name;
-  std::optional<ClassPrompts> apg;
+  std::optional<anomaly::AbnormalPrompts> apg;
   torch::Tensor keyword_embeddings;  // [K, D] normalised, APG keywords
   bool have_references = false;
   std::vector<int64_t> yes_no;         // decision tokens
@@ -277,11 +278,18 @@ torch::Tensor IadGpt::prompt_logits(std::string_view user_question) const {
 void IadGpt::set_class(std::string_view class_name) {
   auto& s = *state_;
   s.class_name = std::string(class_name);
-  s.apg = class_name.empty() ? std::nullopt : find_class_prompts(s.bundle, class_name);
+  // AnomalyGPT's weights were trained without APG: its bundles use APG only from an explicit file.
+  const bool use_apg = !class_name.empty() && (s.bundle.expert == "mmf" || s.bundle.prompts);
+  s.apg = use_apg ? find_class_prompts(s.bundle, class_name) : std::nullopt;
   // The APG sentences join the abnormal side of F_text (METHOD §1.3): rebuild the detector's text.
   s.detector->set_extra_abnormal(s.apg ? s.apg->sentences : std::vector<std::string>{});
   s.detector->set_class(class_name);
-  s.keyword_embeddings = s.apg && !s.apg->keywords.empty() ? s.detector->encode_text(s.apg->keywords) : torch::Tensor();
+  // Defect-type vocabulary (METHOD §1.10): one text per keyword through the same text tower.
+  s.keyword_embeddings = torch::Tensor();
+  if (s.apg && !s.apg->keywords.empty()) {
+    anomaly::SentenceEncoder encode = [&](const std::vector<std::string>& t) { return s.detector->encode_text(t); };
+    s.keyword_embeddings = anomaly::keyword_embeddings(*s.apg, encode);
+  }
   reset_conversation();
 }
 
@@ -292,10 +300,8 @@ void IadGpt::set_references(const std::vector<cv::Mat>& rgb8) {
 
 std::string IadGpt::question(std::string_view user_question) const {
   const auto& s = *state_;
-  const std::vector<std::string> none;
-  const auto& keywords = s.apg ? s.apg->keywords : none;
-  return class_description(s.class_name, keywords) + " " +
-         std::string(user_question.empty() ? std::string_view(kDefaultQuestion) : user_question);
+  return class_question(s.class_name, s.apg ? &*s.apg : nullptr,
+                        user_question.empty() ? std::string_view(kDefaultQuestion) : user_question);
 }
 
 void IadGpt::reset_conversation() {

@@ -4,8 +4,11 @@
 // CASIA-IVA-Lab/AnomalyGPT code/model/openllama.py and AnomalyGPT_models.py). Here both are built at
 // fixture sizes: llama_tiny's PandaGPT-layout delta (shared fixture) and an AnomalyGPT delta
 // written by this test as a PyTorch zip (.pt, fp16 like DeepSpeed's fp16 training saves).
+// AnomalyGPT itself runs without APG: its bundles use the class descriptions and F_text as it does.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <zlib.h>
 
 #include <fstream>
 
@@ -35,11 +38,85 @@ io::TensorMap anomalygpt_delta_tensors(uint64_t seed) {
   return t;
 }
 
+// A minimal torch.save writer (zip of archive/data.pkl + archive/data/<n> + archive/version, entries
+// stored and 64-byte aligned, pickle protocol 2 with _rebuild_tensor_v2 and persistent storage
+// ids) — what `torch.save(OrderedDict-like dict)` writes for a state dict. The test needs a real
+// .pt in the delta layout and libtorch's own pickle_save tags its dicts with a TorchScript type.
+struct Bytes {
+  std::string b;
+  void u8(uint8_t v) { b.push_back(static_cast<char>(v)); }
+  void u16(uint16_t v) { for (int i = 0; i < 2; ++i) u8(static_cast<uint8_t>(v >> (8 * i))); }
+  void u32(uint32_t v) { for (int i = 0; i < 4; ++i) u8(static_cast<uint8_t>(v >> (8 * i))); }
+  void str(const std::string& s) { b += s; }
+};
+
+void pickle_unicode(Bytes& p, const std::string& s) { p.u8('X'); p.u32(static_cast<uint32_t>(s.size())); p.str(s); }
+void pickle_int(Bytes& p, int64_t v) { p.u8('J'); p.u32(static_cast<uint32_t>(v)); }
+void pickle_global(Bytes& p, const std::string& module, const std::string& name) { p.u8('c'); p.str(module + "\n" + name + "\n"); }
+void pickle_ints(Bytes& p, at::IntArrayRef v) { p.u8('('); for (auto x : v) pickle_int(p, x); p.u8('t'); }
+
 void write_torch_zip(const fs::path& file, const io::TensorMap& tensors) {
-  c10::Dict<std::string, at::Tensor> dict;
-  for (const auto& [k, v] : tensors) dict.insert(k, v);
-  const auto bytes = torch::pickle_save(c10::IValue(dict));
-  std::ofstream(file, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  Bytes pkl;
+  pkl.u8(0x80); pkl.u8(2);  // PROTO 2
+  pkl.u8('}');               // EMPTY_DICT
+  pkl.u8('(');               // MARK
+  std::vector<std::pair<std::string, std::string>> records;  // name, bytes
+  int n = 0;
+  for (const auto& [key, t] : tensors) {
+    auto c = t.contiguous();
+    const std::string id = std::to_string(n++);
+    pickle_unicode(pkl, key);
+    pickle_global(pkl, "torch._utils", "_rebuild_tensor_v2");
+    pkl.u8('(');
+    pkl.u8('(');
+    pickle_unicode(pkl, "storage");
+    pickle_global(pkl, "torch", c.scalar_type() == torch::kHalf ? "HalfStorage" : "FloatStorage");
+    pickle_unicode(pkl, id);
+    pickle_unicode(pkl, "cpu");
+    pickle_int(pkl, c.numel());
+    pkl.u8('t');
+    pkl.u8('Q');  // BINPERSID
+    pickle_int(pkl, 0);
+    pickle_ints(pkl, c.sizes());
+    pickle_ints(pkl, c.strides());
+    pkl.u8(0x89);  // NEWFALSE: requires_grad
+    pickle_global(pkl, "collections", "OrderedDict");
+    pkl.u8(')');
+    pkl.u8('R');
+    pkl.u8('t');
+    pkl.u8('R');
+    records.emplace_back("archive/data/" + id,
+                         std::string(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size()));
+  }
+  pkl.u8('u');  // SETITEMS
+  pkl.u8('.');  // STOP
+  records.insert(records.begin(), {"archive/data.pkl", pkl.b});
+  records.emplace_back("archive/version", "3\n");
+
+  Bytes zip, central;
+  for (const auto& [name, data] : records) {
+    const uint32_t crc = static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size())));
+    const uint32_t offset = static_cast<uint32_t>(zip.b.size());
+    const size_t unpadded = offset + 30 + name.size() + 4;
+    const uint16_t pad = static_cast<uint16_t>((64 - unpadded % 64) % 64);
+    zip.u32(0x04034b50); zip.u16(20); zip.u16(0); zip.u16(0); zip.u16(0); zip.u16(0);
+    zip.u32(crc); zip.u32(static_cast<uint32_t>(data.size())); zip.u32(static_cast<uint32_t>(data.size()));
+    zip.u16(static_cast<uint16_t>(name.size())); zip.u16(static_cast<uint16_t>(4 + pad));
+    zip.str(name);
+    zip.u16(0x4246); zip.u16(pad); zip.str(std::string(pad, 'Z'));  // padding extra field, as torch writes
+    zip.str(data);
+    central.u32(0x02014b50); central.u16(20); central.u16(20); central.u16(0); central.u16(0); central.u16(0); central.u16(0);
+    central.u32(crc); central.u32(static_cast<uint32_t>(data.size())); central.u32(static_cast<uint32_t>(data.size()));
+    central.u16(static_cast<uint16_t>(name.size())); central.u16(0); central.u16(0); central.u16(0); central.u16(0);
+    central.u32(0); central.u32(offset);
+    central.str(name);
+  }
+  const uint32_t cd_offset = static_cast<uint32_t>(zip.b.size());
+  zip.str(central.b);
+  zip.u32(0x06054b50); zip.u16(0); zip.u16(0);
+  zip.u16(static_cast<uint16_t>(records.size())); zip.u16(static_cast<uint16_t>(records.size()));
+  zip.u32(static_cast<uint32_t>(central.b.size())); zip.u32(cd_offset); zip.u16(0);
+  std::ofstream(file, std::ios::binary).write(zip.b.data(), static_cast<std::streamsize>(zip.b.size()));
 }
 
 }  // namespace

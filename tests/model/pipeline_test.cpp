@@ -6,6 +6,7 @@
 
 #include <fstream>
 
+#include "anomaly/apg.h"
 #include "anomaly/detector.h"
 #include "image/decode.h"
 #include "image/preprocess.h"
@@ -100,6 +101,10 @@ TEST(IadGptPipeline, InjectedSequenceIsTheMethodLayout) {
   dopt.vision = bundle.vision;
   dopt.config = bundle.vision_config;
   dopt.vocab = bundle.vocab;
+  // The built-in APG prompts of "bottle": their sentences join the abnormal side (§1.3).
+  const auto apg = anomaly::builtin_prompts("bottle");
+  ASSERT_TRUE(apg);
+  dopt.extra_abnormal = apg->sentences;
   anomaly::Detector text_side(dopt);
   text_side.set_class("bottle");
   const auto& text = text_side.text_features();
@@ -121,9 +126,13 @@ TEST(IadGptPipeline, InjectedSequenceIsTheMethodLayout) {
 
   const auto& tok = m.tokenizer();
   const auto& llm_model = m.llm();
-  const std::string question =
-      "This is a photo of a bottle for anomaly detection, which should be round, without any damage, flaw, defect, "
-      "scratch, hole or broken part. Is there any anomaly in the image?";
+  // AnomalyGPT's bottle description with the APG keywords as the list of what must not be there.
+  std::string list;
+  for (size_t i = 0; i < apg->keywords.size(); ++i)
+    list += (i == 0 ? "" : i + 1 == apg->keywords.size() ? " or " : ", ") + apg->keywords[i];
+  const std::string question = "This is a photo of a bottle for anomaly detection, which should be round, without any " +
+                               list + ". Is there any anomaly in the image?";
+  EXPECT_EQ(m.question(""), question);
   std::vector<int64_t> before{tok.bos_id()};
   for (auto id : tok.encode("### Human: <Img>")) before.push_back(id);
   auto rows = torch::cat({llm_model.embed(before), out.image_token, llm_model.embed(tok.encode("</Img> ")),
@@ -235,6 +244,26 @@ TEST(IadGptPipeline, GenerationIsDeterministicAndChatReusesTheCacheExactly) {
   EXPECT_EQ(m.history().size(), 3u);
   m.reset_conversation();
   EXPECT_TRUE(m.history().empty());
+}
+
+TEST(IadGptPipeline, DefectTypeIsAnApgKeywordOfTheClass) {
+  auto fields = test::tiny_bundle_fields("pipe-defect");
+  model::init_random_adapters(fields, 6);
+  fields.threshold = 0.01;  // every pixel of the random decoder's map is a region: the type is computed
+  model::write_bundle(fields, fields.dir);
+  model::IadGpt m(model::read_bundle(fields.dir));
+  m.set_class("hazelnut");
+  model::InspectOptions opt;
+  opt.generate = false;
+  const auto r = m.inspect(grid_image("000.png"), opt);
+  ASSERT_FALSE(r.regions.empty());
+  const auto apg = anomaly::builtin_prompts("hazelnut");
+  ASSERT_TRUE(apg);
+  EXPECT_NE(std::find(apg->keywords.begin(), apg->keywords.end(), r.defect_type), apg->keywords.end()) << r.defect_type;
+  if (r.anomalous) EXPECT_NE(r.answer.find(", it looks like a " + r.defect_type + "."), std::string::npos) << r.answer;
+  // Without the class (no APG) there is no type.
+  m.set_class("");
+  EXPECT_TRUE(m.inspect(grid_image("000.png"), opt).defect_type.empty());
 }
 
 TEST(IadGptPipeline, FewShotReferencesFillTheSixthMask) {
