@@ -205,8 +205,8 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   const int64_t hidden = s.llm.config.hidden_size;
   s.cache = llm::KvCache(s.llm, std::min<int64_t>(s.llm.max_positions(), 2048));
 
-  // Widths from the loaded towers: D from a text embedding of the empty class.
-  s.detector->set_class("");
+  // Widths from the loaded towers: D from the text features of the default class.
+  set_class("");
   const int64_t embed_dim = s.detector->text_features().f_text.size(1);
 
   std::optional<io::TensorMap> tge_file;
@@ -249,7 +249,6 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
     throw InputError(fmt::format("{}: the tokenizer cannot tell \"Yes\" from \"No\"", s.tokenizer->path()));
   s.answer_prefix.assign(yes.begin(), yes.begin() + static_cast<std::ptrdiff_t>(common));
   s.yes_no = {yes[common], no[common]};
-  set_class("");
 }
 
 IadGpt::~IadGpt() = default;
