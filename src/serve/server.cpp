@@ -440,11 +440,11 @@ struct Server::Impl {
     const size_t threads = static_cast<size_t>(options.workers + std::max(0, options.queue) + 8);
     http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
 
-    http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
       if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
       send_error(res, res.status, default_message(res.status));
       return httplib::Server::HandlerResponse::Handled;
-    });
+    }));
     http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
       send_error(res, 500, "internal error");
     });
