@@ -21,8 +21,10 @@ constexpr int kVersion = 1;
 
 // Every field iadgpt.json may hold; anything else is a typo the user should hear about.
 const std::set<std::string> kFields = {
-    "format", "version", "vision", "text", "vocab", "vision_config", "llm", "tokenizer", "lora", "delta",
+    "format", "version", "vision", "text", "vocab", "vision_config", "llm", "tokenizer", "lora", "delta", "anomalygpt",
     "lora_alpha", "decoder", "tge", "mmf", "expert", "prompts", "image_size", "taps", "mode", "dtype", "threshold"};
+
+fs::path delta_name(const Bundle& b) { return b.anomalygpt ? *b.anomalygpt : *b.delta; }
 
 std::string where(const fs::path& dir) { return (dir / "iadgpt.json").string(); }
 
@@ -70,6 +72,16 @@ void expect_dim(const io::TensorMap& t, const std::string& key, int64_t axis, in
 
 }  // namespace
 
+std::optional<io::TensorMap> load_deltas(const Bundle& b) {
+  if (!b.delta && !b.anomalygpt) return std::nullopt;
+  io::TensorMap out;
+  for (const auto* p : {&b.delta, &b.anomalygpt}) {
+    if (!*p) continue;
+    for (auto& [k, t] : io::load_checkpoint(**p).tensors) out[k] = t;  // later files win (load_state_dict order)
+  }
+  return out;
+}
+
 Bundle bundle_from_json(const nlohmann::json& j, const fs::path& dir) {
   if (!j.is_object()) throw InputError(fmt::format("{}: expected a JSON object", where(dir)));
   for (const auto& item : j.items()) {
@@ -93,6 +105,7 @@ Bundle bundle_from_json(const nlohmann::json& j, const fs::path& dir) {
   b.tokenizer = optional_path(j, "tokenizer", dir);
   b.lora = optional_path(j, "lora", dir);
   b.delta = optional_path(j, "delta", dir);
+  b.anomalygpt = optional_path(j, "anomalygpt", dir);
   b.decoder = optional_path(j, "decoder", dir);
   b.tge = optional_path(j, "tge", dir);
   b.mmf = optional_path(j, "mmf", dir);
@@ -144,7 +157,8 @@ nlohmann::json bundle_to_json(const Bundle& b) {
   put("tokenizer", b.tokenizer);
   put("lora", b.lora);
   put("delta", b.delta);
-  if (b.delta) j["lora_alpha"] = b.lora_alpha;
+  put("anomalygpt", b.anomalygpt);
+  if (b.delta || b.anomalygpt) j["lora_alpha"] = b.lora_alpha;
   put("decoder", b.decoder);
   put("tge", b.tge);
   put("mmf", b.mmf);
@@ -168,7 +182,7 @@ void validate_bundle(const Bundle& b) {
     throw InputError(fmt::format("{}: field 'llm': {} has no tokenizer.model (or give field 'tokenizer')", where(dir),
                                  b.llm.string()));
   const std::pair<const char*, const std::optional<fs::path>*> optional_files[] = {
-      {"text", &b.text}, {"vocab", &b.vocab}, {"lora", &b.lora}, {"delta", &b.delta}, {"decoder", &b.decoder},
+      {"text", &b.text}, {"vocab", &b.vocab}, {"lora", &b.lora}, {"delta", &b.delta}, {"anomalygpt", &b.anomalygpt}, {"decoder", &b.decoder},
       {"tge", &b.tge}, {"mmf", &b.mmf}, {"prompts", &b.prompts}};
   for (const auto& [key, p] : optional_files)
     if (*p) require_exists(dir, key, **p);
@@ -188,11 +202,10 @@ void validate_bundle(const Bundle& b) {
     throw InputError(fmt::format("{}: field 'image_size' is {}, but the vision tower's input size is {}", where(dir),
                                  b.image_size, vcfg.image_size));
 
-  std::optional<io::TensorMap> delta;
-  if (b.delta) delta = io::load_checkpoint(*b.delta).tensors;
+  std::optional<io::TensorMap> delta = load_deltas(b);
   if (delta && delta->count("llama_proj.weight")) {
-    expect_dim(*delta, "llama_proj.weight", 0, hidden, "delta", *b.delta, dir, llm_what);
-    expect_dim(*delta, "llama_proj.weight", 1, vcfg.embed_dim, "delta", *b.delta, dir, "the vision embedding width");
+    expect_dim(*delta, "llama_proj.weight", 0, hidden, "delta", delta_name(b), dir, llm_what);
+    expect_dim(*delta, "llama_proj.weight", 1, vcfg.embed_dim, "delta", delta_name(b), dir, "the vision embedding width");
   }
   auto check_decoder = [&](const io::TensorMap& t, const std::string& prefix, const std::string& key, const fs::path& file) {
     for (int64_t l = 0; l < layers; ++l) {
@@ -202,7 +215,7 @@ void validate_bundle(const Bundle& b) {
     }
   };
   if (b.decoder) check_decoder(io::load_checkpoint(*b.decoder).tensors, "", "decoder", *b.decoder);
-  else if (delta && delta->count("image_decoder.fc.0.weight")) check_decoder(*delta, "image_decoder.", "delta", *b.delta);
+  else if (delta && delta->count("image_decoder.fc.0.weight")) check_decoder(*delta, "image_decoder.", "delta", delta_name(b));
   if (b.tge) {
     const auto t = io::load_checkpoint(*b.tge).tensors;
     for (const char* k : {"normal_path.weight", "abnormal_path.weight"}) {
@@ -211,8 +224,11 @@ void validate_bundle(const Bundle& b) {
     }
     if (t.count("llama_proj.weight")) expect_dim(t, "llama_proj.weight", 0, hidden, "tge", *b.tge, dir, llm_what);
   }
+  if (!b.tge && !(delta && delta->count("llama_proj.weight")))
+    throw InputError(fmt::format("{}: no image projection: give field 'tge' (our adapter) or a 'delta' with llama_proj", where(dir)));
   if (b.expert == "mmf") {
-    if (b.mmf) {
+    if (!b.mmf) throw InputError(fmt::format("{}: missing field 'mmf' (expert is mmf)", where(dir)));
+    {
       const auto t = io::load_checkpoint(*b.mmf).tensors;
       expect_dim(t, "cell_proj.weight", 0, hidden, "mmf", *b.mmf, dir, llm_what);
       expect_dim(t, "base_tokens", 1, hidden, "mmf", *b.mmf, dir, llm_what);
@@ -223,10 +239,7 @@ void validate_bundle(const Bundle& b) {
     if (!delta || !delta->count("prompt_learner.base_prompts"))
       throw InputError(fmt::format("{}: field 'expert' is prompt_learner, but no 'delta' with prompt_learner.* tensors is given",
                                    where(dir)));
-    expect_dim(*delta, "prompt_learner.base_prompts", 1, hidden, "delta", *b.delta, dir, llm_what);
-  }
-  if (b.mode == "few-shot" && !b.decoder && !(delta && delta->count("image_decoder.fc.0.weight"))) {
-    // fine: few-shot alone needs no decoder (M_text falls back to the zero-shot map)
+    expect_dim(*delta, "prompt_learner.base_prompts", 1, hidden, "delta", delta_name(b), dir, llm_what);
   }
 }
 

@@ -13,8 +13,11 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include "io/aten.h"
+
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,6 +33,7 @@ struct Bundle {                         // <dir>/iadgpt.json; relative paths res
   std::optional<std::filesystem::path> tokenizer;    // tokenizer.model when not inside `llm`
   std::optional<std::filesystem::path> lora;         // PEFT dir
   std::optional<std::filesystem::path> delta;        // PandaGPT/AnomalyGPT delta (.pt): llama_proj, LoRA, image_decoder, prompt_learner
+  std::optional<std::filesystem::path> anomalygpt;   // AnomalyGPT's own delta, loaded over `delta` (its keys win), as AnomalyGPT does
   double lora_alpha = 32;               // alpha of a delta's LoRA (PandaGPT/AnomalyGPT: 32; not in the file)
   std::optional<std::filesystem::path> decoder, tge, mmf;  // our safetensors (decoder `fc.<l>.*`)
   std::string expert = "mmf";           // "mmf" | "prompt_learner" (AnomalyGPT)
@@ -52,6 +56,9 @@ nlohmann::json bundle_to_json(const Bundle& bundle);  // paths inside `dir` writ
 
 // Checks the files named by an in-memory bundle (what read_bundle does after parsing).
 void validate_bundle(const Bundle& bundle);
+
+// The tensors of `delta` then `anomalygpt` (later keys win); nullopt when neither is given.
+std::optional<std::map<std::string, at::Tensor>> load_deltas(const Bundle& bundle);
 
 // Writes <dir>/iadgpt.json atomically (temp file + rename); creates dir.
 void write_bundle(const Bundle& bundle, const std::filesystem::path& dir);
