@@ -433,7 +433,8 @@ struct Server::Impl {
     http.set_payload_max_length(limit);
     http.set_read_timeout(options.timeout_s, 0);
     http.set_write_timeout(options.timeout_s, 0);
-    http.set_keep_alive_timeout(5);
+    // An idle keep-alive connection holds a connection thread: no longer than the read timeout.
+    http.set_keep_alive_timeout(std::min(5, options.timeout_s));
     http.set_keep_alive_max_count(100);
     // Connection threads: every queued or running request holds one while it waits, and a few
     // more keep /v1/health and the page answering when the queue is full or a client is slow.

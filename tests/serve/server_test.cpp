@@ -34,7 +34,7 @@ json completion_request(const std::string& url, const std::string& text = "Is th
 }  // namespace
 
 TEST(Base64, RoundTripsEveryLengthModuloThree) {
-  for (std::string s : {"", "a", "ab", "abc", "abcd", std::string("\0\xff\x10", 3)}) {
+  for (const std::string& s : std::vector<std::string>{"", "a", "ab", "abc", "abcd", std::string("\0\xff\x10", 3)}) {
     EXPECT_EQ(serve::base64_decode(serve::base64_encode(s), "t"), s);
   }
   EXPECT_EQ(serve::base64_encode("hello"), "aGVsbG8=");  // RFC 4648 alphabet and padding
