@@ -1,6 +1,8 @@
 // `iadgpt serve`: the HTTP API and web page in front of a pool of model workers (src/serve).
 #include <fmt/format.h>
 
+#include <torch/torch.h>
+
 #include <csignal>
 #include <iostream>
 #include <pthread.h>
@@ -32,9 +34,12 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--timeout", o->server.timeout_s, "socket read/write timeout in seconds")->capture_default_str();
   cmd->add_option("--session-ttl", o->server.session_ttl_s, "chat sessions expire after this many idle seconds")->capture_default_str();
   cmd->add_option("--max-tokens", o->server.max_tokens, "largest max_tokens a request may ask for")->capture_default_str();
+  cmd->add_option("--answer-tokens", o->server.answer_tokens, "max_tokens of requests that do not say")->capture_default_str();
   cmd->add_flag("--maps-only", o->maps_only, "serve the bundle's anomaly-map pipeline without its LLM (answers from the map)");
   cmd->callback([o] {
     const auto bundle = model::read_bundle(o->model);
+    // --threads (all cores by default) is the total: the workers share it.
+    o->server.threads_per_worker = std::max(1, torch::get_num_threads() / std::max(1, o->server.workers));
     // Signals are taken by one thread with sigwait (stop() is not async-signal-safe); block
     // them before any thread starts so that every thread inherits the mask.
     sigset_t signals;

@@ -8,7 +8,8 @@
 
 namespace iadgpt::serve {
 
-WorkerPool::WorkerPool(int workers, size_t capacity, const EngineFactory& factory) : capacity_(capacity) {
+WorkerPool::WorkerPool(int workers, size_t capacity, const EngineFactory& factory, int threads_per_worker)
+    : capacity_(capacity), threads_per_worker_(threads_per_worker) {
   if (workers < 1) throw InputError(fmt::format("--workers must be >= 1, got {}", workers));
   for (int i = 0; i < workers; ++i) {
     auto w = std::make_unique<Worker>();
@@ -69,6 +70,7 @@ bool WorkerPool::next(Worker& worker, Task& task) {
 void WorkerPool::run(Worker& worker) {
   // Inference only; autograd state is per thread.
   torch::NoGradGuard no_grad;
+  if (threads_per_worker_ > 0) torch::set_num_threads(threads_per_worker_);
   Task task;
   while (next(worker, task)) {
     try {

@@ -45,7 +45,9 @@ class WorkerPool {
 
   // Builds the engines on the calling thread (so a bad model fails before serving), then starts
   // one thread per worker.
-  WorkerPool(int workers, size_t capacity, const EngineFactory& factory);
+  // threads_per_worker > 0: torch intra-op threads set on each worker thread (OpenMP keeps the
+  // setting per thread), so N workers share the cores instead of oversubscribing them.
+  WorkerPool(int workers, size_t capacity, const EngineFactory& factory, int threads_per_worker = 0);
   ~WorkerPool();  // finishes queued jobs, then joins
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
@@ -73,6 +75,7 @@ class WorkerPool {
   int busy_ = 0;
   uint64_t completed_ = 0, rejected_ = 0;
   bool stopping_ = false;
+  int threads_per_worker_ = 0;
 };
 
 }  // namespace iadgpt::serve

@@ -128,7 +128,7 @@ struct Server::Impl {
 
   Impl(const ServerOptions& o, const EngineFactory& factory)
       : options(o),
-        pool(o.workers, static_cast<size_t>(std::max(0, o.queue)), factory),
+        pool(o.workers, static_cast<size_t>(std::max(0, o.queue)), factory, o.threads_per_worker),
         sessions(std::chrono::seconds(o.session_ttl_s), o.max_sessions) {
     model_info = json::object();
     // Every engine serves the same model; worker 0's description stands for all.
@@ -155,6 +155,7 @@ struct Server::Impl {
 
   DetectInput detect_input_multipart(const httplib::Request& req) const {
     DetectInput in;
+    in.max_tokens = options.answer_tokens;
     if (!req.has_file("image")) throw InputError("multipart field 'image' (the picture to inspect) is missing");
     const auto image = req.get_file_value("image");
     in.image = checked_image(image.content, image.filename.empty() ? "image" : "image '" + image.filename + "'");
@@ -185,6 +186,7 @@ struct Server::Impl {
     const auto j = parse_json_body(req);
     if (!j.is_object()) throw InputError("request body must be a JSON object");
     DetectInput in;
+    in.max_tokens = options.answer_tokens;
     in.image = decode_json_image(string_field(j, "image", true), "field 'image'");
     in.class_name = check_class(string_field(j, "class", false));
     in.question = string_field(j, "question", false);
@@ -294,7 +296,7 @@ struct Server::Impl {
     const auto message = string_field(j, "message", true);
     if (message.empty()) throw InputError("field 'message' is empty");
     if (message.size() > 4000) throw InputError("field 'message' is longer than 4000 characters");
-    const auto max_tokens = int_field(j, "max_tokens", 64, 1, options.max_tokens);
+    const auto max_tokens = int_field(j, "max_tokens", options.answer_tokens, 1, options.max_tokens);
     auto session = sessions.find(id);
     if (!session) {
       throw HttpError(404, fmt::format("unknown or expired session '{}' (sessions expire {} s after their last "
@@ -322,7 +324,7 @@ struct Server::Impl {
     }
     DetectInput in;
     in.class_name = check_class(string_field(j, "class", false));
-    in.max_tokens = int_field(j, "max_tokens", 64, 1, options.max_tokens);
+    in.max_tokens = int_field(j, "max_tokens", options.answer_tokens, 1, options.max_tokens);
     std::vector<std::string> follow_ups;
     bool have_image = false;
     const auto& messages = j["messages"];
@@ -463,7 +465,8 @@ struct Server::Impl {
       json j = model_info;
       j["server"] = {{"workers", options.workers}, {"queue", options.queue}, {"max_body_mb", options.max_body_mb},
                      {"timeout_s", options.timeout_s}, {"session_ttl_s", options.session_ttl_s},
-                     {"max_references", options.max_references}, {"max_tokens", options.max_tokens}};
+                     {"max_references", options.max_references}, {"max_tokens", options.max_tokens},
+                     {"answer_tokens", options.answer_tokens}};
       send_json(res, 200, j);
     });
     http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
@@ -483,6 +486,9 @@ Server::Server(const ServerOptions& options, const EngineFactory& factory) {
   if (options.max_body_mb < 1) throw InputError("--max-body must be >= 1 (MB)");
   if (options.timeout_s < 1) throw InputError("--timeout must be >= 1 (seconds)");
   if (options.session_ttl_s < 1) throw InputError("--session-ttl must be >= 1 (seconds)");
+  if (options.answer_tokens < 1 || options.answer_tokens > options.max_tokens) {
+    throw InputError(fmt::format("--answer-tokens must be in [1, --max-tokens = {}]", options.max_tokens));
+  }
   impl_ = std::make_unique<Impl>(options, factory);
 }
 

@@ -27,6 +27,7 @@ struct ServerOptions {
   std::string host = "127.0.0.1";  // loopback: only this machine can connect
   int port = 8080;                 // 0 = any free port
   int workers = 1;                 // engines (one model copy each)
+  int threads_per_worker = 0;      // torch threads of each worker (0 = leave as set)
   int queue = 16;                  // requests allowed to wait for a worker before 429
   int64_t max_body_mb = 32;        // request body limit (413 above it)
   int timeout_s = 30;              // socket read/write timeout
@@ -35,6 +36,7 @@ struct ServerOptions {
   int max_references = 16;         // reference images per request
   int64_t max_image_pixels = 40'000'000;  // per uploaded image (decoded RGB8 size bound)
   int64_t max_tokens = 256;        // upper bound on a request's max_tokens
+  int64_t answer_tokens = 64;      // max_tokens of a request that does not say
 };
 
 class Server {
