@@ -1,7 +1,7 @@
 // The web page end to end in headless Chromium (tests/web/page_test.mjs, playwright-core from
 // tests/web/node_modules, installed by scripts/install-deps.sh): the real program with a tiny
-// bundle, an image dropped on the page, a good reference, the result, one chat turn, and a
-// screenshot at <build>/web_page.png.
+// bundle made by `iadgpt bundle create --init-random`, an image dropped on the page, a good
+// reference, the result, one chat turn, and a screenshot at <build>/web_page.png.
 #include "common/run.h"
 #include "serve_process.h"
 #include "serve_test_util.h"
@@ -14,9 +14,17 @@ TEST(BrowserTest, UploadInspectAndChatInHeadlessChromium) {
   ASSERT_TRUE(std::filesystem::exists(web / "node_modules" / "playwright-core"))
       << "playwright-core missing: run scripts/install-deps.sh (npm ci in tests/web)";
   ASSERT_TRUE(std::filesystem::exists("/usr/bin/chromium")) << "chromium missing: run scripts/install-deps.sh";
-  const auto bundle = tiny_bundle("serve-browser");
+  // The bundle as a user makes one: `iadgpt bundle create --init-random` on the tiny fixtures.
+  const auto bundle_dir = scratch("serve-browser") / "bundle";
+  const auto created = run_iadgpt(std::vector<std::string>{
+      "bundle", "create", "--vision", fixture("imagebind_tiny/imagebind_tiny.safetensors").string(),
+      "--vision-config", fixture("imagebind_tiny/config.json").string(),
+      "--vocab", data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string(),
+      "--llm", fixture("llama_tiny").string(), "--tokenizer", fixture("stories260K/tokenizer.model").string(),
+      "--init-random", "1", "--out", bundle_dir.string()});
+  ASSERT_EQ(created.exit_code, 0) << created.err;
   // Short answers: llama_tiny's context is 256 tokens, and its random weights never stop early.
-  ServeProcess server(bundle.dir, {"--workers", "1", "--answer-tokens", "12"});
+  ServeProcess server(bundle_dir, {"--workers", "1", "--answer-tokens", "12"});
   const auto screenshot = std::filesystem::path(IADGPT_BINARY_DIR) / "web_page.png";
   std::filesystem::remove(screenshot);
   const auto log = scratch("serve-browser") / "node.log";

@@ -122,3 +122,22 @@ TEST(ServeCommand, BadBundleIsExitCode2AndHelpListsTheLimits) {
   EXPECT_EQ(bad.exit_code, 2) << bad.err;
   EXPECT_NE(bad.err.find("iadgpt: error:"), std::string::npos) << bad.err;
 }
+
+TEST(ServeCommand, MapsOnlyServesTheBundlesMapPipelineWithoutTheLlm) {
+  const auto bundle = tiny_bundle("serve-maps-only");
+  ServeProcess server(bundle.dir, {"--maps-only"});
+  httplib::Client c("127.0.0.1", server.port());
+  c.set_read_timeout(60, 0);
+  auto model = c.Get("/v1/model");
+  ASSERT_TRUE(model);
+  EXPECT_EQ(body_json(model)["engine"], "maps");
+  auto r = c.Post("/v1/detect", detect_form(hazelnut("test/colour/00.jpg")));
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const auto j = body_json(r);
+  // Without an LLM the answer is the §1.10 phrasing of the map, and p_yes is the map score.
+  EXPECT_EQ(j["p_yes"].get<double>(), j["pred_score"].get<double>());
+  EXPECT_TRUE(j["answer"].get<std::string>().rfind("Yes", 0) == 0 || j["answer"].get<std::string>().rfind("No", 0) == 0)
+      << j["answer"];
+  EXPECT_EQ(server.stop(), 0);
+}
