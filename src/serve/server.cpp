@@ -423,6 +423,9 @@ struct Server::Impl {
         send_error(res, e.status, e.what());
       } catch (const InputError& e) {
         send_error(res, 400, e.what());
+      } catch (const nlohmann::json::exception& e) {
+        // A field of the wrong JSON type read with value()/get().
+        send_error(res, 400, fmt::format("a request field has the wrong type ({})", e.what()));
       } catch (const std::exception& e) {
         std::cerr << fmt::format("serve: internal error on {} {}: {}\n", req.method, req.path, e.what());
         send_error(res, 500, fmt::format("internal error: {}", e.what()));

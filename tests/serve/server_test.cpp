@@ -213,6 +213,12 @@ TEST(Server, ChatCompletionsTakesDataUrisAndRefusesPathsAndUrls) {
   auto s = c.Post("/v1/chat/completions", stream.dump(), "application/json");
   ASSERT_TRUE(s);
   EXPECT_EQ(s->status, 400);
+  auto wrong_type = completion_request(data_uri(hazelnut("test/colour/01.jpg")));
+  wrong_type["stream"] = "yes";
+  wrong_type["messages"][0]["content"][0]["type"] = 7;
+  auto w = c.Post("/v1/chat/completions", wrong_type.dump(), "application/json");
+  ASSERT_TRUE(w);
+  EXPECT_EQ(w->status, 400) << w->body;
 }
 
 TEST(Server, BadInputsGetJsonErrorsNamingTheProblem) {
