@@ -20,6 +20,7 @@ void add_synth(CLI::App& app);        // cmd_synth.cpp
 void add_train_decoder(CLI::App& app);  // cmd_train_decoder.cpp
 void add_bundle(CLI::App& app);       // cmd_bundle.cpp
 void add_apg(CLI::App& app);           // cmd_apg.cpp
+void add_serve(CLI::App& app);        // cmd_serve.cpp
 void add_bench_encode(CLI::App& bench);  // cmd_bench_encode.cpp (under `iadgpt bench`)
 void add_bench_llm(CLI::App& bench);     // cmd_bench_llm.cpp (under `iadgpt bench`)
 void add_bench_maps(CLI::App& bench);    // cmd_bench_maps.cpp (under `iadgpt bench`)

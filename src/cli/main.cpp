@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   add_train_decoder(app);
   add_bundle(app);
   add_apg(app);
+  add_serve(app);
   auto* bench = app.add_subcommand("bench", "Measure speed and memory of real-size architectures");
   bench->require_subcommand(1);
   add_bench_encode(*bench);

@@ -1,0 +1,77 @@
+// `iadgpt serve`: the HTTP API and web page in front of a pool of model workers (src/serve).
+#include <fmt/format.h>
+
+#include <torch/torch.h>
+
+#include <csignal>
+#include <iostream>
+#include <pthread.h>
+#include <thread>
+
+#include "cli/commands.h"
+#include "io/error.h"
+#include "model/bundle.h"
+#include "serve/iadgpt_engine.h"
+#include "serve/map_engine.h"
+#include "serve/server.h"
+
+namespace iadgpt::cli {
+
+void add_serve(CLI::App& app) {
+  struct Opts {
+    std::string model;
+    serve::ServerOptions server;
+    bool maps_only = false;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("serve", "HTTP API + web page for a model bundle (loopback by default)");
+  cmd->add_option("--model", o->model, "model bundle directory (iadgpt.json)")->required();
+  cmd->add_option("--host", o->server.host, "address to listen on (127.0.0.1 = this machine only)")->capture_default_str();
+  cmd->add_option("--port", o->server.port, "TCP port (0 = any free port; the chosen one is printed)")->capture_default_str();
+  cmd->add_option("--workers", o->server.workers, "model workers (each holds its own copy of the model)")->capture_default_str();
+  cmd->add_option("--queue", o->server.queue, "requests that may wait for a worker; more get HTTP 429")->capture_default_str();
+  cmd->add_option("--max-body", o->server.max_body_mb, "request body limit in MB (HTTP 413 above)")->capture_default_str();
+  cmd->add_option("--timeout", o->server.timeout_s, "socket read/write timeout in seconds")->capture_default_str();
+  cmd->add_option("--session-ttl", o->server.session_ttl_s, "chat sessions expire after this many idle seconds")->capture_default_str();
+  cmd->add_option("--max-tokens", o->server.max_tokens, "largest max_tokens a request may ask for")->capture_default_str();
+  cmd->add_option("--answer-tokens", o->server.answer_tokens, "max_tokens of requests that do not say")->capture_default_str();
+  cmd->add_flag("--maps-only", o->maps_only, "serve the bundle's anomaly-map pipeline without its LLM (answers from the map)");
+  cmd->callback([o] {
+    const auto bundle = model::read_bundle(o->model);
+    // --threads (all cores by default) is the total: the workers share it.
+    o->server.threads_per_worker = std::max(1, torch::get_num_threads() / std::max(1, o->server.workers));
+    // Signals are taken by one thread with sigwait (stop() is not async-signal-safe); block
+    // them before any thread starts so that every thread inherits the mask.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    if (!serve::is_loopback(o->server.host)) {
+      std::cerr << fmt::format("serve: warning: listening on {} makes the API reachable from other machines; it has "
+                               "no authentication\n", o->server.host);
+    }
+    serve::EngineFactory factory = [&](int worker) -> std::unique_ptr<serve::Engine> {
+      std::cerr << fmt::format("serve: loading worker {} of {}\n", worker + 1, o->server.workers);
+      if (o->maps_only) return std::make_unique<serve::MapEngine>(serve::map_engine_options(bundle), bundle.threshold);
+      return std::make_unique<serve::IadGptEngine>(bundle);
+    };
+    serve::Server server(o->server, factory);
+    const int port = server.bind();
+    std::cout << fmt::format("iadgpt serve: listening on http://{}:{} ({} worker(s), queue {})", o->server.host,
+                             port, o->server.workers, o->server.queue)
+              << std::endl;
+    std::thread stopper([&] {
+      int sig = 0;
+      sigwait(&signals, &sig);
+      std::cerr << "serve: stopping\n";
+      server.stop();
+    });
+    server.run();
+    // run() also returns when listening fails; wake the signal thread so it can be joined.
+    pthread_kill(stopper.native_handle(), SIGTERM);
+    stopper.join();
+  });
+}
+
+}  // namespace iadgpt::cli

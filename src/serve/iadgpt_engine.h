@@ -1,0 +1,36 @@
+// The real engine: one model::IadGpt (the whole IAD-GPT pipeline of a bundle) per worker.
+// The map-only engine of the same bundle (no LLM) is `map_engine_options(bundle)` + MapEngine.
+#pragma once
+#include <memory>
+
+#include "anomaly/detector.h"
+#include "model/bundle.h"
+#include "serve/engine.h"
+
+namespace iadgpt::model {
+class IadGpt;
+}
+
+namespace iadgpt::serve {
+
+class IadGptEngine : public Engine {
+ public:
+  explicit IadGptEngine(const model::Bundle& bundle);
+  ~IadGptEngine() override;
+  DetectOutput detect(const DetectInput& input) override;
+  std::string ask(std::string_view message, int64_t max_tokens) override;
+  nlohmann::json describe() const override;
+
+ private:
+  std::unique_ptr<model::IadGpt> model_;
+  std::optional<std::string> class_;  // the class set on the model
+  bool inspected_ = false;
+};
+
+// The anomaly-map settings of a bundle (vision/text towers, decoder, taps, size, dtype).
+anomaly::DetectorOptions map_engine_options(const model::Bundle& bundle);
+
+// What GET /v1/model shows of a bundle: file names and settings, no server-side paths.
+nlohmann::json bundle_summary(const model::Bundle& bundle);
+
+}  // namespace iadgpt::serve

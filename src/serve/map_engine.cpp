@@ -1,0 +1,47 @@
+#include "serve/map_engine.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+
+#include "io/error.h"
+
+namespace iadgpt::serve {
+
+MapEngine::MapEngine(const anomaly::DetectorOptions& options, double threshold)
+    : detector_(options), vision_name_(options.vision.filename().string()), threshold_(threshold) {}
+
+DetectOutput MapEngine::detect(const DetectInput& input) {
+  const auto start = std::chrono::steady_clock::now();
+  const std::string class_name = input.class_name.empty() ? "object" : input.class_name;
+  if (class_ != class_name) {
+    detector_.set_class(class_name);
+    class_ = class_name;
+  }
+  detector_.set_references(input.references);
+  auto detection = detector_.detect({input.image}).at(0);
+  DetectOutput out;
+  out.map = anomaly::resize_map(detection.map, input.image.rows, input.image.cols);
+  out.pred_score = detection.score;
+  out.p_yes = detection.score;
+  out.pred_label = detection.score > threshold_;
+  if (out.pred_label) out.regions = anomaly::find_regions(out.map, threshold_, 16);
+  out.answer = anomaly::describe(out.regions);
+  if (!out.regions.empty()) out.position = out.regions.front().position;
+  out.timings["maps"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  last_answer_ = out.answer;
+  return out;
+}
+
+std::string MapEngine::ask(std::string_view message, int64_t max_tokens) {
+  if (last_answer_.empty()) throw InputError("no image has been inspected yet");
+  return fmt::format("(This model has no language model; the inspection found:) {}", last_answer_);
+}
+
+nlohmann::json MapEngine::describe() const {
+  return {{"engine", "maps"}, {"vision", vision_name_}, {"llm", nullptr},
+          {"mode", anomaly::map_mode_name(detector_.effective_mode())}, {"map_size", detector_.size()},
+          {"threshold", threshold_}};
+}
+
+}  // namespace iadgpt::serve

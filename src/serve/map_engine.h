@@ -1,0 +1,26 @@
+// An engine from the anomaly-map pipeline alone (anomaly::Detector, METHOD §1.1–1.6, §1.10):
+// scores, maps and AnomalyGPT-phrased answers without a language model. Used by the server's
+// tests and for serving a vision tower with no LLM; follow-up questions are answered from the
+// last result (it says so).
+#pragma once
+#include "anomaly/detector.h"
+#include "serve/engine.h"
+
+namespace iadgpt::serve {
+
+class MapEngine : public Engine {
+ public:
+  explicit MapEngine(const anomaly::DetectorOptions& options, double threshold = 0.5);
+  DetectOutput detect(const DetectInput& input) override;
+  std::string ask(std::string_view message, int64_t max_tokens) override;
+  nlohmann::json describe() const override;
+
+ private:
+  anomaly::Detector detector_;
+  std::string vision_name_;
+  double threshold_;
+  std::optional<std::string> class_;  // the class whose text features the detector holds
+  std::string last_answer_;
+};
+
+}  // namespace iadgpt::serve

@@ -1,0 +1,523 @@
+#include "serve/server.h"
+
+#include <fmt/format.h>
+#include <httplib.h>
+
+#include <arpa/inet.h>
+
+#include <atomic>
+#include <chrono>
+#include <ctime>
+#include <iostream>
+
+#include "image/decode.h"
+#include "image/overlay.h"
+#include "io/error.h"
+#include "serve/codec.h"
+#include "serve/pool.h"
+#include "serve/sessions.h"
+#include "serve/web.h"
+
+namespace iadgpt::serve {
+
+using nlohmann::json;
+
+namespace {
+
+// An error with its HTTP status, thrown by handlers and turned into the JSON error body.
+struct HttpError : std::runtime_error {
+  int status;
+  HttpError(int s, const std::string& message) : std::runtime_error(message), status(s) {}
+};
+
+std::string_view error_type(int status) {
+  switch (status) {
+    case 404: return "not_found_error";
+    case 413: return "request_too_large";
+    case 429: return "rate_limit_error";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+  }
+}
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+void send_error(httplib::Response& res, int status, const std::string& message) {
+  send_json(res, status, {{"error", {{"message", message}, {"type", error_type(status)}, {"code", status}}}});
+}
+
+// A default message for statuses that httplib sets itself (no route, body too large, parse errors).
+std::string default_message(int status) {
+  switch (status) {
+    case 400: return "malformed HTTP request";
+    case 404: return "no such endpoint; see GET /v1/model and the README for the API";
+    case 405: return "method not allowed";
+    case 413: return "request body too large (see --max-body)";
+    case 414: return "request URI too long";
+    default: return fmt::format("HTTP error {}", status);
+  }
+}
+
+json parse_json_body(const httplib::Request& req) {
+  try {
+    return json::parse(req.body);
+  } catch (const json::exception& e) {
+    throw InputError(fmt::format("request body is not valid JSON ({})", e.what()));
+  }
+}
+
+std::string string_field(const json& j, const char* key, bool required) {
+  if (!j.contains(key) || j[key].is_null()) {
+    if (required) throw InputError(fmt::format("missing field '{}'", key));
+    return {};
+  }
+  if (!j[key].is_string()) throw InputError(fmt::format("field '{}' must be a string", key));
+  return j[key].get<std::string>();
+}
+
+int64_t int_field(const json& j, const char* key, int64_t fallback, int64_t lo, int64_t hi) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  if (!j[key].is_number_integer()) throw InputError(fmt::format("field '{}' must be an integer", key));
+  const auto v = j[key].get<int64_t>();
+  if (v < lo || v > hi) throw InputError(fmt::format("field '{}' must be in [{}, {}], got {}", key, lo, hi, v));
+  return v;
+}
+
+// Class names reach prompts and cache keys: short, printable words only.
+std::string check_class(std::string name) {
+  if (name.size() > 64) throw InputError("field 'class' is longer than 64 characters");
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == ' ')) {
+      throw InputError(fmt::format("field 'class' may hold letters, digits, '_', '-' and spaces only, got '{}'", name));
+    }
+  }
+  return name;
+}
+
+json regions_json(const std::vector<anomaly::Region>& regions) {
+  json out = json::array();
+  for (const auto& r : regions) {
+    out.push_back({{"position", r.position}, {"area", r.area}, {"centroid", {r.centroid_x, r.centroid_y}}});
+  }
+  return out;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+bool is_loopback(const std::string& host) {
+  if (host == "localhost" || host == "::1") return true;
+  in_addr addr{};
+  if (inet_pton(AF_INET, host.c_str(), &addr) == 1) return (ntohl(addr.s_addr) >> 24) == 127;
+  return false;
+}
+
+struct Server::Impl {
+  ServerOptions options;
+  WorkerPool pool;
+  SessionStore sessions;
+  json model_info;
+  httplib::Server http;
+  int port = -1;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+
+  Impl(const ServerOptions& o, const EngineFactory& factory)
+      : options(o),
+        pool(o.workers, static_cast<size_t>(std::max(0, o.queue)), factory, o.threads_per_worker),
+        sessions(std::chrono::seconds(o.session_ttl_s), o.max_sessions) {
+    model_info = json::object();
+    // Every engine serves the same model; worker 0's description stands for all.
+    auto info = pool.submit([&](Worker& w) { model_info = w.engine->describe(); }, 0);
+    info.get();
+    setup();
+  }
+
+  // ---- request parsing --------------------------------------------------------------------
+
+  cv::Mat checked_image(std::string_view bytes, std::string_view what) const {
+    const auto size = image::peek_size({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
+    if (int64_t(size.width) * size.height > options.max_image_pixels) {
+      throw InputError(fmt::format("{}: {}x{} pixels is above the limit of {} pixels", what, size.width,
+                                   size.height, options.max_image_pixels));
+    }
+    auto img = decode_image_bytes(bytes, what);
+    if (int64_t(img.cols) * img.rows > options.max_image_pixels) {
+      throw InputError(fmt::format("{}: {}x{} pixels is above the limit of {} pixels", what, img.cols, img.rows,
+                                   options.max_image_pixels));
+    }
+    return img;
+  }
+
+  DetectInput detect_input_multipart(const httplib::Request& req) const {
+    DetectInput in;
+    in.max_tokens = options.answer_tokens;
+    if (!req.has_file("image")) throw InputError("multipart field 'image' (the picture to inspect) is missing");
+    const auto image = req.get_file_value("image");
+    in.image = checked_image(image.content, image.filename.empty() ? "image" : "image '" + image.filename + "'");
+    if (req.has_file("class")) in.class_name = check_class(req.get_file_value("class").content);
+    if (req.has_file("question")) in.question = req.get_file_value("question").content;
+    if (req.has_file("max_tokens")) {
+      try {
+        in.max_tokens = std::stoll(req.get_file_value("max_tokens").content);
+      } catch (const std::exception&) {
+        throw InputError("field 'max_tokens' must be an integer");
+      }
+    }
+    for (const char* key : {"reference", "references", "reference[]"}) {
+      auto [first, last] = req.files.equal_range(key);
+      for (auto it = first; it != last; ++it) {
+        if (it->second.content.empty()) continue;  // an empty file input of a form
+        if (static_cast<int>(in.references.size()) >= options.max_references) {
+          throw InputError(fmt::format("at most {} reference images per request", options.max_references));
+        }
+        in.references.push_back(checked_image(
+            it->second.content, fmt::format("reference '{}'", it->second.filename.empty() ? "?" : it->second.filename)));
+      }
+    }
+    return in;
+  }
+
+  DetectInput detect_input_json(const httplib::Request& req) const {
+    const auto j = parse_json_body(req);
+    if (!j.is_object()) throw InputError("request body must be a JSON object");
+    DetectInput in;
+    in.max_tokens = options.answer_tokens;
+    in.image = decode_json_image(string_field(j, "image", true), "field 'image'");
+    in.class_name = check_class(string_field(j, "class", false));
+    in.question = string_field(j, "question", false);
+    in.max_tokens = int_field(j, "max_tokens", in.max_tokens, 1, options.max_tokens);
+    if (j.contains("references")) {
+      if (!j["references"].is_array()) throw InputError("field 'references' must be an array of data URIs");
+      for (size_t i = 0; i < j["references"].size(); ++i) {
+        if (static_cast<int>(in.references.size()) >= options.max_references) {
+          throw InputError(fmt::format("at most {} reference images per request", options.max_references));
+        }
+        const auto& r = j["references"][i];
+        if (!r.is_string()) throw InputError(fmt::format("references[{}] must be a string", i));
+        in.references.push_back(decode_json_image(r.get<std::string>(), fmt::format("references[{}]", i)));
+      }
+    }
+    return in;
+  }
+
+  cv::Mat decode_json_image(const std::string& value, const std::string& what) const {
+    // decode_image_field refuses paths and URLs by name; the size check follows the decode.
+    auto bytes = value.rfind("data:", 0) == 0 ? parse_data_uri(value, what).bytes : std::string();
+    if (!bytes.empty()) return checked_image(bytes, what);
+    auto img = decode_image_field(value, what);
+    if (int64_t(img.cols) * img.rows > options.max_image_pixels) {
+      throw InputError(fmt::format("{}: image above the limit of {} pixels", what, options.max_image_pixels));
+    }
+    return img;
+  }
+
+  // ---- work on the pool -------------------------------------------------------------------
+
+  template <class Job>
+  void run_job(Job&& job, int worker = -1) {
+    std::future<void> done;
+    try {
+      done = pool.submit(std::forward<Job>(job), worker);
+    } catch (const QueueFull& e) {
+      throw HttpError(429, e.what());
+    }
+    done.get();  // the job's own exception, if any, surfaces here
+  }
+
+  // The worker holds `session`'s conversation afterwards (rebuilt by replay when it served
+  // someone else in between; greedy decoding gives the same answers again).
+  static void restore(Worker& w, Session& session) {
+    if (w.session == session.id) return;
+    w.session.clear();
+    w.engine->detect(session.input);
+    for (const auto& t : session.turns) w.engine->ask(t.message, t.max_tokens);
+    w.session = session.id;
+  }
+
+  json detect_json(const DetectInput& in, const DetectOutput& out, const std::string& overlay_png,
+                   const std::string& session_id, double seconds) const {
+    json j;
+    j["session_id"] = session_id;
+    j["class"] = in.class_name.empty() ? "object" : in.class_name;
+    j["pred_score"] = out.pred_score;
+    j["pred_label"] = out.pred_label ? 1 : 0;
+    j["p_yes"] = out.p_yes;
+    j["answer"] = out.answer;
+    j["position"] = out.position;
+    j["defect_type"] = out.defect_type;
+    j["regions"] = regions_json(out.regions);
+    j["references"] = in.references.size();
+    j["width"] = in.image.cols;
+    j["height"] = in.image.rows;
+    j["overlay_png"] = base64_encode(overlay_png);
+    j["timings"] = out.timings;
+    j["timings"]["total"] = seconds;
+    return j;
+  }
+
+  // ---- handlers ---------------------------------------------------------------------------
+
+  void detect(const httplib::Request& req, httplib::Response& res) {
+    const auto t0 = std::chrono::steady_clock::now();
+    DetectInput in;
+    if (req.is_multipart_form_data()) {
+      in = detect_input_multipart(req);
+    } else if (req.get_header_value("Content-Type").find("json") != std::string::npos) {
+      in = detect_input_json(req);
+    } else {
+      throw InputError("POST /v1/detect takes multipart/form-data (field 'image', optional 'class', "
+                       "'reference'...) or application/json");
+    }
+    if (in.max_tokens < 1 || in.max_tokens > options.max_tokens) {
+      throw InputError(fmt::format("max_tokens must be in [1, {}]", options.max_tokens));
+    }
+    DetectOutput out;
+    std::string overlay, session_id;
+    run_job([&](Worker& w) {
+      w.session.clear();
+      out = w.engine->detect(in);
+      overlay = encode_png(image::heatmap_overlay(in.image, out.map));
+      auto session = sessions.create(w.index, in);
+      w.session = session->id;
+      session_id = session->id;
+    });
+    send_json(res, 200, detect_json(in, out, overlay, session_id, seconds_since(t0)));
+  }
+
+  void chat(const httplib::Request& req, httplib::Response& res) {
+    const auto j = parse_json_body(req);
+    if (!j.is_object()) throw InputError("request body must be a JSON object");
+    const auto id = string_field(j, "session_id", true);
+    const auto message = string_field(j, "message", true);
+    if (message.empty()) throw InputError("field 'message' is empty");
+    if (message.size() > 4000) throw InputError("field 'message' is longer than 4000 characters");
+    const auto max_tokens = int_field(j, "max_tokens", options.answer_tokens, 1, options.max_tokens);
+    auto session = sessions.find(id);
+    if (!session) {
+      throw HttpError(404, fmt::format("unknown or expired session '{}' (sessions expire {} s after their last "
+                                       "use); inspect the image again with POST /v1/detect",
+                                       id.substr(0, 64), options.session_ttl_s));
+    }
+    std::string answer;
+    run_job([&](Worker& w) {
+      restore(w, *session);
+      answer = w.engine->ask(message, max_tokens);
+      session->turns.push_back({message, max_tokens});
+    }, session->worker);
+    send_json(res, 200, {{"session_id", id}, {"answer", answer}, {"turn", session->turns.size()}});
+  }
+
+  // OpenAI-style: the first image_url of the conversation is inspected (its message's text is
+  // the question); further images are good references; later user messages are follow-ups.
+  void chat_completions(const httplib::Request& req, httplib::Response& res) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto j = parse_json_body(req);
+    if (!j.is_object()) throw InputError("request body must be a JSON object");
+    if (j.value("stream", false)) throw InputError("streaming is not supported; send \"stream\": false");
+    if (!j.contains("messages") || !j["messages"].is_array() || j["messages"].empty()) {
+      throw InputError("field 'messages' must be a non-empty array");
+    }
+    DetectInput in;
+    in.class_name = check_class(string_field(j, "class", false));
+    in.max_tokens = int_field(j, "max_tokens", options.answer_tokens, 1, options.max_tokens);
+    std::vector<std::string> follow_ups;
+    bool have_image = false;
+    const auto& messages = j["messages"];
+    for (size_t m = 0; m < messages.size(); ++m) {
+      const auto& msg = messages[m];
+      if (!msg.is_object() || !msg.contains("role") || !msg["role"].is_string()) {
+        throw InputError(fmt::format("messages[{}] must be an object with a string 'role'", m));
+      }
+      if (msg["role"] != "user") continue;  // system/assistant turns: the model keeps its own
+      std::string text;
+      bool image_here = false;
+      const auto& content = msg.contains("content") ? msg["content"] : json();
+      if (content.is_string()) {
+        text = content.get<std::string>();
+      } else if (content.is_array()) {
+        for (size_t p = 0; p < content.size(); ++p) {
+          const auto& part = content[p];
+          const auto where = fmt::format("messages[{}].content[{}]", m, p);
+          const auto type = part.is_object() ? part.value("type", "") : "";
+          if (type == "text") {
+            text += (text.empty() ? "" : " ") + string_field(part, "text", true);
+          } else if (type == "image_url") {
+            const auto& iu = part.contains("image_url") ? part["image_url"] : json();
+            const std::string url = iu.is_string() ? iu.get<std::string>()
+                                   : iu.is_object() ? string_field(iu, "url", true) : "";
+            if (url.empty()) throw InputError(where + ": image_url needs a 'url'");
+            auto img = checked_image(parse_data_uri(url, where + ".image_url").bytes, where);
+            if (!have_image) {
+              in.image = img;
+              have_image = image_here = true;
+            } else {
+              if (static_cast<int>(in.references.size()) >= options.max_references) {
+                throw InputError(fmt::format("at most {} reference images per request", options.max_references));
+              }
+              in.references.push_back(img);
+            }
+          } else {
+            throw InputError(where + ": content parts must be of type 'text' or 'image_url'");
+          }
+        }
+      } else {
+        throw InputError(fmt::format("messages[{}].content must be a string or an array of parts", m));
+      }
+      if (image_here) {
+        in.question = text;
+      } else if (have_image && !text.empty()) {
+        follow_ups.push_back(text);
+      }
+    }
+    if (!have_image) {
+      throw InputError("no image in the conversation: add a user content part {\"type\": \"image_url\", "
+                       "\"image_url\": {\"url\": \"data:image/png;base64,...\"}}");
+    }
+    DetectOutput out;
+    std::string answer;
+    run_job([&](Worker& w) {
+      w.session.clear();
+      out = w.engine->detect(in);
+      answer = out.answer;
+      for (const auto& f : follow_ups) answer = w.engine->ask(f, in.max_tokens);
+    });
+    json r;
+    r["id"] = "chatcmpl-" + random_id();
+    r["object"] = "chat.completion";
+    r["created"] = static_cast<int64_t>(std::time(nullptr));
+    r["model"] = model_info.value("name", "iadgpt");
+    r["choices"] = json::array({{{"index", 0},
+                                 {"message", {{"role", "assistant"}, {"content", answer}}},
+                                 {"finish_reason", "stop"}}});
+    r["iadgpt"] = {{"pred_score", out.pred_score}, {"pred_label", out.pred_label ? 1 : 0}, {"p_yes", out.p_yes},
+                   {"position", out.position},     {"defect_type", out.defect_type},
+                   {"regions", regions_json(out.regions)}, {"seconds", seconds_since(t0)}};
+    send_json(res, 200, r);
+  }
+
+  json health() const {
+    const auto s = pool.stats();
+    return {{"status", "ok"},
+            {"workers", s.workers},
+            {"busy", s.busy},
+            {"queued", s.queued},
+            {"queue_capacity", s.capacity},
+            {"completed", s.completed},
+            {"rejected", s.rejected},
+            {"sessions", sessions.size()},
+            {"uptime_s", seconds_since(started)}};
+  }
+
+  // Every handler runs behind this: typed errors become JSON with their status.
+  httplib::Server::Handler guarded(void (Impl::*handler)(const httplib::Request&, httplib::Response&)) {
+    return [this, handler](const httplib::Request& req, httplib::Response& res) {
+      try {
+        (this->*handler)(req, res);
+      } catch (const HttpError& e) {
+        if (e.status == 429) res.set_header("Retry-After", "1");
+        send_error(res, e.status, e.what());
+      } catch (const InputError& e) {
+        send_error(res, 400, e.what());
+      } catch (const nlohmann::json::exception& e) {
+        // A field of the wrong JSON type read with value()/get().
+        send_error(res, 400, fmt::format("a request field has the wrong type ({})", e.what()));
+      } catch (const std::exception& e) {
+        std::cerr << fmt::format("serve: internal error on {} {}: {}\n", req.method, req.path, e.what());
+        send_error(res, 500, fmt::format("internal error: {}", e.what()));
+      }
+    };
+  }
+
+  void setup() {
+    const auto limit = static_cast<size_t>(options.max_body_mb) * 1024 * 1024;
+    http.set_payload_max_length(limit);
+    http.set_read_timeout(options.timeout_s, 0);
+    http.set_write_timeout(options.timeout_s, 0);
+    // An idle keep-alive connection holds a connection thread: no longer than the read timeout.
+    http.set_keep_alive_timeout(std::min(5, options.timeout_s));
+    http.set_keep_alive_max_count(100);
+    // Connection threads: every queued or running request holds one while it waits, and a few
+    // more keep /v1/health and the page answering when the queue is full or a client is slow.
+    const size_t threads = static_cast<size_t>(options.workers + std::max(0, options.queue) + 8);
+    http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+
+    http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
+      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      send_error(res, res.status, default_message(res.status));
+      return httplib::Server::HandlerResponse::Handled;
+    }));
+    http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+      send_error(res, 500, "internal error");
+    });
+
+    for (const auto& asset : web_assets()) {
+      const std::string path = asset.path == "/index.html" ? "/" : std::string(asset.path);
+      http.Get(path, [asset](const httplib::Request&, httplib::Response& res) {
+        res.set_content(std::string(asset.body), std::string(asset.content_type).c_str());
+        res.set_header("Cache-Control", "no-store");
+        res.set_header("X-Content-Type-Options", "nosniff");
+      });
+    }
+    http.Get("/v1/health", [this](const httplib::Request&, httplib::Response& res) { send_json(res, 200, health()); });
+    http.Get("/v1/model", [this](const httplib::Request&, httplib::Response& res) {
+      json j = model_info;
+      j["server"] = {{"workers", options.workers}, {"queue", options.queue}, {"max_body_mb", options.max_body_mb},
+                     {"timeout_s", options.timeout_s}, {"session_ttl_s", options.session_ttl_s},
+                     {"max_references", options.max_references}, {"max_tokens", options.max_tokens},
+                     {"answer_tokens", options.answer_tokens}};
+      send_json(res, 200, j);
+    });
+    http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+      send_json(res, 200, {{"object", "list"},
+                           {"data", json::array({{{"id", model_info.value("name", "iadgpt")},
+                                                  {"object", "model"},
+                                                  {"owned_by", "iadgpt"}}})}});
+    });
+    http.Post("/v1/detect", guarded(&Impl::detect));
+    http.Post("/v1/chat", guarded(&Impl::chat));
+    http.Post("/v1/chat/completions", guarded(&Impl::chat_completions));
+  }
+};
+
+Server::Server(const ServerOptions& options, const EngineFactory& factory) {
+  if (options.queue < 0) throw InputError("--queue must be >= 0");
+  if (options.max_body_mb < 1) throw InputError("--max-body must be >= 1 (MB)");
+  if (options.timeout_s < 1) throw InputError("--timeout must be >= 1 (seconds)");
+  if (options.session_ttl_s < 1) throw InputError("--session-ttl must be >= 1 (seconds)");
+  if (options.answer_tokens < 1 || options.answer_tokens > options.max_tokens) {
+    throw InputError(fmt::format("--answer-tokens must be in [1, --max-tokens = {}]", options.max_tokens));
+  }
+  impl_ = std::make_unique<Impl>(options, factory);
+}
+
+Server::~Server() {
+  if (impl_) impl_->http.stop();
+}
+
+int Server::bind() {
+  auto& o = impl_->options;
+  if (o.port < 0 || o.port > 65535) throw InputError(fmt::format("--port must be in [0, 65535], got {}", o.port));
+  if (o.port == 0) {
+    impl_->port = impl_->http.bind_to_any_port(o.host);
+  } else {
+    impl_->port = impl_->http.bind_to_port(o.host, o.port) ? o.port : -1;
+  }
+  if (impl_->port <= 0) throw InputError(fmt::format("cannot listen on {}:{} (address in use or not local?)", o.host, o.port));
+  return impl_->port;
+}
+
+void Server::run() {
+  if (impl_->port <= 0) bind();
+  impl_->http.listen_after_bind();
+}
+
+void Server::stop() { impl_->http.stop(); }
+
+int Server::port() const { return impl_->port; }
+
+}  // namespace iadgpt::serve
