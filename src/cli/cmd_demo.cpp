@@ -27,6 +27,7 @@ void add_demo(CLI::App& app) {
   cmd->add_option("--per-image", o->per_image, "CutPaste variants per training part")->capture_default_str();
   cmd->add_option("--shots", o->shots, "Good reference parts per class for the few-shot map (0 = decoder only)")
       ->capture_default_str();
+  cmd->add_option("--map", o->map, "Map: decoder, few-shot or blend (decoder + few-shot)")->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of data, models and training")->capture_default_str();
   cmd->add_option("--min-accuracy", *min_accuracy, "Exit 1 when the Yes/No accuracy is below this (0..1)")
       ->capture_default_str();

@@ -9,7 +9,8 @@
 // Classes (textures, printed marks, shapes): `washer` (brushed-metal ring on a dark bench),
 // `screw` (slotted metal head with an embossed mark), `pcb` (green plate with copper traces, pads
 // and a silkscreen label), `fabric` (woven texture, full frame), `wood` (ring-grain board with a
-// printed stamp). Normal parts vary in position, angle, texture noise and label text.
+// printed stamp). Normal parts sit in a fixture (same position, orientation ± 3°) and vary
+// in material noise, brushing, weave, grain, and lighting; printed marks (PCB silkscreen, wood stamp) are part of every normal part.
 // Defects (drawn only inside their mask, so every changed pixel is in the mask): `scratch` (a thin
 // bright or dark random-walk line), `spot` (a shaded dent / stain ellipse), `missing` (a chunk of
 // the part replaced by what is behind it), `crack` (a dark jagged branching line), `contamination`

@@ -34,6 +34,9 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 // (METHOD §1.3's name for an unknown class): one self-supervised model for all parts. The random
 // text tower carries no meaning per class name, so per-class prompts would only add noise.
 constexpr const char* kPromptClass = "object";
+// The two first blocks of the random tower: the most local features (later random blocks only mix
+// in the global average), measured best on the procedural parts.
+const std::vector<int64_t> kTaps{0, 1};
 
 struct Labelled {
   cv::Mat image;       // RGB8
@@ -95,8 +98,29 @@ std::vector<anomaly::Region> answer_regions(const torch::Tensor& map, double thr
   return regions;
 }
 
-torch::Tensor mask_tensor(const cv::Mat& mask8) {
-  return torch::from_blob(mask8.data, {mask8.rows, mask8.cols}, torch::kUInt8).ne(0).to(torch::kUInt8).clone();
+
+void write_train_config(const fs::path& file, const std::vector<std::string>& classes, const DemoOptions& o) {
+  nlohmann::ordered_json j{
+      {"out", "bundle"},
+      {"vision", "clip"},
+      {"vocab", "clip/bpe_demo_vocab.txt"},
+      {"taps", {0, 1, 2, 3}},
+      {"image_size", o.size},
+      {"llm", "llm"},
+      {"llm_tuning", "full"},  // a 0.2 M-parameter LLM: every weight trains
+      {"datasets", {{{"kind", "mvtec"}, {"root", "../data"}, {"categories", classes}}}},
+      {"synthesis", "cutpaste"},
+      {"per_image", 2},
+      {"holdout", 2},
+      {"references", 2},
+      {"stages", {{{"stage", 1}, {"steps", 60}}, {{"stage", 2}, {"steps", 60}}, {{"stage", 3}, {"steps", 60}}}},
+      {"batch_size", 8},
+      {"seed", o.seed},
+      {"checkpoint_every", 0},
+      {"resume", false}};
+  std::ofstream f(file);
+  f << j.dump(1) << "\n";
+  if (!f) throw std::runtime_error("cannot write " + file.string());
 }
 
 }  // namespace
@@ -136,13 +160,18 @@ DemoResult run_demo(const DemoOptions& o) {
                   "random tiny LLaMA ({:.2f} M parameters) in {} ({:.1f} s)",
                   4, 96, 64, llm_vocab, llm_config.parameter_count() / 1e6, (o.out / "models").string(), since(t)));
 
+  // The three-stage LLM training config (`iadgpt train --config`, schema in src/train/README.md of
+  // the training issue): written now so the same parts and tiny models train the whole IAD-GPT
+  // once that trainer is in the build. Paths are relative to the file.
+  write_train_config(o.out / "models/train.json", classes, o);
+
   // 3. Training: stage-2 decoder on normals + CutPaste, text side frozen.
   t = Clock::now();
   anomaly::DetectorOptions text_only{.vision = clip_dir, .vocab = vocab, .mode = anomaly::MapMode::ZeroShot};
   anomaly::Detector prompts(text_only);
   prompts.set_class(kPromptClass);
   const torch::Tensor f_text = prompts.text_features().f_text.clone();
-  const auto encoder = train::load_encoder(clip_dir, std::nullopt, {});
+  const auto encoder = train::load_encoder(clip_dir, std::nullopt, kTaps);
   std::vector<train::LabelledView> views;
   std::map<std::string, std::vector<cv::Mat>> normals;
   for (size_t c = 0; c < classes.size(); ++c) {
@@ -154,6 +183,7 @@ DemoResult run_demo(const DemoOptions& o) {
   }
   const auto pool = train::encode_views(views, encoder);
   views.clear();
+  log(fmt::format("      pool: {} views encoded ({:.1f} s)", pool.count(), since(t)));
   auto trained = train::train_decoder(
       pool, f_text, {.steps = o.steps, .batch_size = 8, .seed = o.seed, .log_every = std::max<int64_t>(1, o.steps / 5), .loss_size = 56},
       [&](const train::LogEntry& e) {
@@ -168,8 +198,8 @@ DemoResult run_demo(const DemoOptions& o) {
 
   // 4. Inspect the held-out parts.
   t = Clock::now();
-  anomaly::DetectorOptions dopt{.vision = clip_dir, .vocab = vocab, .decoder = decoder_path,
-                                .mode = o.shots > 0 ? anomaly::MapMode::Blend : anomaly::MapMode::Decoder};
+  anomaly::DetectorOptions dopt{.vision = clip_dir, .vocab = vocab, .decoder = decoder_path, .taps = kTaps,
+                                .mode = anomaly::parse_map_mode(o.map)};
   anomaly::Detector detector(dopt);
   detector.set_class(kPromptClass);
   const fs::path report_dir = o.out / "report";

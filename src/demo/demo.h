@@ -10,8 +10,8 @@
 //            on the answer corpus and a random tiny LLaMA (<out>/models; demo/tiny_models.h).
 // 3. train   the visual-guided decoder through the stage-2 training code (train/decoder_training.h)
 //            on the training normals + CutPaste anomalies, text side frozen ("object" prompts).
-// 4. inspect the held-out parts: map = (decoder map + few-shot map of `shots` good parts) / 2,
-//            score = max map, decision threshold fitted per class on the validation split (F1),
+// 4. inspect the held-out parts: map = the few-shot map of `shots` good parts (default; `blend`
+//            averages it with the trained decoder's map, `decoder` uses that alone), score = max map, decision threshold fitted per class on the validation split (F1),
 //            answer and position words from the map (METHOD §1.10), metrics per class, overlays and
 //            <out>/report/index.html, which says plainly that this is a demo model.
 // The LLM is created but does not yet answer here: its stage-1/3 training (`iadgpt train`) and the
@@ -32,13 +32,14 @@ namespace iadgpt::demo {
 struct DemoOptions {
   std::filesystem::path out = "demo-out";
   std::vector<std::string> classes;  // empty: every procedural class
-  int train = 16;                    // normal training images per class
-  int val_good = 6, val_defect = 1;  // validation split per class (and per defect type)
+  int train = 10;                    // normal training images per class
+  int val_good = 12, val_defect = 2;  // validation split per class (and per defect type)
   int test_good = 10, test_defect = 2;  // held-out split per class (and per defect type)
   int size = 224;                    // image side
-  int64_t steps = 300;               // decoder training steps
-  int64_t per_image = 8;             // CutPaste variants per training normal in the pool
-  int shots = 4;                     // good reference parts per class for the few-shot map
+  int64_t steps = 200;               // decoder training steps
+  int64_t per_image = 4;             // CutPaste variants per training normal in the pool
+  int shots = 8;                     // good reference parts per class for the few-shot map
+  std::string map = "few-shot";      // few-shot, blend (+ decoder) or decoder (anomaly::MapMode names)
   int64_t llm_vocab = 512;           // SentencePiece vocabulary size asked for
   uint64_t seed = 0;
   std::function<void(std::string_view)> log;  // progress lines (none when empty)

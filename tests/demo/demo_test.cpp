@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "anomaly/detector.h"
 #include "common/run.h"
@@ -118,6 +119,11 @@ TEST(DemoPipeline, ScaledDownRunWritesTheReportAndPrintsTheAccuracy) {
   EXPECT_TRUE(fs::is_regular_file(out / "models/decoder.safetensors"));
   EXPECT_TRUE(fs::is_regular_file(out / "models/llm/tokenizer.model"));
   EXPECT_TRUE(fs::is_directory(out / "data/washer/ground_truth/crack"));
+  // The LLM training config for `iadgpt train --config` names the demo's own models and parts.
+  const auto cfg = nlohmann::json::parse(test::slurp(out / "models/train.json"));
+  EXPECT_EQ(cfg.at("llm"), "llm");
+  EXPECT_EQ(cfg.at("datasets").at(0).at("categories"), (std::vector<std::string>{"washer", "pcb"}));
+  EXPECT_TRUE(fs::is_regular_file(out / "models" / cfg.at("vocab").get<std::string>()));
 }
 
 TEST(DemoPipeline, BadSplitIsBadInput) {
