@@ -207,6 +207,9 @@ std::vector<std::string> answer_corpus(const std::vector<std::string>& classes, 
     out.push_back(fmt::format("This is a photo of a {} for anomaly detection, which should be without any damage, "
                               "flaw, defect, scratch, hole or broken part.", anomaly::display_class_name(c)));
   const auto& cells = anomaly::cell_names();
+  // As many "No" answers as "Yes" ones (the training pairs are balanced), so that "No" — like
+  // "Yes" — becomes a piece of its own: the fast decision reads the first answer token.
+  for (size_t i = 0; i < cells.size() * (cells.size() + 1); ++i) out.push_back(anomaly::describe({}));
   for (const auto& a : cells) {
     anomaly::Region r{.position = a};
     out.push_back(anomaly::describe({r}));
