@@ -102,7 +102,8 @@ std::vector<anomaly::Region> answer_regions(const torch::Tensor& map, double thr
 void write_train_config(const fs::path& file, const std::vector<std::string>& classes, const DemoOptions& o) {
   nlohmann::ordered_json j{
       {"out", "bundle"},
-      {"vision", "clip"},
+      {"vision", "clip/model.safetensors"},  // the file + its config: some size checks expect a file
+      {"vision_config", "clip/config.json"},
       {"vocab", "clip/bpe_demo_vocab.txt"},
       {"taps", {0, 1, 2, 3}},
       {"image_size", o.size},
