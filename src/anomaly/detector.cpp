@@ -110,7 +110,7 @@ Detector::Detector(const DetectorOptions& options) : state_(std::make_unique<Sta
                                  s.vision.config.image_size));
   }
   s.model_identity = fmt::format("{}|{}|{}", std::filesystem::absolute(options.text.value_or(options.vision)).string(),
-                                 std::filesystem::exists(options.vision) ? std::filesystem::file_size(options.vision) : 0,
+                                 std::filesystem::is_regular_file(options.vision) ? std::filesystem::file_size(options.vision) : 0,
                                  c10::toString(options.dtype));
   if (options.decoder) {
     auto ckpt = io::load_checkpoint(*options.decoder);

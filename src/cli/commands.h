@@ -21,6 +21,8 @@ void add_train_decoder(CLI::App& app);  // cmd_train_decoder.cpp
 void add_bundle(CLI::App& app);       // cmd_bundle.cpp
 void add_apg(CLI::App& app);           // cmd_apg.cpp
 void add_serve(CLI::App& app);        // cmd_serve.cpp
+void add_demo_data(CLI::App& app);     // cmd_demo_data.cpp
+void add_demo(CLI::App& app);          // cmd_demo.cpp
 void add_bench_encode(CLI::App& bench);  // cmd_bench_encode.cpp (under `iadgpt bench`)
 void add_bench_llm(CLI::App& bench);     // cmd_bench_llm.cpp (under `iadgpt bench`)
 void add_bench_maps(CLI::App& bench);    // cmd_bench_maps.cpp (under `iadgpt bench`)

@@ -44,6 +44,8 @@ int main(int argc, char** argv) {
   add_bundle(app);
   add_apg(app);
   add_serve(app);
+  add_demo_data(app);
+  add_demo(app);
   auto* bench = app.add_subcommand("bench", "Measure speed and memory of real-size architectures");
   bench->require_subcommand(1);
   add_bench_encode(*bench);

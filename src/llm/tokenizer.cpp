@@ -1,9 +1,13 @@
 #include "llm/tokenizer.h"
 
 #include <dlfcn.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <mutex>
 
 #include "io/error.h"
@@ -149,6 +153,34 @@ std::string StreamDecoder::flush() {
   text_ = std::move(full);
   emitted_ = text_.size();
   return out;
+}
+
+void train_tokenizer(const std::vector<std::string>& flags) {
+  std::vector<std::string> candidates;
+  if (const char* env = std::getenv("IADGPT_SPM_TRAIN"); env && *env) candidates.emplace_back(env);
+  std::error_code ec;
+  if (auto exe = std::filesystem::read_symlink("/proc/self/exe", ec); !ec)
+    candidates.push_back((exe.parent_path() / "iadgpt-spm-train").string());
+  std::string program = "spm_train";  // Debian's `sentencepiece` package, on PATH
+  for (const auto& c : candidates)
+    if (std::filesystem::is_regular_file(c)) {
+      program = c;
+      break;
+    }
+  std::vector<std::string> args{program};
+  args.insert(args.end(), flags.begin(), flags.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  if (int err = posix_spawnp(&pid, program.c_str(), nullptr, nullptr, argv.data(), environ); err != 0)
+    throw std::runtime_error(fmt::format("cannot start the SentencePiece trainer {}: {}", program, std::strerror(err)));
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) throw std::runtime_error("waitpid failed for " + program);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw InputError(fmt::format("SentencePiece training failed ({} exited with status {}; its message is above)",
+                                 program, WIFEXITED(status) ? WEXITSTATUS(status) : -1));
 }
 
 }  // namespace iadgpt::llm

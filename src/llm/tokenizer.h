@@ -42,6 +42,14 @@ class Tokenizer {
   std::string path_;
 };
 
+// Trains a SentencePiece model with the trainer's own flags, e.g. {"--input=corpus.txt",
+// "--model_prefix=dir/tokenizer", "--vocab_size=512", "--model_type=bpe"}; writes
+// <model_prefix>.model and .vocab. Runs `iadgpt-spm-train` (built beside the program; why a
+// separate process: spm_shim/spm_train_main.cpp), found in $IADGPT_SPM_TRAIN, beside the
+// executable, or as Debian's `spm_train` on PATH. InputError when training fails (the trainer's
+// message is on stderr).
+void train_tokenizer(const std::vector<std::string>& flags);
+
 // Streams text while ids arrive: emits the newly decoded suffix of the whole sequence, holding back
 // an incomplete UTF-8 character (byte-fallback pieces arrive one byte at a time).
 class StreamDecoder {

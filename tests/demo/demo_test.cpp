@@ -1,0 +1,140 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "anomaly/detector.h"
+#include "common/run.h"
+#include "common/shared.h"
+#include "data/procedural.h"
+#include "demo/report.h"
+#include "demo/tiny_models.h"
+#include "io/checkpoint.h"
+#include "llm/model.h"
+#include "llm/tokenizer.h"
+#include "text/clip_tokenizer.h"
+#include "vision/loader.h"
+
+using namespace iadgpt;
+namespace fs = std::filesystem;
+
+TEST(TinyModels, BpeMergesAreLearnedFromTheCorpusFirstThenPaddedToTheTokenizersFloor) {
+  const auto corpus = demo::clip_corpus({"washer", "screw"});
+  const auto merges = demo::learn_bpe_merges(corpus);
+  EXPECT_EQ(merges.size(), 1000u);
+  // Learned merges come first: the prompts' commonest words are single symbols after them ...
+  const auto learned_end = std::find(merges.begin(), merges.end(), "a a");  // the first padding merge
+  ASSERT_NE(learned_end, merges.end());
+  EXPECT_GT(learned_end - merges.begin(), 20);
+  for (const auto* word : {"photo</w>", "washer</w>", "damaged</w>"}) {
+    bool made = false;
+    for (auto it = merges.begin(); it != learned_end; ++it) {
+      std::string joined = *it;
+      joined.erase(joined.find(' '), 1);
+      made |= joined == word;
+    }
+    EXPECT_TRUE(made) << word;
+  }
+  EXPECT_EQ(demo::learn_bpe_merges(corpus), merges);  // deterministic
+}
+
+TEST(TinyModels, TinyClipLoadsThroughTheUpstreamLoadersAndEncodesPrompts) {
+  const auto dir = test::scratch("tiny_clip");
+  fs::remove_all(dir);
+  const auto vocab = demo::write_tiny_clip(dir, demo::clip_corpus({"washer"}), {.image_size = 112});
+  const auto ckpt = io::load_checkpoint(dir);
+  const auto vision = vision::load_vision(ckpt);
+  EXPECT_EQ(vision.config.family, vision::Family::HfClip);
+  EXPECT_EQ(vision.config.width, 96);
+  EXPECT_EQ(vision.config.layers, 4);
+  EXPECT_EQ(vision.config.embed_dim, 64);
+  const auto tok = text::ClipTokenizer::load(vocab);
+  const auto words = tok.encode("a photo of a damaged washer.");
+  EXPECT_LT(words.size(), 12u);  // learned merges make whole words, not letters
+  anomaly::Detector det({.vision = dir, .vocab = vocab, .mode = anomaly::MapMode::ZeroShot});
+  det.set_class("washer");
+  EXPECT_EQ(det.text_features().f_text.sizes(), (std::vector<int64_t>{2, 64}));
+  const auto d = det.detect({data::make_part("washer", 1, 112).image});
+  EXPECT_EQ(d[0].map.size(0), 112);
+}
+
+TEST(TinyModels, TokenizerIsTrainedOnTheAnswerCorpusWithLlamaIdsAndIsDeterministic) {
+  const auto a = test::scratch("tok_a"), b = test::scratch("tok_b");
+  const auto corpus = demo::answer_corpus({"washer", "pcb"}, data::procedural_defects());
+  const int64_t n = demo::train_llm_tokenizer(a, corpus, 400);
+  demo::train_llm_tokenizer(b, corpus, 400);
+  EXPECT_GT(n, 259);  // 3 specials + 256 byte pieces, then learned merges
+  EXPECT_LE(n, 400);
+  const auto tok = llm::Tokenizer::from_path(a), again = llm::Tokenizer::from_path(b);
+  // Same pieces in the same order (the files differ only in the input paths they record).
+  ASSERT_EQ(tok.vocab_size(), again.vocab_size());
+  int differing = 0;
+  for (int64_t id = 0; id < tok.vocab_size(); ++id) differing += tok.piece(id) != again.piece(id);
+  EXPECT_EQ(differing, 0);
+  EXPECT_EQ(tok.unk_id(), 0);
+  EXPECT_EQ(tok.bos_id(), 1);
+  EXPECT_EQ(tok.eos_id(), 2);
+  const std::string answer = "Yes, there is an anomaly in the image, at the top left of the image.";
+  const auto ids = tok.encode(answer);
+  EXPECT_LT(ids.size(), 20u);  // the answer's words are pieces of their own
+  EXPECT_EQ(tok.decode(ids), answer);
+  // The fast decision reads the first answer token: "Yes" and "No" must be single pieces.
+  EXPECT_EQ(tok.encode("Yes").size(), 1u);
+  EXPECT_EQ(tok.encode("No").size(), 1u);
+}
+
+TEST(TinyModels, TinyLlamaLoadsAsAnHfDirectoryAndGivesLogitsOverTheTokenizer) {
+  const auto dir = test::scratch("tiny_llama");
+  const int64_t n = demo::train_llm_tokenizer(dir, demo::answer_corpus({"screw"}, data::procedural_defects()), 400);
+  const auto cfg = demo::write_tiny_llama(dir, {.vocab_size = n});
+  auto model = llm::load_model(dir);
+  EXPECT_EQ(model.config.vocab_size, n);
+  EXPECT_EQ(model.config.hidden_size, cfg.hidden_size);
+  const auto ids = llm::Tokenizer::from_path(dir).encode("Is there any anomaly in the image?", true);
+  const auto r = test::run_iadgpt({"llm-logits", "--model", dir.string(), "--tokens",
+                                   std::to_string(ids[0]) + "," + std::to_string(ids[1]), "--out",
+                                   (dir / "logits.safetensors").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(io::load_safetensors(dir / "logits.safetensors").at("logits").sizes(), (std::vector<int64_t>{2, n}));
+}
+
+TEST(Report, EscapesTextIntoHtml) {
+  EXPECT_EQ(demo::html_escape("<a href=\"x\">&'</a>"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;");
+}
+
+// The whole `make demo` pipeline, scaled down (2 classes, a few parts, 30 steps, 112 px) so it runs
+// in seconds; the full-size run and its ≥ 90 % accuracy are measured by `make demo` (README).
+TEST(DemoPipeline, ScaledDownRunWritesTheReportAndPrintsTheAccuracy) {
+  const auto out = test::scratch("demo_small");
+  fs::remove_all(out);
+  // One thread: OpenMP workers spin when the test machine is oversubscribed.
+  const auto r = test::run_iadgpt({"--threads", "1", "demo", "--out", out.string(), "--classes", "washer", "pcb", "--train", "4",
+                                   "--val-good", "2", "--val-defect", "1", "--test-good", "2", "--test-defect", "1",
+                                   "--size", "112", "--steps", "30", "--per-image", "2", "--shots", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("Yes/No accuracy on held-out parts:"), std::string::npos) << r.out;
+  const auto html = test::slurp(out / "report/index.html");
+  EXPECT_NE(html.find("This is a demo model."), std::string::npos);
+  EXPECT_NE(html.find("Real weights"), std::string::npos);
+  // Every held-out part has a picture: 2 classes × (2 good + 5 defects).
+  int pictures = 0;
+  for (const auto& e : fs::directory_iterator(out / "report/img")) pictures += e.path().extension() == ".png";
+  EXPECT_EQ(pictures, 14);
+  EXPECT_TRUE(fs::is_regular_file(out / "report/summary.json"));
+  EXPECT_TRUE(fs::is_regular_file(out / "models/decoder.safetensors"));
+  EXPECT_TRUE(fs::is_regular_file(out / "models/llm/tokenizer.model"));
+  EXPECT_TRUE(fs::is_directory(out / "data/washer/ground_truth/crack"));
+  // The LLM training config for `iadgpt train --config` names the demo's own models and parts.
+  const auto cfg = nlohmann::json::parse(test::slurp(out / "models/train.json"));
+  EXPECT_EQ(cfg.at("llm"), "llm");
+  EXPECT_EQ(cfg.at("datasets").at(0).at("categories"), (std::vector<std::string>{"washer", "pcb"}));
+  EXPECT_TRUE(fs::is_regular_file(out / "models" / cfg.at("vocab").get<std::string>()));
+}
+
+TEST(DemoPipeline, BadSplitIsBadInput) {
+  const auto r = test::run_iadgpt({"demo", "--out", test::scratch("demo_bad").string(), "--shots", "99"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--shots"), std::string::npos) << r.err;
+}
