@@ -12,6 +12,7 @@ packages=(
   libfmt-dev libspdlog-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
+  libgloo-dev
 )
 
 missing=()
