@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
+
 #include "image/preprocess.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
@@ -71,10 +73,10 @@ struct Detector::State {
   }
 
   // Taps of the map view, fp32 [B, 1+N, D_v] per tapped block.
-  std::vector<torch::Tensor> encode(const torch::Tensor& pixels) {
+  std::vector<torch::Tensor> encode(const torch::Tensor& pixels) { return forward(pixels).taps; }
+  vision::VitOutput forward(const torch::Tensor& pixels) {
     torch::NoGradGuard no_grad;
-    auto out = vision::vit_forward(vision.weights, vision.config, pixels.to(options.dtype), taps);
-    return out.taps;
+    return vision::vit_forward(vision.weights, vision.config, pixels.to(options.dtype), taps);
   }
 
   // The family's own final norm + projection applied to patch tokens (METHOD §1.6).
@@ -158,6 +160,17 @@ void Detector::set_class(std::string_view class_name) {
   }
 }
 
+void Detector::set_extra_abnormal(std::vector<std::string> sentences) {
+  state_->options.extra_abnormal = std::move(sentences);
+}
+
+torch::Tensor Detector::encode_text(const std::vector<std::string>& sentences) {
+  auto& s = *state_;
+  s.load_text();
+  torch::NoGradGuard no_grad;
+  return s.encode_sentences(sentences);
+}
+
 torch::Tensor Detector::map_view(const std::vector<cv::Mat>& rgb8) const {
   std::vector<torch::Tensor> views;
   for (const auto& img : rgb8) views.push_back(image::clip_map_view(img, static_cast<int>(state_->size)));
@@ -180,7 +193,23 @@ std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) {
   if ((mode == MapMode::FewShot || mode == MapMode::Blend) && s.bank.empty()) {
     throw InputError(fmt::format("map mode '{}' needs reference images", map_mode_name(mode)));
   }
-  auto taps = s.encode(map_view(rgb8));
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  auto encoded = s.forward(map_view(rgb8));
+  auto& taps = encoded.taps;
+  torch::Tensor embeddings;  // [B, D] e, from the encoder view (METHOD §1.1)
+  if (s.options.features) {
+    bool square = true;
+    for (const auto& img : rgb8) square = square && img.rows == img.cols;
+    if (square) {
+      embeddings = encoded.embedding;
+    } else {
+      std::vector<torch::Tensor> views;
+      for (const auto& img : rgb8) views.push_back(image::clip_encoder_view(img, static_cast<int>(s.size)));
+      embeddings = s.forward(torch::stack(views)).embedding;
+    }
+  }
+  const auto t1 = clock::now();
   torch::NoGradGuard no_grad;
   LayerMaps text_maps;
   if (mode == MapMode::ZeroShot) {
@@ -197,7 +226,21 @@ std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) {
   else if (mode == MapMode::Blend) fused = blend(text_maps.fused, few_shot);
   else fused = text_maps.fused;
 
+  // The patch features that were compared with F_text, for the defect type (METHOD §1.10).
+  torch::Tensor patch_features;  // [B, L, N, D]
+  if (s.options.features && mode != MapMode::FewShot) {
+    std::vector<torch::Tensor> per_layer;
+    if (mode == MapMode::ZeroShot) {
+      for (const auto& t : taps) per_layer.push_back(s.to_joint_space(t.slice(1, 1)));
+    } else {
+      per_layer = (*s.decoder)->project(taps);
+    }
+    patch_features = torch::nn::functional::normalize(torch::stack(per_layer, 1),
+                                                      torch::nn::functional::NormalizeFuncOptions().dim(-1));
+  }
   auto scores = image_scores(fused, s.options.top_k);
+  const double encode_seconds = std::chrono::duration<double>(t1 - t0).count();
+  const double map_seconds = std::chrono::duration<double>(clock::now() - t1).count();
   std::vector<Detection> out;
   const int64_t batch = static_cast<int64_t>(rgb8.size());
   for (int64_t b = 0; b < batch; ++b) {
@@ -212,6 +255,10 @@ std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) {
     }
     if (few_shot.defined()) d.few_shot = few_shot[b][0].contiguous();
     d.score = scores[b].item<float>();
+    if (embeddings.defined()) d.embedding = embeddings[b].contiguous();
+    if (patch_features.defined()) d.patch_features = patch_features[b].contiguous();
+    d.encode_seconds = encode_seconds;
+    d.map_seconds = map_seconds;
     out.push_back(std::move(d));
   }
   return out;

@@ -51,6 +51,7 @@ struct DetectorOptions {
   int64_t top_k = 0;                            // image score: 0 = max, else top-k mean
   torch::Dtype dtype = torch::kFloat32;         // tower compute dtype
   std::optional<std::filesystem::path> cache_dir;  // prompt-embedding cache
+  bool features = false;                        // also return e and the patch features (IAD-GPT, model::IadGpt)
 };
 
 struct Detection {
@@ -58,6 +59,11 @@ struct Detection {
   torch::Tensor layer_maps;  // [L, S, S] per-tap abnormal maps (zeros for few-shot only)
   torch::Tensor few_shot;    // [S, S] M_fs, undefined without references
   float score = 0;
+  // With DetectorOptions::features: e [D] (encoder view; the map view when the image is square,
+  // METHOD §1.1) and the patch features [L, N, D] that were compared with F_text (P_l of the
+  // decoder, or the joint-space patch tokens of the zero-shot map; undefined in few-shot mode).
+  torch::Tensor embedding, patch_features;
+  double encode_seconds = 0, map_seconds = 0;  // of the whole batch
 };
 
 class Detector {
@@ -68,6 +74,7 @@ class Detector {
   Detector& operator=(Detector&&) noexcept;
 
   void set_class(std::string_view class_name);         // recomputes F_text (cached on disk)
+  void set_extra_abnormal(std::vector<std::string> sentences);  // APG sentences for the next set_class
   void set_references(const std::vector<cv::Mat>& rgb8);  // replaces the memory bank; {} clears
   std::vector<Detection> detect(const std::vector<cv::Mat>& rgb8);
 
@@ -75,6 +82,8 @@ class Detector {
   int64_t size() const;            // S
   std::vector<int64_t> taps() const;
   const TextFeatures& text_features() const;  // InputError before set_class in a text mode
+  // Sentences through the text tower: L2-normalised rows [n, D] (APG keyword embeddings).
+  torch::Tensor encode_text(const std::vector<std::string>& sentences);
 
   // Pixel tensors of the map view [B, 3, S, S] (CLIP-normalised), for callers that need them.
   torch::Tensor map_view(const std::vector<cv::Mat>& rgb8) const;

@@ -1,0 +1,66 @@
+// The model bundle: one directory with `iadgpt.json` naming every file of an IAD-GPT model
+// (vision/text checkpoint, LLM directory, LoRA or PandaGPT/AnomalyGPT delta, trained adapters,
+// prompts) and the settings that go with them (image size, taps, mode, dtype, threshold).
+//
+//   auto b = model::read_bundle("bundles/mvtec");   // every path and width checked, InputError names the field
+//   b.threshold = 0.6;  model::write_bundle(b, "bundles/mvtec-t06");
+//
+// iadgpt.json (paths relative to the bundle directory, or absolute):
+//   {"format": "iadgpt-bundle", "version": 1, "vision": "imagebind_huge.pth", "llm": "vicuna-7b",
+//    "delta": "anomalygpt/pytorch_model.pt", "decoder": "decoder.safetensors", "tge": "tge.safetensors",
+//    "mmf": "mmf.safetensors", "expert": "mmf", "mode": "self-supervised", "dtype": "bf16",
+//    "image_size": 224, "taps": [7, 15, 23, 31], "threshold": 0.5}
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include "io/aten.h"
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace iadgpt::model {
+
+struct Bundle {                         // <dir>/iadgpt.json; relative paths resolve against dir
+  std::filesystem::path dir;
+  std::filesystem::path vision;         // vision checkpoint (CLIP family)
+  std::optional<std::filesystem::path> text, vocab;  // text tower (default: vision), CLIP BPE vocabulary
+  std::optional<nlohmann::json> vision_config;       // --config for towers whose shapes do not tell
+  std::filesystem::path llm;            // HF LLaMA dir (config.json + weights + tokenizer.model)
+  std::optional<std::filesystem::path> tokenizer;    // tokenizer.model when not inside `llm`
+  std::optional<std::filesystem::path> lora;         // PEFT dir
+  std::optional<std::filesystem::path> delta;        // PandaGPT/AnomalyGPT delta (.pt): llama_proj, LoRA, image_decoder, prompt_learner
+  std::optional<std::filesystem::path> anomalygpt;   // AnomalyGPT's own delta, loaded over `delta` (its keys win), as AnomalyGPT does
+  double lora_alpha = 32;               // alpha of a delta's LoRA (PandaGPT/AnomalyGPT: 32; not in the file)
+  std::optional<std::filesystem::path> decoder, tge, mmf;  // our safetensors (decoder `fc.<l>.*`)
+  std::string expert = "mmf";           // "mmf" | "prompt_learner" (AnomalyGPT)
+  std::optional<std::filesystem::path> prompts;      // APG json (else built-in library)
+  int64_t image_size = 224;
+  std::vector<int64_t> taps;            // empty = family default
+  std::string mode = "self-supervised"; // | "few-shot"
+  std::string dtype = "f32";            // | "bf16"
+  double threshold = 0.5;               // map threshold for regions / decision fallback
+};
+
+// Reads and validates <dir>/iadgpt.json: known fields only, every named file exists, values in
+// range, and the widths of the files agree (TGE/MMF/prompt learner H = LLM hidden size, decoder
+// D_v/D = vision tower, llama_proj D = vision embedding). InputError names the field and path.
+Bundle read_bundle(const std::filesystem::path& dir);
+
+// Parses and checks the fields only (no file access): for tests and `bundle create`.
+Bundle bundle_from_json(const nlohmann::json& j, const std::filesystem::path& dir);
+nlohmann::json bundle_to_json(const Bundle& bundle);  // paths inside `dir` written relative
+
+// Checks the files named by an in-memory bundle (what read_bundle does after parsing).
+void validate_bundle(const Bundle& bundle);
+
+// The tensors of `delta` then `anomalygpt` (later keys win); nullopt when neither is given.
+std::optional<std::map<std::string, at::Tensor>> load_deltas(const Bundle& bundle);
+
+// Writes <dir>/iadgpt.json atomically (temp file + rename); creates dir.
+void write_bundle(const Bundle& bundle, const std::filesystem::path& dir);
+
+}  // namespace iadgpt::model

@@ -1,0 +1,413 @@
+#include "model/pipeline.h"
+
+#include <fmt/format.h>
+#include <opencv2/imgproc.hpp>
+
+#include <chrono>
+
+#include "anomaly/detector.h"
+#include "io/checkpoint.h"
+#include "io/error.h"
+#include "llm/chat.h"
+#include "llm/generate.h"
+#include "llm/lora.h"
+#include "llm/model.h"
+#include "llm/tokenizer.h"
+#include "model/class_prompts.h"
+#include "nn/weights.h"
+
+namespace iadgpt::model {
+namespace F = torch::nn::functional;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+constexpr const char* kDefaultQuestion = "Is there any anomaly in the image?";
+
+// Fills every parameter of `module` from the first map that has `prefix + name`; InputError
+// naming the key and the files otherwise (load_parameters does the shape check).
+void load_from(torch::nn::Module& module, const std::vector<std::pair<const io::TensorMap*, std::string>>& sources,
+               const std::string& prefix, const std::string& what) {
+  torch::NoGradGuard no_grad;
+  for (auto& item : module.named_parameters()) {
+    const auto key = prefix + item.key();
+    bool found = false;
+    for (const auto& [tensors, name] : sources) {
+      if (!tensors) continue;
+      auto it = tensors->find(key);
+      if (it == tensors->end()) continue;
+      if (it->second.sizes() != item.value().sizes())
+        throw InputError(fmt::format("{}: tensor '{}' has shape {}, expected {} ({})", name, key,
+                                     nn::shape_string(it->second.sizes()), nn::shape_string(item.value().sizes()), what));
+      item.value().copy_(it->second.to(torch::kFloat32));
+      found = true;
+      break;
+    }
+    if (!found) {
+      std::string names;
+      for (const auto& [tensors, name] : sources)
+        if (tensors) names += (names.empty() ? "" : ", ") + name;
+      throw InputError(fmt::format("{}: no tensor '{}' in {}", what, key, names.empty() ? "(no file given)" : names));
+    }
+  }
+}
+
+bool has_lora_keys(const io::TensorMap& t) {
+  for (const auto& [k, v] : t)
+    if (k.find("lora_A") != std::string::npos) return true;
+  return false;
+}
+
+// Largest 8-connected component of `map > threshold` as a float mask [S, S] (empty when none).
+torch::Tensor largest_component(const torch::Tensor& map, double threshold) {
+  auto m = map.to(torch::kFloat32).contiguous();
+  cv::Mat values(static_cast<int>(m.size(0)), static_cast<int>(m.size(1)), CV_32F, m.data_ptr<float>());
+  cv::Mat binary = values > threshold;
+  cv::Mat labels, stats, centroids;
+  const int n = cv::connectedComponentsWithStats(binary, labels, stats, centroids, 8, CV_32S);
+  int best = 0, best_area = 0;
+  for (int i = 1; i < n; ++i) {
+    const int area = stats.at<int>(i, cv::CC_STAT_AREA);
+    if (area > best_area) best = i, best_area = area;
+  }
+  if (best == 0) return {};
+  cv::Mat mask;
+  cv::Mat(labels == best).convertTo(mask, CV_32F, 1.0 / 255.0);
+  return torch::from_blob(mask.data, {mask.rows, mask.cols}, torch::kFloat32).clone();
+}
+
+std::string join_positions(const std::vector<anomaly::Region>& regions) {
+  std::vector<std::string> names;
+  for (const auto& r : regions)
+    if (std::find(names.begin(), names.end(), r.position) == names.end()) names.push_back(r.position);
+  if (names.empty()) return "";
+  std::string s = names[0];
+  for (size_t i = 1; i < names.size(); ++i) s += (i + 1 == names.size() ? " and " : ", ") + names[i];
+  return s;
+}
+
+}  // namespace
+
+torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot) {
+  if (layer_maps.dim() != 4 || layer_maps.size(1) != 4)
+    throw InputError(fmt::format("multi-mask fusion needs 4 layer maps [B, 4, S, S], got {}", nn::shape_string(layer_maps.sizes())));
+  auto fs_map = few_shot.defined() ? few_shot.to(layer_maps.scalar_type()) : torch::zeros_like(text_map);
+  return torch::cat({layer_maps, text_map.unsqueeze(1), fs_map.reshape_as(text_map).unsqueeze(1)}, 1);
+}
+
+HeadOutputs run_heads(Heads& heads, const std::vector<torch::Tensor>& taps, const torch::Tensor& embedding,
+                      const torch::Tensor& few_shot, const anomaly::TextFeatures& text, int64_t size) {
+  HeadOutputs out;
+  auto maps = heads.decoder->forward(taps, text.f_text, size);
+  out.layer_probs = maps.layers;
+  std::vector<torch::Tensor> abnormal;
+  for (const auto& l : maps.layers) abnormal.push_back(l.select(1, 1));
+  out.layer_maps = torch::stack(abnormal, 1);  // [B, L, S, S]
+  out.text_map = maps.fused.squeeze(1);        // [B, S, S]
+  if (heads.mmf) {
+    out.masks = mask_stack(out.layer_maps, out.text_map, few_shot);
+    out.expert_tokens = heads.mmf->forward(out.masks);
+  } else if (heads.prompt_learner) {
+    // AnomalyGPT: one map in (the few-shot map when references exist, else M_text).
+    auto m = few_shot.defined() ? few_shot.reshape_as(out.text_map) : out.text_map;
+    out.expert_tokens = heads.prompt_learner->forward(m.unsqueeze(1));
+  }
+  if (heads.tge)
+    out.image_token = heads.tge->forward(embedding, text.normal_sentences, text.abnormal_sentences, text.f_text);
+  return out;
+}
+
+struct IadGpt::State {
+  Bundle bundle;
+  std::optional<anomaly::Detector> detector;
+  llm::LlamaModel llm;
+  std::optional<llm::Tokenizer> tokenizer;
+  llm::KvCache cache;
+  TextGuidedEnhancer tge{nullptr};
+  MultiMaskFusion mmf{nullptr};
+  PromptLearner prompt_learner{nullptr};
+  std::string class_name;
+  std::optional<ClassPrompts> apg;
+  torch::Tensor keyword_embeddings;  // [K, D] normalised, APG keywords
+  bool have_references = false;
+  std::vector<int64_t> yes_no;
+
+  // The last inspected image and the conversation about it.
+  ImageTokens tokens;
+  std::vector<llm::Turn> history;
+  std::vector<int64_t> prefix_ids;  // what the cache holds after the image prefix (token ids only)
+  int64_t prefix_length = 0;        // cache positions of [BOS … E_expert]
+  bool have_image = false;
+
+  std::vector<llm::Segment> prompt(std::span<const llm::Turn> hist, std::string_view question) const {
+    return llm::anomalygpt_prompt(*tokenizer, tokens.image_token, tokens.expert_tokens[0], hist, question);
+  }
+};
+
+IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
+  auto& s = *state_;
+  s.bundle = bundle;
+  const auto dtype = bundle.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  // Each delta read once: PandaGPT's (`delta`) then AnomalyGPT's (`anomalygpt`), later keys win.
+  std::optional<io::TensorMap> panda, agpt;
+  if (bundle.delta) panda = io::load_checkpoint(*bundle.delta).tensors;
+  if (bundle.anomalygpt) agpt = io::load_checkpoint(*bundle.anomalygpt).tensors;
+  std::optional<io::TensorMap> deltas;
+  if (panda || agpt) {
+    deltas.emplace();
+    for (const auto* m : {&panda, &agpt})
+      if (*m)
+        for (const auto& [k, t] : **m) (*deltas)[k] = t;
+  }
+  const std::string delta_name = bundle.anomalygpt ? bundle.anomalygpt->string() : bundle.delta ? bundle.delta->string() : "";
+  // The file a part comes from: AnomalyGPT's when it has the part, else PandaGPT's.
+  auto file_with = [&](auto&& has) -> std::optional<fs::path> {
+    if (agpt && has(*agpt)) return bundle.anomalygpt;
+    if (panda && has(*panda)) return bundle.delta;
+    return std::nullopt;
+  };
+
+  anomaly::DetectorOptions dopt;
+  dopt.vision = bundle.vision;
+  dopt.text = bundle.text;
+  dopt.vocab = bundle.vocab;
+  dopt.config = bundle.vision_config;
+  if (bundle.decoder) {
+    dopt.decoder = bundle.decoder;
+  } else {
+    dopt.decoder = file_with([](const io::TensorMap& t) { return t.count("image_decoder.fc.0.weight") > 0; });
+  }
+  dopt.taps = bundle.taps;
+  dopt.size = bundle.image_size;
+  dopt.dtype = dtype;
+  dopt.features = true;
+  s.detector.emplace(dopt);
+
+  s.llm = llm::load_model(bundle.llm, {.dtype = dtype});
+  if (bundle.lora) {
+    llm::merge_lora(s.llm, llm::load_lora(*bundle.lora));
+  } else if (auto file = file_with(has_lora_keys)) {
+    llm::merge_lora(s.llm, llm::load_pandagpt_delta(*file, bundle.lora_alpha));
+  }
+  s.tokenizer.emplace(llm::Tokenizer::from_path(bundle.tokenizer.value_or(bundle.llm)));
+  const int64_t hidden = s.llm.config.hidden_size;
+  s.cache = llm::KvCache(s.llm, std::min<int64_t>(s.llm.max_positions(), 2048));
+
+  // Widths from the loaded towers: D from a text embedding of the empty class.
+  s.detector->set_class("");
+  const int64_t embed_dim = s.detector->text_features().f_text.size(1);
+
+  std::optional<io::TensorMap> tge_file;
+  if (bundle.tge) tge_file = io::load_checkpoint(*bundle.tge).tensors;
+  const std::string tge_name = bundle.tge ? bundle.tge->string() : "";
+  s.tge = TextGuidedEnhancer(embed_dim, hidden);
+  // llama_proj from our TGE file when it has one, else from the delta (PandaGPT's); the pathways
+  // and the gate only from our file (none: zero pathways, i.e. PandaGPT's E_img exactly).
+  load_from(*s.tge->llama_proj, {{tge_file ? &*tge_file : nullptr, tge_name}, {deltas ? &*deltas : nullptr, delta_name}},
+            "llama_proj.", "llama_proj (TGE)");
+  if (tge_file) {
+    load_from(*s.tge->normal_path, {{&*tge_file, tge_name}}, "normal_path.", "TGE");
+    load_from(*s.tge->abnormal_path, {{&*tge_file, tge_name}}, "abnormal_path.", "TGE");
+    auto it = tge_file->find("gate_log_scale");
+    if (it == tge_file->end()) throw InputError(fmt::format("{}: no tensor 'gate_log_scale' (TGE)", tge_name));
+    torch::NoGradGuard no_grad;
+    s.tge->gate_log_scale.copy_(it->second.to(torch::kFloat32).reshape({}));
+  }
+  s.tge->eval();
+  if (bundle.expert == "mmf") {
+    if (!bundle.mmf) throw InputError(fmt::format("{}: missing field 'mmf' (expert is mmf)", (bundle.dir / "iadgpt.json").string()));
+    const auto t = io::load_checkpoint(*bundle.mmf).tensors;
+    s.mmf = MultiMaskFusion(hidden);
+    load_from(*s.mmf, {{&t, bundle.mmf->string()}}, "", "MMF");
+    s.mmf->eval();
+  } else {
+    s.prompt_learner = PromptLearner(hidden);
+    load_from(*s.prompt_learner, {{deltas ? &*deltas : nullptr, delta_name}}, "prompt_learner.", "prompt learner");
+    s.prompt_learner->eval();
+  }
+
+  // First answer tokens: the answer follows "### Assistant:", SentencePiece writes " Yes" as ▁Yes.
+  const auto yes = s.tokenizer->encode("Yes");
+  const auto no = s.tokenizer->encode("No");
+  if (yes.empty() || no.empty() || yes[0] == no[0])
+    throw InputError(fmt::format("{}: the tokenizer gives \"Yes\" and \"No\" the same first token", s.tokenizer->path()));
+  s.yes_no = {yes[0], no[0]};
+  set_class("");
+}
+
+IadGpt::~IadGpt() = default;
+IadGpt::IadGpt(IadGpt&&) noexcept = default;
+IadGpt& IadGpt::operator=(IadGpt&&) noexcept = default;
+
+const Bundle& IadGpt::bundle() const { return state_->bundle; }
+const ImageTokens& IadGpt::image_tokens() const {
+  if (!state_->have_image) throw InputError("no image inspected yet");
+  return state_->tokens;
+}
+const llm::LlamaModel& IadGpt::llm() const { return state_->llm; }
+const llm::Tokenizer& IadGpt::tokenizer() const { return *state_->tokenizer; }
+std::vector<int64_t> IadGpt::yes_no_tokens() const { return state_->yes_no; }
+
+void IadGpt::set_class(std::string_view class_name) {
+  auto& s = *state_;
+  s.class_name = std::string(class_name);
+  s.apg = class_name.empty() ? std::nullopt : find_class_prompts(s.bundle, class_name);
+  // The APG sentences join the abnormal side of F_text (METHOD §1.3): rebuild the detector's text.
+  s.detector->set_extra_abnormal(s.apg ? s.apg->sentences : std::vector<std::string>{});
+  s.detector->set_class(class_name);
+  s.keyword_embeddings = s.apg && !s.apg->keywords.empty() ? s.detector->encode_text(s.apg->keywords) : torch::Tensor();
+  reset_conversation();
+}
+
+void IadGpt::set_references(const std::vector<cv::Mat>& rgb8) {
+  state_->detector->set_references(rgb8);
+  state_->have_references = !rgb8.empty();
+}
+
+std::string IadGpt::question(std::string_view user_question) const {
+  const auto& s = *state_;
+  const std::vector<std::string> none;
+  const auto& keywords = s.apg ? s.apg->keywords : none;
+  return class_description(s.class_name, keywords) + " " +
+         std::string(user_question.empty() ? std::string_view(kDefaultQuestion) : user_question);
+}
+
+void IadGpt::reset_conversation() {
+  auto& s = *state_;
+  s.history.clear();
+  s.prefix_ids.clear();
+  s.cache.clear();
+}
+
+Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
+  auto& s = *state_;
+  if (s.bundle.mode == "few-shot" && !s.have_references)
+    throw InputError("the bundle's mode is few-shot: give reference images (set_references / --reference)");
+  Inspection r;
+  auto d = std::move(s.detector->detect({rgb8})[0]);
+  r.timings.encode = d.encode_seconds;
+  r.timings.maps = d.map_seconds;
+
+  const auto t_heads = Clock::now();
+  {
+    torch::NoGradGuard no_grad;
+    const auto& text = s.detector->text_features();
+    auto e = d.embedding.to(torch::kFloat32).unsqueeze(0);
+    auto layer_maps = d.layer_maps.to(torch::kFloat32).unsqueeze(0);                    // [1, L, S, S]
+    auto text_map = layer_maps.mean(1);                                                 // M_text (zeros in few-shot)
+    auto few_shot = d.few_shot.defined() ? d.few_shot.to(torch::kFloat32).unsqueeze(0) : torch::Tensor();
+    s.tokens.embedding = e;
+    s.tokens.image_token = s.tge->forward(e, text.normal_sentences, text.abnormal_sentences, text.f_text);
+    if (s.mmf) {
+      s.tokens.masks = mask_stack(layer_maps, text_map, few_shot);
+      s.tokens.expert_tokens = s.mmf->forward(s.tokens.masks);
+    } else {
+      // AnomalyGPT feeds its prompt learner the map it outputs (M_fs with references, else M_text).
+      s.tokens.masks = d.map.to(torch::kFloat32).reshape({1, 1, d.map.size(0), d.map.size(1)});
+      s.tokens.expert_tokens = s.prompt_learner->forward(s.tokens.masks);
+    }
+  }
+  r.timings.maps += seconds_since(t_heads);
+  s.have_image = true;
+
+  // Map at the image's own size, regions and position words (METHOD §1.10).
+  r.score = d.score;
+  r.map = anomaly::resize_map(d.map, rgb8.rows, rgb8.cols);
+  r.regions = anomaly::find_regions(r.map, s.bundle.threshold);
+  r.position = join_positions(r.regions);
+  if (!r.regions.empty() && s.keyword_embeddings.defined() && d.patch_features.defined()) {
+    // Defect type: mean P_l over the largest region's patches vs the APG keyword embeddings.
+    auto region = largest_component(d.map, s.bundle.threshold);
+    if (region.defined()) {
+      const int64_t g = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(d.patch_features.size(1)))));
+      auto weights = F::adaptive_avg_pool2d(region.reshape({1, 1, region.size(0), region.size(1)}),
+                                            F::AdaptiveAvgPool2dFuncOptions({g, g}))
+                         .reshape({-1});                                            // [N] share of each patch
+      auto feats = d.patch_features.to(torch::kFloat32).mean(0);                    // [N, D] mean over layers
+      auto mean = (weights.unsqueeze(1) * feats).sum(0) / weights.sum().clamp_min(1e-12);
+      auto sims = torch::matmul(s.keyword_embeddings.to(torch::kFloat32), F::normalize(mean, F::NormalizeFuncOptions().dim(0)));
+      r.defect_type = s.apg->keywords[sims.argmax().item<int64_t>()];
+    }
+  }
+
+  // The prompt of METHOD §1.9, one prefill for P(yes), then the answer from the same cache.
+  reset_conversation();
+  const auto q = question(options.question);
+  auto segments = s.prompt({}, q);
+  const auto t_prefill = Clock::now();
+  const auto probs = llm::first_token_probs(s.llm, s.cache, segments, s.yes_no);
+  r.timings.prefill = seconds_since(t_prefill);
+  r.p_yes = probs.restricted[0];
+  s.prefix_length = 0;
+  for (size_t i = 0; i + 1 < segments.size(); ++i) s.prefix_length += segments[i].length();
+  const auto& last_ids = segments.back().ids;  // the conversation tokens (ends with "### Assistant:")
+  s.prefix_ids = last_ids;
+
+  if (options.generate) {
+    // Roll back the last prompt token and feed it again: its logits start the generation.
+    s.cache.truncate(s.cache.pos - 1);
+    s.prefix_ids.pop_back();
+    llm::GenerateOptions gen;
+    gen.max_tokens = options.max_tokens;
+    gen.sampling.temperature = options.temperature;
+    gen.sampling.seed = options.seed;
+    gen.stop = llm::stop_strings(llm::ChatTemplate::VicunaV0);
+    gen.on_text = options.on_text;
+    const auto t_gen = Clock::now();
+    std::vector<llm::Segment> tail{llm::Segment::tokens({last_ids.back()})};
+    auto out = llm::generate(s.llm, *s.tokenizer, s.cache, tail, gen);
+    r.timings.generate = seconds_since(t_gen);
+    s.prefix_ids.push_back(last_ids.back());
+    if (!out.tokens.empty()) s.prefix_ids.insert(s.prefix_ids.end(), out.tokens.begin(), out.tokens.end() - 1);
+    r.answer = llm::clean_answer(out.text);
+    // The decision is the answer's first token when it is Yes or No, else the fast decision.
+    if (!out.tokens.empty() && (out.tokens[0] == s.yes_no[0] || out.tokens[0] == s.yes_no[1]))
+      r.anomalous = out.tokens[0] == s.yes_no[0];
+    else
+      r.anomalous = r.p_yes > 0.5;
+  } else {
+    r.anomalous = r.p_yes > 0.5;
+    if (!r.anomalous) r.answer = "No, there is no anomaly in the image.";
+    else if (r.regions.empty()) r.answer = "Yes, there is an anomaly in the image.";
+    else r.answer = anomaly::describe(r.regions);
+    if (r.anomalous && !r.defect_type.empty() && r.answer.ends_with("."))
+      r.answer = r.answer.substr(0, r.answer.size() - 1) + fmt::format(", it looks like a {}.", r.defect_type);
+  }
+  s.history.push_back({q, r.answer});
+  return r;
+}
+
+std::string IadGpt::ask(std::string_view message, const InspectOptions& options) {
+  auto& s = *state_;
+  if (!s.have_image) throw InputError("no image to talk about: inspect an image first");
+  auto segments = s.prompt(s.history, message);
+  auto ids = segments.back().ids;
+  // Reuse the cache for the longest common prefix of what it holds and the new conversation
+  // tokens (the image prefix never changes); keep one token to feed for the answer's logits.
+  size_t n = 0;
+  while (n < s.prefix_ids.size() && n + 1 < ids.size() && s.prefix_ids[n] == ids[n]) ++n;
+  s.cache.truncate(s.prefix_length + static_cast<int64_t>(n));
+  s.prefix_ids.resize(n);
+  std::vector<int64_t> fresh(ids.begin() + static_cast<std::ptrdiff_t>(n), ids.end());
+  if (s.prefix_length + static_cast<int64_t>(ids.size()) + options.max_tokens >= s.cache.capacity())
+    throw InputError(fmt::format("the conversation ({} tokens) no longer fits the context ({}); reset it",
+                                 s.prefix_length + static_cast<int64_t>(ids.size()), s.cache.capacity()));
+  llm::GenerateOptions gen;
+  gen.max_tokens = options.max_tokens;
+  gen.sampling.temperature = options.temperature;
+  gen.sampling.seed = options.seed;
+  gen.stop = llm::stop_strings(llm::ChatTemplate::VicunaV0);
+  gen.on_text = options.on_text;
+  std::vector<llm::Segment> tail{llm::Segment::tokens(fresh)};
+  auto out = llm::generate(s.llm, *s.tokenizer, s.cache, tail, gen);
+  s.prefix_ids.insert(s.prefix_ids.end(), fresh.begin(), fresh.end());
+  if (!out.tokens.empty()) s.prefix_ids.insert(s.prefix_ids.end(), out.tokens.begin(), out.tokens.end() - 1);
+  auto answer = llm::clean_answer(out.text);
+  s.history.push_back({std::string(message), answer});
+  return answer;
+}
+
+}  // namespace iadgpt::model

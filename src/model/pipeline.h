@@ -1,0 +1,125 @@
+// The IAD-GPT inference pipeline (METHOD §1.1–1.10): image (+ optional normal references) →
+// anomaly maps → E_img (TGE) + E_expert (MMF, or AnomalyGPT's prompt learner) → the Vicuna-v0
+// prompt of §1.9 → a fast Yes/No decision from one prefill and the generated answer, with
+// position words from the map and a defect type from the APG keywords.
+//
+//   model::IadGpt m(model::read_bundle("bundle"));
+//   m.set_class("bottle");
+//   auto r = m.inspect(image);                 // r.p_yes, r.answer, r.position, r.defect_type, r.map
+//   auto a = m.ask("Where is the defect?");    // multi-turn, same image
+//
+// run_heads is the differentiable part (decoder → maps → MMF, TGE) shared with training.
+#pragma once
+#include <torch/torch.h>
+
+#include <opencv2/core.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "anomaly/maps.h"
+#include "anomaly/position.h"
+#include "anomaly/prompts.h"
+#include "model/adapters.h"
+#include "model/bundle.h"
+
+namespace iadgpt::anomaly {
+struct AbnormalPrompts;  // anomaly/apg.h
+}
+
+namespace iadgpt::llm {
+struct LlamaModel;
+class Tokenizer;
+}  // namespace iadgpt::llm
+
+namespace iadgpt::model {
+
+struct InspectOptions {
+  std::string question;     // empty: "Is there any anomaly in the image?"
+  bool generate = true;     // false: the fast decision only (answer from the map phrasing)
+  int64_t max_tokens = 64;
+  uint64_t seed = 0;
+  double temperature = 0;   // 0 = greedy
+  std::function<bool(std::string_view)> on_text;  // streamed answer text; return false to stop
+};
+
+struct Timings { double encode = 0, maps = 0, prefill = 0, generate = 0; };  // seconds
+
+struct Inspection {
+  float score = 0;          // image score (max of the map)
+  double p_yes = 0;         // P("Yes") restricted to the Yes/No first tokens
+  bool anomalous = false;   // the LLM's decision (first generated token, or p_yes > 0.5)
+  std::string answer;       // generated text; without generation the §1.10 phrasing of the map
+  std::string position;     // "top left", "center and bottom right", ... (empty: no region)
+  std::string defect_type;  // best APG keyword of the largest region (empty: none / no APG)
+  std::vector<anomaly::Region> regions;  // of the map at the image's own size
+  torch::Tensor map;        // [H, W] at the image's own size
+  Timings timings;
+};
+
+// The adapter outputs that enter the LLM for the last inspected image (for tests and tools).
+struct ImageTokens {
+  torch::Tensor embedding;      // [1, D] e
+  torch::Tensor masks;          // [1, 6, S, S] M_l ×4, M_text, M_fs (MMF input)
+  torch::Tensor image_token;    // [1, H] E_img
+  torch::Tensor expert_tokens;  // [1, 18, H] E_expert
+};
+
+class IadGpt {  // not thread-safe; one per worker (weights may be shared later)
+ public:
+  explicit IadGpt(const Bundle& bundle);
+  ~IadGpt();
+  IadGpt(IadGpt&&) noexcept;
+  IadGpt& operator=(IadGpt&&) noexcept;
+
+  void set_class(std::string_view class_name);
+  void set_references(const std::vector<cv::Mat>& rgb8);   // {} clears
+  Inspection inspect(const cv::Mat& rgb8, const InspectOptions& options = {});
+  // multi-turn chat about the last inspected image (keeps image tokens + history + KV cache)
+  std::string ask(std::string_view message, const InspectOptions& options = {});
+  void reset_conversation();
+  const Bundle& bundle() const;
+
+  // Introspection (tests, bench, server status).
+  const ImageTokens& image_tokens() const;         // of the last inspect
+  std::string question(std::string_view user_question) const;  // class description + question
+  const llm::LlamaModel& llm() const;
+  const llm::Tokenizer& tokenizer() const;
+  std::vector<int64_t> yes_no_tokens() const;      // first token ids of "Yes" and "No" after "### Assistant:"
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// Differentiable heads for training (grad enabled when parameters require grad):
+struct Heads {
+  anomaly::VisualDecoder decoder{nullptr};
+  TextGuidedEnhancer tge{nullptr};
+  MultiMaskFusion mmf{nullptr};
+  PromptLearner prompt_learner{nullptr};  // used instead of mmf when mmf is null (AnomalyGPT)
+};
+struct HeadOutputs {
+  torch::Tensor image_token /*[B,H]*/, expert_tokens /*[B,18,H]*/, layer_maps /*[B,L,S,S] abnormal channel*/,
+      text_map /*[B,S,S]*/;
+  std::vector<torch::Tensor> layer_probs;  // per layer [B,2,S,S] (both softmax channels, for focal/dice)
+  torch::Tensor masks;                     // [B,6,S,S] the MMF input
+};
+HeadOutputs run_heads(Heads& heads, const std::vector<torch::Tensor>& taps, const torch::Tensor& embedding /*[B,D]*/,
+                      const torch::Tensor& few_shot /*[B,S,S] or undefined*/, const anomaly::TextFeatures& text,
+                      int64_t size);
+
+// The 6-mask stack of METHOD §1.8 from per-layer abnormal maps [B,L,S,S] (L = 4), the text map
+// [B,S,S] and the few-shot map [B,S,S] (undefined → zeros).
+torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot);
+
+// METHOD §1.9 description + question: AnomalyGPT's per-class description (its 15 MVTec AD and
+// 12 VisA classes; a generic one otherwise); with APG keywords the description lists them.
+std::string class_description(std::string_view class_name, const anomaly::AbnormalPrompts* apg);
+std::string class_question(std::string_view class_name, const anomaly::AbnormalPrompts* apg,
+                           std::string_view question = "Is there any anomaly in the image?");
+
+}  // namespace iadgpt::model
