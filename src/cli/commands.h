@@ -18,6 +18,7 @@ void add_detect(CLI::App& app);       // cmd_detect.cpp
 void add_eval(CLI::App& app);         // cmd_eval.cpp
 void add_synth(CLI::App& app);        // cmd_synth.cpp
 void add_train_decoder(CLI::App& app);  // cmd_train_decoder.cpp
+void add_train(CLI::App& app);          // cmd_train.cpp
 void add_bench_encode(CLI::App& bench);  // cmd_bench_encode.cpp (under `iadgpt bench`)
 void add_bench_llm(CLI::App& bench);     // cmd_bench_llm.cpp (under `iadgpt bench`)
 void add_bench_maps(CLI::App& bench);    // cmd_bench_maps.cpp (under `iadgpt bench`)

@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   add_eval(app);
   add_synth(app);
   add_train_decoder(app);
+  add_train(app);
   auto* bench = app.add_subcommand("bench", "Measure speed and memory of real-size architectures");
   bench->require_subcommand(1);
   add_bench_encode(*bench);
