@@ -286,6 +286,45 @@ struct Runner {
   int64_t size;
   int64_t yes_id, no_id;
   int64_t decide;  // answer tokens before the one that says Yes or No
+  // Caches of frozen parts (the encoder side never changes; the decoder is frozen in stages 1
+  // and 3, the MMF in stage 1): the step then runs only what trains.
+  torch::Tensor cached_layer_maps;  // [P, 4, S, S] abnormal channels
+  torch::Tensor cached_expert;      // [P, 2, 18, H]: without / with the few-shot map
+
+  void clear_caches() {
+    cached_layer_maps = torch::Tensor();
+    cached_expert = torch::Tensor();
+  }
+  void cache_frozen(int64_t stage) {
+    clear_caches();
+    if (stage == 2) return;
+    torch::NoGradGuard g;
+    std::vector<torch::Tensor> maps, expert;
+    for (int64_t start = 0; start < pool.size(); start += 8) {
+      const int64_t n = std::min<int64_t>(8, pool.size() - start);
+      std::vector<torch::Tensor> taps;
+      for (const auto& t : pool.taps) taps.push_back(t.narrow(0, start, n));
+      // Per example: F_text is the example's category's.
+      for (int64_t i = 0; i < n; ++i) {
+        std::vector<torch::Tensor> one;
+        for (const auto& t : taps) one.push_back(t.narrow(0, i, 1));
+        auto lm = model.heads.decoder->forward(one, cats[pool.category[start + i]].text.f_text, size);
+        std::vector<torch::Tensor> abnormal;
+        for (const auto& l : lm.layers) abnormal.push_back(l.select(1, 1));
+        maps.push_back(torch::stack(abnormal, 1));
+      }
+    }
+    cached_layer_maps = torch::cat(maps);
+    if (stage != 1) return;
+    for (int64_t start = 0; start < pool.size(); start += 8) {
+      const int64_t n = std::min<int64_t>(8, pool.size() - start);
+      auto lm = cached_layer_maps.narrow(0, start, n);
+      auto without = model.heads.mmf->forward(model::mask_stack(lm, lm.mean(1), torch::Tensor()));
+      auto with = model.heads.mmf->forward(model::mask_stack(lm, lm.mean(1), pool.few_shot.narrow(0, start, n)));
+      expert.push_back(torch::stack({without, with}, 1));
+    }
+    cached_expert = torch::cat(expert);
+  }
 
   // `idx` pool indices; `substitute[j]`: use the few-shot map; dropout seeds per row (empty: no dropout).
   BatchOut run(const std::vector<int64_t>& idx, const std::vector<bool>& substitute, const std::vector<uint64_t>& seeds,
@@ -305,7 +344,23 @@ struct Runner {
       auto fs = pool.few_shot.index_select(0, it).clone();
       for (size_t r = 0; r < rows.size(); ++r)
         if (!substitute[rows[r]]) fs[static_cast<int64_t>(r)].zero_();  // no references: zeros, as inference
-      auto out = model::run_heads(model.heads, taps, pool.embedding.index_select(0, it), fs, cats[cat].text, size);
+      model::HeadOutputs out;
+      auto e = pool.embedding.index_select(0, it);
+      if (cached_layer_maps.defined()) {
+        const auto& text = cats[cat].text;
+        out.layer_maps = cached_layer_maps.index_select(0, it);
+        out.text_map = out.layer_maps.mean(1);
+        if (cached_expert.defined()) {
+          std::vector<int64_t> flat;
+          for (size_t r = 0; r < rows.size(); ++r) flat.push_back(pidx[r] * 2 + (substitute[rows[r]] ? 1 : 0));
+          out.expert_tokens = cached_expert.flatten(0, 1).index_select(0, torch::tensor(flat));
+        } else {
+          out.expert_tokens = model.heads.mmf->forward(model::mask_stack(out.layer_maps, out.text_map, fs));
+        }
+        out.image_token = model.heads.tge->forward(e, text.normal_sentences, text.abnormal_sentences, text.f_text);
+      } else {
+        out = model::run_heads(model.heads, taps, e, fs, cats[cat].text, size);
+      }
       for (size_t r = 0; r < rows.size(); ++r) {
         const auto j = rows[r];
         const auto k = static_cast<int64_t>(r);
@@ -598,6 +653,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
         adam.v.push_back(torch::zeros_like(t));
       }
     }
+    runner.cache_frozen(st.stage);
     if (stage_step > 0 && resume) {
       for (size_t i = 0; i < adam.params.size(); ++i) {
         adam.m[i] = resume->tensors.at("adam.m." + adam.names[i]).clone();
