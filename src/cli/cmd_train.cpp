@@ -71,8 +71,8 @@ void run(const Flags& f) {
   };
   hooks.on_eval = [&](const train::EvalResult& r) {
     if (!f.quiet)
-      std::cerr << fmt::format("{}eval at step {}: yes/no accuracy {:.3f} ({} held-out), ce {:.4f}, pixel AUROC {:.4f}\n",
-                               tty ? "\n" : "", r.step, r.yes_no_accuracy, r.examples, r.ce, r.pixel_auroc);
+      std::cerr << fmt::format("{}eval at step {}: yes/no accuracy {:.3f} (few-shot {:.3f}, {} held-out), ce {:.4f}, pixel AUROC {:.4f}\n",
+                               tty ? "\n" : "", r.step, r.yes_no_accuracy, r.yes_no_accuracy_few_shot, r.examples, r.ce, r.pixel_auroc);
   };
   auto result = train::train(cfg, dist, hooks);
   if (result.interrupted) {

@@ -475,7 +475,7 @@ void save_owned(const fs::path& path, const io::TensorMap& tensors) {
 
 nlohmann::json EvalResult::to_json() const {
   return {{"event", "eval"}, {"step", step}, {"examples", examples}, {"yes_no_accuracy", yes_no_accuracy},
-          {"ce", ce}, {"pixel_auroc", pixel_auroc}};
+          {"yes_no_accuracy_few_shot", yes_no_accuracy_few_shot}, {"ce", ce}, {"pixel_auroc", pixel_auroc}};
 }
 
 TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& hooks) {
@@ -596,23 +596,30 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
   Runner runner{cfg, train_pool, cats, tok, m, cfg.image_size, yes[decide], no[decide], static_cast<int64_t>(decide)};
   Runner eval_runner{cfg, eval_pool, cats, tok, m, cfg.image_size, yes[decide], no[decide], static_cast<int64_t>(decide)};
 
+  // Held-out pairs, self-supervised (M_fs channel zero, as inference without references) and
+  // few-shot (the references' M_fs in the MMF input, as inference with --reference).
   auto evaluate = [&](int64_t at_step) {
     EvalResult r;
     r.step = at_step;
     if (eval_pool.size() == 0) return r;
     torch::NoGradGuard g;
     std::vector<torch::Tensor> maps;
-    double correct = 0, ce = 0;
+    double correct = 0, correct_fs = 0, ce = 0;
     for (int64_t start = 0; start < eval_pool.size(); start += 8) {
       std::vector<int64_t> idx;
       for (int64_t i = start; i < std::min(eval_pool.size(), start + 8); ++i) idx.push_back(i);
       auto o = eval_runner.run(idx, std::vector<bool>(idx.size(), false), {}, false, true);
-      for (size_t j = 0; j < idx.size(); ++j) correct += o.predicted[j] == eval_pool.label[idx[j]];
+      auto f = eval_runner.run(idx, std::vector<bool>(idx.size(), true), {}, false, false);
+      for (size_t j = 0; j < idx.size(); ++j) {
+        correct += o.predicted[j] == eval_pool.label[idx[j]];
+        correct_fs += f.predicted[j] == eval_pool.label[idx[j]];
+      }
       ce += o.ce.sum().item<double>();
       maps.push_back(o.text_map);
     }
     r.examples = eval_pool.size();
     r.yes_no_accuracy = correct / static_cast<double>(r.examples);
+    r.yes_no_accuracy_few_shot = correct_fs / static_cast<double>(r.examples);
     r.ce = ce / static_cast<double>(r.examples);
     auto all_maps = torch::cat(maps);
     auto masks = binarize_mask(eval_pool.masks);
@@ -636,7 +643,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
                hooks.checkpoint_write_hook);
   };
 
-  const int64_t local_batch = cfg.batch_size / W, micro = local_batch / cfg.grad_accum;
+  const int64_t local_batch = cfg.batch_size / W;
   bool stop = false;
   for (; stage_index < static_cast<int64_t>(cfg.stages.size()) && !stop; ++stage_index, stage_step = 0) {
     const auto& st = cfg.stages[stage_index];
@@ -678,41 +685,43 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
 
     for (; stage_step < st.steps; ) {
       const auto ts = Clock::now();
-      double ce_sum = 0, focal_sum = 0, dice_sum = 0, correct = 0;
-      for (int64_t a = 0; a < cfg.grad_accum; ++a) {
-        std::vector<int64_t> idx;
-        std::vector<bool> sub;
-        std::vector<uint64_t> seeds;
-        for (int64_t j = 0; j < micro; ++j) {
-          const int64_t g_index = dist.rank() * local_batch + a * micro + j;  // index in the global batch
-          idx.push_back(example_at(stage_step * cfg.batch_size + g_index));
-          const uint64_t ex = mix({cfg.seed, 31, static_cast<uint64_t>(stage_index), static_cast<uint64_t>(stage_step),
-                                   static_cast<uint64_t>(g_index)});
-          sub.push_back(unit(ex ^ 1) < cfg.few_shot_probability);
-          seeds.push_back(mix(ex ^ 2));
+      // Gradients example by example (forward values never depend on which examples share a
+      // batch), summed as a balanced binary tree over the global batch. A rank's share is a
+      // subtree, so two ranks (Gloo adds the two halves; a + b is commutative) reproduce the
+      // single-process sum bit for bit — AdamW would otherwise amplify summation-order noise in
+      // near-zero gradients far beyond 1e-5.
+      std::function<torch::Tensor(int64_t, int64_t)> tree = [&](int64_t lo, int64_t hi) -> torch::Tensor {
+        if (hi - lo > 1) {
+          const int64_t mid = lo + (hi - lo) / 2;
+          return tree(lo, mid) + tree(mid, hi);
         }
-        auto o = runner.run(idx, sub, seeds, st.stage == 2, false);
-        const double w = static_cast<double>(micro) / static_cast<double>(cfg.batch_size);
+        const int64_t g_index = lo;  // index in the global batch
+        const int64_t example = example_at(stage_step * cfg.batch_size + g_index);
+        const uint64_t ex = mix({cfg.seed, 31, static_cast<uint64_t>(stage_index), static_cast<uint64_t>(stage_step),
+                                 static_cast<uint64_t>(g_index)});
+        auto o = runner.run({example}, {unit(ex ^ 1) < cfg.few_shot_probability}, {mix(ex ^ 2)}, st.stage == 2, false);
         auto loss = o.ce.sum() / static_cast<double>(cfg.batch_size);
-        if (o.map_total.defined()) loss = loss + o.map_total * w;
+        if (o.map_total.defined()) loss = loss + o.map_total / static_cast<double>(cfg.batch_size);
         loss.backward();
-        ce_sum += o.ce.sum().item<double>();
-        focal_sum += o.focal * static_cast<double>(micro);
-        dice_sum += o.dice * static_cast<double>(micro);
-        for (size_t j = 0; j < idx.size(); ++j) correct += o.predicted[j] == train_pool.label[idx[j]];
-      }
+        std::vector<torch::Tensor> parts;
+        for (auto& p : adam.params) {
+          parts.push_back(p.grad().defined() ? p.grad().reshape({-1}).clone() : torch::zeros({p.numel()}));
+          p.mutable_grad().reset();
+        }
+        parts.push_back(torch::tensor({o.ce.sum().item<double>(), o.focal, o.dice,
+                                       o.predicted[0] == train_pool.label[example] ? 1.0 : 0.0, 0.0},
+                                      torch::kFloat32));
+        return torch::cat(parts);
+      };
+      auto flat = tree(dist.rank() * local_batch, (dist.rank() + 1) * local_batch);
       // One all-reduce for every gradient plus the step's statistics and the stop flag.
-      std::vector<torch::Tensor> parts;
-      for (auto& p : adam.params) parts.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros({p.numel()}));
       const bool want_stop = (hooks.stop && hooks.stop->load()) ||
                              (cfg.stop_after > 0 && global + 1 >= cfg.stop_after);
-      parts.push_back(torch::tensor({ce_sum, focal_sum, dice_sum, correct, want_stop ? 1.0 : 0.0}, torch::kFloat32));
-      auto flat = torch::cat(parts);
+      if (want_stop) flat[flat.size(0) - 1] += 1.0;
       dist.all_reduce_sum(flat);
       int64_t off = 0;
       for (auto& p : adam.params) {
-        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-        p.mutable_grad().copy_(flat.narrow(0, off, p.numel()).view_as(p));
+        p.mutable_grad() = flat.narrow(0, off, p.numel()).view_as(p).clone();
         off += p.numel();
       }
       auto stats = flat.narrow(0, off, 5);

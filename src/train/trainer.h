@@ -44,6 +44,7 @@ struct EvalResult {
   int64_t step = 0;
   int64_t examples = 0;
   double yes_no_accuracy = 0;  // first answer token, restricted to "Yes"/"No", vs the pair's label
+  double yes_no_accuracy_few_shot = 0;  // the same with the references' few-shot map in the MMF input
   double ce = 0;               // mean answer cross-entropy
   double pixel_auroc = 0;      // M_text vs the synthetic masks (binarised at 0.3)
   nlohmann::json to_json() const;

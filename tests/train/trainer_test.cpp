@@ -16,6 +16,7 @@
 #include "common/run.h"
 #include "common/shared.h"
 #include "io/checkpoint.h"
+#include "model/bundle.h"
 #include "train/checkpoints.h"
 
 using namespace iadgpt;
@@ -39,9 +40,9 @@ json small_config(const fs::path& out) {
       {"datasets", {{{"kind", "mvtec"}, {"root", test::data("hazelnut_toy").string()}, {"categories", {"hazelnut"}}}}},
       {"synthesis", "cutpaste"},
       {"per_image", 1},
-      {"holdout", 6},
+      {"holdout", 2},
       {"references", 1},
-      {"stages", {{{"stage", 1}, {"steps", 8}}, {{"stage", 3}, {"steps", 2}}}},
+      {"stages", {{{"stage", 1}, {"steps", 8}}, {{"stage", 3}, {"steps", 1}}}},
       {"batch_size", 2},
       {"checkpoint_every", 2},
       {"keep", 2},
@@ -124,11 +125,15 @@ TEST(TrainCli, KillNineThenResumeGivesBitwiseTheSameWeights) {
   ASSERT_EQ(b.exit_code, 0) << b.err;
   const auto summary = json::parse(b.out);
   EXPECT_GE(summary["resumed_from"].get<int64_t>(), 4);
-  EXPECT_LT(summary["resumed_from"].get<int64_t>(), 10);
+  EXPECT_LT(summary["resumed_from"].get<int64_t>(), 9);
   for (const auto& f : kOutputs)
     EXPECT_TRUE(bytes_of(dir / "a" / "out" / f) == bytes_of(dir / "b" / "out" / f)) << f << " differs after resume";
+  // The output is a bundle that `detect --model` / `chat --model` read (every file and width checked).
+  const auto bundle = model::read_bundle(dir / "b" / "out");
+  EXPECT_TRUE(bundle.lora.has_value());
+  EXPECT_EQ(bundle.taps, (std::vector<int64_t>{0, 1, 2, 3}));
   // The JSONL log has every step exactly once (the killed run's extra steps were dropped).
-  for (int64_t s = 1; s <= 10; ++s) EXPECT_EQ(log_lines_with_step(dir / "b" / "out" / "train.jsonl", s), 1) << "step " << s;
+  for (int64_t s = 1; s <= 9; ++s) EXPECT_EQ(log_lines_with_step(dir / "b" / "out" / "train.jsonl", s), 1) << "step " << s;
   // keep = 2: only the newest two checkpoints remain.
   EXPECT_EQ(train::CheckpointStore(dir / "b" / "out" / "checkpoints", 2).list().size(), 2u);
 }
@@ -191,9 +196,10 @@ TEST(TrainCli, TwoProcessesWithBatchBEqualOneWithBatchTwoB) {
   const auto dir = test::scratch("train-ddp");
   auto cfg = small_config(dir / "one");
   cfg["batch_size"] = 4;
-  cfg["stages"] = {{{"stage", 1}, {"steps", 4}}, {{"stage", 2}, {"steps", 2}}, {{"stage", 3}, {"steps", 2}}};
+  cfg["stages"] = {{{"stage", 1}, {"steps", 3}}, {{"stage", 2}, {"steps", 1}}, {{"stage", 3}, {"steps", 1}}};
   cfg["checkpoint_every"] = 0;
-  auto one = test::run_iadgpt({"--threads", "2", "train", "--quiet", "--config", write_config(dir, cfg, "one.json").string()});
+  // One thread everywhere: a kernel's reduction split depends on the thread count.
+  auto one = test::run_iadgpt({"--threads", "1", "train", "--quiet", "--config", write_config(dir, cfg, "one.json").string()});
   ASSERT_EQ(one.exit_code, 0) << one.err;
 
   cfg["out"] = (dir / "two").string();
@@ -210,7 +216,7 @@ TEST(TrainCli, TwoProcessesWithBatchBEqualOneWithBatchTwoB) {
   ASSERT_EQ(r0.exit_code, 0) << r0.err;
   ASSERT_EQ(r1.exit_code, 0) << r1.err;
   // Tolerance 1e-5: the gradients of the two halves are summed by Gloo instead of inside one
-  // backward pass (different summation order, ~1e-7 relative per step over 8 AdamW steps).
+  // backward pass (different summation order, ~1e-7 relative per step over 5 AdamW steps).
   double worst = 0;
   for (const auto& f : kOutputs) {
     auto a = io::load_safetensors(dir / "one" / f), b = io::load_safetensors(dir / "two" / f);
