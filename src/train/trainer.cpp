@@ -510,6 +510,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
   if (decide == yes.size() || decide == no.size())
     throw InputError(fmt::format("{}: the tokenizer cannot tell \"Yes\" from \"No\"", tok.path()));
 
+  const int64_t llm_max_positions = llm::LlamaConfig::from_file(cfg.llm / "config.json").max_position_embeddings;
   // Pool (every rank builds the same one: deterministic, and tiny next to training).
   Builder builder{cfg, frozen, tok, {}};
   if (cfg.synthesis == "perlin") builder.textures = load_textures(*cfg.textures);
@@ -537,6 +538,18 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
       }
     }
   }
+  // Every prompt + answer must fit the LLM's context (checked now, not mid-run).
+  for (const Pool* p : {&train_pool, &eval_pool})
+    for (int64_t i = 0; i < p->size(); ++i) {
+      const auto& c = cats[p->category[i]];
+      const int64_t len = static_cast<int64_t>(tok.encode("### Human: <Img>", true).size() + 1 + tok.encode("</Img> ").size() +
+                                               18 + tok.encode(c.question + "\n### Assistant:").size() +
+                                               p->answer_ids[i].size());
+      if (len > llm_max_positions)
+        throw InputError(fmt::format("{}: a '{}' example needs {} positions (prompt + answer), the LLM has {}; "
+                                     "use fewer/larger synthetic regions or a longer-context LLM",
+                                     cfg.source.string(), c.name, len, llm_max_positions));
+    }
   say(fmt::format("pool: {} training examples, {} held-out, {} categories", train_pool.size(), eval_pool.size(), cats.size()));
 
   // Trainable parts (fixed seeds; a resume overwrites them from the checkpoint).
