@@ -12,6 +12,8 @@
 #include "llm/generate.h"
 #include "llm/options.h"
 #include "llm/tokenizer.h"
+#include "image/decode.h"
+#include "model/pipeline.h"
 
 namespace iadgpt::cli {
 namespace {
@@ -26,11 +28,80 @@ std::vector<int64_t> reuse_prefix(llm::KvCache& cache, std::vector<int64_t>& cac
   return {ids.begin() + static_cast<std::ptrdiff_t>(n), ids.end()};
 }
 
+// The next user line: the --message list first (non-interactive), else stdin.
+struct Lines {
+  std::vector<std::string> messages;
+  size_t next = 0;
+  bool interactive = false;
+  bool get(std::string& line) {
+    if (!messages.empty()) {
+      if (next >= messages.size()) return false;
+      line = messages[next++];
+      return true;
+    }
+    if (interactive) std::cerr << "> " << std::flush;
+    return static_cast<bool>(std::getline(std::cin, line));
+  }
+};
+
+// `chat --model BUNDLE --image IMG`: a conversation about one image with the IAD-GPT model. The
+// first message goes after the class description (METHOD §1.9), later ones are plain turns; the
+// image tokens, the history and the KV cache are kept between turns.
+void run_bundle_chat(const std::filesystem::path& dir, const std::string& image_path, const std::vector<std::string>& references,
+                     const std::string& class_name, Lines lines, int64_t max_tokens, const llm::SamplingParams& sampling) {
+  if (image_path.empty()) throw InputError("chat with a model bundle needs --image");
+  const auto bundle = model::read_bundle(dir);
+  model::IadGpt m(bundle);
+  m.set_class(class_name);
+  if (!references.empty()) {
+    std::vector<cv::Mat> refs;
+    for (const auto& r : references) refs.push_back(image::decode_file(r));
+    m.set_references(refs);
+  }
+  const auto img = image::decode_file(image_path);
+  std::cerr << fmt::format("chat: IAD-GPT bundle {}, image {} ({}x{}); /reset, /quit\n", dir.string(), image_path, img.cols,
+                           img.rows);
+  model::InspectOptions opt;
+  opt.max_tokens = max_tokens;
+  opt.temperature = sampling.temperature;
+  opt.seed = sampling.seed;
+  opt.on_text = [](std::string_view s) {
+    std::cout << s << std::flush;
+    return true;
+  };
+  bool inspected = false;
+  std::string line;
+  while (lines.get(line)) {
+    if (line == "/quit") break;
+    if (line == "/reset") {
+      inspected = false;
+      m.reset_conversation();
+      continue;
+    }
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    if (!inspected) {
+      opt.question = line;
+      const auto r = m.inspect(img, opt);
+      std::cout << "\n" << std::flush;
+      std::cerr << fmt::format("[p_yes {:.4f}, score {:.4f}, position \"{}\", defect type \"{}\"; encode {:.0f} ms, maps {:.0f} ms, "
+                               "prefill {:.0f} ms, generate {:.0f} ms]\n",
+                               r.p_yes, r.score, r.position, r.defect_type, r.timings.encode * 1e3, r.timings.maps * 1e3,
+                               r.timings.prefill * 1e3, r.timings.generate * 1e3);
+      inspected = true;
+    } else {
+      ++opt.seed;  // a different sampling stream per turn, reproducible from --seed
+      m.ask(line, opt);
+      std::cout << "\n" << std::flush;
+    }
+  }
+}
+
 }  // namespace
 
 void add_chat(CLI::App& app) {
   struct Opts {
-    std::string model, lora, dtype = "auto", tmpl = "vicuna_v0", system, tokenizer;
+    std::string model, lora, dtype = "auto", tmpl = "vicuna_v0", system, tokenizer, image, class_name;
+    std::vector<std::string> references, messages;
     bool system_set = false;
     double lora_alpha = 32;
     int64_t max_tokens = 512, ctx = 2048;
@@ -38,7 +109,11 @@ void add_chat(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("chat", "Interactive multi-turn chat with the LLM (streaming)");
-  cmd->add_option("--model", o->model, "Hugging Face model directory")->required();
+  cmd->add_option("--model", o->model, "Hugging Face model directory, or an IAD-GPT model bundle (with --image)")->required();
+  cmd->add_option("--image", o->image, "Image to talk about (model bundle)");
+  cmd->add_option("--reference", o->references, "Normal reference images (model bundle, few-shot)");
+  cmd->add_option("--class", o->class_name, "Object class (model bundle; default: object)");
+  cmd->add_option("--message", o->messages, "User message (repeatable): run these turns instead of reading stdin");
   cmd->add_option("--lora", o->lora, "PEFT adapter directory or PandaGPT-style delta file, merged");
   cmd->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha for delta files")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "weights: f32 | bf16 | auto")->capture_default_str();
@@ -53,6 +128,12 @@ void add_chat(CLI::App& app) {
   cmd->add_option("--repeat-penalty", o->sampling.repetition_penalty, "1 = off")->capture_default_str();
   cmd->add_option("--seed", o->sampling.seed, "sampling seed")->capture_default_str();
   cmd->callback([o, cmd] {
+    Lines lines{o->messages, 0, o->messages.empty() && isatty(STDIN_FILENO)};
+    if (std::filesystem::exists(std::filesystem::path(o->model) / "iadgpt.json")) {
+      llm::Sampler check(o->sampling);
+      return run_bundle_chat(o->model, o->image, o->references, o->class_name, lines, o->max_tokens, o->sampling);
+    }
+    if (!o->image.empty()) throw InputError(fmt::format("--image needs a model bundle; {} has no iadgpt.json", o->model));
     const auto tmpl = llm::parse_chat_template(o->tmpl);
     const std::string system = cmd->count("--system") ? o->system : llm::default_system_prompt(tmpl);
     llm::Sampler check(o->sampling);
@@ -61,14 +142,13 @@ void add_chat(CLI::App& app) {
     llm::KvCache cache(model, o->ctx);
     std::vector<int64_t> cached;  // ids whose keys/values the cache holds
     std::vector<llm::Turn> history;
-    const bool interactive = isatty(STDIN_FILENO);
+
     std::cerr << fmt::format("chat: {} ({} layers, width {}), template {}; /reset, /quit\n", o->model,
                              model.config.num_layers, model.config.hidden_size, llm::chat_template_name(tmpl));
     std::string line;
     uint64_t turn_seed = o->sampling.seed;
     while (true) {
-      if (interactive) std::cerr << "> " << std::flush;
-      if (!std::getline(std::cin, line) || line == "/quit") break;
+      if (!lines.get(line) || line == "/quit") break;
       if (line == "/reset") {
         history.clear();
         cached.clear();

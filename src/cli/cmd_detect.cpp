@@ -15,6 +15,7 @@
 #include "image/overlay.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
+#include "model/pipeline.h"
 
 namespace iadgpt::cli {
 namespace {
@@ -26,6 +27,11 @@ struct DetectFlags {
   double threshold = 0.5;
   int64_t min_area = 16, batch = 4;
   bool grid = false, fail_on_anomaly = false;
+  // IAD-GPT (--model BUNDLE): the LLM's answer next to the map.
+  std::string model, question;
+  int64_t max_tokens = 64;
+  uint64_t seed = 0;
+  bool no_generate = false, threshold_set = false;
 };
 
 // Output names: the file stem, made unique when two inputs share it.
@@ -60,8 +66,101 @@ std::optional<eval::PostProcessor> load_post(const std::string& path, const std:
   throw InputError(fmt::format("{}: no thresholds for class '{}'", path, class_name.empty() ? "object" : class_name));
 }
 
+// With --model: one image at a time through model::IadGpt (maps, E_img/E_expert, the LLM's fast
+// decision and answer); the label is the LLM's decision, the mask the bundle's map threshold.
+void run_detect_model(const DetectFlags& f) {
+  if (!f.post.empty()) throw InputError("--post applies to the map pipeline; with --model the LLM decides the label");
+  auto bundle = model::read_bundle(f.model);
+  if (f.threshold_set) bundle.threshold = f.threshold;
+  const auto images = collect_images(f.inputs);
+  const std::filesystem::path out_dir(f.out);
+  std::filesystem::create_directories(out_dir);
+  model::IadGpt m(bundle);
+  m.set_class(f.class_name);
+  if (!f.references.empty()) {
+    std::vector<cv::Mat> refs;
+    for (const auto& r : collect_images(f.references)) refs.push_back(image::decode_file(r));
+    m.set_references(refs);
+  }
+  std::cerr << fmt::format("detect: {} image(s) with the IAD-GPT model {} ({}, expert {})\n", images.size(), f.model,
+                           bundle.mode, bundle.expert);
+  std::ofstream summary(out_dir / "summary.csv");
+  summary << "image,score,label,regions,answer,error,p_yes,position,defect_type\n";
+  std::set<std::string> used;
+  int64_t anomalous = 0, failed = 0;
+  model::Timings total;
+  Progress progress("detect", static_cast<int64_t>(images.size()));
+  for (size_t i = 0; i < images.size(); ++i) {
+    cv::Mat img;
+    try {
+      img = image::decode_file(images[i]);
+    } catch (const InputError& e) {
+      ++failed;
+      summary << csv_field(images[i].string()) << ",,,,," << csv_field(e.what()) << ",,,\n";
+      std::cerr << "iadgpt: error: " << e.what() << "\n";
+      continue;
+    }
+    model::InspectOptions opt;
+    opt.question = f.question;
+    opt.generate = !f.no_generate;
+    opt.max_tokens = f.max_tokens;
+    opt.seed = f.seed;
+    const auto r = m.inspect(img, opt);
+    total.encode += r.timings.encode;
+    total.maps += r.timings.maps;
+    total.prefill += r.timings.prefill;
+    total.generate += r.timings.generate;
+    const auto stem = unique_stem(images[i], used);
+    auto pred_mask = (r.map > bundle.threshold).to(torch::kUInt8) * static_cast<int64_t>(r.anomalous);
+    anomalous += r.anomalous;
+    nlohmann::ordered_json j;
+    j["image"] = images[i].string();
+    j["class"] = f.class_name.empty() ? "object" : f.class_name;
+    j["model"] = f.model;
+    j["pred_score"] = r.score;
+    j["pred_label"] = r.anomalous ? 1 : 0;
+    j["p_yes"] = r.p_yes;
+    j["threshold"] = bundle.threshold;
+    j["answer"] = r.answer;
+    j["map_answer"] = model::map_answer(r.regions, !r.regions.empty(), r.defect_type);
+    j["position"] = r.position;
+    j["defect_type"] = r.defect_type;
+    j["regions"] = nlohmann::json::array();
+    for (const auto& reg : r.regions)
+      j["regions"].push_back({{"position", reg.position}, {"area", reg.area}, {"centroid", {reg.centroid_x, reg.centroid_y}}});
+    j["timings_ms"] = {{"encode", r.timings.encode * 1e3}, {"maps", r.timings.maps * 1e3},
+                       {"prefill", r.timings.prefill * 1e3}, {"generate", r.timings.generate * 1e3}};
+    j["anomaly_map"] = stem + ".safetensors";
+    j["overlay"] = stem + "_overlay.png";
+    std::ofstream(out_dir / (stem + ".json")) << j.dump(2) << "\n";
+    io::save_safetensors(out_dir / (stem + ".safetensors"),
+                         {{"anomaly_map", r.map.contiguous()}, {"pred_mask", pred_mask.contiguous()}});
+    image::write_png(out_dir / (stem + "_overlay.png"), image::heatmap_overlay(img, r.map));
+    if (f.grid) image::write_png(out_dir / (stem + "_grid.png"), image::result_grid(img, r.map, pred_mask, std::nullopt));
+    summary << csv_field(images[i].string()) << "," << fmt::format("{:.6f}", r.score) << "," << (r.anomalous ? 1 : 0) << ","
+            << r.regions.size() << "," << csv_field(r.answer) << ",," << fmt::format("{:.6f}", r.p_yes) << ","
+            << csv_field(r.position) << "," << csv_field(r.defect_type) << "\n";
+    std::cout << fmt::format("{}\t{:.4f}\tp_yes={:.4f}\t{}\n", images[i].string(), r.score, r.p_yes, r.answer);
+    progress.step(static_cast<int64_t>(i + 1));
+  }
+  progress.finish();
+  const auto n = std::max<int64_t>(1, static_cast<int64_t>(images.size()) - failed);
+  std::cerr << fmt::format("detect: {} anomalous of {}; per image encode {:.1f} ms, maps {:.1f} ms, prefill {:.1f} ms, "
+                           "generate {:.1f} ms; results in {}\n",
+                           anomalous, n, total.encode * 1e3 / n, total.maps * 1e3 / n, total.prefill * 1e3 / n,
+                           total.generate * 1e3 / n, out_dir.string());
+  if (failed > 0) throw InputError(fmt::format("{} of {} images could not be read (see summary.csv)", failed, images.size()));
+  if (f.fail_on_anomaly && anomalous > 0) {
+    summary.close();
+    std::cout.flush();
+    std::exit(3);
+  }
+}
+
 void run_detect(const DetectFlags& f) {
   if (f.threshold < 0 || f.batch < 1) throw InputError("--threshold must be >= 0 and --batch >= 1");
+  if (!f.model.empty()) return run_detect_model(f);
+  if (f.detector.vision.empty()) throw InputError("detect needs --vision (map pipeline) or --model BUNDLE (IAD-GPT)");
   const auto images = collect_images(f.inputs);
   const std::filesystem::path out_dir(f.out);
   std::filesystem::create_directories(out_dir);
@@ -184,7 +283,18 @@ void add_detect(CLI::App& app) {
   cmd->add_flag("--fail-on-anomaly", flags->fail_on_anomaly, "Exit with code 3 when any image is anomalous");
   cmd->add_option("--out", flags->out, "Output folder (JSON + safetensors + overlay per image, summary.csv)")->required();
   cmd->add_option("inputs", flags->inputs, "Images or folders")->required();
-  cmd->callback([flags] { run_detect(*flags); });
+  cmd->get_option("--vision")->required(false);
+  cmd->add_option("--model", flags->model, "IAD-GPT model bundle: also the LLM's answer, p_yes, position, defect type")
+      ->excludes("--vision");
+  cmd->add_option("--question", flags->question, "Question after the class description (--model; default: "
+                                                 "\"Is there any anomaly in the image?\")");
+  cmd->add_option("--max-tokens", flags->max_tokens, "Answer tokens at most (--model)")->capture_default_str();
+  cmd->add_option("--seed", flags->seed, "Sampling seed (--model)")->capture_default_str();
+  cmd->add_flag("--no-generate", flags->no_generate, "Fast decision only (one prefill); the answer from the map (--model)");
+  cmd->callback([flags, cmd] {
+    flags->threshold_set = cmd->count("--threshold") > 0;
+    run_detect(*flags);
+  });
 }
 
 }  // namespace iadgpt::cli

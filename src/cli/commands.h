@@ -19,9 +19,12 @@ void add_eval(CLI::App& app);         // cmd_eval.cpp
 void add_synth(CLI::App& app);        // cmd_synth.cpp
 void add_train_decoder(CLI::App& app);  // cmd_train_decoder.cpp
 void add_train(CLI::App& app);          // cmd_train.cpp
+void add_bundle(CLI::App& app);       // cmd_bundle.cpp
+void add_apg(CLI::App& app);           // cmd_apg.cpp
 void add_bench_encode(CLI::App& bench);  // cmd_bench_encode.cpp (under `iadgpt bench`)
 void add_bench_llm(CLI::App& bench);     // cmd_bench_llm.cpp (under `iadgpt bench`)
 void add_bench_maps(CLI::App& bench);    // cmd_bench_maps.cpp (under `iadgpt bench`)
+void add_bench_model(CLI::App& bench);   // cmd_bench_model.cpp (under `iadgpt bench`)
 
 // Sets libtorch's intra-op thread count (libtorch starts with 1 thread here); 0 = all cores.
 void configure_threads(int threads);

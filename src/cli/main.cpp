@@ -42,11 +42,14 @@ int main(int argc, char** argv) {
   add_synth(app);
   add_train_decoder(app);
   add_train(app);
+  add_bundle(app);
+  add_apg(app);
   auto* bench = app.add_subcommand("bench", "Measure speed and memory of real-size architectures");
   bench->require_subcommand(1);
   add_bench_encode(*bench);
   add_bench_llm(*bench);
   add_bench_maps(*bench);
+  add_bench_model(*bench);
 
   try {
     app.parse(argc, argv);

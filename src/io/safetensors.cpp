@@ -11,6 +11,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/mapped_file.h"
 
@@ -235,19 +236,10 @@ std::string serialize_safetensors(const TensorMap& tensors, const std::map<std::
 void save_safetensors(const std::filesystem::path& path, const TensorMap& tensors,
                       const std::map<std::string, std::string>& metadata) {
   auto [header, data] = prepare(tensors, metadata);
-  // Written beside the target and renamed: a crash never leaves a half-written checkpoint.
-  auto tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw InputError(fmt::format("{}: cannot open for writing", tmp.string()));
-    write_all(header, data, [&](const char* p, size_t n) { out.write(p, static_cast<std::streamsize>(n)); });
-    out.flush();
-    if (!out) throw InputError(fmt::format("{}: write failed", tmp.string()));
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) throw InputError(fmt::format("{}: cannot rename to {}: {}", tmp.string(), path.string(), ec.message()));
+  // Written beside the target, fsynced and renamed: a crash never leaves a half-written checkpoint.
+  AtomicFile out(path);
+  write_all(header, data, [&](const char* p, size_t n) { out.write(p, n); });
+  out.commit();
 }
 
 }  // namespace iadgpt::io

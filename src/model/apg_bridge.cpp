@@ -1,16 +1,17 @@
-// The pipeline's view of the APG prompts (anomaly/apg.h).
-#include <fmt/format.h>
-
-#include "io/error.h"
+// The pipeline's use of the APG prompts (anomaly/apg.h): which prompts a class gets, and the
+// class question of METHOD §1.9 with the APG keywords.
 #include "model/class_prompts.h"
+#include "model/pipeline.h"
 
 namespace iadgpt::model {
 
-std::optional<ClassPrompts> find_class_prompts(const Bundle& bundle, std::string_view class_name) {
-  if (bundle.prompts)
-    throw InputError(fmt::format("{}: APG prompt files are read by the APG module, which this build does not have yet",
-                                 bundle.prompts->string()));
-  return std::nullopt;
+std::optional<anomaly::AbnormalPrompts> find_class_prompts(const Bundle& bundle, std::string_view class_name) {
+  return anomaly::prompts_for_class(class_name, bundle.prompts);
+}
+
+std::string class_question(std::string_view class_name, const anomaly::AbnormalPrompts* apg, std::string_view question) {
+  const std::vector<std::string> none;
+  return class_description(class_name, apg ? apg->keywords : none) + " " + std::string(question);
 }
 
 }  // namespace iadgpt::model

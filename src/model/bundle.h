@@ -60,6 +60,14 @@ void validate_bundle(const Bundle& bundle);
 // The tensors of `delta` then `anomalygpt` (later keys win); nullopt when neither is given.
 std::optional<std::map<std::string, at::Tensor>> load_deltas(const Bundle& bundle);
 
+// Random adapters (for bundles made from fixtures, tests, or a first training run): writes
+// decoder.safetensors (`fc.<l>.*`), tge.safetensors (pathways N(0, 0.02²), so the TGE is not the
+// identity on llama_proj) and mmf.safetensors (PyTorch default init) into bundle.dir, widths from
+// the vision tower, the taps and the LLM, and points the bundle's fields at them. Deterministic
+// for a seed (it seeds torch's global generator). `parts` picks which: "decoder", "tge", "mmf".
+void init_random_adapters(Bundle& bundle, uint64_t seed,
+                          const std::vector<std::string>& parts = {"decoder", "tge", "mmf"});
+
 // Writes <dir>/iadgpt.json atomically (temp file + rename); creates dir.
 void write_bundle(const Bundle& bundle, const std::filesystem::path& dir);
 

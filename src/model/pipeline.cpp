@@ -5,6 +5,7 @@
 
 #include <chrono>
 
+#include "anomaly/apg.h"
 #include "anomaly/detector.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
@@ -79,7 +80,9 @@ torch::Tensor largest_component(const torch::Tensor& map, double threshold) {
   return torch::from_blob(mask.data, {mask.rows, mask.cols}, torch::kFloat32).clone();
 }
 
-std::string join_positions(const std::vector<anomaly::Region>& regions) {
+}  // namespace
+
+std::string position_words(const std::vector<anomaly::Region>& regions) {
   std::vector<std::string> names;
   for (const auto& r : regions)
     if (std::find(names.begin(), names.end(), r.position) == names.end()) names.push_back(r.position);
@@ -89,7 +92,12 @@ std::string join_positions(const std::vector<anomaly::Region>& regions) {
   return s;
 }
 
-}  // namespace
+std::string map_answer(const std::vector<anomaly::Region>& regions, bool anomalous, std::string_view defect_type) {
+  if (!anomalous) return "No, there is no anomaly in the image.";
+  std::string answer = regions.empty() ? "Yes, there is an anomaly in the image." : anomaly::describe(regions);
+  if (!defect_type.empty()) answer = answer.substr(0, answer.size() - 1) + fmt::format(", it looks like a {}.", defect_type);
+  return answer;
+}
 
 torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot) {
   if (layer_maps.dim() != 4 || layer_maps.size(1) != 4)
@@ -130,10 +138,11 @@ struct IadGpt::State {
   MultiMaskFusion mmf{nullptr};
   PromptLearner prompt_learner{nullptr};
   std::string class_name;
-  std::optional<ClassPrompts> apg;
+  std::optional<anomaly::AbnormalPrompts> apg;
   torch::Tensor keyword_embeddings;  // [K, D] normalised, APG keywords
   bool have_references = false;
-  std::vector<int64_t> yes_no;
+  std::vector<int64_t> yes_no;         // decision tokens
+  std::vector<int64_t> answer_prefix;  // pieces "Yes" and "No" share (empty for LLaMA's vocabulary)
 
   // The last inspected image and the conversation about it.
   ImageTokens tokens;
@@ -229,12 +238,17 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
     s.prompt_learner->eval();
   }
 
-  // First answer tokens: the answer follows "### Assistant:", SentencePiece writes " Yes" as ▁Yes.
+  // Decision tokens: the answer follows "### Assistant:", and SentencePiece writes " Yes" as ▁Yes
+  // (one token in LLaMA's vocabulary). Small vocabularies split it (▁ Y es): the pieces both
+  // words share are forced, and the decision is taken at the first piece where they differ.
   const auto yes = s.tokenizer->encode("Yes");
   const auto no = s.tokenizer->encode("No");
-  if (yes.empty() || no.empty() || yes[0] == no[0])
-    throw InputError(fmt::format("{}: the tokenizer gives \"Yes\" and \"No\" the same first token", s.tokenizer->path()));
-  s.yes_no = {yes[0], no[0]};
+  size_t common = 0;
+  while (common < yes.size() && common < no.size() && yes[common] == no[common]) ++common;
+  if (common == yes.size() || common == no.size())
+    throw InputError(fmt::format("{}: the tokenizer cannot tell \"Yes\" from \"No\"", s.tokenizer->path()));
+  s.answer_prefix.assign(yes.begin(), yes.begin() + static_cast<std::ptrdiff_t>(common));
+  s.yes_no = {yes[common], no[common]};
   set_class("");
 }
 
@@ -250,15 +264,32 @@ const ImageTokens& IadGpt::image_tokens() const {
 const llm::LlamaModel& IadGpt::llm() const { return state_->llm; }
 const llm::Tokenizer& IadGpt::tokenizer() const { return *state_->tokenizer; }
 std::vector<int64_t> IadGpt::yes_no_tokens() const { return state_->yes_no; }
+std::vector<int64_t> IadGpt::answer_prefix() const { return state_->answer_prefix; }
+const std::vector<llm::Turn>& IadGpt::history() const { return state_->history; }
+
+torch::Tensor IadGpt::prompt_logits(std::string_view user_question) const {
+  const auto& s = *state_;
+  if (!s.have_image) throw InputError("no image inspected yet");
+  auto segments = s.prompt({}, question(user_question));
+  llm::KvCache cache(s.llm, s.cache.capacity());
+  return llm::forward(s.llm, cache, llm::embed_segments(s.llm, segments), llm::Logits::All);
+}
 
 void IadGpt::set_class(std::string_view class_name) {
   auto& s = *state_;
   s.class_name = std::string(class_name);
-  s.apg = class_name.empty() ? std::nullopt : find_class_prompts(s.bundle, class_name);
+  // AnomalyGPT's weights were trained without APG: its bundles use APG only from an explicit file.
+  const bool use_apg = !class_name.empty() && (s.bundle.expert == "mmf" || s.bundle.prompts);
+  s.apg = use_apg ? find_class_prompts(s.bundle, class_name) : std::nullopt;
   // The APG sentences join the abnormal side of F_text (METHOD §1.3): rebuild the detector's text.
   s.detector->set_extra_abnormal(s.apg ? s.apg->sentences : std::vector<std::string>{});
   s.detector->set_class(class_name);
-  s.keyword_embeddings = s.apg && !s.apg->keywords.empty() ? s.detector->encode_text(s.apg->keywords) : torch::Tensor();
+  // Defect-type vocabulary (METHOD §1.10): one text per keyword through the same text tower.
+  s.keyword_embeddings = torch::Tensor();
+  if (s.apg && !s.apg->keywords.empty()) {
+    anomaly::SentenceEncoder encode = [&](const std::vector<std::string>& t) { return s.detector->encode_text(t); };
+    s.keyword_embeddings = anomaly::keyword_embeddings(*s.apg, encode);
+  }
   reset_conversation();
 }
 
@@ -269,10 +300,8 @@ void IadGpt::set_references(const std::vector<cv::Mat>& rgb8) {
 
 std::string IadGpt::question(std::string_view user_question) const {
   const auto& s = *state_;
-  const std::vector<std::string> none;
-  const auto& keywords = s.apg ? s.apg->keywords : none;
-  return class_description(s.class_name, keywords) + " " +
-         std::string(user_question.empty() ? std::string_view(kDefaultQuestion) : user_question);
+  return class_question(s.class_name, s.apg ? &*s.apg : nullptr,
+                        user_question.empty() ? std::string_view(kDefaultQuestion) : user_question);
 }
 
 void IadGpt::reset_conversation() {
@@ -317,7 +346,7 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
   r.score = d.score;
   r.map = anomaly::resize_map(d.map, rgb8.rows, rgb8.cols);
   r.regions = anomaly::find_regions(r.map, s.bundle.threshold);
-  r.position = join_positions(r.regions);
+  r.position = position_words(r.regions);
   if (!r.regions.empty() && s.keyword_embeddings.defined() && d.patch_features.defined()) {
     // Defect type: mean P_l over the largest region's patches vs the APG keyword embeddings.
     auto region = largest_component(d.map, s.bundle.threshold);
@@ -337,6 +366,8 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
   reset_conversation();
   const auto q = question(options.question);
   auto segments = s.prompt({}, q);
+  auto& last_segment = segments.back().ids;
+  last_segment.insert(last_segment.end(), s.answer_prefix.begin(), s.answer_prefix.end());
   const auto t_prefill = Clock::now();
   const auto probs = llm::first_token_probs(s.llm, s.cache, segments, s.yes_no);
   r.timings.prefill = seconds_since(t_prefill);
@@ -362,7 +393,7 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
     r.timings.generate = seconds_since(t_gen);
     s.prefix_ids.push_back(last_ids.back());
     if (!out.tokens.empty()) s.prefix_ids.insert(s.prefix_ids.end(), out.tokens.begin(), out.tokens.end() - 1);
-    r.answer = llm::clean_answer(out.text);
+    r.answer = llm::clean_answer(s.tokenizer->decode(s.answer_prefix) + out.text);
     // The decision is the answer's first token when it is Yes or No, else the fast decision.
     if (!out.tokens.empty() && (out.tokens[0] == s.yes_no[0] || out.tokens[0] == s.yes_no[1]))
       r.anomalous = out.tokens[0] == s.yes_no[0];
@@ -370,11 +401,7 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
       r.anomalous = r.p_yes > 0.5;
   } else {
     r.anomalous = r.p_yes > 0.5;
-    if (!r.anomalous) r.answer = "No, there is no anomaly in the image.";
-    else if (r.regions.empty()) r.answer = "Yes, there is an anomaly in the image.";
-    else r.answer = anomaly::describe(r.regions);
-    if (r.anomalous && !r.defect_type.empty() && r.answer.ends_with("."))
-      r.answer = r.answer.substr(0, r.answer.size() - 1) + fmt::format(", it looks like a {}.", r.defect_type);
+    r.answer = map_answer(r.regions, r.anomalous, r.defect_type);
   }
   s.history.push_back({q, r.answer});
   return r;

@@ -23,6 +23,9 @@
 #include "anomaly/maps.h"
 #include "anomaly/position.h"
 #include "anomaly/prompts.h"
+#include "llm/chat.h"
+#include "llm/model.h"
+#include "llm/tokenizer.h"
 #include "model/adapters.h"
 #include "model/bundle.h"
 
@@ -30,10 +33,6 @@ namespace iadgpt::anomaly {
 struct AbnormalPrompts;  // anomaly/apg.h
 }
 
-namespace iadgpt::llm {
-struct LlamaModel;
-class Tokenizer;
-}  // namespace iadgpt::llm
 
 namespace iadgpt::model {
 
@@ -88,7 +87,11 @@ class IadGpt {  // not thread-safe; one per worker (weights may be shared later)
   std::string question(std::string_view user_question) const;  // class description + question
   const llm::LlamaModel& llm() const;
   const llm::Tokenizer& tokenizer() const;
-  std::vector<int64_t> yes_no_tokens() const;      // first token ids of "Yes" and "No" after "### Assistant:"
+  std::vector<int64_t> yes_no_tokens() const;      // decision token ids of "Yes" and "No" after "### Assistant:"
+  std::vector<int64_t> answer_prefix() const;      // pieces both share, forced before the decision (LLaMA: none)
+  const std::vector<llm::Turn>& history() const;   // turns about the last image (first: class question)
+  // Logits [T, V] of the first-turn prompt for the last image, from a fresh cache (tests: §1.9 layout).
+  torch::Tensor prompt_logits(std::string_view user_question = {}) const;
 
  private:
   struct State;
@@ -116,9 +119,14 @@ HeadOutputs run_heads(Heads& heads, const std::vector<torch::Tensor>& taps, cons
 // [B,S,S] and the few-shot map [B,S,S] (undefined → zeros).
 torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot);
 
+// The answer phrasing of METHOD §1.10 without the LLM: No / Yes (no region) / AnomalyGPT's region
+// phrasing, with ", it looks like a {type}." when a defect type is known.
+std::string map_answer(const std::vector<anomaly::Region>& regions, bool anomalous, std::string_view defect_type = {});
+// "top left", "top left and center", "top, left and bottom" (distinct cells, largest region first).
+std::string position_words(const std::vector<anomaly::Region>& regions);
+
 // METHOD §1.9 description + question: AnomalyGPT's per-class description (its 15 MVTec AD and
 // 12 VisA classes; a generic one otherwise); with APG keywords the description lists them.
-std::string class_description(std::string_view class_name, const anomaly::AbnormalPrompts* apg);
 std::string class_question(std::string_view class_name, const anomaly::AbnormalPrompts* apg,
                            std::string_view question = "Is there any anomaly in the image?");
 

@@ -26,6 +26,7 @@
 #include "llm/tokenizer.h"
 #include "llm/train_forward.h"
 #include "model/bundle.h"
+#include "anomaly/apg.h"
 #include "model/class_prompts.h"
 #include "model/pipeline.h"
 #include "train/checkpoints.h"
@@ -525,9 +526,12 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
       const auto n_hold = std::min<int64_t>(cfg.holdout, static_cast<int64_t>(normals.size()) - 2);
       std::vector<cv::Mat> train_imgs(normals.begin(), normals.end() - n_hold), held(normals.end() - n_hold, normals.end());
       std::vector<cv::Mat> refs(train_imgs.begin(), train_imgs.begin() + std::min<int64_t>(cfg.references + 1, train_imgs.size()));
+      // APG as inference uses it for an MMF bundle (model::IadGpt::set_class): the built-in
+      // library's sentences join the abnormal side of F_text, its keywords the description.
+      const auto apg = model::find_class_prompts(model::Bundle{}, name);
+      frozen.detector->set_extra_abnormal(apg ? apg->sentences : std::vector<std::string>{});
       frozen.detector->set_class(name);
-      Category c{name, frozen.detector->text_features(),
-                 model::class_description(name, std::span<const std::string>{}) + " " + kQuestion};
+      Category c{name, frozen.detector->text_features(), model::class_question(name, apg ? &*apg : nullptr, kQuestion)};
       cats.push_back(c);
       const auto ci = static_cast<int64_t>(cats.size() - 1);
       // The few-shot bank: `references` images (one more listed so the view's own image can be left out).

@@ -1,0 +1,135 @@
+// `iadgpt bundle create|check`, `detect --model`, `chat --model --image`, `bench model --model`
+// end to end with the tiny fixtures, exit codes included.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "common/run.h"
+#include "common/shared.h"
+
+using namespace iadgpt;
+using test::run_iadgpt;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> create_args(const fs::path& out) {
+  return {"bundle", "create",
+          "--vision", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string(),
+          "--vision-config", test::fixture("imagebind_tiny/config.json").string(),
+          "--vocab", test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string(),
+          "--llm", test::fixture("llama_tiny").string(),
+          "--tokenizer", test::fixture("stories260K/tokenizer.model").string(),
+          "--init-random", "3",
+          "--out", out.string()};
+}
+
+// One bundle for the whole binary (created through the CLI itself).
+const fs::path& cli_bundle() {
+  static const fs::path dir = [] {
+    auto d = test::scratch("cli-model") / "bundle";
+    auto r = run_iadgpt(create_args(d));
+    if (r.exit_code != 0) throw std::runtime_error("bundle create failed: " + r.err);
+    return d;
+  }();
+  return dir;
+}
+
+std::string grid_png(const std::string& name) { return test::data("mvtec_ad/grid/train/good/" + name).string(); }
+
+}  // namespace
+
+TEST(BundleCli, CreateWritesAdaptersAndCheckPrintsWidths) {
+  const auto& dir = cli_bundle();
+  EXPECT_TRUE(fs::exists(dir / "iadgpt.json"));
+  EXPECT_TRUE(fs::exists(dir / "mmf.safetensors"));
+  EXPECT_TRUE(fs::exists(dir / "tge.safetensors"));
+  EXPECT_TRUE(fs::exists(dir / "decoder.safetensors"));
+  auto r = run_iadgpt({"bundle", "check", dir.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["widths"]["llm_hidden"], 64);
+  EXPECT_EQ(j["widths"]["vision_width"], 64);
+  EXPECT_EQ(j["widths"]["embed_dim"], 32);
+}
+
+TEST(BundleCli, BadValuesAndBadBundlesExitTwo) {
+  auto args = create_args(test::scratch("cli-model-bad") / "b1");
+  args.push_back("--mode");
+  args.push_back("sometimes");
+  auto r = run_iadgpt(args);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("'mode'"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(test::scratch("cli-model-bad") / "b1" / "iadgpt.json"));
+
+  r = run_iadgpt({"bundle", "check", test::scratch("cli-model-bad").string()});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("iadgpt: error:"), std::string::npos);
+}
+
+TEST(DetectCli, ModelBundleAddsAnswerPYesAndPosition) {
+  const auto out = test::scratch("cli-model-detect") / "out";
+  auto r = run_iadgpt({"detect", "--model", cli_bundle().string(), "--class", "grid", "--max-tokens", "6", "--out",
+                       out.string(), grid_png("000.png"), grid_png("001.png")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(std::ifstream(out / "000.json"));
+  EXPECT_TRUE(j.contains("answer"));
+  ASSERT_TRUE(j.contains("p_yes"));
+  EXPECT_GE(j["p_yes"].get<double>(), 0.0);
+  EXPECT_LE(j["p_yes"].get<double>(), 1.0);
+  EXPECT_TRUE(j.contains("position"));
+  EXPECT_TRUE(j.contains("defect_type"));
+  EXPECT_TRUE(j["timings_ms"].contains("prefill"));
+  EXPECT_TRUE(fs::exists(out / "001.safetensors"));
+  EXPECT_NE(r.out.find("p_yes="), std::string::npos);
+
+  // --no-generate: the answer comes from the map phrasing of METHOD §1.10.
+  r = run_iadgpt({"detect", "--model", cli_bundle().string(), "--no-generate", "--out", out.string(), grid_png("000.png")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  j = nlohmann::json::parse(std::ifstream(out / "000.json"));
+  const auto answer = j["answer"].get<std::string>();
+  EXPECT_TRUE(answer.rfind("Yes, ", 0) == 0 || answer == "No, there is no anomaly in the image.") << answer;
+}
+
+TEST(DetectCli, ModelAndVisionTogetherOrNeitherIsABadInput) {
+  const auto out = test::scratch("cli-model-detect2") / "out";
+  auto r = run_iadgpt({"detect", "--out", out.string(), grid_png("000.png")});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  r = run_iadgpt({"detect", "--model", (test::scratch("cli-model-detect2") / "nothing").string(), "--out", out.string(),
+                  grid_png("000.png")});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("iadgpt.json"), std::string::npos) << r.err;
+}
+
+TEST(ChatCli, MultiTurnAboutOneImageWithMessages) {
+  auto r = run_iadgpt({"chat", "--model", cli_bundle().string(), "--image", grid_png("000.png"), "--class", "grid",
+                       "--max-tokens", "5", "--message", "Is there any anomaly in the image?", "--message",
+                       "Where is it?", "--message", "/reset", "--message", "Is there any anomaly in the image?"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("p_yes"), std::string::npos) << r.err;
+  // Three answers, one line each; the first and the one after /reset are the same (deterministic).
+  std::vector<std::string> lines;
+  std::stringstream ss(r.out);
+  for (std::string l; std::getline(ss, l);) lines.push_back(l);
+  ASSERT_EQ(lines.size(), 3u) << r.out;
+  EXPECT_EQ(lines[0], lines[2]);
+}
+
+TEST(ChatCli, ImageWithoutBundleAndBundleWithoutImageExitTwo) {
+  auto r = run_iadgpt({"chat", "--model", test::fixture("stories260K").string(), "--image", grid_png("000.png"),
+                       "--message", "hi"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  r = run_iadgpt({"chat", "--model", cli_bundle().string(), "--message", "hi"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--image"), std::string::npos) << r.err;
+}
+
+TEST(BenchCli, ModelBundleReportsTheFourStages) {
+  auto r = run_iadgpt({"bench", "model", "--model", cli_bundle().string(), "--iters", "2", "--tokens", "3", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  for (const char* k : {"encode_ms", "maps_ms", "prefill_ms", "generate_ms", "peak_rss_bytes"}) {
+    ASSERT_TRUE(j.contains(k)) << k;
+    EXPECT_GT(j[k].get<double>(), 0.0) << k;
+  }
+}

@@ -1,0 +1,309 @@
+// The IAD-GPT pipeline with the tiny fixtures and random adapters: the prompt layout of METHOD
+// §1.9 rebuilt by hand, the fast decision vs the generated answer, answers from constructed maps,
+// multi-turn chat through the KV cache, and the differentiable heads.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+
+#include "anomaly/apg.h"
+#include "anomaly/detector.h"
+#include "image/decode.h"
+#include "image/preprocess.h"
+#include "io/checkpoint.h"
+#include "llm/generate.h"
+#include "model/class_prompts.h"
+#include "model/pipeline.h"
+#include "model/tiny_bundle.h"
+#include "vision/loader.h"
+
+using namespace iadgpt;
+namespace fs = std::filesystem;
+
+namespace {
+
+cv::Mat fixture_image(const std::string& name) { return image::decode_file(test::fixture("imagebind_tiny/images/" + name)); }
+cv::Mat grid_image(const std::string& name) { return image::decode_file(test::data("mvtec_ad/grid/train/good/" + name)); }
+
+torch::Tensor load_module_tensor(const fs::path& file, const std::string& key) { return io::load_safetensors(file).at(key); }
+
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+}
+
+}  // namespace
+
+TEST(ClassQuestion, BottleIsTheMethodExampleAndKeywordsReplaceTheList) {
+  EXPECT_EQ(model::class_description("bottle", {}),
+            "This is a photo of a bottle for anomaly detection, which should be round, without any damage, "
+            "flaw, defect, scratch, hole or broken part.");
+  const std::vector<std::string> kw = {"crack", "scratch", "contamination"};
+  EXPECT_EQ(model::class_description("bottle", kw),
+            "This is a photo of a bottle for anomaly detection, which should be round, without any crack, "
+            "scratch or contamination.");
+  EXPECT_NE(model::class_description("widget", {}).find("a photo of a widget"), std::string::npos);
+  EXPECT_NE(model::class_description("metal_nut", {}).find("a metal nut"), std::string::npos);
+  EXPECT_NE(model::class_description("pipe_fryum", {}).find("a pipe fryum"), std::string::npos);
+}
+
+TEST(MapAnswer, OneRegionInEachOfTheNineCells) {
+  const auto& names = anomaly::cell_names();
+  for (int cell = 0; cell < 9; ++cell) {
+    const int row = cell / 3, col = cell % 3;
+    auto map = torch::zeros({300, 300});
+    map.slice(0, row * 100 + 40, row * 100 + 60).slice(1, col * 100 + 30, col * 100 + 70).fill_(0.9);
+    const auto regions = anomaly::find_regions(map, 0.5);
+    ASSERT_EQ(regions.size(), 1u);
+    EXPECT_EQ(model::position_words(regions), names[cell]);
+    EXPECT_EQ(model::map_answer(regions, true),
+              "Yes, there is an anomaly in the image, at the " + names[cell] + " of the image.");
+  }
+}
+
+TEST(MapAnswer, TwoRegionsNoRegionAndDefectType) {
+  auto map = torch::zeros({90, 120});
+  map.slice(0, 2, 20).slice(1, 2, 30).fill_(1.0);     // top left, the larger one
+  map.slice(0, 70, 85).slice(1, 95, 110).fill_(0.8);  // bottom right
+  const auto regions = anomaly::find_regions(map, 0.5);
+  ASSERT_EQ(regions.size(), 2u);
+  EXPECT_EQ(model::position_words(regions), "top left and bottom right");
+  EXPECT_EQ(model::map_answer(regions, true),
+            "Yes, there are 2 anomalies in the image, they are at the top left and bottom right of the image.");
+  EXPECT_EQ(model::map_answer(regions, true, "crack"),
+            "Yes, there are 2 anomalies in the image, they are at the top left and bottom right of the image, it looks "
+            "like a crack.");
+  EXPECT_EQ(model::map_answer(regions, false), "No, there is no anomaly in the image.");
+  EXPECT_EQ(model::map_answer({}, true), "Yes, there is an anomaly in the image.");
+}
+
+// The acceptance test of METHOD §1.9: the logits of the pipeline's prompt equal those of a sequence
+// assembled by hand from token embeddings and the adapters' outputs computed here independently.
+TEST(IadGptPipeline, InjectedSequenceIsTheMethodLayout) {
+  const auto bundle = test::tiny_bundle("pipe-layout", 3);
+  model::IadGpt m(bundle);
+  m.set_class("bottle");
+  const auto img = fixture_image("coffee.png");  // 320 x 213: encoder view (crop) differs from the map view
+  model::InspectOptions opt;
+  opt.generate = false;
+  const auto r = m.inspect(img, opt);
+  EXPECT_GE(r.p_yes, 0.0);
+  EXPECT_LE(r.p_yes, 1.0);
+
+  // e from the encoder view, taps from the map view, F_text of "bottle" — by the lower modules directly.
+  torch::NoGradGuard no_grad;
+  vision::VisionOptions vopt;
+  vopt.config = bundle.vision_config;
+  const auto tower = vision::load_vision(io::load_checkpoint(bundle.vision), vopt);
+  const auto taps_ids = tower.config.default_taps();
+  auto e = vision::vit_forward(tower.weights, tower.config, image::clip_encoder_view(img, 224).unsqueeze(0), taps_ids).embedding;
+  auto taps = vision::vit_forward(tower.weights, tower.config, image::clip_map_view(img, 224).unsqueeze(0), taps_ids).taps;
+  anomaly::DetectorOptions dopt;
+  dopt.vision = bundle.vision;
+  dopt.config = bundle.vision_config;
+  dopt.vocab = bundle.vocab;
+  // The built-in APG prompts of "bottle": their sentences join the abnormal side (§1.3).
+  const auto apg = anomaly::builtin_prompts("bottle");
+  ASSERT_TRUE(apg);
+  dopt.extra_abnormal = apg->sentences;
+  anomaly::Detector text_side(dopt);
+  text_side.set_class("bottle");
+  const auto& text = text_side.text_features();
+
+  model::Heads heads;
+  heads.decoder = anomaly::VisualDecoder(64, 32, 4);
+  anomaly::load_decoder(heads.decoder, io::load_safetensors(*bundle.decoder), "decoder");
+  heads.tge = model::TextGuidedEnhancer(32, 64);
+  model::load_parameters(*heads.tge, io::load_safetensors(*bundle.tge), "", "tge");
+  heads.mmf = model::MultiMaskFusion(64);
+  model::load_parameters(*heads.mmf, io::load_safetensors(*bundle.mmf), "", "mmf");
+  const auto out = model::run_heads(heads, taps, e, {}, text, 224);
+
+  // Adapter outputs: fp32 on the same inputs, differences are summation order only.
+  EXPECT_LT(max_abs_diff(out.image_token, m.image_tokens().image_token), 1e-4);
+  EXPECT_LT(max_abs_diff(out.expert_tokens, m.image_tokens().expert_tokens), 1e-4);
+  // M_fs is zeros without references (METHOD §1.8).
+  EXPECT_EQ(out.masks.select(1, 5).abs().max().item<double>(), 0.0);
+
+  const auto& tok = m.tokenizer();
+  const auto& llm_model = m.llm();
+  // AnomalyGPT's bottle description with the APG keywords as the list of what must not be there.
+  std::string list;
+  for (size_t i = 0; i < apg->keywords.size(); ++i)
+    list += (i == 0 ? "" : i + 1 == apg->keywords.size() ? " or " : ", ") + apg->keywords[i];
+  const std::string question = "This is a photo of a bottle for anomaly detection, which should be round, without any " +
+                               list + ". Is there any anomaly in the image?";
+  EXPECT_EQ(m.question(""), question);
+  std::vector<int64_t> before{tok.bos_id()};
+  for (auto id : tok.encode("### Human: <Img>")) before.push_back(id);
+  auto rows = torch::cat({llm_model.embed(before), out.image_token, llm_model.embed(tok.encode("</Img> ")),
+                          out.expert_tokens[0], llm_model.embed(tok.encode(question + "\n### Assistant:"))});
+  llm::KvCache cache(llm_model, 256);
+  auto expected = llm::forward(llm_model, cache, rows, llm::Logits::All);
+  auto got = m.prompt_logits();
+  ASSERT_EQ(got.sizes(), expected.sizes());
+  // fp32 throughout; the adapters agree to ~1e-6, the 2-layer LLM keeps that scale.
+  EXPECT_LT(max_abs_diff(got, expected), 1e-4);
+  // P(yes) is the softmax restricted to the Yes/No decision tokens, after the pieces both words
+  // share (stories260K's tokenizer writes ▁ Y es / ▁ N o; LLaMA's has ▁Yes / ▁No, no shared piece).
+  const auto yn = m.yes_no_tokens();
+  auto last = expected[-1];
+  if (!m.answer_prefix().empty()) last = llm::forward(llm_model, cache, llm_model.embed(m.answer_prefix()), llm::Logits::Last)[0];
+  const double p_yes = torch::softmax(torch::stack({last[yn[0]], last[yn[1]]}), 0)[0].item<double>();
+  EXPECT_NEAR(r.p_yes, p_yes, 1e-5);
+}
+
+// An LLM whose head can only say the Yes/No first tokens: the greedy first token is then the fast
+// decision's argmax, and the test checks the pipeline gets the same answer both ways.
+TEST(IadGptPipeline, FastDecisionAgreesWithTheFirstGeneratedToken) {
+  int yes_count = 0, checked = 0;
+  for (double sign : {1.0, -1.0}) {
+  auto bundle = test::tiny_bundle("pipe-decision", 5);
+  const auto llm_dir = test::scratch("pipe-decision") / (sign > 0 ? "llm-plus" : "llm-minus");
+  fs::create_directories(llm_dir);
+  fs::copy_file(test::fixture("llama_tiny/config.json"), llm_dir / "config.json", fs::copy_options::overwrite_existing);
+  auto weights = io::load_safetensors(test::fixture("llama_tiny/model.safetensors"));
+  const auto tok = llm::Tokenizer::from_path(*bundle.tokenizer);
+  model::IadGpt probe(bundle);
+  const int64_t yes = probe.yes_no_tokens()[0], no = probe.yes_no_tokens()[1];
+  const auto prefix = probe.answer_prefix();
+  // Every other row zero (logit 0); Yes = w, No = −w with w = (Yes − No) of the original head, so
+  // one of the two is always ≥ 0 and wins, and which one depends on the image as before.
+  auto head = weights.at("lm_head.weight").clone();
+  auto w = sign * (head[yes] - head[no]);
+  head.zero_();
+  head[yes] = w;
+  head[no] = -w;
+  weights["lm_head.weight"] = head;
+  io::save_safetensors(llm_dir / "model.safetensors", weights);
+  bundle.llm = llm_dir;
+  model::IadGpt m(bundle);
+  m.set_class("grid");
+  for (const auto& img : {grid_image("000.png"), grid_image("001.png"), fixture_image("astronaut.png"),
+                          fixture_image("chelsea.png"), fixture_image("coffee.png")}) {
+    model::InspectOptions opt;
+    opt.max_tokens = 3;
+    const auto r = m.inspect(img, opt);
+    // The answer's decision piece (after the forced shared prefix) is Y.. or N...
+    const auto yes_text = llm::clean_answer(tok.decode(std::vector<int64_t>{yes})), no_text = llm::clean_answer(tok.decode(std::vector<int64_t>{no}));
+    const bool says_yes = r.answer.rfind(yes_text, 0) == 0;
+    const bool says_no = r.answer.rfind(no_text, 0) == 0;
+    ASSERT_TRUE(says_yes || says_no) << r.answer;
+    EXPECT_EQ(says_yes, r.p_yes > 0.5) << "p_yes " << r.p_yes << " answer " << r.answer;
+    EXPECT_EQ(r.anomalous, says_yes);
+    yes_count += says_yes;
+    ++checked;
+  }
+  }
+  EXPECT_EQ(checked, 10);
+  // Flipping the head's sign flips every decision, so both answers were exercised.
+  EXPECT_EQ(yes_count, 5);
+}
+
+TEST(IadGptPipeline, GenerationIsDeterministicAndChatReusesTheCacheExactly) {
+  auto bundle = test::tiny_bundle("pipe-chat", 2);
+  // llama_tiny's 256 positions hold one turn with this byte-level tokenizer; RoPE does not depend
+  // on the weights, so a copy of its config with 1024 positions runs the same model longer.
+  const auto llm_dir = test::scratch("pipe-chat") / "llm";
+  fs::create_directories(llm_dir);
+  auto config = test::read_json_file(test::fixture("llama_tiny/config.json"));
+  config["max_position_embeddings"] = 1024;
+  std::ofstream(llm_dir / "config.json") << config.dump(2);
+  fs::create_symlink(test::fixture("llama_tiny/model.safetensors"), llm_dir / "model.safetensors");
+  bundle.llm = llm_dir;
+  model::IadGpt m(bundle);
+  m.set_class("grid");
+  model::InspectOptions opt;
+  opt.max_tokens = 12;
+  const auto img = grid_image("000.png");
+  const auto a = m.inspect(img, opt);
+  const auto b = m.inspect(img, opt);
+  EXPECT_EQ(a.answer, b.answer);
+  EXPECT_DOUBLE_EQ(a.p_yes, b.p_yes);
+  ASSERT_EQ(m.history().size(), 1u);
+  EXPECT_GT(a.timings.encode, 0.0);
+  EXPECT_GT(a.timings.prefill, 0.0);
+  EXPECT_GT(a.timings.generate, 0.0);
+
+  // Second turn through the cache == the same conversation prefilled from scratch.
+  const auto history = m.history();
+  std::string streamed;
+  opt.on_text = [&](std::string_view s) { streamed += s; return true; };
+  const auto answer = m.ask("Where is it?", opt);
+  ASSERT_EQ(m.history().size(), 2u);
+  EXPECT_EQ(llm::clean_answer(streamed), answer);
+  const auto& tokens = m.image_tokens();
+  auto segments = llm::anomalygpt_prompt(m.tokenizer(), tokens.image_token, tokens.expert_tokens[0], history, "Where is it?");
+  llm::KvCache cache(m.llm(), 1024);
+  llm::GenerateOptions gen;
+  gen.max_tokens = 12;
+  gen.stop = {"###"};
+  const auto fresh = llm::generate(m.llm(), m.tokenizer(), cache, segments, gen);
+  EXPECT_EQ(llm::clean_answer(fresh.text), answer);
+  // A third turn still works, and reset forgets the history.
+  m.ask("Is it large?", opt);
+  EXPECT_EQ(m.history().size(), 3u);
+  m.reset_conversation();
+  EXPECT_TRUE(m.history().empty());
+}
+
+TEST(IadGptPipeline, DefectTypeIsAnApgKeywordOfTheClass) {
+  auto fields = test::tiny_bundle_fields("pipe-defect");
+  model::init_random_adapters(fields, 6);
+  fields.threshold = 0.01;  // every pixel of the random decoder's map is a region: the type is computed
+  model::write_bundle(fields, fields.dir);
+  model::IadGpt m(model::read_bundle(fields.dir));
+  m.set_class("hazelnut");
+  model::InspectOptions opt;
+  opt.generate = false;
+  const auto r = m.inspect(grid_image("000.png"), opt);
+  ASSERT_FALSE(r.regions.empty());
+  const auto apg = anomaly::builtin_prompts("hazelnut");
+  ASSERT_TRUE(apg);
+  EXPECT_NE(std::find(apg->keywords.begin(), apg->keywords.end(), r.defect_type), apg->keywords.end()) << r.defect_type;
+  if (r.anomalous) EXPECT_NE(r.answer.find(", it looks like a " + r.defect_type + "."), std::string::npos) << r.answer;
+  // Without the class (no APG) there is no type.
+  m.set_class("");
+  EXPECT_TRUE(m.inspect(grid_image("000.png"), opt).defect_type.empty());
+}
+
+TEST(IadGptPipeline, FewShotReferencesFillTheSixthMask) {
+  auto fields = test::tiny_bundle_fields("pipe-fewshot");
+  model::init_random_adapters(fields, 4);
+  fields.mode = "few-shot";
+  model::write_bundle(fields, fields.dir);
+  model::IadGpt m(model::read_bundle(fields.dir));
+  m.set_class("grid");
+  model::InspectOptions opt;
+  opt.generate = false;
+  EXPECT_THROW(m.inspect(grid_image("000.png"), opt), InputError);  // few-shot needs references
+  m.set_references({grid_image("001.png")});
+  m.inspect(grid_image("000.png"), opt);
+  EXPECT_GT(m.image_tokens().masks.select(1, 5).abs().max().item<double>(), 0.0);
+}
+
+TEST(RunHeads, GradientsReachDecoderTgeAndMmf) {
+  torch::manual_seed(0);
+  model::Heads heads;
+  heads.decoder = anomaly::VisualDecoder(16, 8, 4);
+  heads.tge = model::TextGuidedEnhancer(8, 12);
+  heads.mmf = model::MultiMaskFusion(12);
+  std::vector<torch::Tensor> taps;
+  for (int l = 0; l < 4; ++l) taps.push_back(torch::randn({2, 1 + 16, 16}));
+  anomaly::TextFeatures text = anomaly::reduce_text_features(torch::randn({3, 8}), torch::randn({4, 8}));
+  text.normal_sentences = torch::nn::functional::normalize(torch::randn({3, 8}), torch::nn::functional::NormalizeFuncOptions().dim(-1));
+  text.abnormal_sentences = torch::nn::functional::normalize(torch::randn({4, 8}), torch::nn::functional::NormalizeFuncOptions().dim(-1));
+  auto e = torch::nn::functional::normalize(torch::randn({2, 8}), torch::nn::functional::NormalizeFuncOptions().dim(-1));
+  auto out = model::run_heads(heads, taps, e, torch::rand({2, 32, 32}), text, 32);
+  ASSERT_EQ(out.layer_maps.sizes(), (std::vector<int64_t>{2, 4, 32, 32}));
+  ASSERT_EQ(out.layer_probs.size(), 4u);
+  ASSERT_EQ(out.layer_probs[0].sizes(), (std::vector<int64_t>{2, 2, 32, 32}));
+  ASSERT_EQ(out.expert_tokens.sizes(), (std::vector<int64_t>{2, 18, 12}));
+  ASSERT_EQ(out.image_token.sizes(), (std::vector<int64_t>{2, 12}));
+  // The abnormal channel of each layer is what layer_maps holds; text_map is their mean.
+  EXPECT_TRUE(torch::allclose(out.layer_maps.select(1, 2), out.layer_probs[2].select(1, 1)));
+  EXPECT_TRUE(torch::allclose(out.text_map, out.layer_maps.mean(1), 1e-6, 1e-6));
+  (out.expert_tokens.sum() + out.image_token.sum()).backward();
+  EXPECT_TRUE(heads.decoder->fc[0]->as<torch::nn::Linear>()->weight.grad().defined());
+  EXPECT_TRUE(heads.mmf->cell_proj->weight.grad().defined());
+  EXPECT_TRUE(heads.tge->normal_path->weight.grad().defined());
+}
