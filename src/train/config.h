@@ -55,7 +55,7 @@ struct TrainConfig {
   // Optimisation.
   std::vector<StageConfig> stages;
   int64_t batch_size = 16;          // global batch (all ranks, all accumulation steps)
-  int64_t grad_accum = 1;           // micro-batches per rank and step
+  int64_t grad_accum = 1;           // must divide the per-rank batch; gradients accumulate per example anyway
   double warmup = 0.1, weight_decay = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
   uint64_t seed = 0;
   // Bookkeeping.
