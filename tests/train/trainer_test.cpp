@@ -167,9 +167,10 @@ TEST(Checkpoints, AWriteKilledMidwayNeverReplacesThePreviousGoodOne) {
   io::TensorMap good{{"w", torch::arange(12, torch::kFloat32)}};
   store.save(1, good, {{"k", "v"}});
   // A child writes a 12 MiB checkpoint and dies (as by kill -9) after the first 1 MiB chunk.
+  // The tensor is made before fork: libtorch's thread pool does not survive a fork.
+  io::TensorMap big{{"w", torch::ones({3 << 20}, torch::kFloat32)}};
   const pid_t pid = fork();
   if (pid == 0) {
-    io::TensorMap big{{"w", torch::ones({3 << 20}, torch::kFloat32)}};
     store.save(2, big, {}, [](size_t written) {
       if (written >= (1 << 20)) _exit(9);
     });
