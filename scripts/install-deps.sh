@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   chromium fonts-dejavu-core
+  libgloo-dev
 )
 # Node.js runs the browser test (tests/web). A machine that already has node and npm (e.g. from
 # another repository) keeps them: Debian's npm package conflicts with those bundles.

@@ -18,6 +18,7 @@ void add_detect(CLI::App& app);       // cmd_detect.cpp
 void add_eval(CLI::App& app);         // cmd_eval.cpp
 void add_synth(CLI::App& app);        // cmd_synth.cpp
 void add_train_decoder(CLI::App& app);  // cmd_train_decoder.cpp
+void add_train(CLI::App& app);          // cmd_train.cpp
 void add_bundle(CLI::App& app);       // cmd_bundle.cpp
 void add_apg(CLI::App& app);           // cmd_apg.cpp
 void add_serve(CLI::App& app);        // cmd_serve.cpp

@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   add_eval(app);
   add_synth(app);
   add_train_decoder(app);
+  add_train(app);
   add_bundle(app);
   add_apg(app);
   add_serve(app);

@@ -1,0 +1,255 @@
+#include "llm/train_forward.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "io/checkpoint.h"
+#include "io/error.h"
+
+namespace iadgpt::llm {
+namespace {
+
+// SplitMix64: decorrelates the per-(row, layer, projection) dropout seeds.
+uint64_t mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+// Same formulas as model.cpp (kept local: the inference file stays untouched); x [..., hd].
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  auto var = x.pow(2).mean(-1, /*keepdim=*/true);
+  return x * torch::rsqrt(var + eps) * weight;
+}
+
+struct DropoutContext {
+  const TrainForwardOptions* options;
+  double p;
+};
+
+// y = x Wᵀ + scale · B A dropout(x). x: [B, T, in]. The dropout mask of row b is drawn from its
+// own generator (seed mixed with the layer/projection id), so it is independent of the batch.
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const LoraPair& lora, const DropoutContext& dc,
+                      uint64_t site) {
+  auto y = torch::linear(x, w);
+  if (!lora.defined()) return y;
+  auto xin = x;
+  if (dc.p > 0) {
+    const int64_t B = x.size(0);
+    std::vector<torch::Tensor> keep;
+    keep.reserve(B);
+    for (int64_t b = 0; b < B; ++b) {
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(mix(dc.options->dropout_seeds[b] ^ mix(site)));
+      keep.push_back(at::rand(x.sizes().slice(1), gen, x.options().requires_grad(false)).ge(dc.p));
+    }
+    xin = x * torch::stack(keep).to(x.scalar_type()).div(1.0 - dc.p);
+  }
+  return y + torch::linear(torch::linear(xin, lora.a), lora.b).mul(lora.scale);
+}
+
+// Walks every weight with its HF name (fixed order, shared by make_trainable/named_weights).
+template <class Model, class F>
+void for_each_weight(Model& model, F&& f) {
+  auto& w = model.weights;
+  f("model.embed_tokens.weight", w.embed);
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    auto& L = w.layers[l];
+    const auto p = fmt::format("model.layers.{}.", l);
+    f(p + "input_layernorm.weight", L.attn_norm);
+    f(p + "self_attn.q_proj.weight", L.wq);
+    f(p + "self_attn.k_proj.weight", L.wk);
+    f(p + "self_attn.v_proj.weight", L.wv);
+    f(p + "self_attn.o_proj.weight", L.wo);
+    f(p + "post_attention_layernorm.weight", L.ffn_norm);
+    f(p + "mlp.gate_proj.weight", L.w_gate);
+    f(p + "mlp.up_proj.weight", L.w_up);
+    f(p + "mlp.down_proj.weight", L.w_down);
+  }
+  f("model.norm.weight", w.norm);
+  if (!model.config.tie_word_embeddings) f("lm_head.weight", w.lm_head);
+}
+
+struct LoraSite {
+  const char* name;
+  LoraPair LayerWeights::*pair;
+  torch::Tensor LayerWeights::*weight;
+};
+constexpr LoraSite kLoraSites[] = {
+    {"q_proj", &LayerWeights::lora_q, &LayerWeights::wq},
+    {"k_proj", &LayerWeights::lora_k, &LayerWeights::wk},
+    {"v_proj", &LayerWeights::lora_v, &LayerWeights::wv},
+    {"o_proj", &LayerWeights::lora_o, &LayerWeights::wo},
+};
+
+void require_fp32(const LlamaModel& model, const char* what) {
+  if (model.dtype != torch::kFloat32)
+    throw InputError(fmt::format("{}: training needs the LLM in f32 (loaded as {})", what,
+                                 c10::toString(model.dtype)));
+}
+
+}  // namespace
+
+TrainableLora add_trainable_lora(LlamaModel& model, const LoraSpec& spec, uint64_t seed) {
+  require_fp32(model, "LoRA training");
+  if (spec.rank <= 0) throw InputError(fmt::format("LoRA rank must be positive (got {})", spec.rank));
+  if (spec.dropout < 0 || spec.dropout >= 1)
+    throw InputError(fmt::format("LoRA dropout must be in [0, 1) (got {})", spec.dropout));
+  TrainableLora out{spec, {}};
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const double scale = spec.alpha / static_cast<double>(spec.rank);
+  for (auto& L : model.weights.layers) {
+    for (const auto& site : kLoraSites) {
+      const auto& w = L.*site.weight;
+      // PEFT: kaiming_uniform_(A, a=√5) → U(±1/√in); B = 0 so the first step starts at the base model.
+      const double bound = 1.0 / std::sqrt(static_cast<double>(w.size(1)));
+      auto a = (at::rand({spec.rank, w.size(1)}, gen, torch::kFloat32) * 2 - 1).mul_(bound).requires_grad_();
+      auto b = torch::zeros({w.size(0), spec.rank}, torch::kFloat32).requires_grad_();
+      L.*site.pair = LoraPair{a, b, scale};
+      out.parameters.push_back(a);
+      out.parameters.push_back(b);
+    }
+  }
+  return out;
+}
+
+NamedParameters make_trainable(LlamaModel& model) {
+  require_fp32(model, "full fine-tuning");
+  NamedParameters out;
+  const bool tied = model.config.tie_word_embeddings;
+  for_each_weight(model, [&](const std::string& name, torch::Tensor& t) {
+    t = t.detach().to(torch::kFloat32).clone().requires_grad_();
+    out.names.push_back(name);
+    out.tensors.push_back(t);
+  });
+  if (tied) model.weights.lm_head = model.weights.embed;
+  return out;
+}
+
+NamedParameters named_weights(const LlamaModel& model) {
+  NamedParameters out;
+  for_each_weight(model, [&](const std::string& name, const torch::Tensor& t) {
+    out.names.push_back(name);
+    out.tensors.push_back(t);
+  });
+  return out;
+}
+
+NamedParameters lora_weights(const LlamaModel& model) {
+  NamedParameters out;
+  for (size_t l = 0; l < model.weights.layers.size(); ++l)
+    for (const auto& site : kLoraSites) {
+      const auto& pair = model.weights.layers[l].*site.pair;
+      if (!pair.defined()) continue;
+      const auto p = fmt::format("base_model.model.model.layers.{}.self_attn.{}.", l, site.name);
+      out.names.push_back(p + "lora_A.weight");
+      out.tensors.push_back(pair.a);
+      out.names.push_back(p + "lora_B.weight");
+      out.tensors.push_back(pair.b);
+    }
+  return out;
+}
+
+void save_peft_adapter(const LlamaModel& model, const LoraSpec& spec, const std::filesystem::path& dir) {
+  const auto named = lora_weights(model);
+  if (named.names.empty()) throw std::runtime_error("save_peft_adapter: the model has no LoRA attached");
+  std::filesystem::create_directories(dir);
+  io::TensorMap tensors;
+  for (size_t i = 0; i < named.names.size(); ++i)
+    tensors.emplace(named.names[i], named.tensors[i].detach().to(torch::kFloat32).contiguous());
+  io::save_safetensors(dir / "adapter_model.safetensors", tensors, {{"format", "pt"}});
+  nlohmann::json cfg = {{"peft_type", "LORA"},         {"r", spec.rank},
+                        {"lora_alpha", spec.alpha},    {"lora_dropout", spec.dropout},
+                        {"target_modules", {"q_proj", "k_proj", "v_proj", "o_proj"}},
+                        {"bias", "none"},              {"task_type", "CAUSAL_LM"},
+                        {"use_rslora", false},         {"use_dora", false},
+                        {"fan_in_fan_out", false},     {"inference_mode", true},
+                        {"base_model_name_or_path", nullptr}};
+  const auto tmp = dir / "adapter_config.json.tmp";
+  {
+    std::ofstream out(tmp);
+    out << cfg.dump(2);
+    if (!out) throw std::runtime_error(fmt::format("{}: write failed", tmp.string()));
+  }
+  std::filesystem::rename(tmp, dir / "adapter_config.json");
+}
+
+torch::Tensor forward_train(const LlamaModel& model, const torch::Tensor& input, const torch::Tensor& attention_mask,
+                            const TrainForwardOptions& options) {
+  const auto& c = model.config;
+  const auto& W = model.weights;
+  if (input.dim() != 3 || input.size(2) != c.hidden_size)
+    throw InputError(fmt::format("forward_train: input has shape [{}], expected [B, T, {}]",
+                                 fmt::join(input.sizes(), ", "), c.hidden_size));
+  const int64_t B = input.size(0), T = input.size(1);
+  const int64_t H = c.num_heads, KV = c.num_kv_heads, hd = c.head_dim(), group = H / KV;
+  if (T > model.max_positions())
+    throw InputError(fmt::format("forward_train: {} positions, the model has {}", T, model.max_positions()));
+  if (options.lora_dropout > 0 && static_cast<int64_t>(options.dropout_seeds.size()) != B)
+    throw std::invalid_argument("forward_train: one dropout seed per batch row is needed");
+
+  auto mask = attention_mask.defined() ? attention_mask.to(torch::kBool) : torch::ones({B, T}, torch::kBool);
+  // Position of a token = number of real tokens before it in its row (padding does not count).
+  auto positions = (mask.to(torch::kInt64).cumsum(1) - 1).clamp_min(0);
+  auto cos = model.rope_cos.index_select(0, positions.flatten()).view({B, 1, T, hd / 2});
+  auto sin = model.rope_sin.index_select(0, positions.flatten()).view({B, 1, T, hd / 2});
+  // Query t sees key s iff s ≤ t and s is a real token; every query sees itself so padded rows
+  // never softmax over nothing (their outputs are ignored by the loss).
+  auto causal = torch::ones({T, T}, torch::kBool).tril();
+  auto allowed = causal.unsqueeze(0).logical_and(mask.unsqueeze(1)).logical_or(torch::eye(T, torch::kBool).unsqueeze(0));
+  auto bias = torch::zeros({B, 1, T, T}, torch::kFloat32).masked_fill(allowed.logical_not().unsqueeze(1), -INFINITY);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+
+  DropoutContext dc{&options, options.lora_dropout};
+
+  torch::Tensor x = input.to(torch::kFloat32);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const auto& L = W.layers[l];
+    const uint64_t site = static_cast<uint64_t>(l) * 8;
+    auto h = rms_norm(x, L.attn_norm, c.rms_norm_eps).to(model.dtype);
+    auto q = project(h, L.wq, L.lora_q, dc, site + 0).view({B, T, H, hd}).transpose(1, 2).to(torch::kFloat32);
+    auto k = project(h, L.wk, L.lora_k, dc, site + 1).view({B, T, KV, hd}).transpose(1, 2).to(torch::kFloat32);
+    auto v = project(h, L.wv, L.lora_v, dc, site + 2).view({B, T, KV, hd}).transpose(1, 2).to(torch::kFloat32);
+    q = apply_rope(q, cos, sin);
+    k = apply_rope(k, cos, sin);
+    // HF repeat_kv: query heads g*group .. g*group+group-1 share kv head g.
+    auto qg = q.reshape({B, KV, group * T, hd});
+    auto scores = torch::matmul(qg, k.transpose(-1, -2)).mul(scale).view({B, KV, group, T, T});
+    scores = scores + bias.unsqueeze(1);
+    auto probs = torch::softmax(scores, -1).view({B, KV, group * T, T});
+    auto attn = torch::matmul(probs, v).view({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
+    x = x + project(attn.to(model.dtype), L.wo, L.lora_o, dc, site + 3).to(torch::kFloat32);
+
+    h = rms_norm(x, L.ffn_norm, c.rms_norm_eps).to(model.dtype);
+    auto gate = torch::silu(project(h, L.w_gate, L.lora_gate, dc, site + 4));
+    auto up = project(h, L.w_up, L.lora_up, dc, site + 5);
+    x = x + project(gate * up, L.w_down, L.lora_down, dc, site + 6).to(torch::kFloat32);
+  }
+  x = rms_norm(x, W.norm, c.rms_norm_eps).to(model.dtype);
+  return torch::linear(x, W.lm_head).to(torch::kFloat32);
+}
+
+torch::Tensor answer_cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels) {
+  if (logits.dim() != 3 || labels.dim() != 2 || logits.size(0) != labels.size(0) || logits.size(1) != labels.size(1))
+    throw std::invalid_argument(fmt::format("answer_cross_entropy: logits [{}] and labels [{}] disagree",
+                                            fmt::join(logits.sizes(), ", "), fmt::join(labels.sizes(), ", ")));
+  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
+  auto pred = logits.narrow(1, 0, T - 1).reshape({-1, V});
+  auto target = labels.narrow(1, 1, T - 1).reshape({-1});
+  auto per_token = torch::nn::functional::cross_entropy(
+      pred, target, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex).reduction(torch::kNone));
+  auto valid = target.ne(kIgnoreIndex).view({B, T - 1}).to(torch::kFloat32);
+  auto count = valid.sum(1);
+  return per_token.view({B, T - 1}).mul(valid).sum(1) / count.clamp_min(1);
+}
+
+}  // namespace iadgpt::llm

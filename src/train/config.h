@@ -1,0 +1,76 @@
+// `iadgpt train --config train.json`: the whole run described by one JSON file (schema in
+// src/train/README.md). Every field is validated by `parse_train_config` before any work starts;
+// the error names the key, what was expected and what was found. Paths are relative to the
+// config file's directory.
+//
+//   auto cfg = train::read_train_config("train.json");   // InputError on any bad field or path
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "llm/train_forward.h"
+
+namespace iadgpt::train {
+
+struct StageConfig {
+  int64_t stage = 1;  // 1: TGE (+ llama_proj), CE; 2: decoder + MMF, CE + focal + dice; 3: TGE + MMF, CE
+  int64_t steps = 100;
+  double lr = 1e-3;   // adapters (METHOD §3.3)
+};
+
+struct DatasetConfig {
+  std::string kind = "mvtec";          // data::parse_kind
+  std::filesystem::path root;
+  std::vector<std::string> categories;  // empty: every category of the dataset
+};
+
+struct TrainConfig {
+  std::filesystem::path source;  // the config file (for messages)
+  std::filesystem::path out;     // bundle directory; checkpoints under out/checkpoints
+  // Frozen encoder and text side (as the bundle names them).
+  std::filesystem::path vision;
+  std::optional<nlohmann::json> vision_config;
+  std::optional<std::filesystem::path> text, vocab;
+  std::vector<int64_t> taps;  // empty: the family default (four blocks)
+  int64_t image_size = 224;
+  // LLM.
+  std::filesystem::path llm;
+  std::optional<std::filesystem::path> tokenizer;
+  std::string llm_tuning = "lora";  // "frozen" | "lora" | "full"
+  llm::LoraSpec lora;
+  double llm_lr = 1e-4;             // LoRA / full fine-tune learning rate
+  // Data.
+  std::vector<DatasetConfig> datasets;
+  std::string synthesis = "nsa";    // data::parse_synthesis_method
+  std::optional<std::filesystem::path> textures;  // Perlin
+  int64_t per_image = 1;            // synthetic variants per normal image (each with the original: a pair)
+  int64_t holdout = 2;              // normal images per category kept out of training (evaluation)
+  int64_t references = 2;           // k normal references for the few-shot map
+  double few_shot_probability = 0.5;
+  // Optimisation.
+  std::vector<StageConfig> stages;
+  int64_t batch_size = 16;          // global batch (all ranks, all accumulation steps)
+  int64_t grad_accum = 1;           // must divide the per-rank batch; gradients accumulate per example anyway
+  double warmup = 0.1, weight_decay = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
+  uint64_t seed = 0;
+  // Bookkeeping.
+  int64_t checkpoint_every = 50;    // steps; 0 = only at the end of each stage and on a signal
+  int64_t keep = 3;                 // checkpoints kept
+  int64_t eval_every = 0;           // steps; 0 = only at the end
+  int64_t log_every = 1;            // progress line every N steps (the JSONL log has every step)
+  bool resume = true;               // continue from the newest checkpoint in out/checkpoints
+  // Test hook: stop (as if interrupted) after this many steps in total; 0 = off.
+  int64_t stop_after = 0;
+
+  nlohmann::json to_json() const;   // normalised, for the checkpoint's consistency check
+};
+
+TrainConfig parse_train_config(const nlohmann::json& j, const std::filesystem::path& source);
+TrainConfig read_train_config(const std::filesystem::path& file);
+
+}  // namespace iadgpt::train
