@@ -24,8 +24,9 @@ void fsync_directory(const std::filesystem::path& dir) {
 }  // namespace
 
 AtomicFile::AtomicFile(std::filesystem::path path) : path_(std::move(path)) {
-  tmp_ = path_;
-  tmp_ += fmt::format(".tmp.{}", ::getpid());
+  // Hidden and fixed per target: a temporary left by a killed writer is overwritten by the next
+  // write instead of piling up, and never matches the target's own name pattern.
+  tmp_ = path_.parent_path() / ("." + path_.filename().string() + ".tmp");
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) throw InputError(fmt::format("{}: cannot open for writing: {}", tmp_.string(), errno_text()));
 }

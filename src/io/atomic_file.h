@@ -1,6 +1,6 @@
-// Atomic file replacement: write to `<path>.tmp.<pid>`, fsync, rename over `path`, fsync the
+// Atomic file replacement: write to `.<name>.tmp` beside the target, fsync, rename over `path`, fsync the
 // directory. A crash or kill at any point leaves either the old file or the new one, never a
-// half-written one (what checkpoints, bundles and prompt files need).
+// half-written one (what checkpoints, bundles and prompt files need). One writer per target.
 //
 //   io::AtomicFile out("ckpt.safetensors");
 //   out.write(header); out.write(data);

@@ -1,5 +1,5 @@
 // Training checkpoints (issue 6): one safetensors file per checkpoint under a directory,
-// `step-<000000123>.safetensors`, written atomically — serialised to `<name>.tmp.<pid>`, fsync'ed,
+// `step-<000000123>.safetensors`, written atomically — serialised to `.<name>.tmp`, fsync'ed,
 // renamed over the final name, then the directory fsync'ed — so a crash or kill at any moment
 // leaves either the previous good set or the new complete file, never a torn one. The newest N
 // are kept. Metadata (JSON strings in the safetensors header) carries the step counters and the
