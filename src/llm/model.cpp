@@ -6,6 +6,7 @@
 
 #include "io/checkpoint.h"
 #include "io/error.h"
+#include "llm/ops.h"
 
 namespace iadgpt::llm {
 namespace {
@@ -21,20 +22,6 @@ std::pair<torch::Tensor, torch::Tensor> rope_table(const LlamaConfig& c) {
   return {angles.cos().to(torch::kFloat32), angles.sin().to(torch::kFloat32)};
 }
 
-// HF rotate_half convention: the two halves of each head are the (real, imaginary) parts.
-// x: [heads, T, hd] fp32; cos/sin: [T, hd/2].
-torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
-  return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
-}
-
-// RMSNorm in fp32 as HF does (variance of the fp32 input), weight applied after normalising.
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  auto var = x.pow(2).mean(-1, /*keepdim=*/true);
-  return x * torch::rsqrt(var + eps) * weight;
-}
-
 // y = x Wᵀ (+ LoRA kept separate). x is already in the weights' dtype.
 torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const LoraPair& lora) {
   auto y = torch::linear(x, w);
@@ -47,6 +34,17 @@ std::filesystem::path config_path_for(const std::filesystem::path& path) {
 }
 
 }  // namespace
+
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
+}
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  auto var = x.pow(2).mean(-1, /*keepdim=*/true);
+  return x * torch::rsqrt(var + eps) * weight;
+}
 
 LlamaModel::LlamaModel(LlamaConfig c, LlamaWeights w, torch::Dtype dt, std::filesystem::path src)
     : config(std::move(c)), weights(std::move(w)), dtype(dt), source(std::move(src)) {

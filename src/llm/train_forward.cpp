@@ -8,29 +8,14 @@
 
 #include "io/checkpoint.h"
 #include "io/error.h"
+#include "io/splitmix.h"
+#include "llm/ops.h"
 
 namespace iadgpt::llm {
 namespace {
 
 // SplitMix64: decorrelates the per-(row, layer, projection) dropout seeds.
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-// Same formulas as model.cpp (kept local: the inference file stays untouched); x [..., hd].
-torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
-  return torch::cat({x1 * cos - x2 * sin, x2 * cos + x1 * sin}, -1);
-}
-
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  auto var = x.pow(2).mean(-1, /*keepdim=*/true);
-  return x * torch::rsqrt(var + eps) * weight;
-}
+uint64_t mix(uint64_t x) { return io::splitmix64(x); }
 
 struct DropoutContext {
   const TrainForwardOptions* options;
