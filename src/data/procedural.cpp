@@ -12,6 +12,7 @@
 
 #include "image/overlay.h"
 #include "io/error.h"
+#include "io/splitmix.h"
 
 namespace iadgpt::data {
 namespace fs = std::filesystem;
@@ -38,12 +39,7 @@ struct Rng {
   }
 };
 
-uint64_t splitmix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+using io::splitmix64;
 
 uint64_t fnv1a(uint64_t h, std::string_view s) {
   for (unsigned char c : s) h = (h ^ c) * 0x100000001B3ull;
@@ -389,7 +385,7 @@ const std::vector<std::string>& procedural_defects() {
 
 ProceduralPart make_part(std::string_view class_name, uint64_t seed, int size) {
   if (size < 64) throw InputError(fmt::format("procedural part size {}: expected at least 64", size));
-  Rng rng(splitmix(seed));
+  Rng rng(splitmix64(seed));
   Canvas c;
   if (class_name == "washer") c = washer(size, rng);
   else if (class_name == "screw") c = screw(size, rng);
@@ -417,7 +413,7 @@ ProceduralPart add_defect(const ProceduralPart& part, std::string_view defect, u
   else if (defect == "contamination") draw = draw_contamination;
   else
     throw InputError(fmt::format("procedural defect '{}': expected one of {}", defect, list(procedural_defects())));
-  Rng rng(splitmix(seed ^ 0xD3FEC7ull));
+  Rng rng(splitmix64(seed ^ 0xD3FEC7ull));
   const int min_area = part.image.rows * part.image.cols / 1000;  // a defect a person can see
   for (int attempt = 0;; ++attempt) {
     Canvas c = to_canvas(part);
@@ -437,9 +433,9 @@ ProceduralPart add_defect(const ProceduralPart& part, std::string_view defect, u
 
 uint64_t procedural_seed(uint64_t base, std::string_view class_name, std::string_view split, std::string_view defect,
                          int index) {
-  uint64_t h = 0xCBF29CE484222325ull ^ splitmix(base);
+  uint64_t h = 0xCBF29CE484222325ull ^ splitmix64(base);
   h = fnv1a(fnv1a(fnv1a(h, class_name), split), defect);
-  return splitmix(h ^ static_cast<uint64_t>(index));
+  return splitmix64(h ^ static_cast<uint64_t>(index));
 }
 
 int write_procedural_dataset(const fs::path& root, const ProceduralSplit& split) {

@@ -20,6 +20,7 @@
 #include "image/preprocess.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
+#include "io/splitmix.h"
 #include "io/error.h"
 #include "llm/chat.h"
 #include "llm/model.h"
@@ -42,12 +43,7 @@ namespace {
 
 constexpr const char* kQuestion = "Is there any anomaly in the image?";
 
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
+uint64_t mix(uint64_t x) { return io::splitmix64(x); }
 uint64_t mix(std::initializer_list<uint64_t> parts) {
   uint64_t h = 0x51ED270B27D3A4F1ULL;
   for (auto p : parts) h = mix(h ^ mix(p));
