@@ -26,6 +26,17 @@ namespace {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// Answers are Vicuna-v0 turns: they end at "###".
+llm::GenerateOptions generate_options(const InspectOptions& options) {
+  llm::GenerateOptions gen;
+  gen.max_tokens = options.max_tokens;
+  gen.sampling.temperature = options.temperature;
+  gen.sampling.seed = options.seed;
+  gen.stop = llm::stop_strings(llm::ChatTemplate::VicunaV0);
+  gen.on_text = options.on_text;
+  return gen;
+}
+
 constexpr const char* kDefaultQuestion = "Is there any anomaly in the image?";
 
 // Fills every parameter of `module` from the first map that has `prefix + name`; InputError
@@ -380,12 +391,7 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
     // Roll back the last prompt token and feed it again: its logits start the generation.
     s.cache.truncate(s.cache.pos - 1);
     s.prefix_ids.pop_back();
-    llm::GenerateOptions gen;
-    gen.max_tokens = options.max_tokens;
-    gen.sampling.temperature = options.temperature;
-    gen.sampling.seed = options.seed;
-    gen.stop = llm::stop_strings(llm::ChatTemplate::VicunaV0);
-    gen.on_text = options.on_text;
+    const auto gen = generate_options(options);
     const auto t_gen = Clock::now();
     std::vector<llm::Segment> tail{llm::Segment::tokens({last_ids.back()})};
     auto out = llm::generate(s.llm, *s.tokenizer, s.cache, tail, gen);
@@ -421,12 +427,7 @@ std::string IadGpt::ask(std::string_view message, const InspectOptions& options)
   if (s.prefix_length + static_cast<int64_t>(ids.size()) + options.max_tokens >= s.cache.capacity())
     throw InputError(fmt::format("the conversation ({} tokens) no longer fits the context ({}); reset it",
                                  s.prefix_length + static_cast<int64_t>(ids.size()), s.cache.capacity()));
-  llm::GenerateOptions gen;
-  gen.max_tokens = options.max_tokens;
-  gen.sampling.temperature = options.temperature;
-  gen.sampling.seed = options.seed;
-  gen.stop = llm::stop_strings(llm::ChatTemplate::VicunaV0);
-  gen.on_text = options.on_text;
+  const auto gen = generate_options(options);
   std::vector<llm::Segment> tail{llm::Segment::tokens(fresh)};
   auto out = llm::generate(s.llm, *s.tokenizer, s.cache, tail, gen);
   s.prefix_ids.insert(s.prefix_ids.end(), fresh.begin(), fresh.end());
