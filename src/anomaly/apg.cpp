@@ -163,12 +163,17 @@ std::vector<std::string> keyword_texts(const AbnormalPrompts& prompts) {
 torch::Tensor keyword_embeddings(const AbnormalPrompts& prompts, const SentenceEncoder& encode,
                                  const PromptCache* cache, std::string_view model_identity) {
   if (prompts.keywords.empty()) throw InputError(fmt::format("APG: class '{}' has no keywords", prompts.class_name));
-  // The cache stores TextFeatures; the per-keyword rows are kept as its abnormal sentences (and
-  // the normal side, which the cache needs non-empty, repeats them).
+  // The cache stores TextFeatures: the per-keyword rows are kept as its abnormal sentences, and
+  // the normal side (which it needs non-empty) holds the same rows — encoded once.
   PromptEnsemble ensemble{.class_name = "apg-keywords/" + prompts.class_name,
                           .normal = keyword_texts(prompts),
                           .abnormal = keyword_texts(prompts)};
-  auto features = cache ? cache->get(model_identity, ensemble, encode) : encode_prompts(ensemble, encode);
+  const auto key = cache ? cache->key(model_identity, ensemble) : std::string();
+  if (cache)
+    if (auto hit = cache->load(key)) return hit->abnormal_sentences;
+  const auto rows = encode(ensemble.abnormal);
+  auto features = reduce_text_features(rows, rows);
+  if (cache) cache->store(key, features);
   return features.abnormal_sentences;
 }
 

@@ -124,6 +124,7 @@ TEST(Apg, KeywordEmbeddingsAreOneNormalisedRowPerKeywordAndCached) {
   anomaly::PromptCache cache(test::scratch("apg_cache"));
   auto first = anomaly::keyword_embeddings(prompts, encode, &cache, "fake-model");
   const int after_first = calls;
+  EXPECT_EQ(after_first, 1) << "the keyword texts are encoded once";
   auto second = anomaly::keyword_embeddings(prompts, encode, &cache, "fake-model");
   EXPECT_EQ(calls, after_first) << "second lookup must come from the cache";
   ASSERT_EQ(first.sizes(), (std::vector<int64_t>{static_cast<int64_t>(prompts.keywords.size()), 8}));
