@@ -23,11 +23,11 @@ void add_demo(CLI::App& app) {
   cmd->add_option("--test-good", o->test_good, "Held-out normal parts per class")->capture_default_str();
   cmd->add_option("--test-defect", o->test_defect, "Held-out parts per class and defect type")->capture_default_str();
   cmd->add_option("--size", o->size, "Image side in pixels")->capture_default_str();
-  cmd->add_option("--steps", o->steps, "Decoder training steps")->capture_default_str();
+  cmd->add_option("--steps", o->steps, "Map warm-up steps (the decoder alone)")->capture_default_str();
+  cmd->add_option("--llm-steps", o->llm_steps, "LLM training steps (stages 1/2/3: 10/40/50 %)")->capture_default_str();
   cmd->add_option("--per-image", o->per_image, "CutPaste variants per training part")->capture_default_str();
-  cmd->add_option("--shots", o->shots, "Good reference parts per class for the few-shot map (0 = decoder only)")
+  cmd->add_option("--shots", o->shots, "Good reference parts per class for the few-shot map (1 .. train − 3)")
       ->capture_default_str();
-  cmd->add_option("--map", o->map, "Map: decoder, few-shot or blend (decoder + few-shot)")->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of data, models and training")->capture_default_str();
   cmd->add_option("--min-accuracy", *min_accuracy, "Exit 1 when the Yes/No accuracy is below this (0..1)")
       ->capture_default_str();

@@ -21,7 +21,10 @@
 #include "image/overlay.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
-#include "train/decoder_training.h"
+#include "model/bundle.h"
+#include "model/pipeline.h"
+#include "train/config.h"
+#include "train/trainer.h"
 
 namespace iadgpt::demo {
 namespace fs = std::filesystem;
@@ -30,13 +33,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// The decoder is trained once for every class against the prompts of the generic class "object"
-// (METHOD §1.3's name for an unknown class): one self-supervised model for all parts. The random
-// text tower carries no meaning per class name, so per-class prompts would only add noise.
-constexpr const char* kPromptClass = "object";
-// The two first blocks of the random tower: the most local features (later random blocks only mix
-// in the global average), measured best on the procedural parts.
-const std::vector<int64_t> kTaps{0, 1};
+// Normal training parts per class the trainer keeps out of training for its own held-out pairs.
+constexpr int kHoldout = 2;
 
 struct Labelled {
   cv::Mat image;       // RGB8
@@ -60,13 +58,10 @@ std::vector<Labelled> validation_split(const std::string& cls, const DemoOptions
   return out;
 }
 
-std::vector<float> scores_of(anomaly::Detector& detector, const std::vector<cv::Mat>& images) {
+// Image scores (max of the map) of the bundle's detector, without running the LLM.
+std::vector<float> scores_of(model::IadGpt& model, const std::vector<cv::Mat>& images) {
   std::vector<float> scores;
-  for (size_t i = 0; i < images.size(); i += 8) {
-    std::vector<cv::Mat> batch(images.begin() + static_cast<long>(i),
-                               images.begin() + static_cast<long>(std::min(images.size(), i + 8)));
-    for (const auto& d : detector.detect(batch)) scores.push_back(d.score);
-  }
+  for (const auto& image : images) scores.push_back(model.inspect(image, {.generate = false}).score);
   return scores;
 }
 
@@ -81,44 +76,37 @@ double fit_threshold(const std::vector<float>& scores, const std::vector<uint8_t
   return below < 0 ? t : 0.5 * (t + below);
 }
 
-// Regions of the map above the threshold, the three largest (a short answer a person reads), in
-// reading order; at least the peak when the image is called anomalous.
-std::vector<anomaly::Region> answer_regions(const torch::Tensor& map, double threshold) {
-  auto regions = anomaly::find_regions(map, threshold, /*min_area=*/8);
-  if (regions.empty()) {
-    const int64_t at = map.argmax().item<int64_t>(), w = map.size(1);
-    const double x = static_cast<double>(at % w), y = static_cast<double>(at / w);
-    regions.push_back({x, y, 1, anomaly::cell_name(x, y, w, map.size(0))});
-  }
-  std::stable_sort(regions.begin(), regions.end(), [](const auto& a, const auto& b) { return a.area > b.area; });
-  if (regions.size() > 3) regions.resize(3);
-  std::stable_sort(regions.begin(), regions.end(), [](const auto& a, const auto& b) {
-    return std::pair(a.centroid_y, a.centroid_x) < std::pair(b.centroid_y, b.centroid_x);
-  });
-  return regions;
+// The whole-model training run (`iadgpt train --config`'s schema, src/train/README.md), paths
+// relative to the file. Few-shot throughout: the MMF always sees the references' map, which on a
+// random tower is what separates the parts (the demo inspects with references too).
+nlohmann::ordered_json train_config(const std::vector<std::string>& classes, const DemoOptions& o) {
+  const int64_t s1 = std::max<int64_t>(1, o.llm_steps / 10), s2 = std::max<int64_t>(1, o.llm_steps * 4 / 10),
+                s3 = std::max<int64_t>(1, o.llm_steps - s1 - s2);
+  return {{"out", "bundle"},
+          {"vision", "clip/model.safetensors"},  // the file + its config: some size checks expect a file
+          {"vision_config", "clip/config.json"},
+          {"vocab", "clip/bpe_demo_vocab.txt"},
+          {"taps", {0, 1, 2, 3}},
+          {"image_size", o.size},
+          {"llm", "llm"},
+          {"llm_tuning", "full"},  // a 0.2 M-parameter LLM from scratch: every weight trains
+          {"llm_lr", 5e-3},
+          {"datasets", {{{"kind", "mvtec"}, {"root", "../data"}, {"categories", classes}}}},
+          {"synthesis", "cutpaste"},
+          {"per_image", o.per_image},
+          {"holdout", kHoldout},
+          {"eval_per_image", 2},
+          {"references", o.shots},
+          {"few_shot_probability", 1.0},
+          {"map_warmup", {{"steps", o.steps}, {"per_image", 20}}},
+          {"stages", {{{"stage", 1}, {"steps", s1}}, {{"stage", 2}, {"steps", s2}}, {{"stage", 3}, {"steps", s3}}}},
+          {"batch_size", 8},
+          {"seed", o.seed},
+          {"checkpoint_every", 0},
+          {"resume", false}};
 }
 
-
-void write_train_config(const fs::path& file, const std::vector<std::string>& classes, const DemoOptions& o) {
-  nlohmann::ordered_json j{
-      {"out", "bundle"},
-      {"vision", "clip/model.safetensors"},  // the file + its config: some size checks expect a file
-      {"vision_config", "clip/config.json"},
-      {"vocab", "clip/bpe_demo_vocab.txt"},
-      {"taps", {0, 1, 2, 3}},
-      {"image_size", o.size},
-      {"llm", "llm"},
-      {"llm_tuning", "full"},  // a 0.2 M-parameter LLM: every weight trains
-      {"datasets", {{{"kind", "mvtec"}, {"root", "../data"}, {"categories", classes}}}},
-      {"synthesis", "cutpaste"},
-      {"per_image", 2},
-      {"holdout", 2},
-      {"references", 2},
-      {"stages", {{{"stage", 1}, {"steps", 60}}, {{"stage", 2}, {"steps", 60}}, {{"stage", 3}, {"steps", 60}}}},
-      {"batch_size", 8},
-      {"seed", o.seed},
-      {"checkpoint_every", 0},
-      {"resume", false}};
+void write_json(const fs::path& file, const nlohmann::ordered_json& j) {
   std::ofstream f(file);
   f << j.dump(1) << "\n";
   if (!f) throw std::runtime_error("cannot write " + file.string());
@@ -132,7 +120,11 @@ DemoResult run_demo(const DemoOptions& o) {
   };
   if (o.train < 1 || o.test_good < 1 || o.test_defect < 1 || o.val_good < 1 || o.val_defect < 1)
     throw InputError("demo: every split needs at least one image per class (and defect type)");
-  if (o.shots < 0 || o.shots > o.train) throw InputError(fmt::format("demo: --shots must be in [0, {}]", o.train));
+  if (o.train < kHoldout + 2) throw InputError(fmt::format("demo: --train must be at least {}", kHoldout + 2));
+  if (o.shots < 1 || o.shots > o.train - kHoldout - 1)
+    throw InputError(fmt::format("demo: --shots must be in [1, {}] (the trainer keeps {} parts for its own check)",
+                                 o.train - kHoldout - 1, kHoldout));
+  if (o.steps < 1 || o.llm_steps < 3) throw InputError("demo: --steps must be ≥ 1 and --llm-steps ≥ 3");
   const auto classes = o.classes.empty() ? data::procedural_classes() : o.classes;
   DemoResult result;
   const auto start = Clock::now();
@@ -161,62 +153,51 @@ DemoResult run_demo(const DemoOptions& o) {
                   "random tiny LLaMA ({:.2f} M parameters) in {} ({:.1f} s)",
                   4, 96, 64, llm_vocab, llm_config.parameter_count() / 1e6, (o.out / "models").string(), since(t)));
 
-  // The three-stage LLM training config (`iadgpt train --config`, schema in src/train/README.md of
-  // the training issue): written now so the same parts and tiny models train the whole IAD-GPT
-  // once that trainer is in the build. Paths are relative to the file.
-  write_train_config(o.out / "models/train.json", classes, o);
-
-  // 3. Training: stage-2 decoder on normals + CutPaste, text side frozen.
+  // 3. Training: the whole IAD-GPT through the trainer of `iadgpt train` (train/trainer.h): the
+  // decoder's map warm-up, then stages 1-3 with the tiny LLaMA fully trained on the answers.
   t = Clock::now();
-  anomaly::DetectorOptions text_only{.vision = clip_dir, .vocab = vocab, .mode = anomaly::MapMode::ZeroShot};
-  anomaly::Detector prompts(text_only);
-  prompts.set_class(kPromptClass);
-  const torch::Tensor f_text = prompts.text_features().f_text.clone();
-  const auto encoder = train::load_encoder(clip_dir, std::nullopt, kTaps);
-  std::vector<train::LabelledView> views;
-  std::map<std::string, std::vector<cv::Mat>> normals;
-  for (size_t c = 0; c < classes.size(); ++c) {
-    for (const auto& s : data::mvtec_ad(data_dir, classes[c]))
-      if (s.split == data::Split::Train) normals[classes[c]].push_back(image::decode_file(s.image));
-    auto v = train::synthetic_views(normals[classes[c]], encoder.size(), o.per_image, o.seed * 131 + c, true,
-                                    {.jitter = 0.5});
-    views.insert(views.end(), std::make_move_iterator(v.begin()), std::make_move_iterator(v.end()));
-  }
-  const auto pool = train::encode_views(views, encoder);
-  views.clear();
-  log(fmt::format("      pool: {} views encoded ({:.1f} s)", pool.count(), since(t)));
-  auto trained = train::train_decoder(
-      pool, f_text, {.steps = o.steps, .batch_size = 8, .seed = o.seed, .log_every = std::max<int64_t>(1, o.steps / 5), .loss_size = 56},
-      [&](const train::LogEntry& e) {
-        log(fmt::format("      step {:4d}/{}  loss {:.4f} (focal {:.4f}, dice {:.4f})", e.step, o.steps, e.loss, e.focal,
-                        e.dice));
-      });
-  const fs::path decoder_path = o.out / "models/decoder.safetensors";
-  io::save_safetensors(decoder_path, anomaly::decoder_tensors(trained.decoder));
+  const fs::path config_path = o.out / "models/train.json";
+  write_json(config_path, train_config(classes, o));
+  const auto config = train::read_train_config(config_path);
+  train::Distributed single;
+  train::TrainHooks hooks;
+  hooks.on_message = [&](const std::string& m) { log("      " + m); };
+  const int64_t every = std::max<int64_t>(1, o.llm_steps / 10);
+  hooks.on_step = [&](const train::StepLog& s) {
+    if (s.step % every == 0 || s.step == s.total_steps)
+      log(fmt::format("      step {:4d}/{}  stage {}  ce {:.4f}  focal {:.4f}  dice {:.4f}", s.step, s.total_steps,
+                      s.stage, s.ce, s.focal, s.dice));
+  };
+  hooks.on_eval = [&](const train::EvalResult& e) {
+    log(fmt::format("      held-out synthetic pairs: Yes/No accuracy {:.3f} (with references)", e.yes_no_accuracy_few_shot));
+  };
+  const auto trained = train::train(config, single, hooks);
   result.timings["train"] = since(t);
-  log(fmt::format("[3/4] train: decoder on {} views ({} classes × {} normals × (1 + {} CutPaste)), {} steps ({:.1f} s)",
-                  pool.count(), classes.size(), o.train, o.per_image, o.steps, since(t)));
+  log(fmt::format("[3/4] train: map warm-up ({} steps) + LLM stages 1-3 ({} steps) on {} classes × {} normals × (1 + {} "
+                  "CutPaste) ({:.1f} s)",
+                  o.steps, trained.steps_done, classes.size(), o.train - kHoldout, o.per_image, since(t)));
 
-  // 4. Inspect the held-out parts.
+  // 4. Inspect the held-out parts with the trained bundle: the LLM answers.
   t = Clock::now();
-  anomaly::DetectorOptions dopt{.vision = clip_dir, .vocab = vocab, .decoder = decoder_path, .taps = kTaps,
-                                .mode = anomaly::parse_map_mode(o.map)};
-  anomaly::Detector detector(dopt);
-  detector.set_class(kPromptClass);
+  model::IadGpt iadgpt(model::read_bundle(o.out / "models/bundle"));
+  std::map<std::string, std::vector<cv::Mat>> normals;
+  for (const auto& cls : classes)
+    for (const auto& s : data::mvtec_ad(data_dir, cls))
+      if (s.split == data::Split::Train) normals[cls].push_back(image::decode_file(s.image));
   const fs::path report_dir = o.out / "report";
   fs::remove_all(report_dir);
   fs::create_directories(report_dir / "img");
   std::vector<ReportItem> items;
-  std::vector<double> accuracy_per_class;
   for (const auto& cls : classes) {
-    std::vector<cv::Mat> refs(normals[cls].begin(), normals[cls].begin() + o.shots);
-    detector.set_references(refs);
-    // Threshold from the validation split (never from the test parts).
+    iadgpt.set_class(cls);
+    // The references the trainer's few-shot maps used: the first training parts.
+    iadgpt.set_references({normals[cls].begin(), normals[cls].begin() + o.shots});
+    // Threshold of the drawn mask, from the validation split (never from the test parts).
     const auto val = validation_split(cls, o);
     std::vector<cv::Mat> val_images;
     std::vector<uint8_t> val_labels;
     for (const auto& v : val) val_images.push_back(v.image), val_labels.push_back(v.defect != "good");
-    const double threshold = fit_threshold(scores_of(detector, val_images), val_labels);
+    const double threshold = fit_threshold(scores_of(iadgpt, val_images), val_labels);
 
     std::vector<float> scores, maps;
     std::vector<uint8_t> labels, masks, said_yes;
@@ -225,25 +206,23 @@ DemoResult run_demo(const DemoOptions& o) {
     for (const auto& s : samples) {
       if (s.split != data::Split::Test) continue;
       const cv::Mat rgb = image::decode_file(s.image);
-      const auto d = detector.detect({rgb}).front();
-      const auto map = anomaly::resize_map(d.map, rgb.rows, rgb.cols).contiguous();
+      const auto r = iadgpt.inspect(rgb, {.max_tokens = 48});
+      const auto map = r.map.to(torch::kFloat32).contiguous();
       const auto gt = data::sample_mask(s, rgb.rows, rgb.cols).contiguous();
-      const bool yes = d.score >= threshold;
-      const std::string answer = yes ? anomaly::describe(answer_regions(map, threshold)) : anomaly::describe({});
-      const bool parsed = eval::parse_yes_no(answer).value_or(false);
-      scores.push_back(d.score);
+      const bool yes = eval::parse_yes_no(r.answer).value_or(r.anomalous);
+      scores.push_back(r.score);
       labels.push_back(static_cast<uint8_t>(s.label));
-      said_yes.push_back(parsed);
+      said_yes.push_back(yes);
       maps.insert(maps.end(), map.data_ptr<float>(), map.data_ptr<float>() + map.numel());
       masks.insert(masks.end(), gt.data_ptr<uint8_t>(), gt.data_ptr<uint8_t>() + gt.numel());
-      correct += parsed == (s.label == 1), ++n;
+      correct += yes == (s.label == 1), ++n;
 
       const std::string picture = fmt::format("img/{}_{}_{}.png", cls, s.defect, s.image.stem().string());
       image::write_png(report_dir / picture,
                        image::result_grid(rgb, map, (map >= threshold).to(torch::kUInt8),
                                           s.label ? std::optional<torch::Tensor>(gt) : std::nullopt, 160));
-      items.push_back({.class_name = cls, .defect = s.defect, .picture = picture, .score = d.score,
-                       .threshold = threshold, .answer = answer, .anomalous = s.label == 1, .said_yes = parsed});
+      items.push_back({.class_name = cls, .defect = s.defect, .picture = picture, .score = r.score,
+                       .threshold = threshold, .answer = r.answer, .anomalous = s.label == 1, .said_yes = yes});
     }
     eval::MetricsInput in{.image_scores = scores, .image_labels = labels,
                           .pixels = {.maps = maps, .masks = masks, .n = n, .h = o.size, .w = o.size}};
@@ -267,7 +246,8 @@ DemoResult run_demo(const DemoOptions& o) {
 
   ReportInput report{.items = items, .classes = result.classes, .mean_metrics = result.mean_metrics,
                      .accuracy = result.accuracy, .correct = result.correct, .total = result.total,
-                     .timings = result.timings, .shots = o.shots, .steps = o.steps, .seed = o.seed};
+                     .timings = result.timings, .shots = o.shots, .steps = o.steps, .llm_steps = o.llm_steps,
+                     .seed = o.seed};
   result.report = report_dir / "index.html";
   write_report(result.report, report);
   nlohmann::ordered_json summary{{"yes_no_accuracy", result.accuracy}, {"correct", result.correct},

@@ -8,15 +8,14 @@
 //            masks, the test split written as an MVTec AD tree (<out>/data).
 // 2. models  a random tiny CLIP (HF dir + learned BPE vocabulary), a SentencePiece tokenizer trained
 //            on the answer corpus and a random tiny LLaMA (<out>/models; demo/tiny_models.h).
-// 3. train   the visual-guided decoder through the stage-2 training code (train/decoder_training.h)
-//            on the training normals + CutPaste anomalies, text side frozen ("object" prompts).
-// 4. inspect the held-out parts: map = the few-shot map of `shots` good parts (default; `blend`
-//            averages it with the trained decoder's map, `decoder` uses that alone), score = max map, decision threshold fitted per class on the validation split (F1),
-//            answer and position words from the map (METHOD §1.10), metrics per class, overlays and
+// 3. train   the whole IAD-GPT through the trainer of `iadgpt train` (train/trainer.h; config in
+//            <out>/models/train.json): the decoder's map warm-up on normals + CutPaste, then stages
+//            1-3 with the tiny LLaMA fully trained on the answers, few-shot (the MMF reads the
+//            references' map). The bundle is <out>/models/bundle.
+// 4. inspect the held-out parts with that bundle (model::IadGpt, `shots` good references): the LLM
+//            answers (Yes/No and positions); the mask drawn in the report uses a threshold fitted
+//            per class on the validation split; metrics per class, overlays and
 //            <out>/report/index.html, which says plainly that this is a demo model.
-// The LLM is created but does not yet answer here: its stage-1/3 training (`iadgpt train`) and the
-// bundle pipeline come from the model/training issues; until they are merged the answer is composed
-// from the map exactly as the LLM is trained to say it (see README.md of this module).
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -36,10 +35,10 @@ struct DemoOptions {
   int val_good = 12, val_defect = 2;  // validation split per class (and per defect type)
   int test_good = 10, test_defect = 2;  // held-out split per class (and per defect type)
   int size = 224;                    // image side
-  int64_t steps = 200;               // decoder training steps
-  int64_t per_image = 4;             // CutPaste variants per training normal in the pool
-  int shots = 8;                     // good reference parts per class for the few-shot map
-  std::string map = "few-shot";      // few-shot, blend (+ decoder) or decoder (anomaly::MapMode names)
+  int64_t steps = 1000;              // map warm-up steps (the decoder alone, 56² loss maps)
+  int64_t llm_steps = 200;           // LLM training steps, stages 1/2/3 = 10/40/50 %
+  int64_t per_image = 2;             // CutPaste variants per training normal in the trainer's pool
+  int shots = 4;                     // good reference parts per class for the few-shot map (≤ train − 3)
   int64_t llm_vocab = 512;           // SentencePiece vocabulary size asked for
   uint64_t seed = 0;
   std::function<void(std::string_view)> log;  // progress lines (none when empty)

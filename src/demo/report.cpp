@@ -50,25 +50,25 @@ void write_report(const std::filesystem::path& path, const ReportInput& r) {
   h += fmt::format("<style>{}</style></head><body>\n", kStyle);
   h += "<h1>iadgpt — demo report</h1>\n";
   h += "<p class=\"demo\"><b>This is a demo model.</b> Its image and text encoders are tiny and <b>randomly "
-       "initialised</b>; only the anomaly-map decoder was trained, for a few minutes, on procedurally generated "
+       "initialised</b>, and its tiny LLM learned only these answers, for a few minutes, on procedurally generated "
        "parts. It shows the whole pipeline running on your machine; it is <b>not</b> meant to inspect real parts. "
        "For real inspection use real weights (ImageBind-Huge or CLIP, a Vicuna/LLaMA LLM, AnomalyGPT deltas): see "
        "the section <b>“Real weights”</b> of the project's <code>README.md</code>.</p>\n";
   h += fmt::format("<h2>Yes/No accuracy on held-out parts: {:.1f} % ({}/{})</h2>\n", 100.0 * r.accuracy, r.correct,
                    r.total);
   h += "<p class=\"small\">Held-out parts were never seen in training: new normal parts and defects of five kinds "
-       "(scratch, spot, missing piece, crack, contamination) drawn with new seeds. The decision threshold of each class "
-       "comes from a separate validation split. The answer is composed from the anomaly map with the position words "
-       "of METHOD §1.10.</p>\n";
+       "(scratch, spot, missing piece, crack, contamination) drawn with new seeds. The answers are the trained LLM's, "
+       "read from the anomaly maps through the expert tokens; the threshold of the drawn mask comes from a separate "
+       "validation split.</p>\n";
   h += "<table><tr><th>class</th><th>threshold</th><th>image AUROC</th><th>image AP</th><th>pixel AUROC</th>"
        "<th>pixel AP</th><th>AUPRO 0.3</th><th>Yes/No acc.</th></tr>\n";
   for (const auto& c : r.classes)
     h += metrics_row(c.class_name, c.metrics, fmt::format("<td>{:.3f}</td>", c.threshold));
   h += metrics_row("mean", r.mean_metrics, "<td></td>");
   h += "</table>\n";
-  h += fmt::format("<p class=\"small\">Settings: {} good reference parts per class (few-shot map blended with the decoder "
-                   "map), {} decoder training steps, seed {}. Seconds: {}.</p>\n",
-                   r.shots, r.steps, r.seed, html_escape(r.timings.dump()));
+  h += fmt::format("<p class=\"small\">Settings: {} good reference parts per class (few-shot), {} map warm-up steps, "
+                   "{} LLM training steps (stages 1-3), seed {}. Seconds: {}.</p>\n",
+                   r.shots, r.steps, r.llm_steps, r.seed, html_escape(r.timings.dump()));
   h += "<p class=\"small\">Each picture: input | heat-map overlay | predicted mask (map ≥ threshold) | ground truth.</p>\n";
   std::string current;
   for (const auto& it : r.items) {

@@ -28,7 +28,8 @@ struct ReportInput {
   int correct = 0, total = 0;
   nlohmann::ordered_json timings;
   int shots = 0;
-  int64_t steps = 0;
+  int64_t steps = 0;      // map warm-up
+  int64_t llm_steps = 0;  // stages 1-3
   uint64_t seed = 0;
 };
 

@@ -179,9 +179,19 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   if (c.synthesis == "perlin" && !c.textures) f.fail("textures", "a texture directory (synthesis is perlin)", "nothing");
   c.per_image = f.integer("per_image", 1, 1, 1000);
   c.holdout = f.integer("holdout", 2, 0, 1000);
+  c.eval_per_image = f.integer("eval_per_image", 1, 1, 1000);
   c.references = f.integer("references", 2, 1, 16);
   c.few_shot_probability = f.number("few_shot_probability", 0.5, 0, 1);
 
+  if (f.has("map_warmup")) {
+    Fields w(f.at("map_warmup"), file, "map_warmup.");
+    c.map_warmup.steps = w.integer("steps", 0, 0, 1000000);
+    c.map_warmup.per_image = w.integer("per_image", 20, 1, 1000);
+    c.map_warmup.batch_size = w.integer("batch_size", 8, 1, 4096);
+    c.map_warmup.lr = w.number("lr", 1e-3, 0, 10, true);
+    c.map_warmup.loss_size = w.integer("loss_size", 56, 8, 1024);
+    w.reject_unknown();
+  }
   if (!f.has("stages")) f.fail("stages", "a non-empty array (required)", "nothing");
   const auto& st = f.at("stages");
   if (!st.is_array() || st.empty()) f.fail("stages", "a non-empty array", st.dump());
@@ -242,6 +252,7 @@ nlohmann::json TrainConfig::to_json() const {
           {"llm_tuning", llm_tuning}, {"lora", {c10::str(lora.rank), lora.alpha, lora.dropout}}, {"llm_lr", llm_lr},
           {"datasets", ds}, {"synthesis", synthesis}, {"per_image", per_image}, {"holdout", holdout},
           {"references", references}, {"few_shot_probability", few_shot_probability}, {"stages", stages_j},
+          {"map_warmup", {map_warmup.steps, map_warmup.per_image, map_warmup.batch_size, map_warmup.lr, map_warmup.loss_size}},
           {"batch_size", batch_size}, {"grad_accum", grad_accum}, {"warmup", warmup}, {"weight_decay", weight_decay},
           {"betas", {beta1, beta2}}, {"eps", eps}, {"clip", clip}, {"seed", seed}};
 }

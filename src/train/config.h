@@ -23,6 +23,17 @@ struct StageConfig {
   double lr = 1e-3;   // adapters (METHOD §3.3)
 };
 
+// Ours, before the stages on a fresh start: the decoder alone learns the maps (focal + dice on
+// loss_size² maps, train::train_decoder) from `per_image` synthetic anomalies of each training
+// image, so that stage 2's expert tokens read useful maps from its first step. steps 0: off.
+struct MapWarmupConfig {
+  int64_t steps = 0;
+  int64_t per_image = 20;
+  int64_t batch_size = 8;
+  double lr = 1e-3;
+  int64_t loss_size = 56;
+};
+
 struct DatasetConfig {
   std::string kind = "mvtec";          // data::parse_kind
   std::filesystem::path root;
@@ -50,9 +61,11 @@ struct TrainConfig {
   std::optional<std::filesystem::path> textures;  // Perlin
   int64_t per_image = 1;            // synthetic variants per normal image (each with the original: a pair)
   int64_t holdout = 2;              // normal images per category kept out of training (evaluation)
+  int64_t eval_per_image = 1;       // synthetic variants per held-out image (each with the original: a pair)
   int64_t references = 2;           // k normal references for the few-shot map
   double few_shot_probability = 0.5;
   // Optimisation.
+  MapWarmupConfig map_warmup;
   std::vector<StageConfig> stages;
   int64_t batch_size = 16;          // global batch (all ranks, all accumulation steps)
   int64_t grad_accum = 1;           // must divide the per-rank batch; gradients accumulate per example anyway

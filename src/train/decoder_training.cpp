@@ -8,6 +8,7 @@
 #include <cmath>
 #include <numbers>
 #include <numeric>
+#include <map>
 #include <random>
 
 #include "data/synth.h"
@@ -133,12 +134,19 @@ anomaly::VisualDecoder initial_decoder(int64_t vision_width, int64_t embed_dim, 
 DecoderTrainingResult train_decoder(const TapPool& pool, const torch::Tensor& f_text,
                                     const DecoderTrainingOptions& options, const Progress& progress) {
   if (pool.count() == 0 || pool.taps.empty()) throw InputError("decoder training: empty training pool");
-  if (f_text.dim() != 2 || f_text.size(0) != 2) throw InputError("decoder training: F_text must be [2, D]");
+  const bool per_class = f_text.dim() == 3;
+  if (!(f_text.dim() == 2 && f_text.size(0) == 2) && !(per_class && f_text.size(1) == 2))
+    throw InputError("decoder training: F_text must be [2, D] or [C, 2, D]");
+  if (per_class && static_cast<int64_t>(pool.text_index.size()) != pool.count())
+    throw InputError("decoder training: per-class F_text needs a class index per view");
+  for (const auto c : pool.text_index)
+    if (per_class && (c < 0 || c >= f_text.size(0)))
+      throw InputError(fmt::format("decoder training: class index {} outside the {} F_text", c, f_text.size(0)));
   if (options.steps < 1 || options.batch_size < 1) throw InputError("decoder training: steps and batch size must be ≥ 1");
   const auto start_time = std::chrono::steady_clock::now();
 
   DecoderTrainingResult result;
-  result.decoder = initial_decoder(pool.taps[0].size(2), f_text.size(1), static_cast<int64_t>(pool.taps.size()),
+  result.decoder = initial_decoder(pool.taps[0].size(2), f_text.size(-1), static_cast<int64_t>(pool.taps.size()),
                                    options.seed);
   result.decoder->train();
   torch::optim::AdamW optimizer(result.decoder->parameters(),
@@ -174,17 +182,26 @@ DecoderTrainingResult train_decoder(const TapPool& pool, const torch::Tensor& f_
       }
       picked.push_back(order[cursor++]);
     }
-    auto idx = torch::tensor(picked, torch::kLong);
-    std::vector<torch::Tensor> taps;
-    for (const auto& t : pool.taps) taps.push_back(t.index_select(0, idx));
-    auto target = targets.index_select(0, idx);
-
     const double lr = learning_rate(step, options.steps, options.lr, options.warmup_fraction);
     for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
 
     optimizer.zero_grad();
-    auto maps = result.decoder->forward(taps, text, size);
-    auto loss = map_loss(maps.layers, target);
+    // Rows grouped by class (one F_text per forward); each group's mean loss weighs by its share
+    // of the batch, so a single class reduces to the plain batch mean.
+    std::map<int64_t, std::vector<int64_t>> groups;
+    for (const auto i : picked) groups[per_class ? pool.text_index[i] : 0].push_back(i);
+    MapLoss loss;
+    for (const auto& [cls, rows] : groups) {
+      auto idx = torch::tensor(rows, torch::kLong);
+      std::vector<torch::Tensor> taps;
+      for (const auto& t : pool.taps) taps.push_back(t.index_select(0, idx));
+      auto maps = result.decoder->forward(taps, per_class ? text[cls] : text, size);
+      auto part = map_loss(maps.layers, targets.index_select(0, idx));
+      const double share = static_cast<double>(rows.size()) / static_cast<double>(batch);
+      loss.total = loss.total.defined() ? loss.total + part.total * share : part.total * share;
+      loss.focal = loss.focal.defined() ? loss.focal + part.focal * share : part.focal * share;
+      loss.dice = loss.dice.defined() ? loss.dice + part.dice * share : part.dice * share;
+    }
     loss.total.backward();
     torch::nn::utils::clip_grad_norm_(result.decoder->parameters(), options.clip_norm);
     optimizer.step();

@@ -67,6 +67,7 @@ std::vector<LabelledView> sample_views(const std::vector<data::Sample>& samples,
 struct TapPool {
   std::vector<torch::Tensor> taps;
   torch::Tensor masks;
+  std::vector<int64_t> text_index;  // per view: its class's F_text in a [C, 2, D] stack (empty: one F_text)
   int64_t count() const { return masks.defined() ? masks.size(0) : 0; }
   int64_t map_size() const { return masks.size(-1); }
 };
@@ -105,7 +106,8 @@ double learning_rate(int64_t step, int64_t steps, double base, double warmup_fra
 // A decoder initialised as torch.nn.Linear does (U(±1/√D_v) for weight and bias), from `seed`.
 anomaly::VisualDecoder initial_decoder(int64_t vision_width, int64_t embed_dim, int64_t layers, uint64_t seed);
 
-// Trains a fresh `initial_decoder(…, options.seed)` on the pool against f_text [2, D].
+// Trains a fresh `initial_decoder(…, options.seed)` on the pool against f_text [2, D], or against
+// per-class F_text [C, 2, D] picked per view by `pool.text_index` (one decoder for several classes).
 DecoderTrainingResult train_decoder(const TapPool& pool, const torch::Tensor& f_text,
                                     const DecoderTrainingOptions& options, const Progress& progress = {});
 

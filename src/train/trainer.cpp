@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -67,6 +68,7 @@ struct Pool {
   torch::Tensor few_shot;           // [P, S, S] M_fs from augmented normal references
   std::vector<int64_t> category;
   std::vector<int> label;           // 1 anomalous
+  std::vector<int64_t> original;    // pool index of the example's original (an original: itself)
   std::vector<std::vector<int64_t>> answer_ids;  // tok(answer + "\n###")
   int64_t size() const { return static_cast<int64_t>(label.size()); }
 };
@@ -121,18 +123,51 @@ struct Builder {
 
   // Adds (original, No) and per_image × (synthetic, Yes …) for each of `images`; references are
   // `refs` (their taps with rotations form the memory bank; the image itself is excluded).
-  void add(Pool& pool, int64_t category, const std::string& cat_name, const std::vector<cv::Mat>& images,
-           const std::vector<cv::Mat>& others, const std::vector<cv::Mat>& refs, int64_t variants, uint64_t salt) const {
-    const auto method = data::parse_synthesis_method(cfg.synthesis);
+  data::SynthesisOptions synthesis_options(const std::string& cat_name) const {
     data::SynthesisOptions opt;
     opt.nsa.cls = data::nsa_class(cat_name);
     opt.cutpaste.jitter = 0.5;
+    return opt;
+  }
+
+  // The map warm-up's views (decoder_training's LabelledView, S×S): each image with an empty mask
+  // and `variants` synthetic anomalies of it, masks binarised at 0.3 as the map loss does.
+  std::vector<LabelledView> map_views(const std::string& cat_name, const std::vector<cv::Mat>& images,
+                                      int64_t variants, uint64_t salt) const {
+    const auto method = data::parse_synthesis_method(cfg.synthesis);
+    const auto opt = synthesis_options(cat_name);
+    const int side = static_cast<int>(frozen.size);
+    std::vector<cv::Mat> resized;
+    for (const auto& im : images)
+      resized.push_back(im.cols == side && im.rows == side ? im : image::resize(im, side, side));
+    std::vector<LabelledView> views;
+    for (size_t i = 0; i < resized.size(); ++i) {
+      views.push_back({resized[i], torch::zeros({frozen.size, frozen.size})});
+      std::vector<cv::Mat> others;
+      for (size_t o = 0; o < resized.size(); ++o)
+        if (o != i) others.push_back(resized[o]);
+      for (int64_t v = 0; v < variants; ++v) {
+        std::mt19937_64 rng(mix({cfg.seed, salt, i, static_cast<uint64_t>(v)}));
+        auto s = data::synthesize(method, resized[i], others, textures, rng, opt);
+        views.push_back({s.image, (resize_map(s.soft, frozen.size) > 0.3).to(torch::kFloat32)});
+      }
+    }
+    return views;
+  }
+
+  void add(Pool& pool, int64_t category, const std::string& cat_name, const std::vector<cv::Mat>& images,
+           const std::vector<cv::Mat>& others, const std::vector<cv::Mat>& refs, int64_t variants, uint64_t salt) const {
+    const auto method = data::parse_synthesis_method(cfg.synthesis);
+    const auto opt = synthesis_options(cat_name);
     std::vector<cv::Mat> views;
     std::vector<torch::Tensor> masks;
     std::vector<int> labels;
     std::vector<std::string> answers;
     std::vector<size_t> source;  // which of `images` each view comes from
+    std::vector<int64_t> original;  // index in `views` of each view's original
     for (size_t i = 0; i < images.size(); ++i) {
+      const auto original_view = static_cast<int64_t>(views.size());
+      original.push_back(original_view);
       views.push_back(images[i]);
       masks.push_back(torch::zeros({frozen.size, frozen.size}));
       labels.push_back(0);
@@ -150,6 +185,7 @@ struct Builder {
         labels.push_back(1);
         answers.push_back(pair.anomaly_answer);
         source.push_back(i);
+        original.push_back(original_view);
       }
     }
     auto enc = encode(frozen, views);
@@ -187,7 +223,9 @@ struct Builder {
     append(pool.embedding, enc.embedding);
     append(pool.masks, torch::stack(masks));
     append(pool.few_shot, torch::stack(few_shot));
+    const int64_t first = pool.size();
     for (size_t v = 0; v < views.size(); ++v) {
+      pool.original.push_back(first + original[v]);
       pool.category.push_back(category);
       pool.label.push_back(labels[v]);
       pool.answer_ids.push_back(answer_ids(answers[v]));
@@ -432,6 +470,54 @@ struct Runner {
 
 // ---- helpers ------------------------------------------------------------------------------------
 
+// The map warm-up (config `map_warmup`): one decoder for every category, each view against its
+// own category's F_text, trained from the training images only (never the held-out ones).
+DecoderTrainingResult warm_up_decoder(const TrainConfig& cfg, const Builder& builder, const std::vector<Category>& cats,
+                                      const std::vector<std::vector<cv::Mat>>& images, uint64_t seed) {
+  std::vector<LabelledView> views;
+  std::vector<int64_t> text_index;
+  std::vector<torch::Tensor> texts;
+  for (size_t c = 0; c < cats.size(); ++c) {
+    auto v = builder.map_views(cats[c].name, images[c], cfg.map_warmup.per_image, mix({seed, c}));
+    text_index.insert(text_index.end(), v.size(), static_cast<int64_t>(c));
+    views.insert(views.end(), std::make_move_iterator(v.begin()), std::make_move_iterator(v.end()));
+    texts.push_back(cats[c].text.f_text.to(torch::kFloat32));
+  }
+  auto pool = encode_views(views, builder.frozen.encoder);
+  views.clear();
+  pool.text_index = std::move(text_index);
+  DecoderTrainingOptions opt{.steps = cfg.map_warmup.steps, .batch_size = cfg.map_warmup.batch_size,
+                             .lr = cfg.map_warmup.lr, .seed = seed, .log_every = std::max<int64_t>(1, cfg.map_warmup.steps / 10),
+                             .loss_size = cfg.map_warmup.loss_size};
+  return train_decoder(pool, torch::stack(texts), opt);
+}
+
+// Pool indices of one epoch: every synthetic example once, every original once per synthetic
+// example made from it (pool order; per_image 1 gives the pool itself).
+std::vector<int64_t> balanced_items(const Pool& pool) {
+  std::vector<int64_t> variants(pool.size(), 0);
+  for (int64_t i = 0; i < pool.size(); ++i)
+    if (pool.label[i] == 1) ++variants[pool.original[i]];
+  std::vector<int64_t> items;
+  for (int64_t i = 0; i < pool.size(); ++i)
+    for (int64_t r = 0; r < (pool.label[i] == 1 ? 1 : std::max<int64_t>(variants[i], 1)); ++r) items.push_back(i);
+  return items;
+}
+
+// Yes/No accuracy over (original, synthetic) pairs: each pair scores the mean of its two
+// answers, so the originals weigh as much as the anomalies whatever `eval_per_image`.
+double pair_accuracy(const Pool& pool, const std::vector<int>& predicted) {
+  double sum = 0;
+  int64_t pairs = 0;
+  for (int64_t i = 0; i < pool.size(); ++i) {
+    if (pool.label[i] != 1) continue;
+    const auto o = pool.original[i];
+    sum += 0.5 * ((predicted[i] == 1 ? 1.0 : 0.0) + (predicted[o] == 0 ? 1.0 : 0.0));
+    ++pairs;
+  }
+  return pairs > 0 ? sum / static_cast<double>(pairs) : 0.0;
+}
+
 std::vector<cv::Mat> load_textures(const fs::path& dir) {
   std::vector<fs::path> files;
   for (const auto& e : fs::recursive_directory_iterator(dir)) {
@@ -471,8 +557,10 @@ void save_owned(const fs::path& path, const io::TensorMap& tensors) {
 }  // namespace
 
 nlohmann::json EvalResult::to_json() const {
-  return {{"event", "eval"}, {"step", step}, {"examples", examples}, {"yes_no_accuracy", yes_no_accuracy},
-          {"yes_no_accuracy_few_shot", yes_no_accuracy_few_shot}, {"ce", ce}, {"pixel_auroc", pixel_auroc}};
+  return {{"event", "eval"}, {"step", step}, {"examples", examples}, {"pairs", pairs},
+          {"yes_no_accuracy", yes_no_accuracy}, {"yes_no_accuracy_few_shot", yes_no_accuracy_few_shot},
+          {"yes_on_normal", yes_on_normal}, {"yes_on_anomalous", yes_on_anomalous}, {"ce", ce},
+          {"pixel_auroc", pixel_auroc}, {"image_auroc", image_auroc}};
 }
 
 TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& hooks) {
@@ -512,6 +600,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
   Builder builder{cfg, frozen, tok, {}};
   if (cfg.synthesis == "perlin") builder.textures = load_textures(*cfg.textures);
   std::vector<Category> cats;
+  std::vector<std::vector<cv::Mat>> train_images;  // per category (the map warm-up's)
   Pool train_pool, eval_pool;
   for (const auto& ds : cfg.datasets) {
     const auto kind = data::parse_kind(ds.kind);
@@ -529,12 +618,13 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
       frozen.detector->set_class(name);
       Category c{name, frozen.detector->text_features(), model::class_question(name, apg ? &*apg : nullptr, kQuestion)};
       cats.push_back(c);
+      train_images.push_back(train_imgs);
       const auto ci = static_cast<int64_t>(cats.size() - 1);
       // The few-shot bank: `references` images (one more listed so the view's own image can be left out).
       builder.add(train_pool, ci, name, train_imgs, train_imgs, refs, cfg.per_image, 1);
       if (!held.empty()) {
         std::vector<cv::Mat> eval_refs(refs.begin(), refs.begin() + std::min<int64_t>(cfg.references, refs.size()));
-        builder.add(eval_pool, ci, name, held, train_imgs, eval_refs, 1, 2);
+        builder.add(eval_pool, ci, name, held, train_imgs, eval_refs, cfg.eval_per_image, 2);
       }
     }
   }
@@ -595,6 +685,16 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
     say(fmt::format("resumed from {} (step {}, stage {} step {})", resume->path.string(), global,
                     stage_index < static_cast<int64_t>(cfg.stages.size()) ? cfg.stages[stage_index].stage : 0, stage_step));
   }
+  if (!resume && cfg.map_warmup.steps > 0) {  // a checkpoint already holds the warmed decoder
+    const auto tw = Clock::now();
+    auto warmed = warm_up_decoder(cfg, builder, cats, train_images, mix({cfg.seed, 16}));
+    torch::NoGradGuard g;
+    auto from = warmed.decoder->named_parameters();
+    for (auto& p : m.heads.decoder->named_parameters()) p.value().copy_(from[p.key()]);
+    say(fmt::format("map warm-up: {} steps, loss {:.4f} -> {:.4f} ({:.1f} s)", cfg.map_warmup.steps,
+                    warmed.log.front().loss, warmed.log.back().loss,
+                    std::chrono::duration<double>(Clock::now() - tw).count()));
+  }
   const fs::path log_path = cfg.out / "train.jsonl";
   if (dist.is_main()) {
     fs::create_directories(cfg.out);
@@ -617,26 +717,32 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
     if (eval_pool.size() == 0) return r;
     torch::NoGradGuard g;
     std::vector<torch::Tensor> maps;
-    double correct = 0, correct_fs = 0, ce = 0;
+    std::vector<int> predicted, predicted_fs;
+    double ce = 0;
     for (int64_t start = 0; start < eval_pool.size(); start += 8) {
       std::vector<int64_t> idx;
       for (int64_t i = start; i < std::min(eval_pool.size(), start + 8); ++i) idx.push_back(i);
       auto o = eval_runner.run(idx, std::vector<bool>(idx.size(), false), {}, false, true);
       auto f = eval_runner.run(idx, std::vector<bool>(idx.size(), true), {}, false, false);
-      for (size_t j = 0; j < idx.size(); ++j) {
-        correct += o.predicted[j] == eval_pool.label[idx[j]];
-        correct_fs += f.predicted[j] == eval_pool.label[idx[j]];
-      }
+      predicted.insert(predicted.end(), o.predicted.begin(), o.predicted.end());
+      predicted_fs.insert(predicted_fs.end(), f.predicted.begin(), f.predicted.end());
       ce += o.ce.sum().item<double>();
       maps.push_back(o.text_map);
     }
     r.examples = eval_pool.size();
-    r.yes_no_accuracy = correct / static_cast<double>(r.examples);
-    r.yes_no_accuracy_few_shot = correct_fs / static_cast<double>(r.examples);
+    r.pairs = std::count(eval_pool.label.begin(), eval_pool.label.end(), 1);
+    r.yes_no_accuracy = pair_accuracy(eval_pool, predicted);
+    r.yes_no_accuracy_few_shot = pair_accuracy(eval_pool, predicted_fs);
+    for (int64_t i = 0; i < eval_pool.size(); ++i) (eval_pool.label[i] == 1 ? r.yes_on_anomalous : r.yes_on_normal) += predicted[i];
+    r.yes_on_anomalous /= std::max<double>(1.0, static_cast<double>(r.pairs));
+    r.yes_on_normal /= std::max<double>(1.0, static_cast<double>(r.examples - r.pairs));
     r.ce = ce / static_cast<double>(r.examples);
     auto all_maps = torch::cat(maps);
     auto masks = binarize_mask(eval_pool.masks);
     r.pixel_auroc = masks.sum().item<double>() > 0 ? pixel_auroc(all_maps, masks) : 0.0;
+    // The map's own image-level separation (score = max M_text), next to what the LLM answers.
+    auto labels = torch::tensor(std::vector<int64_t>(eval_pool.label.begin(), eval_pool.label.end())).to(torch::kFloat32);
+    if (r.pairs > 0 && r.pairs < r.examples) r.image_auroc = pixel_auroc(all_maps.amax({1, 2}), labels);
     return r;
   };
 
@@ -681,19 +787,23 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
       }
       adam.t = std::stoll(resume->metadata["adam_t"]);
     }
-    // Data order: one permutation per epoch of the stage, from (seed, stage index, epoch).
+    // Data order: one permutation per epoch of the stage, from (seed, stage index, epoch). An
+    // epoch visits every (original, synthetic) pair, so each original comes once per synthetic
+    // variant: "Yes" and "No" are equally frequent whatever `per_image` (with more "Yes" the LLM
+    // first learns to answer "Yes" to everything, and the decision never leaves that prior).
+    const auto epoch_items = balanced_items(train_pool);
+    const auto epoch_size = static_cast<int64_t>(epoch_items.size());
     std::map<int64_t, std::vector<int64_t>> perms;
     auto example_at = [&](int64_t k) {
-      const int64_t epoch = k / train_pool.size();
+      const int64_t epoch = k / epoch_size;
       auto& perm = perms[epoch];
       if (perm.empty()) {
-        perm.resize(train_pool.size());
-        std::iota(perm.begin(), perm.end(), 0);
+        perm = epoch_items;
         std::mt19937_64 rng(mix({cfg.seed, 21, static_cast<uint64_t>(stage_index), static_cast<uint64_t>(epoch)}));
-        for (int64_t i = train_pool.size() - 1; i > 0; --i)
+        for (int64_t i = epoch_size - 1; i > 0; --i)
           std::swap(perm[i], perm[static_cast<int64_t>(rng() % static_cast<uint64_t>(i + 1))]);
       }
-      return perm[k % train_pool.size()];
+      return perm[k % epoch_size];
     };
 
     for (; stage_step < st.steps; ) {
@@ -837,6 +947,8 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
     }
     b.taps = frozen.encoder.taps;
     b.image_size = cfg.image_size;
+    // Trained only with the references' few-shot map in the MMF input: inference needs them too.
+    if (cfg.few_shot_probability >= 1.0) b.mode = "few-shot";
     model::write_bundle(b, b.dir);
   }
   dist.barrier();

@@ -42,11 +42,16 @@ struct StepLog {
 
 struct EvalResult {
   int64_t step = 0;
-  int64_t examples = 0;
-  double yes_no_accuracy = 0;  // first answer token, restricted to "Yes"/"No", vs the pair's label
+  int64_t examples = 0;         // held-out originals + synthetic anomalies
+  int64_t pairs = 0;            // (original, synthetic) pairs: eval_per_image per held-out image
+  // First answer token, restricted to "Yes"/"No", against the label; each pair scores the mean of
+  // its two answers (so originals and anomalies weigh the same).
+  double yes_no_accuracy = 0;
   double yes_no_accuracy_few_shot = 0;  // the same with the references' few-shot map in the MMF input
+  double yes_on_normal = 0, yes_on_anomalous = 0;  // share answered "Yes" (self-supervised)
   double ce = 0;               // mean answer cross-entropy
   double pixel_auroc = 0;      // M_text vs the synthetic masks (binarised at 0.3)
+  double image_auroc = 0;      // max M_text vs original/synthetic: what the map alone separates
   nlohmann::json to_json() const;
 };
 

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "anomaly/detector.h"
+#include "model/bundle.h"
 #include "common/run.h"
 #include "common/shared.h"
 #include "data/procedural.h"
@@ -104,15 +105,16 @@ TEST(Report, EscapesTextIntoHtml) {
   EXPECT_EQ(demo::html_escape("<a href=\"x\">&'</a>"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;");
 }
 
-// The whole `make demo` pipeline, scaled down (2 classes, a few parts, 30 steps, 112 px) so it runs
-// in seconds; the full-size run and its ≥ 90 % accuracy are measured by `make demo` (README).
+// The whole `make demo` pipeline, scaled down (2 classes, a few parts, 30 + 6 steps, 112 px) so it
+// runs in seconds; the full-size run and its ≥ 90 % accuracy are measured by `make demo` (README)
+// and by the trainer's acceptance test (tests/train).
 TEST(DemoPipeline, ScaledDownRunWritesTheReportAndPrintsTheAccuracy) {
   const auto out = test::scratch("demo_small");
   fs::remove_all(out);
   // One thread: OpenMP workers spin when the test machine is oversubscribed.
   const auto r = test::run_iadgpt({"--threads", "1", "demo", "--out", out.string(), "--classes", "washer", "pcb", "--train", "4",
                                    "--val-good", "2", "--val-defect", "1", "--test-good", "2", "--test-defect", "1",
-                                   "--size", "112", "--steps", "30", "--per-image", "2", "--shots", "2"});
+                                   "--size", "112", "--steps", "30", "--llm-steps", "6", "--per-image", "1", "--shots", "1"});
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("Yes/No accuracy on held-out parts:"), std::string::npos) << r.out;
   const auto html = test::slurp(out / "report/index.html");
@@ -123,10 +125,13 @@ TEST(DemoPipeline, ScaledDownRunWritesTheReportAndPrintsTheAccuracy) {
   for (const auto& e : fs::directory_iterator(out / "report/img")) pictures += e.path().extension() == ".png";
   EXPECT_EQ(pictures, 14);
   EXPECT_TRUE(fs::is_regular_file(out / "report/summary.json"));
-  EXPECT_TRUE(fs::is_regular_file(out / "models/decoder.safetensors"));
   EXPECT_TRUE(fs::is_regular_file(out / "models/llm/tokenizer.model"));
+  // The trainer's bundle answered: it loads, few-shot, and its log has every step.
+  const auto bundle = model::read_bundle(out / "models/bundle");
+  EXPECT_EQ(bundle.mode, "few-shot");
+  EXPECT_NE(r.out.find("[3/4] train: map warm-up (30 steps) + LLM stages 1-3 (6 steps)"), std::string::npos) << r.out;
   EXPECT_TRUE(fs::is_directory(out / "data/washer/ground_truth/crack"));
-  // The LLM training config for `iadgpt train --config` names the demo's own models and parts.
+  // The training config (`iadgpt train --config` reruns it) names the demo's own models and parts.
   const auto cfg = nlohmann::json::parse(test::slurp(out / "models/train.json"));
   EXPECT_EQ(cfg.at("llm"), "llm");
   EXPECT_EQ(cfg.at("datasets").at(0).at("categories"), (std::vector<std::string>{"washer", "pcb"}));
