@@ -98,6 +98,7 @@ nlohmann::ordered_json train_config(const std::vector<std::string>& classes, con
           {"eval_per_image", 2},
           {"references", o.shots},
           {"few_shot_probability", 1.0},
+          {"decision_weight", 1.0},
           {"map_warmup", {{"steps", o.steps}, {"per_image", 20}}},
           {"stages", {{{"stage", 1}, {"steps", s1}}, {{"stage", 2}, {"steps", s2}}, {{"stage", 3}, {"steps", s3}}}},
           {"batch_size", 8},

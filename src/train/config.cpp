@@ -182,6 +182,7 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   c.eval_per_image = f.integer("eval_per_image", 1, 1, 1000);
   c.references = f.integer("references", 2, 1, 16);
   c.few_shot_probability = f.number("few_shot_probability", 0.5, 0, 1);
+  c.decision_weight = f.number("decision_weight", 0, 0, 1000);
 
   if (f.has("map_warmup")) {
     Fields w(f.at("map_warmup"), file, "map_warmup.");
@@ -251,7 +252,8 @@ nlohmann::json TrainConfig::to_json() const {
   return {{"vision", vision.string()}, {"taps", taps}, {"image_size", image_size}, {"llm", llm.string()},
           {"llm_tuning", llm_tuning}, {"lora", {c10::str(lora.rank), lora.alpha, lora.dropout}}, {"llm_lr", llm_lr},
           {"datasets", ds}, {"synthesis", synthesis}, {"per_image", per_image}, {"holdout", holdout},
-          {"references", references}, {"few_shot_probability", few_shot_probability}, {"stages", stages_j},
+          {"references", references}, {"few_shot_probability", few_shot_probability},
+          {"decision_weight", decision_weight}, {"stages", stages_j},
           {"map_warmup", {map_warmup.steps, map_warmup.per_image, map_warmup.batch_size, map_warmup.lr, map_warmup.loss_size}},
           {"batch_size", batch_size}, {"grad_accum", grad_accum}, {"warmup", warmup}, {"weight_decay", weight_decay},
           {"betas", {beta1, beta2}}, {"eps", eps}, {"clip", clip}, {"seed", seed}};

@@ -64,6 +64,8 @@ struct TrainConfig {
   int64_t eval_per_image = 1;       // synthetic variants per held-out image (each with the original: a pair)
   int64_t references = 2;           // k normal references for the few-shot map
   double few_shot_probability = 0.5;
+  // Ours: the Yes/No token's CE added once more with this weight (0: plain answer CE, METHOD §3.2).
+  double decision_weight = 0;
   // Optimisation.
   MapWarmupConfig map_warmup;
   std::vector<StageConfig> stages;

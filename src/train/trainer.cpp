@@ -306,6 +306,7 @@ struct Adam {
 
 struct BatchOut {
   torch::Tensor ce;          // [n] per-example answer CE
+  torch::Tensor decision_ce; // [n] CE of the Yes/No token alone (decision_weight > 0), else undefined
   torch::Tensor map_total;   // scalar, mean over the n examples (stage 2), else undefined
   double focal = 0, dice = 0;
   std::vector<int> predicted;  // 1 = "Yes" won over "No" at the first answer position
@@ -442,6 +443,20 @@ struct Runner {
     auto logits = llm::forward_train(model.llm, torch::stack(padded), mask, fo);
     BatchOut out;
     out.ce = llm::answer_cross_entropy(logits, lab);
+    if (cfg.decision_weight > 0) {
+      // The token that says Yes or No, once more on its own (full-vocabulary CE): within the mean
+      // over an answer of ~30 tokens it would otherwise weigh 1/30 of the example.
+      std::vector<torch::Tensor> rows;
+      std::vector<int64_t> targets;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t at = answer_start[j] + decide;
+        rows.push_back(logits[j][at - 1]);
+        targets.push_back(lab[j][at].item<int64_t>());
+      }
+      out.decision_ce = torch::nn::functional::cross_entropy(
+          torch::stack(rows), torch::tensor(targets),
+          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    }
     {
       torch::NoGradGuard g;
       for (int64_t j = 0; j < n; ++j) {
@@ -824,6 +839,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
                                  static_cast<uint64_t>(g_index)});
         auto o = runner.run({example}, {unit(ex ^ 1) < cfg.few_shot_probability}, {mix(ex ^ 2)}, st.stage == 2, false);
         auto loss = o.ce.sum() / static_cast<double>(cfg.batch_size);
+        if (o.decision_ce.defined()) loss = loss + o.decision_ce.sum() * (cfg.decision_weight / static_cast<double>(cfg.batch_size));
         if (o.map_total.defined()) loss = loss + o.map_total / static_cast<double>(cfg.batch_size);
         loss.backward();
         std::vector<torch::Tensor> parts;

@@ -253,6 +253,10 @@ TEST(TrainCli, BadConfigsFailAtStartWithASpecificError) {
       {"betas", [](json& j) { j["betas"] = {0.9}; }, "'betas'"},
       {"perlin without textures", [](json& j) { j["synthesis"] = "perlin"; }, "'textures'"},
       {"batch not divisible", [](json& j) { j["batch_size"] = 3; j["grad_accum"] = 2; }, "'batch_size' 3 must be a multiple"},
+      {"map warm-up key", [](json& j) { j["map_warmup"] = {{"step", 10}}; }, "unknown key 'map_warmup.step'"},
+      {"map warm-up steps", [](json& j) { j["map_warmup"] = {{"steps", -1}}; }, "'map_warmup.steps'"},
+      {"decision weight", [](json& j) { j["decision_weight"] = -1; }, "'decision_weight'"},
+      {"eval pairs", [](json& j) { j["eval_per_image"] = 0; }, "'eval_per_image'"},
   };
   for (const auto& c : cases) {
     auto j = small_config(dir / "out");
@@ -275,3 +279,4 @@ TEST(TrainCli, BadConfigsFailAtStartWithASpecificError) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("expected HOST:PORT"), std::string::npos) << r.err;
 }
+
