@@ -100,7 +100,10 @@ nlohmann::ordered_json train_config(const std::vector<std::string>& classes, con
           {"few_shot_probability", 1.0},
           {"decision_weight", 1.0},
           {"map_warmup", {{"steps", o.steps}, {"per_image", 20}}},
-          {"stages", {{{"stage", 1}, {"steps", s1}}, {{"stage", 2}, {"steps", s2}}, {{"stage", 3}, {"steps", s3}}}},
+          // Adapters at 3e-3 (METHOD's default 1e-3): the expert tokens must start to differ before
+          // the LLM can learn to read them; at 1e-3 two runs in three never left the Yes/No prior.
+          {"stages", {{{"stage", 1}, {"steps", s1}, {"lr", 3e-3}}, {{"stage", 2}, {"steps", s2}, {"lr", 3e-3}},
+                      {{"stage", 3}, {"steps", s3}, {"lr", 3e-3}}}},
           {"batch_size", 8},
           {"seed", o.seed},
           {"checkpoint_every", 0},
