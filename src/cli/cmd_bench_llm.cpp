@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "io/error.h"
 #include "llm/model.h"
 #include "llm/options.h"
@@ -15,8 +16,6 @@
 namespace iadgpt::cli {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // VmHWM / VmRSS from /proc/self/status, in bytes.
 int64_t proc_status_kb(const std::string& key) {

@@ -10,6 +10,7 @@
 
 #include "anomaly/maps.h"
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "image/decode.h"
 #include "io/error.h"
 #include "llm/chat.h"
@@ -21,8 +22,6 @@
 namespace iadgpt::cli {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 int64_t vm_hwm_bytes() {
   std::ifstream in("/proc/self/status");

@@ -8,6 +8,10 @@
 
 namespace iadgpt::cli {
 
+using Clock = std::chrono::steady_clock;
+// Seconds from t0 to now (bench timings).
+inline double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
 class Progress {
  public:
   Progress(std::string label, int64_t total)

@@ -110,7 +110,7 @@ nlohmann::ordered_json train_config(const std::vector<std::string>& classes, con
           {"resume", false}};
 }
 
-void write_json(const fs::path& file, const nlohmann::ordered_json& j) {
+void write_config(const fs::path& file, const nlohmann::ordered_json& j) {
   std::ofstream f(file);
   f << j.dump(1) << "\n";
   if (!f) throw std::runtime_error("cannot write " + file.string());
@@ -161,7 +161,7 @@ DemoResult run_demo(const DemoOptions& o) {
   // decoder's map warm-up, then stages 1-3 with the tiny LLaMA fully trained on the answers.
   t = Clock::now();
   const fs::path config_path = o.out / "models/train.json";
-  write_json(config_path, train_config(classes, o));
+  write_config(config_path, train_config(classes, o));
   const auto config = train::read_train_config(config_path);
   train::Distributed single;
   train::TrainHooks hooks;

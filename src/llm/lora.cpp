@@ -7,6 +7,7 @@
 #include <regex>
 
 #include "io/error.h"
+#include "llm/weights.h"
 
 namespace iadgpt::llm {
 namespace {
@@ -31,7 +32,6 @@ const std::map<std::string, Target> kTargets = {
     {"down_proj", {&LayerWeights::w_down, &LayerWeights::lora_down}},
 };
 
-std::string shape_str(at::IntArrayRef s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
 
 // Pairs lora_A / lora_B tensors of `tensors`; everything else goes to `other`.
 LoraAdapter collect(const io::TensorMap& tensors, const std::string& source) {
@@ -47,7 +47,7 @@ LoraAdapter collect(const io::TensorMap& tensors, const std::string& source) {
     auto& mod = found[{std::stoll(m[1]), m[3]}];
     mod.layer = std::stoll(m[1]);
     mod.name = m[3];
-    if (t.dim() != 2) throw InputError(fmt::format("{}: LoRA tensor '{}' has shape {}, expected a matrix", source, key, shape_str(t.sizes())));
+    if (t.dim() != 2) throw InputError(fmt::format("{}: LoRA tensor '{}' has shape {}, expected a matrix", source, key, shape_text(t.sizes())));
     if (m[4] == "A") {
       mod.a = t.to(torch::kFloat32);
       mod.key = key;
@@ -62,7 +62,7 @@ LoraAdapter collect(const io::TensorMap& tensors, const std::string& source) {
                                    mod.layer, mod.name, mod.a.defined() ? "lora_A" : "lora_B"));
     if (mod.b.size(1) != mod.a.size(0))
       throw InputError(fmt::format("{}: '{}': lora_A {} and lora_B {} disagree on the rank", source, mod.key,
-                                   shape_str(mod.a.sizes()), shape_str(mod.b.sizes())));
+                                   shape_text(mod.a.sizes()), shape_text(mod.b.sizes())));
     if (adapter.rank == 0) adapter.rank = mod.a.size(0);
     adapter.modules.push_back(std::move(mod));
   }
@@ -89,8 +89,8 @@ const Target& check(const LlamaModel& model, const LoraAdapter& adapter, const L
   const auto& w = model.weights.layers[mod.layer].*target.weight;
   if (mod.a.size(1) != w.size(1) || mod.b.size(0) != w.size(0))
     throw InputError(fmt::format("{}: '{}': lora_A {} / lora_B {} do not fit the base weight {} of layer {} {}",
-                                 adapter.source, mod.key, shape_str(mod.a.sizes()), shape_str(mod.b.sizes()),
-                                 shape_str(w.sizes()), mod.layer, mod.name));
+                                 adapter.source, mod.key, shape_text(mod.a.sizes()), shape_text(mod.b.sizes()),
+                                 shape_text(w.sizes()), mod.layer, mod.name));
   return target;
 }
 

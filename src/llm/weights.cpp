@@ -37,20 +37,19 @@ constexpr const char* kEmbedKey = "model.embed_tokens.weight";
 constexpr const char* kNormKey = "model.norm.weight";
 constexpr const char* kHeadKey = "lm_head.weight";
 
-std::string shape_str(at::IntArrayRef s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
 
 torch::Tensor take(const io::TensorMap& tensors, const std::string& key, const Shape& shape,
                    const std::string& source, torch::Dtype dtype, std::set<std::string>& used) {
   auto it = tensors.find(key);
   if (it == tensors.end())
-    throw InputError(fmt::format("{}: missing tensor '{}' (expected shape {})", source, key, shape_str(shape)));
+    throw InputError(fmt::format("{}: missing tensor '{}' (expected shape {})", source, key, shape_text(shape)));
   const torch::Tensor& t = it->second;
   if (!t.is_floating_point())
     throw InputError(fmt::format("{}: tensor '{}' has dtype {}, expected a floating-point type", source, key,
                                  std::string(c10::toString(t.scalar_type()))));
   if (t.sizes() != at::IntArrayRef(shape))
     throw InputError(fmt::format("{}: tensor '{}' has shape {}, expected {} from the config", source, key,
-                                 shape_str(t.sizes()), shape_str(shape)));
+                                 shape_text(t.sizes()), shape_text(shape)));
   used.insert(key);
   return t.to(dtype).contiguous();
 }
@@ -90,7 +89,7 @@ LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfi
     if (used.count(key) || ignorable(key)) continue;
     throw InputError(fmt::format(
         "{}: unexpected tensor '{}' {} (config: {} layers, hidden_size {}); config.json and the weights disagree",
-        source, key, shape_str(t.sizes()), c.num_layers, c.hidden_size));
+        source, key, shape_text(t.sizes()), c.num_layers, c.hidden_size));
   }
   return w;
 }

@@ -15,6 +15,13 @@
 
 namespace iadgpt::llm {
 
+// "[4096, 4096]": a shape in error messages.
+inline std::string shape_text(at::IntArrayRef shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
 // A low-rank update kept separate from its base matrix: y += scale · (x Aᵀ) Bᵀ.
 struct LoraPair {
   torch::Tensor a;  // [r, in]
