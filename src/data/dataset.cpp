@@ -71,8 +71,6 @@ std::optional<fs::path> find_mask(const std::vector<fs::path>& masks, const fs::
   return std::nullopt;
 }
 
-int split_rank(Split s) { return static_cast<int>(s); }
-
 void sort_samples(std::vector<Sample>& v) {
   std::sort(v.begin(), v.end(), [](const Sample& a, const Sample& b) {
     return std::tie(a.category, a.split, a.defect, a.image) < std::tie(b.category, b.split, b.defect, b.image);
