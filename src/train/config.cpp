@@ -226,6 +226,7 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   c.eval_every = f.integer("eval_every", 0, 0, INT64_MAX);
   c.log_every = f.integer("log_every", 1, 1, INT64_MAX);
   c.resume = f.boolean("resume", true);
+  c.bf16_autocast = f.boolean("bf16_autocast", false);
   c.stop_after = f.integer("stop_after", 0, 0, INT64_MAX);
   f.reject_unknown();
   return c;
@@ -253,7 +254,7 @@ nlohmann::json TrainConfig::to_json() const {
           {"llm_tuning", llm_tuning}, {"lora", {c10::str(lora.rank), lora.alpha, lora.dropout}}, {"llm_lr", llm_lr},
           {"datasets", ds}, {"synthesis", synthesis}, {"per_image", per_image}, {"holdout", holdout},
           {"references", references}, {"few_shot_probability", few_shot_probability},
-          {"decision_weight", decision_weight}, {"stages", stages_j},
+          {"decision_weight", decision_weight}, {"bf16_autocast", bf16_autocast}, {"stages", stages_j},
           {"map_warmup", {map_warmup.steps, map_warmup.per_image, map_warmup.batch_size, map_warmup.lr, map_warmup.loss_size}},
           {"batch_size", batch_size}, {"grad_accum", grad_accum}, {"warmup", warmup}, {"weight_decay", weight_decay},
           {"betas", {beta1, beta2}}, {"eps", eps}, {"clip", clip}, {"seed", seed}};

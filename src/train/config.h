@@ -72,6 +72,7 @@ struct TrainConfig {
   int64_t batch_size = 16;          // global batch (all ranks, all accumulation steps)
   int64_t grad_accum = 1;           // must divide the per-rank batch; gradients accumulate per example anyway
   double warmup = 0.1, weight_decay = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
+  bool bf16_autocast = false;       // forward + backward under CPU autocast (bf16 matmuls/convs); weights stay fp32
   uint64_t seed = 0;
   // Bookkeeping.
   int64_t checkpoint_every = 50;    // steps; 0 = only at the end of each stage and on a signal

@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
 #include <fmt/format.h>
 #include <opencv2/imgproc.hpp>
 
@@ -485,6 +486,28 @@ struct Runner {
 
 // ---- helpers ------------------------------------------------------------------------------------
 
+// CPU autocast for one step's forward and backward (config `bf16_autocast`): matmuls and convs in
+// bf16 (oneDNN), reductions and the optimiser in fp32 on fp32 weights. Off: nothing changes.
+class CpuAutocast {
+ public:
+  explicit CpuAutocast(bool on) : on_(on) {
+    if (!on_) return;
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_cpu_enabled(true);
+    at::autocast::increment_nesting();
+  }
+  ~CpuAutocast() {
+    if (!on_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_cpu_enabled(false);
+  }
+  CpuAutocast(const CpuAutocast&) = delete;
+  CpuAutocast& operator=(const CpuAutocast&) = delete;
+
+ private:
+  bool on_;
+};
+
 // The map warm-up (config `map_warmup`): one decoder for every category, each view against its
 // own category's F_text, trained from the training images only (never the held-out ones).
 DecoderTrainingResult warm_up_decoder(const TrainConfig& cfg, const Builder& builder, const std::vector<Category>& cats,
@@ -837,11 +860,16 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
         const int64_t example = example_at(stage_step * cfg.batch_size + g_index);
         const uint64_t ex = mix({cfg.seed, 31, static_cast<uint64_t>(stage_index), static_cast<uint64_t>(stage_step),
                                  static_cast<uint64_t>(g_index)});
-        auto o = runner.run({example}, {unit(ex ^ 1) < cfg.few_shot_probability}, {mix(ex ^ 2)}, st.stage == 2, false);
-        auto loss = o.ce.sum() / static_cast<double>(cfg.batch_size);
-        if (o.decision_ce.defined()) loss = loss + o.decision_ce.sum() * (cfg.decision_weight / static_cast<double>(cfg.batch_size));
-        if (o.map_total.defined()) loss = loss + o.map_total / static_cast<double>(cfg.batch_size);
-        loss.backward();
+        BatchOut o;
+        {
+          CpuAutocast autocast(cfg.bf16_autocast);
+          o = runner.run({example}, {unit(ex ^ 1) < cfg.few_shot_probability}, {mix(ex ^ 2)}, st.stage == 2, false);
+          auto loss = o.ce.sum().to(torch::kFloat32) / static_cast<double>(cfg.batch_size);
+          if (o.decision_ce.defined())
+            loss = loss + o.decision_ce.sum().to(torch::kFloat32) * (cfg.decision_weight / static_cast<double>(cfg.batch_size));
+          if (o.map_total.defined()) loss = loss + o.map_total.to(torch::kFloat32) / static_cast<double>(cfg.batch_size);
+          loss.backward();
+        }
         std::vector<torch::Tensor> parts;
         for (auto& p : adam.params) {
           parts.push_back(p.grad().defined() ? p.grad().reshape({-1}).clone() : torch::zeros({p.numel()}));

@@ -11,11 +11,13 @@
 
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include "common/run.h"
 #include "common/shared.h"
 #include "io/checkpoint.h"
+#include "io/safetensors.h"
 #include "model/bundle.h"
 #include "train/checkpoints.h"
 
@@ -234,6 +236,30 @@ TEST(TrainCli, TwoProcessesWithBatchBEqualOneWithBatchTwoB) {
   EXPECT_GT(tge.at("normal_path.weight").abs().max().item<double>(), 0.0);
 }
 
+// bf16_autocast: the same run under CPU autocast trains (finite, loss logged) and ends with other
+// weights than the fp32 run (the convs and matmuls did run in bf16), written as fp32.
+TEST(TrainCli, Bf16AutocastTrainsInBf16AndKeepsFp32Weights) {
+  const auto dir = test::scratch("train-bf16");
+  std::map<bool, io::TensorMap> mmf;
+  for (const bool bf16 : {false, true}) {
+    auto cfg = small_config(dir / (bf16 ? "bf16" : "fp32") / "out");
+    cfg["stages"] = {{{"stage", 2}, {"steps", 2}}};
+    cfg["checkpoint_every"] = 0;
+    cfg["bf16_autocast"] = bf16;
+    auto r = test::run_iadgpt({"--threads", "2", "train", "--quiet", "--config",
+                               write_config(dir / (bf16 ? "bf16" : "fp32"), cfg).string()});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    mmf[bf16] = io::load_safetensors(dir / (bf16 ? "bf16" : "fp32") / "out" / "mmf.safetensors");
+  }
+  const auto& a = mmf.at(false).at("cell_proj.weight");
+  const auto& b = mmf.at(true).at("cell_proj.weight");
+  EXPECT_EQ(b.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::isfinite(b).all().item<bool>());
+  EXPECT_FALSE(torch::equal(a, b)) << "autocast changed nothing";
+  // Same run, other precision: close, not equal (2 AdamW steps at lr 1e-3 move a weight ≤ 2e-3).
+  EXPECT_LT((a - b).abs().max().item<double>(), 5e-3);
+}
+
 TEST(TrainCli, BadConfigsFailAtStartWithASpecificError) {
   const auto dir = test::scratch("train-bad");
   struct Case {
@@ -257,6 +283,7 @@ TEST(TrainCli, BadConfigsFailAtStartWithASpecificError) {
       {"map warm-up steps", [](json& j) { j["map_warmup"] = {{"steps", -1}}; }, "'map_warmup.steps'"},
       {"decision weight", [](json& j) { j["decision_weight"] = -1; }, "'decision_weight'"},
       {"eval pairs", [](json& j) { j["eval_per_image"] = 0; }, "'eval_per_image'"},
+      {"bf16 flag", [](json& j) { j["bf16_autocast"] = "yes"; }, "'bf16_autocast': expected true or false"},
   };
   for (const auto& c : cases) {
     auto j = small_config(dir / "out");
