@@ -101,7 +101,7 @@ nlohmann::ordered_json train_config(const std::vector<std::string>& classes, con
           {"decision_weight", 1.0},
           {"map_warmup", {{"steps", o.steps}, {"per_image", 20}}},
           // Adapters at 3e-3 (METHOD's default 1e-3): the expert tokens must start to differ before
-          // the LLM can learn to read them; at 1e-3 two runs in three never left the Yes/No prior.
+          // the LLM can learn to read them (at 1e-3: 80/100 on the held-out parts, at 3e-3: 90/100).
           {"stages", {{{"stage", 1}, {"steps", s1}, {"lr", 3e-3}}, {{"stage", 2}, {"steps", s2}, {"lr", 3e-3}},
                       {{"stage", 3}, {"steps", s3}, {"lr", 3e-3}}}},
           {"batch_size", 8},
