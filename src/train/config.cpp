@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
 #include <fstream>
 #include <set>
 
@@ -89,6 +90,50 @@ class Fields {
 };
 
 }  // namespace
+
+// The first human/gpt exchange of every entry of a PandaGPT/LLaVA instruction file; InputError
+// names the entry and what is wrong (untrusted JSON: nothing is assumed about its shape).
+static std::vector<InstructionConfig::Entry> read_instruction_entries(const InstructionConfig& ic, const std::string& source) {
+  const auto where = fmt::format("{}: 'instructions.file' {}", source, ic.file.string());
+  std::ifstream in(ic.file);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    throw InputError(fmt::format("{}: not JSON ({})", where, e.what()));
+  }
+  if (!j.is_array() || j.empty()) throw InputError(fmt::format("{}: expected a non-empty list of entries", where));
+  std::vector<InstructionConfig::Entry> out;
+  for (size_t i = 0; i < j.size(); ++i) {
+    const auto& e = j[i];
+    auto bad = [&](const std::string& what) { return InputError(fmt::format("{}: entry {}: {}", where, i, what)); };
+    if (!e.is_object()) throw bad("not an object");
+    const char* image_key = e.contains("image") ? "image" : "image_name";
+    if (!e.contains(image_key) || !e[image_key].is_string()) throw bad("no \"image\" or \"image_name\" string");
+    const char* turns_key = e.contains("conversations") ? "conversations" : "conversation";
+    if (!e.contains(turns_key) || !e[turns_key].is_array()) throw bad("no \"conversations\" list");
+    std::string question, answer;
+    for (const auto& t : e[turns_key]) {
+      if (!t.is_object() || !t.contains("from") || !t.contains("value") || !t["from"].is_string() || !t["value"].is_string())
+        throw bad("a turn without \"from\" and \"value\" strings");
+      const auto from = t["from"].get<std::string>();
+      if (question.empty() && from == "human") question = t["value"].get<std::string>();
+      else if (!question.empty() && from == "gpt") {
+        answer = t["value"].get<std::string>();
+        break;
+      }
+    }
+    for (const std::string tag : {"<image>", "<Img>", "</Img>"})
+      for (auto at = question.find(tag); at != std::string::npos; at = question.find(tag)) question.erase(at, tag.size());
+    while (!question.empty() && std::isspace(static_cast<unsigned char>(question.front()))) question.erase(0, 1);
+    while (!question.empty() && std::isspace(static_cast<unsigned char>(question.back()))) question.pop_back();
+    if (question.empty() || answer.empty()) throw bad("no human turn followed by a gpt turn");
+    const fs::path image = ic.images / e[image_key].get<std::string>();
+    if (!fs::is_regular_file(image)) throw bad(fmt::format("image '{}' not found", image.string()));
+    out.push_back({image, question, answer});
+  }
+  return out;
+}
 
 TrainConfig parse_train_config(const json& j, const fs::path& source) {
   TrainConfig c;
@@ -184,6 +229,16 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   c.few_shot_probability = f.number("few_shot_probability", 0.5, 0, 1);
   c.decision_weight = f.number("decision_weight", 0, 0, 1000);
 
+  if (f.has("instructions")) {
+    Fields in(f.at("instructions"), file, "instructions.");
+    InstructionConfig ic;
+    ic.file = in.path("file", base, true);
+    ic.images = in.path("images", base, true);
+    ic.share = in.number("share", 0.1, 0, 1, true);
+    in.reject_unknown();
+    ic.entries = read_instruction_entries(ic, file);
+    c.instructions = ic;
+  }
   if (f.has("map_warmup")) {
     Fields w(f.at("map_warmup"), file, "map_warmup.");
     c.map_warmup.steps = w.integer("steps", 0, 0, 1000000);
@@ -254,7 +309,8 @@ nlohmann::json TrainConfig::to_json() const {
           {"llm_tuning", llm_tuning}, {"lora", {c10::str(lora.rank), lora.alpha, lora.dropout}}, {"llm_lr", llm_lr},
           {"datasets", ds}, {"synthesis", synthesis}, {"per_image", per_image}, {"holdout", holdout},
           {"references", references}, {"few_shot_probability", few_shot_probability},
-          {"decision_weight", decision_weight}, {"bf16_autocast", bf16_autocast}, {"stages", stages_j},
+          {"decision_weight", decision_weight}, {"bf16_autocast", bf16_autocast},
+          {"instructions", instructions ? nlohmann::json{instructions->file.string(), instructions->images.string(), instructions->share} : nlohmann::json()}, {"stages", stages_j},
           {"map_warmup", {map_warmup.steps, map_warmup.per_image, map_warmup.batch_size, map_warmup.lr, map_warmup.loss_size}},
           {"batch_size", batch_size}, {"grad_accum", grad_accum}, {"warmup", warmup}, {"weight_decay", weight_decay},
           {"betas", {beta1, beta2}}, {"eps", eps}, {"clip", clip}, {"seed", seed}};

@@ -34,6 +34,21 @@ struct MapWarmupConfig {
   int64_t loss_size = 56;
 };
 
+// Instruction data mixed into training (PandaGPT/LLaVA JSON: a list of {"image" | "image_name",
+// "conversations" | "conversation": [{"from": "human", "value"}, {"from": "gpt", "value"}, …]});
+// the first human/gpt exchange of each entry is used. With probability `share` an example of a
+// step is an instruction example (its answer is the only CE target; no map loss, no Yes/No).
+struct InstructionConfig {
+  std::filesystem::path file, images;
+  double share = 0.1;
+  struct Entry {
+    std::filesystem::path image;  // under `images`, checked to exist
+    std::string question;         // the human turn, "<image>" and surrounding blank lines removed
+    std::string answer;           // the gpt turn
+  };
+  std::vector<Entry> entries;     // read and checked by parse_train_config
+};
+
 struct DatasetConfig {
   std::string kind = "mvtec";          // data::parse_kind
   std::filesystem::path root;
@@ -59,6 +74,7 @@ struct TrainConfig {
   std::vector<DatasetConfig> datasets;
   std::string synthesis = "nsa";    // data::parse_synthesis_method
   std::optional<std::filesystem::path> textures;  // Perlin
+  std::optional<InstructionConfig> instructions;
   int64_t per_image = 1;            // synthetic variants per normal image (each with the original: a pair)
   int64_t holdout = 2;              // normal images per category kept out of training (evaluation)
   int64_t eval_per_image = 1;       // synthetic variants per held-out image (each with the original: a pair)

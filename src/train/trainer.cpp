@@ -68,7 +68,8 @@ struct Pool {
   torch::Tensor masks;              // [P, S, S] soft label in [0, 1]
   torch::Tensor few_shot;           // [P, S, S] M_fs from augmented normal references
   std::vector<int64_t> category;
-  std::vector<int> label;           // 1 anomalous
+  std::vector<int> label;           // 1 anomalous, 0 normal, -1 instruction example (no Yes/No)
+  std::vector<std::string> question;  // instruction examples: their own question (else empty: the category's)
   std::vector<int64_t> original;    // pool index of the example's original (an original: itself)
   std::vector<std::vector<int64_t>> answer_ids;  // tok(answer + "\n###")
   int64_t size() const { return static_cast<int64_t>(label.size()); }
@@ -226,6 +227,7 @@ struct Builder {
     append(pool.few_shot, torch::stack(few_shot));
     const int64_t first = pool.size();
     for (size_t v = 0; v < views.size(); ++v) {
+      pool.question.emplace_back();
       pool.original.push_back(first + original[v]);
       pool.category.push_back(category);
       pool.label.push_back(labels[v]);
@@ -233,6 +235,29 @@ struct Builder {
     }
   }
 };
+
+// Instruction examples (config `instructions`): the image, its own question and answer; empty
+// mask and few-shot map, label -1 (they teach the LLM to talk, not to decide).
+void add_instructions(const Builder& builder, Pool& pool, int64_t category,
+                      const std::vector<InstructionConfig::Entry>& entries) {
+  std::vector<cv::Mat> images;
+  for (const auto& e : entries) images.push_back(image::decode_file(e.image));
+  auto enc = encode(builder.frozen, images);
+  const int64_t n = static_cast<int64_t>(entries.size()), S = builder.frozen.size;
+  auto append = [](torch::Tensor& dst, const torch::Tensor& src) { dst = dst.defined() ? torch::cat({dst, src}) : src; };
+  if (pool.taps.empty()) pool.taps.resize(enc.taps.size());
+  for (size_t l = 0; l < enc.taps.size(); ++l) append(pool.taps[l], enc.taps[l]);
+  append(pool.embedding, enc.embedding);
+  append(pool.masks, torch::zeros({n, S, S}));
+  append(pool.few_shot, torch::zeros({n, S, S}));
+  for (const auto& e : entries) {
+    pool.original.push_back(pool.size());
+    pool.category.push_back(category);
+    pool.label.push_back(-1);
+    pool.question.push_back(e.question);
+    pool.answer_ids.push_back(builder.answer_ids(e.answer));
+  }
+}
 
 // ---- trainable parts ---------------------------------------------------------------------------
 
@@ -414,7 +439,8 @@ struct Runner {
     std::vector<int64_t> answer_start;
     int64_t T = 0;
     for (int64_t j = 0; j < n; ++j) {
-      auto segs = llm::anomalygpt_prompt(tok, image_token[j], expert[j], {}, cats[pool.category[idx[j]]].question);
+      const auto& own = pool.question[idx[j]];
+      auto segs = llm::anomalygpt_prompt(tok, image_token[j], expert[j], {}, own.empty() ? cats[pool.category[idx[j]]].question : own);
       const auto& ans = pool.answer_ids[idx[j]];
       segs.push_back(llm::Segment::tokens(ans));
       auto x = llm::embed_segments(model.llm, segs);
@@ -515,7 +541,7 @@ DecoderTrainingResult warm_up_decoder(const TrainConfig& cfg, const Builder& bui
   std::vector<LabelledView> views;
   std::vector<int64_t> text_index;
   std::vector<torch::Tensor> texts;
-  for (size_t c = 0; c < cats.size(); ++c) {
+  for (size_t c = 0; c < images.size(); ++c) {  // the dataset categories (not the instructions')
     auto v = builder.map_views(cats[c].name, images[c], cfg.map_warmup.per_image, mix({seed, c}));
     text_index.insert(text_index.end(), v.size(), static_cast<int64_t>(c));
     views.insert(views.end(), std::make_move_iterator(v.begin()), std::make_move_iterator(v.end()));
@@ -538,7 +564,8 @@ std::vector<int64_t> balanced_items(const Pool& pool) {
     if (pool.label[i] == 1) ++variants[pool.original[i]];
   std::vector<int64_t> items;
   for (int64_t i = 0; i < pool.size(); ++i)
-    for (int64_t r = 0; r < (pool.label[i] == 1 ? 1 : std::max<int64_t>(variants[i], 1)); ++r) items.push_back(i);
+    if (pool.label[i] >= 0)  // instruction examples are drawn separately (`instructions.share`)
+      for (int64_t r = 0; r < (pool.label[i] == 1 ? 1 : std::max<int64_t>(variants[i], 1)); ++r) items.push_back(i);
   return items;
 }
 
@@ -666,19 +693,30 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
       }
     }
   }
+  std::vector<int64_t> instruction_items;  // pool indices of the instruction examples
+  if (cfg.instructions) {
+    frozen.detector->set_extra_abnormal({});
+    frozen.detector->set_class("object");
+    cats.push_back(Category{"object", frozen.detector->text_features(), ""});
+    const int64_t first = train_pool.size();
+    add_instructions(builder, train_pool, static_cast<int64_t>(cats.size() - 1), cfg.instructions->entries);
+    for (int64_t i = first; i < train_pool.size(); ++i) instruction_items.push_back(i);
+  }
   // Every prompt + answer must fit the LLM's context (checked now, not mid-run).
   for (const Pool* p : {&train_pool, &eval_pool})
     for (int64_t i = 0; i < p->size(); ++i) {
       const auto& c = cats[p->category[i]];
+      const auto& question = p->question[i].empty() ? c.question : p->question[i];
       const int64_t len = static_cast<int64_t>(tok.encode("### Human: <Img>", true).size() + 1 + tok.encode("</Img> ").size() +
-                                               18 + tok.encode(c.question + "\n### Assistant:").size() +
+                                               18 + tok.encode(question + "\n### Assistant:").size() +
                                                p->answer_ids[i].size());
       if (len > llm_max_positions)
         throw InputError(fmt::format("{}: a '{}' example needs {} positions (prompt + answer), the LLM has {}; "
                                      "use fewer/larger synthetic regions or a longer-context LLM",
                                      cfg.source.string(), c.name, len, llm_max_positions));
     }
-  say(fmt::format("pool: {} training examples, {} held-out, {} categories", train_pool.size(), eval_pool.size(), cats.size()));
+  say(fmt::format("pool: {} training examples ({} instruction), {} held-out, {} categories", train_pool.size(),
+                  instruction_items.size(), eval_pool.size(), train_images.size()));
 
   // Trainable parts (fixed seeds; a resume overwrites them from the checkpoint).
   Model m;
@@ -857,15 +895,20 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
           return tree(lo, mid) + tree(mid, hi);
         }
         const int64_t g_index = lo;  // index in the global batch
-        const int64_t example = example_at(stage_step * cfg.batch_size + g_index);
         const uint64_t ex = mix({cfg.seed, 31, static_cast<uint64_t>(stage_index), static_cast<uint64_t>(stage_step),
                                  static_cast<uint64_t>(g_index)});
+        // With probability `instructions.share` the slot takes an instruction example instead.
+        const bool instruction = !instruction_items.empty() && unit(ex ^ 3) < cfg.instructions->share;
+        const int64_t example = instruction ? instruction_items[mix(ex ^ 4) % instruction_items.size()]
+                                            : example_at(stage_step * cfg.batch_size + g_index);
+        const bool labelled = train_pool.label[example] >= 0;
         BatchOut o;
         {
           CpuAutocast autocast(cfg.bf16_autocast);
-          o = runner.run({example}, {unit(ex ^ 1) < cfg.few_shot_probability}, {mix(ex ^ 2)}, st.stage == 2, false);
+          o = runner.run({example}, {labelled && unit(ex ^ 1) < cfg.few_shot_probability}, {mix(ex ^ 2)},
+                         st.stage == 2 && labelled, false);
           auto loss = o.ce.sum().to(torch::kFloat32) / static_cast<double>(cfg.batch_size);
-          if (o.decision_ce.defined())
+          if (o.decision_ce.defined() && labelled)
             loss = loss + o.decision_ce.sum().to(torch::kFloat32) * (cfg.decision_weight / static_cast<double>(cfg.batch_size));
           if (o.map_total.defined()) loss = loss + o.map_total.to(torch::kFloat32) / static_cast<double>(cfg.batch_size);
           loss.backward();
@@ -876,7 +919,8 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
           p.mutable_grad().reset();
         }
         parts.push_back(torch::tensor({o.ce.sum().item<double>(), o.focal, o.dice,
-                                       o.predicted[0] == train_pool.label[example] ? 1.0 : 0.0, 0.0},
+                                       labelled && o.predicted[0] == train_pool.label[example] ? 1.0 : 0.0,
+                                       labelled ? 1.0 : 0.0, instruction ? 1.0 : 0.0, 0.0},
                                       torch::kFloat32));
         return torch::cat(parts);
       };
@@ -891,7 +935,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
         p.mutable_grad() = flat.narrow(0, off, p.numel()).view_as(p).clone();
         off += p.numel();
       }
-      auto stats = flat.narrow(0, off, 5);
+      auto stats = flat.narrow(0, off, 7);  // ce, focal, dice, correct, labelled, instruction, stop
       // Clip by the global norm (torch.nn.utils.clip_grad_norm_: coefficient clip / (norm + 1e-6)).
       double norm2 = 0;
       for (auto& p : adam.params) norm2 += p.grad().pow(2).sum().item<double>();
@@ -916,7 +960,8 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
       sl.ce = stats[0].item<double>() / B;
       sl.focal = stats[1].item<double>() / B;
       sl.dice = stats[2].item<double>() / B;
-      sl.accuracy = stats[3].item<double>() / B;
+      sl.accuracy = stats[3].item<double>() / std::max(1.0, stats[4].item<double>());
+      sl.instructions = static_cast<int64_t>(stats[5].item<double>());
       sl.loss = sl.ce + (st.stage == 2 ? sl.focal + sl.dice : 0.0);
       sl.lr = st.lr * sched;
       sl.grad_norm = norm;
@@ -924,13 +969,14 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
       if (dist.is_main()) {
         log << nlohmann::json{{"step", sl.step}, {"stage", sl.stage}, {"stage_step", sl.stage_step}, {"loss", sl.loss},
                               {"ce", sl.ce}, {"focal", sl.focal}, {"dice", sl.dice}, {"accuracy", sl.accuracy},
+                              {"instructions", sl.instructions},
                               {"lr", sl.lr}, {"grad_norm", sl.grad_norm}, {"seconds", sl.seconds}}
                    .dump()
             << "\n";
         log.flush();
         if (hooks.on_step) hooks.on_step(sl);
       }
-      stop = stats[4].item<double>() > 0;
+      stop = stats[6].item<double>() > 0;
       const bool stage_done = stage_step == st.steps;
       if (cfg.eval_every > 0 && global % cfg.eval_every == 0 && dist.is_main()) {
         auto r = evaluate(global);

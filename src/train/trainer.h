@@ -37,7 +37,8 @@ struct StepLog {
   int64_t stage = 0;       // 1, 2 or 3
   int64_t stage_step = 0;  // 1-based within the stage
   double loss = 0, ce = 0, focal = 0, dice = 0, lr = 0, grad_norm = 0, seconds = 0;
-  double accuracy = 0;     // Yes/No accuracy of the first answer token on this step's batch
+  double accuracy = 0;     // Yes/No accuracy of the first answer token on this step's Yes/No examples
+  int64_t instructions = 0;  // instruction examples in this step's global batch
 };
 
 struct EvalResult {

@@ -260,6 +260,42 @@ TEST(TrainCli, Bf16AutocastTrainsInBf16AndKeepsFp32Weights) {
   EXPECT_LT((a - b).abs().max().item<double>(), 5e-3);
 }
 
+// instructions: PandaGPT/LLaVA JSON entries mixed in at `share`; their steps are logged, they train
+// (CE only) and the run ends with a bundle like any other.
+TEST(TrainCli, InstructionDataIsMixedIntoTrainingAtItsShare) {
+  const auto dir = test::scratch("train-instructions");
+  const json entries = json::array(
+      {{{"image_name", "00.jpg"},
+        {"conversation", {{{"from", "human"}, {"value", "<image>\nWhat is in the picture?"}},
+                          {{"from", "gpt"}, {"value", "A hazelnut on a dark background."}}}}},
+       {{"image", "01.jpg"},
+        {"conversations", {{{"from", "human"}, {"value", "Describe the shell."}},
+                           {{"from", "gpt"}, {"value", "It is brown and smooth."}}}}}});
+  fs::create_directories(dir);
+  std::ofstream(dir / "llava.json") << entries.dump();
+  auto cfg = small_config(dir / "out");
+  cfg["stages"] = {{{"stage", 1}, {"steps", 3}}, {{"stage", 2}, {"steps", 2}}};
+  cfg["checkpoint_every"] = 0;
+  cfg["instructions"] = {{"file", (dir / "llava.json").string()},
+                         {"images", test::data("hazelnut_toy/hazelnut/train/good").string()},
+                         {"share", 0.5}};
+  auto r = test::run_iadgpt({"--threads", "2", "train", "--config", write_config(dir, cfg).string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("(2 instruction)"), std::string::npos) << r.err;
+  int64_t mixed = 0, slots = 0;
+  std::ifstream log(dir / "out" / "train.jsonl");
+  for (std::string line; std::getline(log, line);) {
+    auto j = json::parse(line);
+    if (j.contains("event")) continue;
+    mixed += j.at("instructions").get<int64_t>();
+    slots += 2;  // batch size
+  }
+  EXPECT_EQ(slots, 10);
+  EXPECT_GT(mixed, 0) << "no instruction example was drawn at share 0.5";
+  EXPECT_LT(mixed, slots) << "every slot was an instruction example at share 0.5";
+  EXPECT_NO_THROW(model::read_bundle(dir / "out"));
+}
+
 TEST(TrainCli, BadConfigsFailAtStartWithASpecificError) {
   const auto dir = test::scratch("train-bad");
   struct Case {
@@ -284,6 +320,18 @@ TEST(TrainCli, BadConfigsFailAtStartWithASpecificError) {
       {"decision weight", [](json& j) { j["decision_weight"] = -1; }, "'decision_weight'"},
       {"eval pairs", [](json& j) { j["eval_per_image"] = 0; }, "'eval_per_image'"},
       {"bf16 flag", [](json& j) { j["bf16_autocast"] = "yes"; }, "'bf16_autocast': expected true or false"},
+      {"instruction file", [](json& j) { j["instructions"] = {{"file", "/nonexistent.json"}, {"images", "/tmp"}}; },
+       "'instructions.file': expected an existing path"},
+      {"instruction entry", [&dir](json& j) {
+         std::ofstream(dir / "bad_llava.json") << R"([{"image": "00.jpg", "conversations": [{"from": "gpt", "value": "x"}]}])";
+         j["instructions"] = {{"file", (dir / "bad_llava.json").string()},
+                              {"images", test::data("hazelnut_toy/hazelnut/train/good").string()}};
+       }, "entry 0: no human turn followed by a gpt turn"},
+      {"instruction image", [&dir](json& j) {
+         std::ofstream(dir / "bad_image.json") << R"([{"image": "missing.png", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}])";
+         j["instructions"] = {{"file", (dir / "bad_image.json").string()},
+                              {"images", test::data("hazelnut_toy/hazelnut/train/good").string()}};
+       }, "entry 0: image"},
   };
   for (const auto& c : cases) {
     auto j = small_config(dir / "out");
