@@ -19,6 +19,7 @@
 #include "eval/postprocess.h"
 #include "image/decode.h"
 #include "image/overlay.h"
+#include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
 #include "model/bundle.h"
@@ -110,11 +111,6 @@ nlohmann::ordered_json train_config(const std::vector<std::string>& classes, con
           {"resume", false}};
 }
 
-void write_config(const fs::path& file, const nlohmann::ordered_json& j) {
-  std::ofstream f(file);
-  f << j.dump(1) << "\n";
-  if (!f) throw std::runtime_error("cannot write " + file.string());
-}
 
 }  // namespace
 
@@ -161,7 +157,7 @@ DemoResult run_demo(const DemoOptions& o) {
   // decoder's map warm-up, then stages 1-3 with the tiny LLaMA fully trained on the answers.
   t = Clock::now();
   const fs::path config_path = o.out / "models/train.json";
-  write_config(config_path, train_config(classes, o));
+  io::write_file_atomic(config_path, train_config(classes, o).dump(1) + "\n");
   const auto config = train::read_train_config(config_path);
   train::Distributed single;
   train::TrainHooks hooks;

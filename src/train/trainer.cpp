@@ -86,6 +86,22 @@ struct Encoded {
   torch::Tensor embedding;          // [n, D]
 };
 
+// Appends n encoded views with their masks and few-shot maps [n, S, S] to the pool's tensors (the
+// per-example lists are the caller's).
+void append_views(Pool& pool, const Encoded& enc, const torch::Tensor& masks, const torch::Tensor& few_shot) {
+  auto append = [](torch::Tensor& dst, const torch::Tensor& src) { dst = dst.defined() ? torch::cat({dst, src}) : src; };
+  if (pool.taps.empty()) pool.taps.resize(enc.taps.size());
+  for (size_t l = 0; l < enc.taps.size(); ++l) append(pool.taps[l], enc.taps[l]);
+  append(pool.embedding, enc.embedding);
+  append(pool.masks, masks);
+  append(pool.few_shot, few_shot);
+}
+
+// The question of pool example i: an instruction example's own, else its category's.
+const std::string& question_of(const Pool& pool, const std::vector<Category>& cats, int64_t i) {
+  return pool.question[i].empty() ? cats[pool.category[i]].question : pool.question[i];
+}
+
 Encoded encode(const Frozen& f, const std::vector<cv::Mat>& images) {
   torch::NoGradGuard no_grad;
   Encoded out;
@@ -219,12 +235,7 @@ struct Builder {
       bank.add(bank_taps);
       few_shot.push_back(bank.query(query, frozen.size).reshape({frozen.size, frozen.size}));
     }
-    auto append = [](torch::Tensor& dst, const torch::Tensor& src) { dst = dst.defined() ? torch::cat({dst, src}) : src; };
-    if (pool.taps.empty()) pool.taps.resize(enc.taps.size());
-    for (size_t l = 0; l < enc.taps.size(); ++l) append(pool.taps[l], enc.taps[l]);
-    append(pool.embedding, enc.embedding);
-    append(pool.masks, torch::stack(masks));
-    append(pool.few_shot, torch::stack(few_shot));
+    append_views(pool, enc, torch::stack(masks), torch::stack(few_shot));
     const int64_t first = pool.size();
     for (size_t v = 0; v < views.size(); ++v) {
       pool.question.emplace_back();
@@ -244,12 +255,7 @@ void add_instructions(const Builder& builder, Pool& pool, int64_t category,
   for (const auto& e : entries) images.push_back(image::decode_file(e.image));
   auto enc = encode(builder.frozen, images);
   const int64_t n = static_cast<int64_t>(entries.size()), S = builder.frozen.size;
-  auto append = [](torch::Tensor& dst, const torch::Tensor& src) { dst = dst.defined() ? torch::cat({dst, src}) : src; };
-  if (pool.taps.empty()) pool.taps.resize(enc.taps.size());
-  for (size_t l = 0; l < enc.taps.size(); ++l) append(pool.taps[l], enc.taps[l]);
-  append(pool.embedding, enc.embedding);
-  append(pool.masks, torch::zeros({n, S, S}));
-  append(pool.few_shot, torch::zeros({n, S, S}));
+  append_views(pool, enc, torch::zeros({n, S, S}), torch::zeros({n, S, S}));
   for (const auto& e : entries) {
     pool.original.push_back(pool.size());
     pool.category.push_back(category);
@@ -439,8 +445,7 @@ struct Runner {
     std::vector<int64_t> answer_start;
     int64_t T = 0;
     for (int64_t j = 0; j < n; ++j) {
-      const auto& own = pool.question[idx[j]];
-      auto segs = llm::anomalygpt_prompt(tok, image_token[j], expert[j], {}, own.empty() ? cats[pool.category[idx[j]]].question : own);
+      auto segs = llm::anomalygpt_prompt(tok, image_token[j], expert[j], {}, question_of(pool, cats, idx[j]));
       const auto& ans = pool.answer_ids[idx[j]];
       segs.push_back(llm::Segment::tokens(ans));
       auto x = llm::embed_segments(model.llm, segs);
@@ -706,7 +711,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
   for (const Pool* p : {&train_pool, &eval_pool})
     for (int64_t i = 0; i < p->size(); ++i) {
       const auto& c = cats[p->category[i]];
-      const auto& question = p->question[i].empty() ? c.question : p->question[i];
+      const auto& question = question_of(*p, cats, i);
       const int64_t len = static_cast<int64_t>(tok.encode("### Human: <Img>", true).size() + 1 + tok.encode("</Img> ").size() +
                                                18 + tok.encode(question + "\n### Assistant:").size() +
                                                p->answer_ids[i].size());
