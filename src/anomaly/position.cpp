@@ -1,5 +1,7 @@
 #include "anomaly/position.h"
 
+#include <cctype>
+
 #include <fmt/format.h>
 
 #include <opencv2/imgproc.hpp>
@@ -23,6 +25,46 @@ std::string cell_name(double x, double y, int64_t width, int64_t height) {
     return std::clamp(static_cast<int>(3.0 * v / static_cast<double>(extent)), 0, 2);
   };
   return cell_names()[third(y, height) * 3 + third(x, width)];
+}
+
+std::vector<std::string> cells_named(std::string_view text) {
+  std::string rest(text);
+  for (auto& c : rest) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  std::vector<bool> named(9, false);
+  // Two-word names first, blanked out once found, so that "top left" does not also count as "top".
+  for (const int pass : {0, 1})
+    for (size_t k = 0; k < 9; ++k) {
+      const auto& name = cell_names()[k];
+      if ((name.find(' ') != std::string::npos) != (pass == 0)) continue;
+      for (size_t at = rest.find(name); at != std::string::npos; at = rest.find(name, at + 1)) {
+        const bool starts = at == 0 || !std::isalpha(static_cast<unsigned char>(rest[at - 1]));
+        const size_t end = at + name.size();
+        const bool ends = end == rest.size() || !std::isalpha(static_cast<unsigned char>(rest[end]));
+        if (!starts || !ends) continue;
+        named[k] = true;
+        std::fill(rest.begin() + static_cast<std::ptrdiff_t>(at), rest.begin() + static_cast<std::ptrdiff_t>(end), ' ');
+      }
+    }
+  std::vector<std::string> out;
+  for (size_t k = 0; k < 9; ++k)
+    if (named[k]) out.push_back(cell_names()[k]);
+  return out;
+}
+
+std::vector<std::string> cells_of_mask(const torch::Tensor& mask) {
+  auto m = mask.squeeze();
+  if (m.dim() != 2) throw InputError(fmt::format("cells_of_mask needs a 2-D mask, got {}", nn::shape_string(mask.sizes())));
+  const int64_t h = m.size(0), w = m.size(1);
+  auto on = (m.to(torch::kFloat32) > 0);
+  std::vector<std::string> out;
+  for (int64_t r = 0; r < 3; ++r)
+    for (int64_t c = 0; c < 3; ++c) {
+      // The same cell boundaries as cell_name: pixel x is in column floor(3x / w).
+      const int64_t y0 = (r * h + 2) / 3, y1 = ((r + 1) * h + 2) / 3, x0 = (c * w + 2) / 3, x1 = ((c + 1) * w + 2) / 3;
+      if (y1 > y0 && x1 > x0 && on.slice(0, y0, y1).slice(1, x0, x1).any().item<bool>())
+        out.push_back(cell_names()[r * 3 + c]);
+    }
+  return out;
 }
 
 std::vector<Region> find_regions(const torch::Tensor& map, double threshold, int64_t min_area) {

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace iadgpt::anomaly {
@@ -25,6 +26,13 @@ std::string cell_name(double x, double y, int64_t width, int64_t height);
 
 // Regions of `map > threshold`, largest first; regions smaller than `min_area` pixels are dropped.
 std::vector<Region> find_regions(const torch::Tensor& map, double threshold, int64_t min_area = 1);
+
+// The cells a sentence names ("at the top left and center of the image" → top left, center), in
+// grid order; a longer name wins over the shorter one inside it ("top left" is not also "top").
+std::vector<std::string> cells_named(std::string_view text);
+
+// The cells that hold at least one pixel of `mask > 0` ([H, W]), in grid order.
+std::vector<std::string> cells_of_mask(const torch::Tensor& mask);
 
 // AnomalyGPT's phrasing for zero, one or several regions.
 std::string describe(const std::vector<Region>& regions);

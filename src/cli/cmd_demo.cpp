@@ -29,7 +29,7 @@ void add_demo(CLI::App& app) {
   cmd->add_option("--shots", o->shots, "Good reference parts per class for the few-shot map (1 .. train − 3)")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of data, models and training")->capture_default_str();
-  cmd->add_option("--min-accuracy", *min_accuracy, "Exit 1 when the Yes/No accuracy is below this (0..1)")
+  cmd->add_option("--min-accuracy", *min_accuracy, "Exit 3 (check failed) when the held-out Yes/No accuracy is below this (0..1)")
       ->capture_default_str();
   cmd->callback([o, out, min_accuracy] {
     o->out = *out;
@@ -45,8 +45,8 @@ void add_demo(CLI::App& app) {
                              "\"Real weights\")\n", r.report.string());
     std::cout << fmt::format("total {:.0f} s\n", r.timings["total"].get<double>());
     if (r.accuracy < *min_accuracy)
-      throw std::runtime_error(fmt::format("Yes/No accuracy {:.3f} is below --min-accuracy {:.3f}", r.accuracy,
-                                           *min_accuracy));
+      throw CheckFailed(fmt::format("the held-out Yes/No accuracy {:.3f} ({}/{}) is below --min-accuracy {:.3f}",
+                                    r.accuracy, r.correct, r.total, *min_accuracy));
   });
 }
 

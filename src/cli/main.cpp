@@ -1,5 +1,6 @@
 // iadgpt: industrial anomaly detection with a multimodal LLM. Entry point and exit codes:
-// 0 success, 2 bad input (one line `iadgpt: error: <what>` on stderr), 1 internal failure.
+// 0 success, 2 bad input (one line `iadgpt: error: <what>` on stderr), 3 a check the user asked
+// for failed (`iadgpt: check failed: <what>`, e.g. `demo --min-accuracy`), 1 internal failure.
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
@@ -68,6 +69,9 @@ int main(int argc, char** argv) {
   } catch (const iadgpt::InputError& e) {
     std::cerr << "iadgpt: error: " << e.what() << "\n";
     return 2;
+  } catch (const iadgpt::CheckFailed& e) {
+    std::cerr << "iadgpt: check failed: " << e.what() << "\n";
+    return 3;
   } catch (const std::exception& e) {
     std::cerr << "iadgpt: internal error: " << e.what() << "\n";
     return 1;

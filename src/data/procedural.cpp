@@ -452,15 +452,16 @@ int write_procedural_dataset(const fs::path& root, const ProceduralSplit& split)
   };
   for (const auto& cls : classes) {
     const fs::path dir = root / cls;
+    fs::create_directories(dir / "train/good");  // the MVTec layout, even for a test-only (validation) tree
     for (int i = 0; i < split.train; ++i)
       save(dir / "train/good" / fmt::format("{:03d}.png", i),
            make_part(cls, procedural_seed(split.seed, cls, "train", "good", i), split.size).image);
     for (int i = 0; i < split.test_good; ++i)
       save(dir / "test/good" / fmt::format("{:03d}.png", i),
-           make_part(cls, procedural_seed(split.seed, cls, "test", "good", i), split.size).image);
+           make_part(cls, procedural_seed(split.seed, cls, split.test_seeds, "good", i), split.size).image);
     for (const auto& defect : procedural_defects())
       for (int i = 0; i < split.test_defect; ++i) {
-        const uint64_t seed = procedural_seed(split.seed, cls, "test", defect, i);
+        const uint64_t seed = procedural_seed(split.seed, cls, split.test_seeds, defect, i);
         auto bad = add_defect(make_part(cls, seed, split.size), defect, seed);
         save(dir / "test" / defect / fmt::format("{:03d}.png", i), bad.image);
         save_mask(dir / "ground_truth" / defect / fmt::format("{:03d}_mask.png", i), bad.mask);

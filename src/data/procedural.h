@@ -51,6 +51,7 @@ struct ProceduralSplit {
   int test_defect = 2;               // held-out images per class and defect type
   int size = 224;
   uint64_t seed = 0;
+  std::string test_seeds = "test";   // split name in the test images' seeds ("val": a validation split)
 };
 
 // Writes an MVTec AD tree under `root`: <class>/train/good/NNN.png, <class>/test/good/NNN.png,

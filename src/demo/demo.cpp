@@ -1,11 +1,13 @@
 #include "demo/demo.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <map>
 
@@ -37,33 +39,25 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 // Normal training parts per class the trainer keeps out of training for its own held-out pairs.
 constexpr int kHoldout = 2;
 
-struct Labelled {
-  cv::Mat image;       // RGB8
-  cv::Mat mask;        // 8U 0/255 (zeros for a normal part)
-  std::string defect;  // "good" or the defect type
-  std::string name;    // for the report's pictures
+// A part read back from an MVTec AD tree the demo wrote.
+struct Part {
+  cv::Mat image;        // RGB8
+  torch::Tensor mask;   // [H, W] uint8 0/1 (zeros for a normal part)
+  bool anomalous = false;
+  std::string defect;   // "good" or the defect type
+  std::string name;     // file stem
 };
 
-std::vector<Labelled> validation_split(const std::string& cls, const DemoOptions& o) {
-  std::vector<Labelled> out;
-  for (int i = 0; i < o.val_good; ++i) {
-    auto p = data::make_part(cls, data::procedural_seed(o.seed, cls, "val", "good", i), o.size);
-    out.push_back({p.image, p.mask, "good", ""});
+std::vector<Part> test_parts(const fs::path& root, const std::string& cls) {
+  std::vector<Part> out;
+  for (const auto& s : data::mvtec_ad(root, cls)) {
+    if (s.split != data::Split::Test) continue;
+    Part p{.image = image::decode_file(s.image), .anomalous = s.label == 1, .defect = s.defect,
+           .name = s.image.stem().string()};
+    p.mask = data::sample_mask(s, p.image.rows, p.image.cols).contiguous();
+    out.push_back(std::move(p));
   }
-  for (const auto& defect : data::procedural_defects())
-    for (int i = 0; i < o.val_defect; ++i) {
-      const auto seed = data::procedural_seed(o.seed, cls, "val", defect, i);
-      auto p = data::add_defect(data::make_part(cls, seed, o.size), defect, seed);
-      out.push_back({p.image, p.mask, defect, ""});
-    }
   return out;
-}
-
-// Image scores (max of the map) of the bundle's detector, without running the LLM.
-std::vector<float> scores_of(model::IadGpt& model, const std::vector<cv::Mat>& images) {
-  std::vector<float> scores;
-  for (const auto& image : images) scores.push_back(model.inspect(image, {.generate = false}).score);
-  return scores;
 }
 
 // F1-adaptive threshold on the validation split (anomalib), moved half-way down to the highest
@@ -93,6 +87,9 @@ nlohmann::ordered_json train_config(const std::vector<std::string>& classes, con
           {"llm_tuning", "full"},  // a 0.2 M-parameter LLM from scratch: every weight trains
           {"llm_lr", 5e-3},
           {"datasets", {{{"kind", "mvtec"}, {"root", "../data"}, {"categories", classes}}}},
+          // Real-looking defects the trainer never trains on: its evaluation reports them beside
+          // the synthetic pairs, so a run shows what the held-out parts will show.
+          {"validation", {{"kind", "mvtec"}, {"root", "../validation"}, {"categories", classes}}},
           {"synthesis", "cutpaste"},
           {"per_image", o.per_image},
           {"holdout", kHoldout},
@@ -111,6 +108,106 @@ nlohmann::ordered_json train_config(const std::vector<std::string>& classes, con
           {"resume", false}};
 }
 
+// Per class, on the validation parts: the drawn mask's threshold and the decision's bias.
+struct Calibration {
+  std::map<std::string, double> mask_threshold, decision_bias;  // per class (Bundle::decision_bias)
+  int parts = 0, right_before = 0, right_after = 0;
+};
+
+Calibration calibrate(model::IadGpt& iadgpt, const std::vector<std::string>& classes, const fs::path& validation,
+                      const std::map<std::string, std::vector<cv::Mat>>& references) {
+  Calibration c;
+  for (const auto& cls : classes) {
+    iadgpt.set_class(cls);
+    iadgpt.set_references(references.at(cls));
+    std::vector<float> scores;
+    std::vector<double> p_yes;
+    std::vector<uint8_t> labels;
+    for (const auto& part : test_parts(validation, cls)) {
+      const auto r = iadgpt.inspect(part.image, {.generate = false});  // one prefill: p_yes and the map
+      scores.push_back(r.score);
+      p_yes.push_back(r.p_yes);
+      labels.push_back(part.anomalous);
+    }
+    c.mask_threshold[cls] = fit_threshold(scores, labels);
+    const double bias = model::fit_decision_bias(p_yes, labels);
+    c.decision_bias[cls] = bias;
+    for (size_t i = 0; i < p_yes.size(); ++i) {
+      const double p = std::clamp(p_yes[i], 1e-30, 1 - 1e-16);
+      c.right_before += (p > 0.5) == (labels[i] == 1);
+      c.right_after += (std::log(p) - std::log1p(-p) + bias > 0) == (labels[i] == 1);
+      ++c.parts;
+    }
+  }
+  return c;
+}
+
+// Does a sentence name at least one of the cells that hold the defect?
+bool names_a_defect_cell(std::string_view text, const std::vector<std::string>& truth) {
+  for (const auto& cell : anomaly::cells_named(text))
+    if (std::find(truth.begin(), truth.end(), cell) != truth.end()) return true;
+  return false;
+}
+
+struct ClassRun {
+  ClassResult result;
+  std::vector<ReportItem> items;
+  int positions = 0, answer_position_right = 0, map_position_right = 0;
+};
+
+// The held-out parts of one class through the calibrated bundle: the LLM's answers, maps,
+// pictures and metrics.
+ClassRun inspect_class(model::IadGpt& iadgpt, const std::string& cls, const fs::path& data_dir, double threshold,
+                       const fs::path& report_dir, int size) {
+  ClassRun run;
+  std::vector<float> scores, maps;
+  std::vector<uint8_t> labels, masks, said_yes;
+  int correct = 0, n = 0;
+  for (const auto& part : test_parts(data_dir, cls)) {
+    const auto r = iadgpt.inspect(part.image, {.max_tokens = 48});
+    const auto map = r.map.to(torch::kFloat32).contiguous();
+    const bool yes = eval::parse_yes_no(r.answer).value_or(r.anomalous);
+    scores.push_back(r.score);
+    labels.push_back(static_cast<uint8_t>(part.anomalous));
+    said_yes.push_back(yes);
+    maps.insert(maps.end(), map.data_ptr<float>(), map.data_ptr<float>() + map.numel());
+    masks.insert(masks.end(), part.mask.data_ptr<uint8_t>(), part.mask.data_ptr<uint8_t>() + part.mask.numel());
+    correct += yes == part.anomalous, ++n;
+    ReportItem item{.class_name = cls, .defect = part.defect, .score = r.score, .threshold = threshold,
+                    .answer = r.answer, .map_position = r.position, .p_yes = r.p_yes,
+                    .anomalous = part.anomalous, .said_yes = yes};
+    if (part.anomalous && yes) {  // where the defect is: the answer's words and the map's, against the mask
+      const auto truth = anomaly::cells_of_mask(part.mask);
+      item.truth_position = fmt::format("{}", fmt::join(truth, ", "));
+      item.answer_position_right = names_a_defect_cell(r.answer, truth);
+      item.map_position_right = names_a_defect_cell(r.position, truth);
+      ++run.positions;
+      run.answer_position_right += item.answer_position_right;
+      run.map_position_right += item.map_position_right;
+    }
+    item.picture = fmt::format("img/{}_{}_{}.png", cls, part.defect, part.name);
+    image::write_png(report_dir / item.picture,
+                     image::result_grid(part.image, map, (map >= threshold).to(torch::kUInt8),
+                                        part.anomalous ? std::optional<torch::Tensor>(part.mask) : std::nullopt, 160));
+    run.items.push_back(std::move(item));
+  }
+  eval::MetricsInput in{.image_scores = scores, .image_labels = labels,
+                        .pixels = {.maps = maps, .masks = masks, .n = n, .h = size, .w = size}};
+  run.result = ClassResult{.class_name = cls, .correct = correct, .total = n, .threshold = threshold};
+  run.result.metrics = eval::to_json(eval::compute_metrics(in));
+  run.result.metrics["yes_no_accuracy"] = eval::yes_no_accuracy(said_yes, labels);
+  return run;
+}
+
+// Three turns about one held-out defective part (the report's conversation).
+std::vector<std::pair<std::string, std::string>> converse(model::IadGpt& iadgpt, const Part& part) {
+  std::vector<std::pair<std::string, std::string>> turns;
+  const std::string first = "Is there any anomaly in the image?";
+  turns.emplace_back(first, iadgpt.inspect(part.image, {.question = first, .max_tokens = 48}).answer);
+  for (const std::string q : {"Where is the anomaly?", "Is the part good enough to ship?"})
+    turns.emplace_back(q, iadgpt.ask(q, {.max_tokens = 48}));
+  return turns;
+}
 
 }  // namespace
 
@@ -130,17 +227,21 @@ DemoResult run_demo(const DemoOptions& o) {
   const auto start = Clock::now();
   fs::create_directories(o.out);
 
-  // 1. Data: the test split goes to disk in the MVTec layout and is read back through the same
-  // loader `iadgpt eval` uses.
+  // 1. Data: MVTec AD trees, read back through the loader `iadgpt eval` uses: training normals and
+  // the held-out test split (data/), and a validation split of other seeds (validation/).
   auto t = Clock::now();
-  const fs::path data_dir = o.out / "data";
+  const fs::path data_dir = o.out / "data", validation_dir = o.out / "validation";
   fs::remove_all(data_dir);
-  const int written = data::write_procedural_dataset(
+  fs::remove_all(validation_dir);
+  int written = data::write_procedural_dataset(
       data_dir, {.classes = classes, .train = o.train, .test_good = o.test_good, .test_defect = o.test_defect,
                  .size = o.size, .seed = o.seed});
+  written += data::write_procedural_dataset(
+      validation_dir, {.classes = classes, .train = 0, .test_good = o.val_good, .test_defect = o.val_defect,
+                       .size = o.size, .seed = o.seed, .test_seeds = "val"});
   result.timings["data"] = since(t);
-  log(fmt::format("[1/4] data: {} procedural parts ({} classes) in {} ({:.1f} s)", written, classes.size(),
-                  data_dir.string(), since(t)));
+  log(fmt::format("[1/4] data: {} procedural parts ({} classes) in {} and {} ({:.1f} s)", written, classes.size(),
+                  data_dir.string(), validation_dir.string(), since(t)));
 
   // 2. Tiny models from scratch.
   t = Clock::now();
@@ -169,70 +270,59 @@ DemoResult run_demo(const DemoOptions& o) {
                       s.stage, s.ce, s.focal, s.dice));
   };
   hooks.on_eval = [&](const train::EvalResult& e) {
-    log(fmt::format("      held-out synthetic pairs: Yes/No accuracy {:.3f} (with references)", e.yes_no_accuracy_few_shot));
+    log(fmt::format("      held-out synthetic pairs: Yes/No accuracy {:.3f}; validation parts (real-looking defects, "
+                    "{} parts): Yes/No accuracy {:.3f} (both with references)",
+                    e.yes_no_accuracy_few_shot, e.validation_parts, e.validation_accuracy_few_shot));
   };
   const auto trained = train::train(config, single, hooks);
+  result.trainer_pairs_accuracy = trained.final_eval.yes_no_accuracy_few_shot;
+  result.trainer_validation_accuracy = trained.final_eval.validation_accuracy_few_shot;
   result.timings["train"] = since(t);
   log(fmt::format("[3/4] train: map warm-up ({} steps) + LLM stages 1-3 ({} steps) on {} classes × {} normals × (1 + {} "
                   "CutPaste) ({:.1f} s)",
                   o.steps, trained.steps_done, classes.size(), o.train - kHoldout, o.per_image, since(t)));
 
-  // 4. Inspect the held-out parts with the trained bundle: the LLM answers.
+  // 4. Calibrate on the validation split (the mask's threshold per class, the decision's bias),
+  // then inspect the held-out parts with the calibrated bundle: the LLM answers.
   t = Clock::now();
-  model::IadGpt iadgpt(model::read_bundle(o.out / "models/bundle"));
-  std::map<std::string, std::vector<cv::Mat>> normals;
+  const fs::path bundle_dir = o.out / "models/bundle";
+  auto bundle = model::read_bundle(bundle_dir);
+  model::IadGpt iadgpt(bundle);
+  std::map<std::string, std::vector<cv::Mat>> references;  // the first training parts, as the trainer's
   for (const auto& cls : classes)
     for (const auto& s : data::mvtec_ad(data_dir, cls))
-      if (s.split == data::Split::Train) normals[cls].push_back(image::decode_file(s.image));
+      if (s.split == data::Split::Train && static_cast<int>(references[cls].size()) < o.shots)
+        references[cls].push_back(image::decode_file(s.image));
+  const auto cal = calibrate(iadgpt, classes, validation_dir, references);
+  bundle.decision_bias = cal.decision_bias;
+  model::write_bundle(bundle, bundle_dir);  // `iadgpt chat --model` answers with the same calibration
+  std::vector<std::string> biases;
+  for (const auto& [cls, bias] : cal.decision_bias) {
+    iadgpt.set_decision_bias(cls, bias);
+    biases.push_back(fmt::format("{} {:+.2f}", cls, bias));
+  }
+  result.validation_accuracy = static_cast<double>(cal.right_after) / cal.parts;
+  log(fmt::format("      calibration on {} validation parts: Yes/No accuracy {:.3f} → {:.3f} with decision biases "
+                  "(log-odds) {}",
+                  cal.parts, static_cast<double>(cal.right_before) / cal.parts, result.validation_accuracy,
+                  fmt::join(biases, ", ")));
   const fs::path report_dir = o.out / "report";
   fs::remove_all(report_dir);
   fs::create_directories(report_dir / "img");
   std::vector<ReportItem> items;
   for (const auto& cls : classes) {
     iadgpt.set_class(cls);
-    // The references the trainer's few-shot maps used: the first training parts.
-    iadgpt.set_references({normals[cls].begin(), normals[cls].begin() + o.shots});
-    // Threshold of the drawn mask, from the validation split (never from the test parts).
-    const auto val = validation_split(cls, o);
-    std::vector<cv::Mat> val_images;
-    std::vector<uint8_t> val_labels;
-    for (const auto& v : val) val_images.push_back(v.image), val_labels.push_back(v.defect != "good");
-    const double threshold = fit_threshold(scores_of(iadgpt, val_images), val_labels);
-
-    std::vector<float> scores, maps;
-    std::vector<uint8_t> labels, masks, said_yes;
-    int correct = 0, n = 0;
-    const auto samples = data::mvtec_ad(data_dir, cls);
-    for (const auto& s : samples) {
-      if (s.split != data::Split::Test) continue;
-      const cv::Mat rgb = image::decode_file(s.image);
-      const auto r = iadgpt.inspect(rgb, {.max_tokens = 48});
-      const auto map = r.map.to(torch::kFloat32).contiguous();
-      const auto gt = data::sample_mask(s, rgb.rows, rgb.cols).contiguous();
-      const bool yes = eval::parse_yes_no(r.answer).value_or(r.anomalous);
-      scores.push_back(r.score);
-      labels.push_back(static_cast<uint8_t>(s.label));
-      said_yes.push_back(yes);
-      maps.insert(maps.end(), map.data_ptr<float>(), map.data_ptr<float>() + map.numel());
-      masks.insert(masks.end(), gt.data_ptr<uint8_t>(), gt.data_ptr<uint8_t>() + gt.numel());
-      correct += yes == (s.label == 1), ++n;
-
-      const std::string picture = fmt::format("img/{}_{}_{}.png", cls, s.defect, s.image.stem().string());
-      image::write_png(report_dir / picture,
-                       image::result_grid(rgb, map, (map >= threshold).to(torch::kUInt8),
-                                          s.label ? std::optional<torch::Tensor>(gt) : std::nullopt, 160));
-      items.push_back({.class_name = cls, .defect = s.defect, .picture = picture, .score = r.score,
-                       .threshold = threshold, .answer = r.answer, .anomalous = s.label == 1, .said_yes = yes});
-    }
-    eval::MetricsInput in{.image_scores = scores, .image_labels = labels,
-                          .pixels = {.maps = maps, .masks = masks, .n = n, .h = o.size, .w = o.size}};
-    ClassResult cr{.class_name = cls, .correct = correct, .total = n, .threshold = threshold};
-    cr.metrics = eval::to_json(eval::compute_metrics(in));
-    cr.metrics["yes_no_accuracy"] = eval::yes_no_accuracy(said_yes, labels);
-    result.correct += correct, result.total += n;
+    iadgpt.set_references(references[cls]);
+    auto run = inspect_class(iadgpt, cls, data_dir, cal.mask_threshold.at(cls), report_dir, o.size);
+    result.correct += run.result.correct, result.total += run.result.total;
+    result.positions += run.positions;
+    result.answer_position_right += run.answer_position_right;
+    result.map_position_right += run.map_position_right;
     log(fmt::format("      {:7s} image AUROC {:.3f}  pixel AUROC {:.3f}  Yes/No {}/{}", cls,
-                    cr.metrics["image_auroc"].get<double>(), cr.metrics["pixel_auroc"].get<double>(), correct, n));
-    result.classes.push_back(std::move(cr));
+                    run.result.metrics["image_auroc"].get<double>(), run.result.metrics["pixel_auroc"].get<double>(),
+                    run.result.correct, run.result.total));
+    items.insert(items.end(), run.items.begin(), run.items.end());
+    result.classes.push_back(std::move(run.result));
   }
   for (const auto& [key, _] : result.classes.front().metrics.items()) {
     double sum = 0;
@@ -240,6 +330,16 @@ DemoResult run_demo(const DemoOptions& o) {
     result.mean_metrics[key] = sum / static_cast<double>(result.classes.size());
   }
   result.accuracy = static_cast<double>(result.correct) / result.total;
+  // The conversation: the first class's first held-out defect.
+  std::vector<std::pair<std::string, std::string>> conversation;
+  for (const auto& part : test_parts(data_dir, classes.front()))
+    if (part.anomalous) {
+      iadgpt.set_class(classes.front());
+      iadgpt.set_references(references[classes.front()]);
+      conversation = converse(iadgpt, part);
+      conversation.insert(conversation.begin(), {classes.front() + " / " + part.defect + " / " + part.name, ""});
+      break;
+    }
   result.timings["inspect"] = since(t);
   result.timings["total"] = since(start);
   log(fmt::format("[4/4] inspect: {} held-out parts ({:.1f} s)", result.total, since(t)));
@@ -247,13 +347,16 @@ DemoResult run_demo(const DemoOptions& o) {
   ReportInput report{.items = items, .classes = result.classes, .mean_metrics = result.mean_metrics,
                      .accuracy = result.accuracy, .correct = result.correct, .total = result.total,
                      .timings = result.timings, .shots = o.shots, .steps = o.steps, .llm_steps = o.llm_steps,
-                     .seed = o.seed};
+                     .seed = o.seed, .decision_bias = cal.decision_bias,
+                     .validation_before = static_cast<double>(cal.right_before) / cal.parts,
+                     .validation_after = result.validation_accuracy,
+                     .trainer_pairs = result.trainer_pairs_accuracy,
+                     .trainer_validation = result.trainer_validation_accuracy, .positions = result.positions,
+                     .answer_position_right = result.answer_position_right,
+                     .map_position_right = result.map_position_right, .conversation = conversation};
   result.report = report_dir / "index.html";
   write_report(result.report, report);
-  nlohmann::ordered_json summary{{"yes_no_accuracy", result.accuracy}, {"correct", result.correct},
-                                 {"total", result.total}, {"mean", result.mean_metrics}, {"timings", result.timings}};
-  for (const auto& c : result.classes) summary["classes"][c.class_name] = c.metrics;
-  std::ofstream(report_dir / "summary.json") << summary.dump(1) << "\n";
+  write_summary(report_dir / "summary.json", result, items);
   return result;
 }
 

@@ -54,6 +54,12 @@ struct ClassResult {
 struct DemoResult {
   double accuracy = 0;  // Yes/No accuracy over every held-out part
   int correct = 0, total = 0;
+  // Defective held-out parts answered "Yes", and how many of them the answer's / the map's
+  // position words place in a cell that holds the defect.
+  int positions = 0, answer_position_right = 0, map_position_right = 0;
+  double trainer_pairs_accuracy = 0;       // the trainer's held-out synthetic pairs (with references)
+  double trainer_validation_accuracy = 0;  // the trainer's validation parts, before calibration
+  double validation_accuracy = 0;          // the validation parts after the decision's calibration
   std::vector<ClassResult> classes;
   nlohmann::ordered_json mean_metrics;
   std::filesystem::path report;  // <out>/report/index.html

@@ -43,6 +43,14 @@ Generation generate(const LlamaModel& model, const Tokenizer& tokenizer, KvCache
   out.prompt_tokens = x.size(0);
   auto logits = forward(model, cache, x, Logits::Last);
   out.prefill_seconds = seconds_since(t0);
+  if (!options.first_token_bias.empty()) {
+    logits = logits.reshape({-1}).clone();
+    for (const auto& [id, bias] : options.first_token_bias) {
+      if (id < 0 || id >= logits.size(0))
+        throw InputError(fmt::format("first_token_bias: token id {} is outside the vocabulary ({})", id, logits.size(0)));
+      logits[id] += bias;
+    }
+  }
 
   t0 = std::chrono::steady_clock::now();
   StreamDecoder decoder(tokenizer);

@@ -13,6 +13,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "llm/model.h"
@@ -26,6 +27,9 @@ struct GenerateOptions {
   int64_t max_tokens = 256;
   std::vector<std::string> stop;  // stop strings; the text is cut before the first match
   bool stop_at_eos = true;
+  // Added to the first generated token's logits only (token id, bias): a calibrated decision
+  // (model::Bundle::decision_bias) shifts "Yes" against "No" without touching the rest.
+  std::vector<std::pair<int64_t, float>> first_token_bias;
   // Receives text as soon as it can no longer be part of a stop string; return false to stop.
   std::function<bool(std::string_view)> on_text;
 };

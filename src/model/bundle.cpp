@@ -1,6 +1,8 @@
 #include "model/bundle.h"
 
 #include <fmt/format.h>
+
+#include <cmath>
 #include <unistd.h>
 
 #include <fstream>
@@ -22,7 +24,8 @@ constexpr int kVersion = 1;
 // Every field iadgpt.json may hold; anything else is a typo the user should hear about.
 const std::set<std::string> kFields = {
     "format", "version", "vision", "text", "vocab", "vision_config", "llm", "tokenizer", "lora", "delta", "anomalygpt",
-    "lora_alpha", "decoder", "tge", "mmf", "expert", "prompts", "image_size", "taps", "mode", "dtype", "threshold"};
+    "lora_alpha", "decoder", "tge", "mmf", "expert", "prompts", "image_size", "taps", "mode", "dtype", "threshold",
+    "decision_bias"};
 
 fs::path delta_name(const Bundle& b) { return b.anomalygpt ? *b.anomalygpt : *b.delta; }
 
@@ -122,6 +125,8 @@ Bundle bundle_from_json(const nlohmann::json& j, const fs::path& dir) {
   if (j.contains("image_size")) b.image_size = field<int64_t>(j, "image_size", dir, "an integer");
   if (j.contains("taps")) b.taps = field<std::vector<int64_t>>(j, "taps", dir, "a list of integers");
   if (j.contains("threshold")) b.threshold = field<double>(j, "threshold", dir, "a number");
+  if (j.contains("decision_bias"))
+    b.decision_bias = field<std::map<std::string, double>>(j, "decision_bias", dir, "an object of class → log-odds");
 
   if (b.expert != "mmf" && b.expert != "prompt_learner")
     throw InputError(fmt::format("{}: field 'expert': unknown expert '{}' (expected mmf or prompt_learner)", where(dir), b.expert));
@@ -132,6 +137,10 @@ Bundle bundle_from_json(const nlohmann::json& j, const fs::path& dir) {
   if (b.image_size <= 0) throw InputError(fmt::format("{}: field 'image_size' must be positive, found {}", where(dir), b.image_size));
   if (!(b.threshold > 0 && b.threshold < 1))
     throw InputError(fmt::format("{}: field 'threshold' must lie in (0, 1), found {}", where(dir), b.threshold));
+  for (const auto& [cls, bias] : b.decision_bias)
+    if (!std::isfinite(bias) || std::abs(bias) > 100)
+      throw InputError(fmt::format("{}: field 'decision_bias': class '{}' needs a log-odds in [-100, 100], found {}",
+                                   where(dir), cls, bias));
   if (!(b.lora_alpha > 0)) throw InputError(fmt::format("{}: field 'lora_alpha' must be positive", where(dir)));
   for (auto t : b.taps)
     if (t < 0) throw InputError(fmt::format("{}: field 'taps': negative block index {}", where(dir), t));
@@ -169,6 +178,7 @@ nlohmann::json bundle_to_json(const Bundle& b) {
   j["mode"] = b.mode;
   j["dtype"] = b.dtype;
   j["threshold"] = b.threshold;
+  if (!b.decision_bias.empty()) j["decision_bias"] = b.decision_bias;
   return j;
 }
 

@@ -9,7 +9,8 @@
 //   {"format": "iadgpt-bundle", "version": 1, "vision": "imagebind_huge.pth", "llm": "vicuna-7b",
 //    "delta": "anomalygpt/pytorch_model.pt", "decoder": "decoder.safetensors", "tge": "tge.safetensors",
 //    "mmf": "mmf.safetensors", "expert": "mmf", "mode": "self-supervised", "dtype": "bf16",
-//    "image_size": 224, "taps": [7, 15, 23, 31], "threshold": 0.5}
+//    "image_size": 224, "taps": [7, 15, 23, 31], "threshold": 0.5,
+//    "decision_bias": {"bottle": 1.5}}
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -43,6 +44,10 @@ struct Bundle {                         // <dir>/iadgpt.json; relative paths res
   std::string mode = "self-supervised"; // | "few-shot"
   std::string dtype = "f32";            // | "bf16"
   double threshold = 0.5;               // map threshold for regions / decision fallback
+  // Per class: log-odds added to "Yes" against "No" at the decision token (a class not listed: 0,
+  // the LLM's own decision). Fitted on labelled validation parts of the class
+  // (model::fit_decision_bias), never on the parts it will inspect.
+  std::map<std::string, double> decision_bias;
 };
 
 // Reads and validates <dir>/iadgpt.json: known fields only, every named file exists, values in

@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "anomaly/apg.h"
 #include "anomaly/detector.h"
@@ -101,6 +103,41 @@ std::string position_words(const std::vector<anomaly::Region>& regions) {
   std::string s = names[0];
   for (size_t i = 1; i < names.size(); ++i) s += (i + 1 == names.size() ? " and " : ", ") + names[i];
   return s;
+}
+
+double fit_decision_bias(std::span<const double> p_yes, std::span<const uint8_t> labels) {
+  if (p_yes.size() != labels.size())
+    throw InputError(fmt::format("decision calibration: {} probabilities for {} labels", p_yes.size(), labels.size()));
+  // Log-odds, clamped so that a saturated probability stays a finite, ordered number.
+  std::vector<std::pair<double, int>> parts;
+  double positives = 0;
+  for (size_t i = 0; i < p_yes.size(); ++i) {
+    if (!(p_yes[i] >= 0 && p_yes[i] <= 1))
+      throw InputError(fmt::format("decision calibration: p_yes[{}] = {} is not a probability", i, p_yes[i]));
+    const double p = std::clamp(p_yes[i], 1e-30, 1 - 1e-16);
+    parts.emplace_back(std::log(p) - std::log1p(-p), labels[i] ? 1 : 0);
+    positives += labels[i] ? 1 : 0;
+  }
+  const double negatives = static_cast<double>(parts.size()) - positives;
+  if (positives == 0 || negatives == 0)
+    throw InputError("decision calibration needs both normal and anomalous parts");
+  std::sort(parts.begin(), parts.end());
+  // Threshold between sorted[k-1] and sorted[k]: the first k say "No", the rest "Yes".
+  double best = -1, best_gap = -1, best_t = 0;
+  double normals_below = 0, anomalies_below = 0;
+  for (size_t k = 0; k <= parts.size(); ++k) {
+    if (k > 0) (parts[k - 1].second ? anomalies_below : normals_below) += 1;
+    if (k > 0 && k < parts.size() && parts[k].first == parts[k - 1].first) continue;  // not a cut
+    const double balanced = 0.5 * (normals_below / negatives + (positives - anomalies_below) / positives);
+    const double lo = k == 0 ? parts.front().first - 1 : parts[k - 1].first;
+    const double hi = k == parts.size() ? parts.back().first + 1 : parts[k].first;
+    const double t = 0.5 * (lo + hi), gap = hi - lo;
+    const bool better = balanced > best + 1e-12 ||
+                        (balanced > best - 1e-12 && (gap > best_gap + 1e-12 ||
+                                                     (gap > best_gap - 1e-12 && std::abs(t) < std::abs(best_t))));
+    if (better) best = balanced, best_gap = gap, best_t = t;
+  }
+  return std::clamp(-best_t, -100.0, 100.0);
 }
 
 std::string map_answer(const std::vector<anomaly::Region>& regions, bool anomalous, std::string_view defect_type) {
@@ -274,6 +311,12 @@ const ImageTokens& IadGpt::image_tokens() const {
 const llm::LlamaModel& IadGpt::llm() const { return state_->llm; }
 const llm::Tokenizer& IadGpt::tokenizer() const { return *state_->tokenizer; }
 std::vector<int64_t> IadGpt::yes_no_tokens() const { return state_->yes_no; }
+
+void IadGpt::set_decision_bias(std::string_view class_name, double log_odds) {
+  if (!std::isfinite(log_odds) || std::abs(log_odds) > 100)
+    throw InputError(fmt::format("decision bias of '{}' must be a log-odds in [-100, 100], found {}", class_name, log_odds));
+  state_->bundle.decision_bias[std::string(class_name)] = log_odds;
+}
 std::vector<int64_t> IadGpt::answer_prefix() const { return state_->answer_prefix; }
 const std::vector<llm::Turn>& IadGpt::history() const { return state_->history; }
 
@@ -381,7 +424,10 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
   const auto t_prefill = Clock::now();
   const auto probs = llm::first_token_probs(s.llm, s.cache, segments, s.yes_no);
   r.timings.prefill = seconds_since(t_prefill);
-  r.p_yes = probs.restricted[0];
+  // P(Yes) of the two decision tokens, moved by the bundle's calibration (log-odds).
+  const auto bias_it = s.bundle.decision_bias.find(s.class_name);
+  const double bias = bias_it == s.bundle.decision_bias.end() ? 0.0 : bias_it->second;
+  r.p_yes = 1.0 / (1.0 + std::exp(-(probs.logits[0] - probs.logits[1] + bias)));
   s.prefix_length = 0;
   for (size_t i = 0; i + 1 < segments.size(); ++i) s.prefix_length += segments[i].length();
   const auto& last_ids = segments.back().ids;  // the conversation tokens (ends with "### Assistant:")
@@ -391,7 +437,9 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
     // Roll back the last prompt token and feed it again: its logits start the generation.
     s.cache.truncate(s.cache.pos - 1);
     s.prefix_ids.pop_back();
-    const auto gen = generate_options(options);
+    auto gen = generate_options(options);
+    if (bias != 0)
+      gen.first_token_bias = {{s.yes_no[0], static_cast<float>(0.5 * bias)}, {s.yes_no[1], static_cast<float>(-0.5 * bias)}};
     const auto t_gen = Clock::now();
     std::vector<llm::Segment> tail{llm::Segment::tokens({last_ids.back()})};
     auto out = llm::generate(s.llm, *s.tokenizer, s.cache, tail, gen);

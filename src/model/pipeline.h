@@ -16,6 +16,7 @@
 
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -49,7 +50,7 @@ struct Timings { double encode = 0, maps = 0, prefill = 0, generate = 0; };  // 
 
 struct Inspection {
   float score = 0;          // image score (max of the map)
-  double p_yes = 0;         // P("Yes") restricted to the Yes/No first tokens
+  double p_yes = 0;         // P("Yes") restricted to the Yes/No first tokens, after Bundle::decision_bias
   bool anomalous = false;   // the LLM's decision (first generated token, or p_yes > 0.5)
   std::string answer;       // generated text; without generation the §1.10 phrasing of the map
   std::string position;     // "top left", "center and bottom right", ... (empty: no region)
@@ -81,6 +82,9 @@ class IadGpt {  // not thread-safe; one per worker (weights may be shared later)
   std::string ask(std::string_view message, const InspectOptions& options = {});
   void reset_conversation();
   const Bundle& bundle() const;
+  // The calibration of the Yes/No decision for a class (Bundle::decision_bias: log-odds added to
+  // "Yes" against "No"); fit it with fit_decision_bias on labelled parts the model will not inspect.
+  void set_decision_bias(std::string_view class_name, double log_odds);
 
   // Introspection (tests, bench, server status).
   const ImageTokens& image_tokens() const;         // of the last inspect
@@ -118,6 +122,12 @@ HeadOutputs run_heads(Heads& heads, const std::vector<torch::Tensor>& taps, cons
 // The 6-mask stack of METHOD §1.8 from per-layer abnormal maps [B,L,S,S] (L = 4), the text map
 // [B,S,S] and the few-shot map [B,S,S] (undefined → zeros).
 torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot);
+
+// Decision calibration: the log-odds bias b that makes "p_yes·e^b over the rest > ½" best separate
+// the labelled parts (1 = anomalous), i.e. the threshold t = −b on logit(p_yes) with the highest
+// balanced accuracy; among equally good thresholds, the middle of the widest gap between
+// neighbouring parts (the largest margin), then the one nearest 0. Needs both labels (InputError).
+double fit_decision_bias(std::span<const double> p_yes, std::span<const uint8_t> labels);
 
 // The answer phrasing of METHOD §1.10 without the LLM: No / Yes (no region) / AnomalyGPT's region
 // phrasing, with ", it looks like a {type}." when a defect type is known.

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cctype>
 #include <fstream>
 #include <set>
@@ -218,6 +219,35 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
     }
     d.reject_unknown();
     c.datasets.push_back(std::move(dc));
+  }
+  if (f.has("validation")) {
+    Fields v(f.at("validation"), file, "validation.");
+    DatasetConfig vc;
+    vc.kind = v.string("kind", "mvtec", {"mvtec", "visa", "mvtec3d", "folder"});
+    vc.root = v.path("root", base, true);
+    const auto kind = data::parse_kind(vc.kind);
+    if (v.has("categories")) {
+      const auto& cats = v.at("categories");
+      if (!cats.is_array()) v.fail("categories", "an array of names", cats.dump());
+      for (const auto& cat : cats) {
+        if (!cat.is_string()) v.fail("categories", "an array of names", cats.dump());
+        vc.categories.push_back(cat.get<std::string>());
+      }
+    } else {
+      vc.categories = data::categories(kind, vc.root);
+    }
+    if (vc.categories.empty()) v.fail("root", "a dataset with at least one category", vc.root.string());
+    for (const auto& cat : vc.categories) {
+      bool trained = false;
+      for (const auto& d : c.datasets) trained |= std::find(d.categories.begin(), d.categories.end(), cat) != d.categories.end();
+      if (!trained) v.fail("categories", "training categories only (their text and references are the model's)", "'" + cat + "'");
+      int64_t normal = 0, anomalous = 0;
+      for (const auto& s : data::list_samples(kind, vc.root, cat))
+        if (s.split == data::Split::Test) (s.label ? anomalous : normal) += 1;
+      if (normal + anomalous == 0) v.fail("categories", "categories with test images", fmt::format("'{}' with none", cat));
+    }
+    v.reject_unknown();
+    c.validation = std::move(vc);
   }
   c.synthesis = f.string("synthesis", "nsa", {"nsa", "cutpaste", "perlin"});
   if (f.has("textures")) c.textures = f.path("textures", base, true);

@@ -75,6 +75,10 @@ struct TrainConfig {
   std::string synthesis = "nsa";    // data::parse_synthesis_method
   std::optional<std::filesystem::path> textures;  // Perlin
   std::optional<InstructionConfig> instructions;
+  // Labelled parts never trained on: the test split (normal parts and real defects with masks) of
+  // these categories, each one a training category. Evaluated beside the synthetic held-out pairs
+  // with the same decision (first answer token), so a run shows how it does on real defects.
+  std::optional<DatasetConfig> validation;
   int64_t per_image = 1;            // synthetic variants per normal image (each with the original: a pair)
   int64_t holdout = 2;              // normal images per category kept out of training (evaluation)
   int64_t eval_per_image = 1;       // synthetic variants per held-out image (each with the original: a pair)

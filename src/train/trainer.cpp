@@ -173,6 +173,59 @@ struct Builder {
     return views;
   }
 
+  // Few-shot maps [n, S, S] of encoded views: the bank of the references (with 90/180/270°
+  // rotations, AnomalyGPT's augmentation) other than the view's own source image (`own[v]`, the
+  // pixels it was made from; nullptr: none of them).
+  torch::Tensor few_shot_maps(const Encoded& enc, const std::vector<cv::Mat>& refs, const std::vector<const uchar*>& own,
+                              const std::string& cat_name) const {
+    std::vector<cv::Mat> rotated;
+    for (const auto& r : refs)
+      for (int k = 0; k < 4; ++k) {
+        cv::Mat m;
+        if (k == 0) m = r;
+        else cv::rotate(r, m, k == 1 ? cv::ROTATE_90_CLOCKWISE : k == 2 ? cv::ROTATE_180 : cv::ROTATE_90_COUNTERCLOCKWISE);
+        rotated.push_back(m);
+      }
+    auto ref_enc = encode(frozen, rotated);
+    std::vector<torch::Tensor> few_shot;
+    for (size_t v = 0; v < own.size(); ++v) {
+      anomaly::MemoryBank bank;
+      std::vector<int64_t> keep;
+      for (size_t r = 0; r < refs.size(); ++r)
+        if (refs[r].data != own[v])
+          for (int k = 0; k < 4; ++k) keep.push_back(static_cast<int64_t>(r * 4 + k));
+      if (keep.empty()) throw InputError(fmt::format("category '{}': no normal reference besides the image itself", cat_name));
+      auto idx = torch::tensor(keep);
+      std::vector<torch::Tensor> bank_taps, query;
+      for (size_t l = 0; l < ref_enc.taps.size(); ++l) {
+        bank_taps.push_back(ref_enc.taps[l].index_select(0, idx));
+        query.push_back(enc.taps[l].narrow(0, static_cast<int64_t>(v), 1));
+      }
+      bank.add(bank_taps);
+      few_shot.push_back(bank.query(query, frozen.size).reshape({frozen.size, frozen.size}));
+    }
+    return torch::stack(few_shot);
+  }
+
+  // Labelled parts (config `validation`): each image as it is, its mask and label, the answer its
+  // mask gives; few-shot maps against `refs` (the category's references at inference).
+  void add_labelled(Pool& pool, int64_t category, const std::string& cat_name, const std::vector<cv::Mat>& images,
+                    const std::vector<torch::Tensor>& masks, const std::vector<int>& labels,
+                    const std::vector<cv::Mat>& refs) const {
+    if (images.empty()) return;
+    std::vector<torch::Tensor> soft;
+    for (const auto& m : masks) soft.push_back(resize_map(m, frozen.size));
+    auto enc = encode(frozen, images);
+    append_views(pool, enc, torch::stack(soft), few_shot_maps(enc, refs, std::vector<const uchar*>(images.size()), cat_name));
+    for (size_t v = 0; v < images.size(); ++v) {
+      pool.question.emplace_back();
+      pool.original.push_back(pool.size());
+      pool.category.push_back(category);
+      pool.label.push_back(labels[v]);
+      pool.answer_ids.push_back(answer_ids(labels[v] ? data::answer_for_mask(masks[v]) : "No, there is no anomaly in the image."));
+    }
+  }
+
   void add(Pool& pool, int64_t category, const std::string& cat_name, const std::vector<cv::Mat>& images,
            const std::vector<cv::Mat>& others, const std::vector<cv::Mat>& refs, int64_t variants, uint64_t salt) const {
     const auto method = data::parse_synthesis_method(cfg.synthesis);
@@ -207,35 +260,9 @@ struct Builder {
       }
     }
     auto enc = encode(frozen, views);
-    // Few-shot maps: the bank of the references (with 90/180/270° rotations, AnomalyGPT's
-    // augmentation) other than the view's own source image.
-    std::vector<cv::Mat> rotated;
-    for (const auto& r : refs)
-      for (int k = 0; k < 4; ++k) {
-        cv::Mat m;
-        if (k == 0) m = r;
-        else cv::rotate(r, m, k == 1 ? cv::ROTATE_90_CLOCKWISE : k == 2 ? cv::ROTATE_180 : cv::ROTATE_90_COUNTERCLOCKWISE);
-        rotated.push_back(m);
-      }
-    auto ref_enc = encode(frozen, rotated);
-    std::vector<torch::Tensor> few_shot;
-    for (size_t v = 0; v < views.size(); ++v) {
-      anomaly::MemoryBank bank;
-      std::vector<int64_t> keep;
-      for (size_t r = 0; r < refs.size(); ++r)
-        if (refs[r].data != images[source[v]].data)
-          for (int k = 0; k < 4; ++k) keep.push_back(static_cast<int64_t>(r * 4 + k));
-      if (keep.empty()) throw InputError(fmt::format("category '{}': no normal reference besides the image itself", cat_name));
-      auto idx = torch::tensor(keep);
-      std::vector<torch::Tensor> bank_taps, query;
-      for (size_t l = 0; l < ref_enc.taps.size(); ++l) {
-        bank_taps.push_back(ref_enc.taps[l].index_select(0, idx));
-        query.push_back(enc.taps[l].narrow(0, static_cast<int64_t>(v), 1));
-      }
-      bank.add(bank_taps);
-      few_shot.push_back(bank.query(query, frozen.size).reshape({frozen.size, frozen.size}));
-    }
-    append_views(pool, enc, torch::stack(masks), torch::stack(few_shot));
+    std::vector<const uchar*> own;
+    for (size_t v = 0; v < views.size(); ++v) own.push_back(images[source[v]].data);
+    append_views(pool, enc, torch::stack(masks), few_shot_maps(enc, refs, own, cat_name));
     const int64_t first = pool.size();
     for (size_t v = 0; v < views.size(); ++v) {
       pool.question.emplace_back();
@@ -630,7 +657,8 @@ nlohmann::json EvalResult::to_json() const {
   return {{"event", "eval"}, {"step", step}, {"examples", examples}, {"pairs", pairs},
           {"yes_no_accuracy", yes_no_accuracy}, {"yes_no_accuracy_few_shot", yes_no_accuracy_few_shot},
           {"yes_on_normal", yes_on_normal}, {"yes_on_anomalous", yes_on_anomalous}, {"ce", ce},
-          {"pixel_auroc", pixel_auroc}, {"image_auroc", image_auroc}};
+          {"pixel_auroc", pixel_auroc}, {"image_auroc", image_auroc}, {"validation_parts", validation_parts},
+          {"validation_accuracy", validation_accuracy}, {"validation_accuracy_few_shot", validation_accuracy_few_shot}};
 }
 
 TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& hooks) {
@@ -671,7 +699,8 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
   if (cfg.synthesis == "perlin") builder.textures = load_textures(*cfg.textures);
   std::vector<Category> cats;
   std::vector<std::vector<cv::Mat>> train_images;  // per category (the map warm-up's)
-  Pool train_pool, eval_pool;
+  Pool train_pool, eval_pool, val_pool;
+  std::map<std::string, std::pair<int64_t, std::vector<cv::Mat>>> inference_refs;  // category → (index, references)
   for (const auto& ds : cfg.datasets) {
     const auto kind = data::parse_kind(ds.kind);
     for (const auto& name : ds.categories) {
@@ -692,10 +721,26 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
       const auto ci = static_cast<int64_t>(cats.size() - 1);
       // The few-shot bank: `references` images (one more listed so the view's own image can be left out).
       builder.add(train_pool, ci, name, train_imgs, train_imgs, refs, cfg.per_image, 1);
-      if (!held.empty()) {
-        std::vector<cv::Mat> eval_refs(refs.begin(), refs.begin() + std::min<int64_t>(cfg.references, refs.size()));
-        builder.add(eval_pool, ci, name, held, train_imgs, eval_refs, cfg.eval_per_image, 2);
+      // Inference's references: the first `references` training images.
+      std::vector<cv::Mat> eval_refs(refs.begin(), refs.begin() + std::min<int64_t>(cfg.references, refs.size()));
+      if (!held.empty()) builder.add(eval_pool, ci, name, held, train_imgs, eval_refs, cfg.eval_per_image, 2);
+      inference_refs.try_emplace(name, ci, eval_refs);
+    }
+  }
+  if (cfg.validation) {  // real labelled parts, never trained on (config `validation`)
+    const auto kind = data::parse_kind(cfg.validation->kind);
+    for (const auto& name : cfg.validation->categories) {
+      std::vector<cv::Mat> images;
+      std::vector<torch::Tensor> masks;
+      std::vector<int> labels;
+      for (const auto& s : data::list_samples(kind, cfg.validation->root, name)) {
+        if (s.split != data::Split::Test) continue;
+        images.push_back(image::decode_file(s.image));
+        masks.push_back((data::sample_mask(s, images.back().rows, images.back().cols) > 0).to(torch::kFloat32));
+        labels.push_back(s.label ? 1 : 0);
       }
+      const auto& [ci, refs] = inference_refs.at(name);
+      builder.add_labelled(val_pool, ci, name, images, masks, labels, refs);
     }
   }
   std::vector<int64_t> instruction_items;  // pool indices of the instruction examples
@@ -708,7 +753,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
     for (int64_t i = first; i < train_pool.size(); ++i) instruction_items.push_back(i);
   }
   // Every prompt + answer must fit the LLM's context (checked now, not mid-run).
-  for (const Pool* p : {&train_pool, &eval_pool})
+  for (const Pool* p : {&train_pool, &eval_pool, &val_pool})
     for (int64_t i = 0; i < p->size(); ++i) {
       const auto& c = cats[p->category[i]];
       const auto& question = question_of(*p, cats, i);
@@ -720,8 +765,8 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
                                      "use fewer/larger synthetic regions or a longer-context LLM",
                                      cfg.source.string(), c.name, len, llm_max_positions));
     }
-  say(fmt::format("pool: {} training examples ({} instruction), {} held-out, {} categories", train_pool.size(),
-                  instruction_items.size(), eval_pool.size(), train_images.size()));
+  say(fmt::format("pool: {} training examples ({} instruction), {} held-out, {} validation parts, {} categories",
+                  train_pool.size(), instruction_items.size(), eval_pool.size(), val_pool.size(), train_images.size()));
 
   // Trainable parts (fixed seeds; a resume overwrites them from the checkpoint).
   Model m;
@@ -789,14 +834,11 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
   for (const auto& s : cfg.stages) total_steps += s.steps;
   Runner runner{cfg, train_pool, cats, tok, m, cfg.image_size, yes[decide], no[decide], static_cast<int64_t>(decide)};
   Runner eval_runner{cfg, eval_pool, cats, tok, m, cfg.image_size, yes[decide], no[decide], static_cast<int64_t>(decide)};
+  Runner val_runner{cfg, val_pool, cats, tok, m, cfg.image_size, yes[decide], no[decide], static_cast<int64_t>(decide)};
 
   // Held-out pairs, self-supervised (M_fs channel zero, as inference without references) and
   // few-shot (the references' M_fs in the MMF input, as inference with --reference).
-  auto evaluate = [&](int64_t at_step) {
-    EvalResult r;
-    r.step = at_step;
-    if (eval_pool.size() == 0) return r;
-    torch::NoGradGuard g;
+  auto evaluate_pairs = [&](EvalResult& r) {
     std::vector<torch::Tensor> maps;
     std::vector<int> predicted, predicted_fs;
     double ce = 0;
@@ -824,6 +866,28 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
     // The map's own image-level separation (score = max M_text), next to what the LLM answers.
     auto labels = torch::tensor(std::vector<int64_t>(eval_pool.label.begin(), eval_pool.label.end())).to(torch::kFloat32);
     if (r.pairs > 0 && r.pairs < r.examples) r.image_auroc = pixel_auroc(all_maps.amax({1, 2}), labels);
+  };
+  auto evaluate = [&](int64_t at_step) {
+    EvalResult r;
+    r.step = at_step;
+    torch::NoGradGuard g;
+    if (eval_pool.size() > 0) evaluate_pairs(r);
+    // The labelled validation parts: the share of right answers, as the demo counts them.
+    r.validation_parts = val_pool.size();
+    for (int64_t start = 0; start < val_pool.size(); start += 8) {
+      std::vector<int64_t> idx;
+      for (int64_t i = start; i < std::min(val_pool.size(), start + 8); ++i) idx.push_back(i);
+      auto o = val_runner.run(idx, std::vector<bool>(idx.size(), false), {}, false, false);
+      auto f = val_runner.run(idx, std::vector<bool>(idx.size(), true), {}, false, false);
+      for (size_t j = 0; j < idx.size(); ++j) {
+        r.validation_accuracy += o.predicted[j] == val_pool.label[idx[j]];
+        r.validation_accuracy_few_shot += f.predicted[j] == val_pool.label[idx[j]];
+      }
+    }
+    if (r.validation_parts > 0) {
+      r.validation_accuracy /= static_cast<double>(r.validation_parts);
+      r.validation_accuracy_few_shot /= static_cast<double>(r.validation_parts);
+    }
     return r;
   };
 

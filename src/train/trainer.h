@@ -53,6 +53,10 @@ struct EvalResult {
   double ce = 0;               // mean answer cross-entropy
   double pixel_auroc = 0;      // M_text vs the synthetic masks (binarised at 0.3)
   double image_auroc = 0;      // max M_text vs original/synthetic: what the map alone separates
+  // Config `validation`: real labelled parts (normal parts and real defects), plain accuracy of the
+  // first answer token, without and with the references' few-shot map (0 parts: not configured).
+  int64_t validation_parts = 0;
+  double validation_accuracy = 0, validation_accuracy_few_shot = 0;
   nlohmann::json to_json() const;
 };
 
