@@ -66,7 +66,8 @@ class SessionStore {
 
   enum class Purpose { new_session, turn };  // a new session also needs a free slot of `capacity`
 
-  // Bytes set aside until handed to create()/add_turn(); given back when dropped unused.
+  // Bytes set aside until handed to create()/add_turn(); given back when dropped unused. Must not
+  // outlive its store (the server's requests end before the store goes).
   class Reservation {
    public:
     Reservation() = default;
