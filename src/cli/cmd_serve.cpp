@@ -33,6 +33,10 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--max-body", o->server.max_body_mb, "request body limit in MB (HTTP 413 above)")->capture_default_str();
   cmd->add_option("--timeout", o->server.timeout_s, "socket read/write timeout in seconds")->capture_default_str();
   cmd->add_option("--session-ttl", o->server.session_ttl_s, "chat sessions expire after this many idle seconds")->capture_default_str();
+  cmd->add_option("--session-memory", o->server.session_memory_mb,
+                  "MB that chat sessions may hold (decoded images + turns); least recently used idle sessions are "
+                  "evicted to make room, a request whose images alone exceed it gets HTTP 413")
+      ->capture_default_str();
   cmd->add_option("--max-tokens", o->server.max_tokens, "largest max_tokens a request may ask for")->capture_default_str();
   cmd->add_option("--answer-tokens", o->server.answer_tokens, "max_tokens of requests that do not say")->capture_default_str();
   cmd->add_flag("--maps-only", o->maps_only, "serve the bundle's anomaly-map pipeline without its LLM (answers from the map)");

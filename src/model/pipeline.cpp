@@ -41,6 +41,19 @@ llm::GenerateOptions generate_options(const InspectOptions& options) {
 
 constexpr const char* kDefaultQuestion = "Is there any anomaly in the image?";
 
+// The answer may take what the prompt leaves of the context: max_tokens is clamped to it, as
+// llama.cpp clamps n_predict to n_ctx - n_prompt. Only a prompt that leaves no room for a single
+// answer token is refused, naming what it needs.
+int64_t answer_room(int64_t prompt_tokens, int64_t context, std::string_view what) {
+  if (prompt_tokens + 1 > context)
+    throw InputError(fmt::format("{} needs {} tokens of prompt plus at least 1 for the answer, but the context holds {} "
+                                 "tokens; {}",
+                                 what, prompt_tokens, context,
+                                 what == "the conversation" ? "reset it (inspect the image again)"
+                                                            : "ask a shorter question"));
+  return context - prompt_tokens;
+}
+
 // Fills every parameter of `module` from the first map that has `prefix + name`; InputError
 // naming the key and the files otherwise (load_parameters does the shape check).
 void load_from(torch::nn::Module& module, const std::vector<std::pair<const io::TensorMap*, std::string>>& sources,
@@ -421,6 +434,9 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
   auto segments = s.prompt({}, q);
   auto& last_segment = segments.back().ids;
   last_segment.insert(last_segment.end(), s.answer_prefix.begin(), s.answer_prefix.end());
+  int64_t prompt_tokens = 0;
+  for (const auto& seg : segments) prompt_tokens += seg.length();
+  const int64_t room = answer_room(prompt_tokens, s.cache.capacity(), "the first question (image tokens + question)");
   const auto t_prefill = Clock::now();
   const auto probs = llm::first_token_probs(s.llm, s.cache, segments, s.yes_no);
   r.timings.prefill = seconds_since(t_prefill);
@@ -438,6 +454,7 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
     s.cache.truncate(s.cache.pos - 1);
     s.prefix_ids.pop_back();
     auto gen = generate_options(options);
+    gen.max_tokens = std::min(gen.max_tokens, room);
     if (bias != 0)
       gen.first_token_bias = {{s.yes_no[0], static_cast<float>(0.5 * bias)}, {s.yes_no[1], static_cast<float>(-0.5 * bias)}};
     const auto t_gen = Clock::now();
@@ -465,6 +482,8 @@ std::string IadGpt::ask(std::string_view message, const InspectOptions& options)
   if (!s.have_image) throw InputError("no image to talk about: inspect an image first");
   auto segments = s.prompt(s.history, message);
   auto ids = segments.back().ids;
+  const int64_t room = answer_room(s.prefix_length + static_cast<int64_t>(ids.size()), s.cache.capacity(),
+                                   "the conversation");
   // Reuse the cache for the longest common prefix of what it holds and the new conversation
   // tokens (the image prefix never changes); keep one token to feed for the answer's logits.
   size_t n = 0;
@@ -472,10 +491,8 @@ std::string IadGpt::ask(std::string_view message, const InspectOptions& options)
   s.cache.truncate(s.prefix_length + static_cast<int64_t>(n));
   s.prefix_ids.resize(n);
   std::vector<int64_t> fresh(ids.begin() + static_cast<std::ptrdiff_t>(n), ids.end());
-  if (s.prefix_length + static_cast<int64_t>(ids.size()) + options.max_tokens >= s.cache.capacity())
-    throw InputError(fmt::format("the conversation ({} tokens) no longer fits the context ({}); reset it",
-                                 s.prefix_length + static_cast<int64_t>(ids.size()), s.cache.capacity()));
-  const auto gen = generate_options(options);
+  auto gen = generate_options(options);
+  gen.max_tokens = std::min(gen.max_tokens, room);
   std::vector<llm::Segment> tail{llm::Segment::tokens(fresh)};
   auto out = llm::generate(s.llm, *s.tokenizer, s.cache, tail, gen);
   s.prefix_ids.insert(s.prefix_ids.end(), fresh.begin(), fresh.end());

@@ -78,7 +78,10 @@ class IadGpt {  // not thread-safe; one per worker (weights may be shared later)
   void set_class(std::string_view class_name);
   void set_references(const std::vector<cv::Mat>& rgb8);   // {} clears
   Inspection inspect(const cv::Mat& rgb8, const InspectOptions& options = {});
-  // multi-turn chat about the last inspected image (keeps image tokens + history + KV cache)
+  // multi-turn chat about the last inspected image (keeps image tokens + history + KV cache).
+  // inspect and ask cut the answer at the room the prompt leaves in the context (max_tokens is
+  // clamped, as llama.cpp does); InputError naming the token counts when the prompt itself
+  // leaves no room.
   std::string ask(std::string_view message, const InspectOptions& options = {});
   void reset_conversation();
   const Bundle& bundle() const;

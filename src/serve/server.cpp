@@ -104,6 +104,17 @@ json regions_json(const std::vector<anomaly::Region>& regions) {
   return out;
 }
 
+// Decoded bytes of a detect request's images, added up from their headers before decoding, so a
+// request above the session memory budget is refused (413) before it costs the decode.
+struct ImageTally {
+  const SessionStore& store;
+  int64_t bytes = 0;
+  void add(int64_t width, int64_t height) {
+    bytes += width * height * 3;  // decoded RGB8
+    store.check_fits(bytes);
+  }
+};
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -129,7 +140,7 @@ struct Server::Impl {
   Impl(const ServerOptions& o, const EngineFactory& factory)
       : options(o),
         pool(o.workers, static_cast<size_t>(std::max(0, o.queue)), factory, o.threads_per_worker),
-        sessions(std::chrono::seconds(o.session_ttl_s), o.max_sessions) {
+        sessions(std::chrono::seconds(o.session_ttl_s), o.max_sessions, o.session_memory_mb * 1024 * 1024) {
     model_info = json::object();
     // Every engine serves the same model; worker 0's description stands for all.
     auto info = pool.submit([&](Worker& w) { model_info = w.engine->describe(); }, 0);
@@ -139,12 +150,13 @@ struct Server::Impl {
 
   // ---- request parsing --------------------------------------------------------------------
 
-  cv::Mat checked_image(std::string_view bytes, std::string_view what) const {
+  cv::Mat checked_image(std::string_view bytes, std::string_view what, ImageTally* tally = nullptr) const {
     const auto size = image::peek_size({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
     if (int64_t(size.width) * size.height > options.max_image_pixels) {
       throw InputError(fmt::format("{}: {}x{} pixels is above the limit of {} pixels", what, size.width,
                                    size.height, options.max_image_pixels));
     }
+    if (tally) tally->add(size.width, size.height);
     auto img = decode_image_bytes(bytes, what);
     if (int64_t(img.cols) * img.rows > options.max_image_pixels) {
       throw InputError(fmt::format("{}: {}x{} pixels is above the limit of {} pixels", what, img.cols, img.rows,
@@ -154,11 +166,12 @@ struct Server::Impl {
   }
 
   DetectInput detect_input_multipart(const httplib::Request& req) const {
+    ImageTally tally{sessions};
     DetectInput in;
     in.max_tokens = options.answer_tokens;
     if (!req.has_file("image")) throw InputError("multipart field 'image' (the picture to inspect) is missing");
     const auto image = req.get_file_value("image");
-    in.image = checked_image(image.content, image.filename.empty() ? "image" : "image '" + image.filename + "'");
+    in.image = checked_image(image.content, image.filename.empty() ? "image" : "image '" + image.filename + "'", &tally);
     if (req.has_file("class")) in.class_name = check_class(req.get_file_value("class").content);
     if (req.has_file("question")) in.question = req.get_file_value("question").content;
     if (req.has_file("max_tokens")) {
@@ -176,7 +189,8 @@ struct Server::Impl {
           throw InputError(fmt::format("at most {} reference images per request", options.max_references));
         }
         in.references.push_back(checked_image(
-            it->second.content, fmt::format("reference '{}'", it->second.filename.empty() ? "?" : it->second.filename)));
+            it->second.content, fmt::format("reference '{}'", it->second.filename.empty() ? "?" : it->second.filename),
+            &tally));
       }
     }
     return in;
@@ -185,9 +199,10 @@ struct Server::Impl {
   DetectInput detect_input_json(const httplib::Request& req) const {
     const auto j = parse_json_body(req);
     if (!j.is_object()) throw InputError("request body must be a JSON object");
+    ImageTally tally{sessions};
     DetectInput in;
     in.max_tokens = options.answer_tokens;
-    in.image = decode_json_image(string_field(j, "image", true), "field 'image'");
+    in.image = decode_json_image(string_field(j, "image", true), "field 'image'", tally);
     in.class_name = check_class(string_field(j, "class", false));
     in.question = string_field(j, "question", false);
     in.max_tokens = int_field(j, "max_tokens", in.max_tokens, 1, options.max_tokens);
@@ -199,16 +214,16 @@ struct Server::Impl {
         }
         const auto& r = j["references"][i];
         if (!r.is_string()) throw InputError(fmt::format("references[{}] must be a string", i));
-        in.references.push_back(decode_json_image(r.get<std::string>(), fmt::format("references[{}]", i)));
+        in.references.push_back(decode_json_image(r.get<std::string>(), fmt::format("references[{}]", i), tally));
       }
     }
     return in;
   }
 
-  cv::Mat decode_json_image(const std::string& value, const std::string& what) const {
+  cv::Mat decode_json_image(const std::string& value, const std::string& what, ImageTally& tally) const {
     // decode_image_field refuses paths and URLs by name; the size check follows the decode.
     auto bytes = value.rfind("data:", 0) == 0 ? parse_data_uri(value, what).bytes : std::string();
-    if (!bytes.empty()) return checked_image(bytes, what);
+    if (!bytes.empty()) return checked_image(bytes, what, &tally);
     auto img = decode_image_field(value, what);
     if (int64_t(img.cols) * img.rows > options.max_image_pixels) {
       throw InputError(fmt::format("{}: image above the limit of {} pixels", what, options.max_image_pixels));
@@ -276,17 +291,36 @@ struct Server::Impl {
     if (in.max_tokens < 1 || in.max_tokens > options.max_tokens) {
       throw InputError(fmt::format("max_tokens must be in [1, {}]", options.max_tokens));
     }
+    // Room for the session before the work: evicts idle sessions, or 413/429 without inference.
+    auto room = sessions.reserve(session_bytes(in), SessionStore::Purpose::new_session);
     DetectOutput out;
     std::string overlay, session_id;
     run_job([&](Worker& w) {
       w.session.clear();
       out = w.engine->detect(in);
       overlay = encode_png(image::heatmap_overlay(in.image, out.map));
-      auto session = sessions.create(w.index, in);
+      auto session = sessions.create(std::move(room), w.index, in);
       w.session = session->id;
       session_id = session->id;
     });
     send_json(res, 200, detect_json(in, out, overlay, session_id, seconds_since(t0)));
+  }
+
+  std::string missing_session_message(const std::string& id, SessionStore::Miss miss) const {
+    const auto shown = id.substr(0, 64);
+    const char* again = "inspect the image again with POST /v1/detect";
+    switch (miss) {
+      case SessionStore::Miss::expired:
+        return fmt::format("session '{}' expired ({} s after its last use); {}", shown, options.session_ttl_s, again);
+      case SessionStore::Miss::evicted:
+        return fmt::format("session '{}' was evicted to make room for newer sessions (the least recently used go "
+                           "first when the {} MB session memory budget or the {}-session limit is reached); {}",
+                           shown, options.session_memory_mb, options.max_sessions, again);
+      default:
+        return fmt::format("unknown or expired session '{}' (sessions expire {} s after their last use and are "
+                           "evicted, least recently used first, beyond {} MB or {} sessions); {}",
+                           shown, options.session_ttl_s, options.session_memory_mb, options.max_sessions, again);
+    }
   }
 
   void chat(const httplib::Request& req, httplib::Response& res) {
@@ -297,17 +331,15 @@ struct Server::Impl {
     if (message.empty()) throw InputError("field 'message' is empty");
     if (message.size() > 4000) throw InputError("field 'message' is longer than 4000 characters");
     const auto max_tokens = int_field(j, "max_tokens", options.answer_tokens, 1, options.max_tokens);
-    auto session = sessions.find(id);
-    if (!session) {
-      throw HttpError(404, fmt::format("unknown or expired session '{}' (sessions expire {} s after their last "
-                                       "use); inspect the image again with POST /v1/detect",
-                                       id.substr(0, 64), options.session_ttl_s));
-    }
+    SessionStore::Miss miss{};
+    auto session = sessions.find(id, &miss);
+    if (!session) throw HttpError(404, missing_session_message(id, miss));
+    auto room = sessions.reserve(turn_bytes(message), SessionStore::Purpose::turn);
     std::string answer;
     run_job([&](Worker& w) {
       restore(w, *session);
       answer = w.engine->ask(message, max_tokens);
-      session->turns.push_back({message, max_tokens});
+      sessions.add_turn(*session, std::move(room), {message, max_tokens});
     }, session->worker);
     send_json(res, 200, {{"session_id", id}, {"answer", answer}, {"turn", session->turns.size()}});
   }
@@ -410,6 +442,9 @@ struct Server::Impl {
             {"completed", s.completed},
             {"rejected", s.rejected},
             {"sessions", sessions.size()},
+            {"session_bytes", sessions.bytes()},
+            {"session_budget_bytes", sessions.budget()},
+            {"session_evictions", sessions.evictions()},
             {"uptime_s", seconds_since(started)}};
   }
 
@@ -421,6 +456,11 @@ struct Server::Impl {
       } catch (const HttpError& e) {
         if (e.status == 429) res.set_header("Retry-After", "1");
         send_error(res, e.status, e.what());
+      } catch (const SessionTooLarge& e) {
+        send_error(res, 413, e.what());
+      } catch (const SessionMemoryFull& e) {
+        res.set_header("Retry-After", "1");
+        send_error(res, 429, e.what());
       } catch (const InputError& e) {
         send_error(res, 400, e.what());
       } catch (const nlohmann::json::exception& e) {
@@ -468,6 +508,7 @@ struct Server::Impl {
       json j = model_info;
       j["server"] = {{"workers", options.workers}, {"queue", options.queue}, {"max_body_mb", options.max_body_mb},
                      {"timeout_s", options.timeout_s}, {"session_ttl_s", options.session_ttl_s},
+                     {"session_memory_mb", options.session_memory_mb}, {"max_sessions", options.max_sessions},
                      {"max_references", options.max_references}, {"max_tokens", options.max_tokens},
                      {"answer_tokens", options.answer_tokens}};
       send_json(res, 200, j);
@@ -489,6 +530,9 @@ Server::Server(const ServerOptions& options, const EngineFactory& factory) {
   if (options.max_body_mb < 1) throw InputError("--max-body must be >= 1 (MB)");
   if (options.timeout_s < 1) throw InputError("--timeout must be >= 1 (seconds)");
   if (options.session_ttl_s < 1) throw InputError("--session-ttl must be >= 1 (seconds)");
+  if (options.session_memory_mb < 1 || options.session_memory_mb > (int64_t(1) << 30)) {
+    throw InputError(fmt::format("--session-memory must be in [1, 2^30] (MB), got {}", options.session_memory_mb));
+  }
   if (options.answer_tokens < 1 || options.answer_tokens > options.max_tokens) {
     throw InputError(fmt::format("--answer-tokens must be in [1, --max-tokens = {}]", options.max_tokens));
   }

@@ -13,7 +13,8 @@
 //   POST /v1/chat                {session_id, message} → follow-up answer
 //   POST /v1/chat/completions    OpenAI-style messages with image_url data URIs
 // Errors are JSON {"error": {"message", "type", "code"}}: 400 bad input, 404 unknown route or
-// session, 413 body too large, 429 queue full (with Retry-After), 500 internal.
+// session (expired or evicted), 413 body too large or images above the session memory budget,
+// 429 queue full or session memory held by running requests (with Retry-After), 500 internal.
 #pragma once
 #include <chrono>
 #include <memory>
@@ -32,7 +33,10 @@ struct ServerOptions {
   int64_t max_body_mb = 32;        // request body limit (413 above it)
   int timeout_s = 30;              // socket read/write timeout
   int session_ttl_s = 600;         // chat sessions expire this long after their last use
-  size_t max_sessions = 256;       // oldest session dropped beyond this
+  size_t max_sessions = 256;       // least recently used idle session dropped beyond this
+  // Bytes all chat sessions may hold (decoded images + turn text), in MiB. The default fits the
+  // largest request the other limits allow (17 images x 40 MP x 3 bytes = 1.9 GiB).
+  int64_t session_memory_mb = 2048;
   int max_references = 16;         // reference images per request
   int64_t max_image_pixels = 40'000'000;  // per uploaded image (decoded RGB8 size bound)
   int64_t max_tokens = 256;        // upper bound on a request's max_tokens

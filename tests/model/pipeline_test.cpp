@@ -1,6 +1,7 @@
 // The IAD-GPT pipeline with the tiny fixtures and random adapters: the prompt layout of METHOD
 // §1.9 rebuilt by hand, the fast decision vs the generated answer, answers from constructed maps,
 // multi-turn chat through the KV cache, and the differentiable heads.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -11,6 +12,7 @@
 #include "image/decode.h"
 #include "image/preprocess.h"
 #include "io/checkpoint.h"
+#include "io/error.h"
 #include "llm/generate.h"
 #include "model/class_prompts.h"
 #include "model/pipeline.h"
@@ -29,6 +31,33 @@ torch::Tensor load_module_tensor(const fs::path& file, const std::string& key) {
 
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+}
+
+// The tiny bundle with an LLM of `context` positions: llama_tiny's weights under a copy of its
+// config (RoPE does not depend on the weights, so the model is the same, only its context differs).
+model::Bundle bundle_with_context(const std::string& name, int64_t context, uint64_t seed = 2) {
+  auto bundle = test::tiny_bundle(name, seed);
+  const auto llm_dir = test::scratch(name) / "llm";
+  fs::create_directories(llm_dir);
+  auto config = test::read_json_file(test::fixture("llama_tiny/config.json"));
+  config["max_position_embeddings"] = context;
+  std::ofstream(llm_dir / "config.json") << config.dump(2);
+  fs::remove(llm_dir / "model.safetensors");
+  fs::create_symlink(test::fixture("llama_tiny/model.safetensors"), llm_dir / "model.safetensors");
+  bundle.llm = llm_dir;
+  return bundle;
+}
+
+int64_t prompt_length(const std::vector<llm::Segment>& segments) {
+  int64_t n = 0;
+  for (const auto& s : segments) n += s.length();
+  return n;
+}
+
+// The prompt the next ask(question) will prefill, rebuilt from the history as ask does.
+int64_t next_prompt_length(const model::IadGpt& m, std::string_view question) {
+  const auto& t = m.image_tokens();
+  return prompt_length(llm::anomalygpt_prompt(m.tokenizer(), t.image_token, t.expert_tokens[0], m.history(), question));
 }
 
 }  // namespace
@@ -244,6 +273,97 @@ TEST(IadGptPipeline, GenerationIsDeterministicAndChatReusesTheCacheExactly) {
   EXPECT_EQ(m.history().size(), 3u);
   m.reset_conversation();
   EXPECT_TRUE(m.history().empty());
+}
+
+// issue 13: `chat --max-tokens 512` on a 512-token model stopped after the first answer, because
+// prompt + max_tokens was compared with the context. max_tokens is now clamped to the room left.
+TEST(IadGptPipeline, AnswersAreCutAtTheRoomLeftAndOnlyAPromptThatDoesNotFitIsRefused) {
+  constexpr int64_t kContext = 512;
+  model::IadGpt m(bundle_with_context("pipe-room", kContext));
+  m.set_class("grid");
+  const auto img = grid_image("000.png");
+  model::InspectOptions opt;
+  opt.max_tokens = 4 * kContext;  // far above any room left, as chat's default 512 on this model
+  // Turns 1-3: the reader stops each answer after its first words (a client closing the stream),
+  // so the context keeps room for the next turn whatever the tiny model would go on to say.
+  size_t streamed = 0;
+  opt.on_text = [&](std::string_view s) { return (streamed += s.size()) < 12; };
+  m.inspect(img, opt);
+  for (const char* q : {"Where is it?", "Is it large?"}) {
+    streamed = 0;
+    const auto room = kContext - next_prompt_length(m, q);
+    ASSERT_GT(room, 0) << q;
+    ASSERT_LT(room, opt.max_tokens) << q;
+    EXPECT_NO_THROW(m.ask(q, opt)) << q << " with max_tokens " << opt.max_tokens << " and " << room << " tokens left";
+  }
+  ASSERT_EQ(m.history().size(), 3u);
+
+  // Turn 4, read to the end: the answer takes exactly the room left. The same turn from a fresh
+  // cache of a larger context (same weights, greedy) with max_tokens = room gives the same answer,
+  // and with room + 16 a longer one, so the cut is what ended it (not "###" or EOS).
+  opt.on_text = nullptr;
+  const auto history = m.history();
+  const auto& t = m.image_tokens();
+  const auto segments = llm::anomalygpt_prompt(m.tokenizer(), t.image_token, t.expert_tokens[0], history, "Why?");
+  const int64_t room = kContext - prompt_length(segments);
+  ASSERT_GT(room, 0);
+  const auto fourth = m.ask("Why?", opt);
+  model::IadGpt wide(bundle_with_context("pipe-room-wide", 1024));
+  llm::GenerateOptions gen;
+  gen.stop = {"###"};
+  auto fresh = [&](int64_t max_tokens) {
+    llm::KvCache cache(wide.llm(), 1024);
+    gen.max_tokens = max_tokens;
+    return llm::generate(wide.llm(), wide.tokenizer(), cache, segments, gen);
+  };
+  const auto cut = fresh(room);
+  EXPECT_EQ(llm::clean_answer(cut.text), fourth);
+  EXPECT_EQ(static_cast<int64_t>(cut.tokens.size()), room);
+  EXPECT_NE(llm::clean_answer(fresh(room + 16).text), fourth) << "the answer ended before the room did";
+
+  // Turn 5 no longer fits at all: one clear error naming what the prompt needs and the context.
+  const auto needs = next_prompt_length(m, "And now?");
+  ASSERT_GE(needs, kContext);
+  try {
+    m.ask("And now?", opt);
+    ADD_FAILURE() << "a prompt of " << needs << " tokens was accepted by a " << kContext << "-token context";
+  } catch (const InputError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(fmt::format("needs {} tokens", needs)), std::string::npos) << what;
+    EXPECT_NE(what.find(fmt::format("holds {} tokens", kContext)), std::string::npos) << what;
+  }
+  EXPECT_EQ(m.history().size(), 4u);  // the refused turn left the conversation as it was
+}
+
+// inspect: the first prompt (image tokens + class question) must leave one token for the answer;
+// a context of exactly the prompt is refused by name, one more token answers with one token.
+TEST(IadGptPipeline, InspectRefusesOnlyAFirstPromptThatLeavesNoRoom) {
+  model::IadGpt probe(bundle_with_context("pipe-first", 512));
+  probe.set_class("grid");
+  const auto img = grid_image("000.png");
+  probe.inspect(img, {});
+  const auto& t = probe.image_tokens();
+  const int64_t first = prompt_length(llm::anomalygpt_prompt(probe.tokenizer(), t.image_token, t.expert_tokens[0], {},
+                                                             probe.question(""))) +
+                        static_cast<int64_t>(probe.answer_prefix().size());
+  model::InspectOptions opt;
+  opt.max_tokens = 64;
+  {
+    model::IadGpt m(bundle_with_context("pipe-first-full", first));
+    m.set_class("grid");
+    try {
+      m.inspect(img, opt);
+      ADD_FAILURE() << "a first prompt of " << first << " tokens was accepted by a " << first << "-token context";
+    } catch (const InputError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(fmt::format("needs {} tokens", first)), std::string::npos) << what;
+      EXPECT_NE(what.find(fmt::format("holds {} tokens", first)), std::string::npos) << what;
+    }
+  }
+  model::IadGpt m(bundle_with_context("pipe-first-one", first + 1));
+  m.set_class("grid");
+  const auto r = m.inspect(img, opt);
+  EXPECT_EQ(r.answer, probe.inspect(img, [] { model::InspectOptions o; o.max_tokens = 1; return o; }()).answer);
 }
 
 TEST(IadGptPipeline, DefectTypeIsAnApgKeywordOfTheClass) {

@@ -115,7 +115,8 @@ TEST(LoadTest, ThreeHundredRequestsFromSixteenClientsFailOnlyWithIntended429) {
 TEST(ServeCommand, BadBundleIsExitCode2AndHelpListsTheLimits) {
   auto help = run_iadgpt(std::vector<std::string>{"serve", "--help"});
   EXPECT_EQ(help.exit_code, 0);
-  for (const char* flag : {"--model", "--host", "--port", "--workers", "--queue", "--max-body", "--timeout", "--session-ttl"}) {
+  for (const char* flag : {"--model", "--host", "--port", "--workers", "--queue", "--max-body", "--timeout", "--session-ttl",
+                           "--session-memory"}) {
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
   }
   auto bad = run_iadgpt(std::vector<std::string>{"serve", "--model", (scratch("serve-bad") / "nothing").string()});
