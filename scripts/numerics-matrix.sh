@@ -13,7 +13,9 @@
 #   aten-avx512      ATEN_CPU_CAPABILITY=avx512 (ATen's vectorised kernels at 512 bits)
 #   aten-scalar      ATEN_CPU_CAPABILITY=default (ATen without explicit SIMD)
 #   onednn-avx2      ONEDNN_MAX_CPU_ISA=AVX2 (oneDNN's convolutions/matmuls, where ATen routes to it)
-#   openblas-zen     OPENBLAS_CORETYPE=Zen (the machine's pin is Haswell; other GEMM kernels)
+#   openblas-zen     OPENBLAS_CORETYPE=Zen (these machines pin Haswell; other GEMM kernels)
+#   openblas-skx     OPENBLAS_CORETYPE=SkylakeX (OpenBLAS's AVX-512 GEMM kernels)
+#   openblas-l2      OPENBLAS_L2_SIZE unset (these machines set 512; GEMM blocking follows the L2 size)
 #   opencv-nosimd    OPENCV_CPU_DISABLE=AVX512_SKX,AVX2,FMA3,AVX (OpenCV's dispatch: generator, blur, resize)
 #   threads-1        --threads 1 (how reductions are split between threads)
 #   malloc-perturb   MALLOC_PERTURB_=165 (fresh heap memory filled with a pattern: uninitialised reads show)
@@ -24,7 +26,7 @@ BUILD=${BUILD:-build}
 OUT=${OUT:-numerics-out}
 PROBE=0
 [ "${1:-}" = "--probe" ] && PROBE=1
-SETTINGS=${SETTINGS:-"default aten-avx512 aten-scalar onednn-avx2 openblas-zen opencv-nosimd threads-1 malloc-perturb"}
+SETTINGS=${SETTINGS:-"default aten-avx512 aten-scalar onednn-avx2 openblas-zen openblas-skx openblas-l2 opencv-nosimd threads-1 malloc-perturb"}
 ONLY=${ONLY:-}
 threads=$(nproc)
 
@@ -39,6 +41,8 @@ env_of() {
     aten-scalar) echo "ATEN_CPU_CAPABILITY=default" ;;
     onednn-avx2) echo "ONEDNN_MAX_CPU_ISA=AVX2" ;;
     openblas-zen) echo "OPENBLAS_CORETYPE=Zen" ;;
+    openblas-skx) echo "OPENBLAS_CORETYPE=SkylakeX" ;;
+    openblas-l2) echo "-u OPENBLAS_L2_SIZE" ;;
     opencv-nosimd) echo "OPENCV_CPU_DISABLE=AVX512_SKX,AVX2,FMA3,AVX" ;;
     threads-1) echo "" ;;
     malloc-perturb) echo "MALLOC_PERTURB_=165" ;;

@@ -26,6 +26,8 @@ void add_demo(CLI::App& app) {
   cmd->add_option("--steps", o->steps, "Map warm-up steps (the decoder alone)")->capture_default_str();
   cmd->add_option("--llm-steps", o->llm_steps, "LLM training steps (stages 1/2/3: 10/40/50 %)")->capture_default_str();
   cmd->add_option("--per-image", o->per_image, "CutPaste variants per training part")->capture_default_str();
+  cmd->add_option("--synthesis", o->synthesis, "Synthetic anomalies the trainer learns from: cutpaste or nsa")
+      ->capture_default_str();
   cmd->add_option("--shots", o->shots, "Good reference parts per class for the few-shot map (1 .. train − 3)")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of data, models and training")->capture_default_str();

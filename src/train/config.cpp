@@ -258,6 +258,7 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   c.references = f.integer("references", 2, 1, 16);
   c.few_shot_probability = f.number("few_shot_probability", 0.5, 0, 1);
   c.decision_weight = f.number("decision_weight", 0, 0, 1000);
+  c.mmf_init = f.string("mmf_init", "kaiming", {"kaiming", "torch"});
 
   if (f.has("instructions")) {
     Fields in(f.at("instructions"), file, "instructions.");
@@ -288,6 +289,7 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
     if (sc.stage == 0) s.fail("stage", "1, 2 or 3 (required)", "nothing");
     sc.steps = s.integer("steps", 100, 1, 100'000'000);
     sc.lr = s.number("lr", 1e-3, 0, 10, true);
+    sc.llm = s.boolean("llm", true);
     s.reject_unknown();
     c.stages.push_back(sc);
   }
@@ -331,7 +333,7 @@ TrainConfig read_train_config(const fs::path& file) {
 
 nlohmann::json TrainConfig::to_json() const {
   json stages_j = json::array();
-  for (const auto& s : stages) stages_j.push_back({{"stage", s.stage}, {"steps", s.steps}, {"lr", s.lr}});
+  for (const auto& s : stages) stages_j.push_back({{"stage", s.stage}, {"steps", s.steps}, {"lr", s.lr}, {"llm", s.llm}});
   json ds = json::array();
   for (const auto& d : datasets) ds.push_back({{"kind", d.kind}, {"root", d.root.string()}, {"categories", d.categories}});
   // What decides the trajectory (not the bookkeeping): a resumed run must have the same.
@@ -339,7 +341,7 @@ nlohmann::json TrainConfig::to_json() const {
           {"llm_tuning", llm_tuning}, {"lora", {c10::str(lora.rank), lora.alpha, lora.dropout}}, {"llm_lr", llm_lr},
           {"datasets", ds}, {"synthesis", synthesis}, {"per_image", per_image}, {"holdout", holdout},
           {"references", references}, {"few_shot_probability", few_shot_probability},
-          {"decision_weight", decision_weight}, {"bf16_autocast", bf16_autocast},
+          {"decision_weight", decision_weight}, {"mmf_init", mmf_init}, {"bf16_autocast", bf16_autocast},
           {"instructions", instructions ? nlohmann::json{instructions->file.string(), instructions->images.string(), instructions->share} : nlohmann::json()}, {"stages", stages_j},
           {"map_warmup", {map_warmup.steps, map_warmup.per_image, map_warmup.batch_size, map_warmup.lr, map_warmup.loss_size}},
           {"batch_size", batch_size}, {"grad_accum", grad_accum}, {"warmup", warmup}, {"weight_decay", weight_decay},

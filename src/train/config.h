@@ -21,6 +21,7 @@ struct StageConfig {
   int64_t stage = 1;  // 1: TGE (+ llama_proj), CE; 2: decoder + MMF, CE + focal + dice; 3: TGE + MMF, CE
   int64_t steps = 100;
   double lr = 1e-3;   // adapters (METHOD §3.3)
+  bool llm = true;    // the LLM's LoRA / weights train in this stage too (llm_tuning ≠ frozen)
 };
 
 // Ours, before the stages on a fresh start: the decoder alone learns the maps (focal + dice on
@@ -86,6 +87,9 @@ struct TrainConfig {
   double few_shot_probability = 0.5;
   // Ours: the Yes/No token's CE added once more with this weight (0: plain answer CE, METHOD §3.2).
   double decision_weight = 0;
+  // Initialisation of a fresh run's MMF: "kaiming" (He convolutions, scale-preserving) or "torch"
+  // (torch.nn's defaults, which shrink the maps' contrast ~200-fold by the expert tokens).
+  std::string mmf_init = "kaiming";
   // Optimisation.
   MapWarmupConfig map_warmup;
   std::vector<StageConfig> stages;

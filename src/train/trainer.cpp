@@ -335,6 +335,28 @@ void init_module(torch::nn::Module& m, uint64_t seed) {
   }
 }
 
+// The MMF for a fresh run (config `mmf_init`). "kaiming": He-uniform convolutions (U(±√(6/fan_in)),
+// the bound that keeps the activations' scale through ReLU) with zero biases, and a LeCun-uniform
+// cell projection (U(±√(3/fan_in))), so a map's contrast reaches the expert tokens at its own scale.
+// With torch's defaults ("torch": U(±1/√fan_in), std 1/√(3·fan_in)) every one of the five conv
+// stages shrinks the signal about √6-fold: the expert tokens of a normal and an anomalous part start
+// ~200× closer than their maps, and whether the LLM ever learns to read them became a matter of
+// luck (the same recipe learned at 2 threads and never at 1, issue 13).
+void init_mmf(model::MultiMaskFusion& mmf, const std::string& scheme, uint64_t seed) {
+  if (scheme == "torch") return init_module(*mmf, seed);
+  torch::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  for (auto& mod : mmf->modules(/*include_self=*/true)) {
+    auto params = mod->named_parameters(/*recurse=*/false);
+    auto w = params.find("weight");
+    if (!w || w->dim() < 2) continue;
+    const double fan_in = static_cast<double>(w->numel() / w->size(0));
+    const double bound = std::sqrt((w->dim() == 4 ? 6.0 : 3.0) / fan_in);
+    w->uniform_(-bound, bound, gen);
+    if (auto b = params.find("bias")) b->zero_();
+  }
+}
+
 // ---- AdamW (PyTorch's formula), state in plain tensors -----------------------------------------
 
 struct Adam {
@@ -777,7 +799,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
   m.heads.tge = model::TextGuidedEnhancer(D, H);
   init_module(*m.heads.tge->llama_proj, mix({cfg.seed, 12}));
   m.heads.mmf = model::MultiMaskFusion(H);
-  init_module(*m.heads.mmf, mix({cfg.seed, 13}));
+  init_mmf(m.heads.mmf, cfg.mmf_init, mix({cfg.seed, 13}));
   {
     torch::NoGradGuard g;
     auto gen = at::make_generator<at::CPUGeneratorImpl>(mix({cfg.seed, 14}));
@@ -914,7 +936,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
     // Freeze what the stage does not train (no gradient buffers, no autograd graph for them).
     Adam adam;
     for (auto& [name, t] : named) {
-      const bool on = m.trains(name, st.stage);
+      const bool on = m.trains(name, st.stage) && (st.llm || !m.is_llm(name));
       t.requires_grad_(on);
       if (on) {
         adam.names.push_back(name);

@@ -52,3 +52,28 @@ TEST(Position, SmallRegionsCanBeDropped) {
   EXPECT_EQ(anomaly::find_regions(map, 0.5, 5).size(), 1u);
   EXPECT_EQ(anomaly::find_regions(map, 0.5).size(), 2u);
 }
+
+TEST(PositionWords, CellsNamedInASentenceCountALongerNameOnce) {
+  using anomaly::cells_named;
+  EXPECT_EQ(cells_named("Yes, there is an anomaly in the image, at the top left and center of the image."),
+            (std::vector<std::string>{"top left", "center"}));
+  EXPECT_EQ(cells_named("at the top, left and bottom right of the image"),
+            (std::vector<std::string>{"top", "left", "bottom right"}));
+  EXPECT_EQ(cells_named("No, there is no anomaly in the image."), std::vector<std::string>{});
+  EXPECT_EQ(cells_named("Bottom"), std::vector<std::string>{"bottom"});
+  EXPECT_EQ(cells_named("the topmost leftover"), std::vector<std::string>{});  // whole words only
+}
+
+TEST(PositionWords, CellsOfAMaskFollowTheGridOfCellName) {
+  // 9 × 6 mask (H × W): cells are 3 rows × 2 columns of pixels each.
+  auto mask = torch::zeros({9, 6}, torch::kUInt8);
+  mask[0][0] = 1;  // top left
+  mask[4][5] = 1;  // row 4 → middle, column 5 → right
+  mask[8][2] = 1;  // row 8 → bottom, column 2 → center (columns 2-3)
+  EXPECT_EQ(anomaly::cells_of_mask(mask), (std::vector<std::string>{"top left", "right", "bottom"}));
+  // The same cells as cell_name gives the pixels' centres.
+  EXPECT_EQ(anomaly::cell_name(0.5, 0.5, 6, 9), "top left");
+  EXPECT_EQ(anomaly::cell_name(5.5, 4.5, 6, 9), "right");
+  EXPECT_EQ(anomaly::cell_name(2.5, 8.5, 6, 9), "bottom");
+  EXPECT_TRUE(anomaly::cells_of_mask(torch::zeros({9, 6})).empty());
+}

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -178,14 +179,20 @@ TEST(TrainLearning, ThreeStagesWithLlamaTinyAnswerHeldOutPairsAtLeastNinetyPerce
   cfg["few_shot_probability"] = 1.0;
   cfg["decision_weight"] = 1.0;
   cfg["map_warmup"] = {{"steps", 1000}, {"per_image", 20}};
-  cfg["stages"] = {{{"stage", 1}, {"steps", 20}}, {{"stage", 2}, {"steps", 100}}, {{"stage", 3}, {"steps", 80}}};
+  // Adapters at 3e-3, as the demo trains them (METHOD's 1e-3 left the expert tokens too alike for
+  // too long: 0.8875 here on one machine, 0.900 with ATEN_CPU_CAPABILITY=avx512, issue 13).
+  cfg["stages"] = {{{"stage", 1}, {"steps", 20}, {"lr", 3e-3}}, {{"stage", 2}, {"steps", 100}, {"lr", 3e-3}},
+                   {{"stage", 3}, {"steps", 80}, {"lr", 3e-3}}};
   cfg["batch_size"] = 8;
   cfg["checkpoint_every"] = 0;
   cfg["eval_every"] = 50;
   const auto t0 = std::chrono::steady_clock::now();
   const auto file = dir / "train.json";
   std::ofstream(file) << cfg.dump(1);
-  auto r = test::run_iadgpt({"--threads", "2", "train", "--quiet", "--config", file.string()});
+  // Two threads (the CI machine's cores); scripts/numerics-matrix.sh sets IADGPT_TEST_THREADS to
+  // see how the split of reductions between threads moves the result.
+  const char* threads = std::getenv("IADGPT_TEST_THREADS");
+  auto r = test::run_iadgpt({"--threads", threads ? threads : "2", "train", "--quiet", "--config", file.string()});
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto eval = nlohmann::json::parse(r.out).at("eval");
