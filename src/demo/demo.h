@@ -3,19 +3,21 @@
 //   demo::DemoOptions o{.out = "demo-out"};
 //   auto r = demo::run_demo(o);     // r.accuracy: Yes/No accuracy on the held-out parts
 //
-// 1. data    procedural parts (data/procedural.h): training normals, a validation split (normals +
-//            defects, for the decision threshold only), held-out test normals and defects with
-//            masks, the test split written as an MVTec AD tree (<out>/data).
+// 1. data    procedural parts (data/procedural.h) as MVTec AD trees: training normals and the
+//            held-out test normals and defects with masks (<out>/data), a validation split of
+//            other seeds (<out>/validation: the trainer's validation parts and the calibration).
 // 2. models  a random tiny CLIP (HF dir + learned BPE vocabulary), a SentencePiece tokenizer trained
 //            on the answer corpus and a random tiny LLaMA (<out>/models; demo/tiny_models.h).
 // 3. train   the whole IAD-GPT through the trainer of `iadgpt train` (train/trainer.h; config in
 //            <out>/models/train.json): the decoder's map warm-up on normals + CutPaste, then stages
 //            1-3 with the tiny LLaMA fully trained on the answers, few-shot (the MMF reads the
 //            references' map). The bundle is <out>/models/bundle.
-// 4. inspect the held-out parts with that bundle (model::IadGpt, `shots` good references): the LLM
-//            answers (Yes/No and positions); the mask drawn in the report uses a threshold fitted
-//            per class on the validation split; metrics per class, overlays and
-//            <out>/report/index.html, which says plainly that this is a demo model.
+// 4. inspect per class, on the validation split: the drawn mask's threshold and the Yes/No
+//            decision's bias (written into the bundle); then the held-out parts with that bundle
+//            (model::IadGpt, `shots` good references): the LLM answers (Yes/No and positions);
+//            metrics per class, where the answer and the map place the defects, a three-turn
+//            conversation, overlays and <out>/report/index.html, which says plainly that this is a
+//            demo model.
 #pragma once
 #include <nlohmann/json.hpp>
 
