@@ -126,7 +126,7 @@ TEST(DemoPipeline, ScaledDownRunWritesTheReportAndPrintsTheAccuracy) {
   // defect name (the folder the part came from: "good" is normal) and the first Yes/No word of its
   // answer. An answer with neither word is judged by the card's own ok/bad mark (the demo then
   // falls back to the fast decision, which the report does not show).
-  const std::regex card_re(R"(<div class="card">.*?<b>([^<]*)</b> · truth: (\w+) · .*?<span class="(ok|bad)">\w+</span><br>“(.*?)”</div></div>)");
+  const std::regex card_re(R"re(<div class="card">.*?<b>([^<]*)</b> · truth: (\w+) · .*?<span class="(ok|bad)">\w+</span><br>“(.*?)”</div></div>)re");
   const std::regex word_re(R"([A-Za-z]+)");
   int cards = 0, correct = 0;
   std::map<std::string, std::pair<int, int>> per_class;  // class -> (correct, total), from the picture names
@@ -151,7 +151,7 @@ TEST(DemoPipeline, ScaledDownRunWritesTheReportAndPrintsTheAccuracy) {
   }
   EXPECT_EQ(cards, 14);  // 2 classes × (2 good + 5 defects)
   std::smatch printed;
-  ASSERT_TRUE(std::regex_search(r.out, printed, std::regex(R"(Yes/No accuracy on held-out parts: ([0-9.]+) % \((\d+)/(\d+)\))")))
+  ASSERT_TRUE(std::regex_search(r.out, printed, std::regex(R"re(Yes/No accuracy on held-out parts: ([0-9.]+) % \((\d+)/(\d+)\))re")))
       << r.out;
   EXPECT_EQ(std::stoi(printed[2]), correct) << r.out;
   EXPECT_EQ(std::stoi(printed[3]), cards);

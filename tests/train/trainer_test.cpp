@@ -240,10 +240,7 @@ TEST(TrainCli, TwoProcessesWithBatchBEqualOneWithBatchTwoB) {
 // bf16_autocast: the same run under CPU autocast. Step 1's statistics are the forward and backward
 // of identical initial weights on identical examples (the update comes after them), and fp32 runs
 // are deterministic (TrainCli.KillNineThenResumeGivesBitwiseTheSameWeights), so any difference
-// there is the precision of the computation alone. bf16 keeps 8 significant bits (unit roundoff
-// 2^-9 ≈ 2e-3): rounding the activations and weights of every matmul and conv moves each statistic
-// by ~1e-3..1e-2 relative — more than fp16's 11 bits (~2.5e-4 per rounding) could, far less than a
-// broken forward. The weights themselves stay fp32.
+// there is the precision of the computation alone. The weights themselves stay fp32.
 TEST(TrainCli, Bf16AutocastTrainsInBf16AndKeepsFp32Weights) {
   const auto dir = test::scratch("train-bf16");
   std::map<bool, io::TensorMap> mmf;
@@ -264,12 +261,20 @@ TEST(TrainCli, Bf16AutocastTrainsInBf16AndKeepsFp32Weights) {
     }
     ASSERT_TRUE(first_step.count(bf16)) << "no step 1 in the log";
   }
-  // Stage 2's three losses: CE through the LLM (LoRA), focal and dice through the decoder's maps.
+  // Stage 2's losses: CE through the LLM (LoRA), focal and dice through the decoder's maps, and the
+  // gradient norm of the backward. bf16 keeps 8 significant bits (unit roundoff u = 2^-8 ≈ 3.9e-3)
+  // against fp32's 24 (6e-8). Lower bound 1e-5: a run in fp32, whatever its summation order, stays
+  // within a few 1e-7 — only reduced-precision matmuls/convs move a loss this far (measured on
+  // 2 cores: CE 1e-4, dice 7e-4, focal 1.2e-2, gradient norm 0.17; the CE of a near-uniform
+  // 512-way softmax is the least sensitive). Upper bound for the losses 0.05 (13 u): each is a
+  // mean over many rounded terms, so bf16 alone cannot move it further; a broken forward would.
+  // The gradient norm, a sum of near-cancelling LoRA and MMF gradients, has no such bound.
   for (const auto* key : {"ce", "focal", "dice", "grad_norm"}) {
     const double fp32 = first_step.at(false).at(key).get<double>(), bf16 = first_step.at(true).at(key).get<double>();
     const double rel = std::abs(bf16 - fp32) / std::abs(fp32);
     std::printf("step 1 %-9s fp32 %.9g  bf16 %.9g  relative difference %.3g\n", key, fp32, bf16, rel);
-    EXPECT_GT(rel, 0.0) << key << ": the bf16 run computed in fp32";
+    EXPECT_GT(rel, 1e-5) << key << ": the bf16 run computed in fp32";
+    if (std::string(key) != "grad_norm") EXPECT_LT(rel, 0.05) << key;
   }
   const auto& a = mmf.at(false).at("cell_proj.weight");
   const auto& b = mmf.at(true).at("cell_proj.weight");
