@@ -397,23 +397,29 @@ TEST_F(TrainStages, FewShotProbabilityZeroNeverFeedsTheFewShotMap) {
   }
 }
 
-// few_shot_probability 1: every example's MMF input carries the references' M_fs, so the first
-// stage-2 step (fresh AdamW moments: |Δw| = lr·|g|/(|g| + ε) ≈ lr) moves the M_fs channel's
-// weights by about lr, not by weight decay (1e-6·|w|). The MMF before it is the initial one:
-// stage 1 freezes it (TrainStages.EachStageTrainsExactlyItsParts).
-TEST(TrainCli, FewShotProbabilityOneFeedsTheFewShotMapToTheMmf) {
+// few_shot_probability 1: every example's MMF input carries the references' M_fs. Six stage-2
+// stages of one step each, batch 1: every step is one example with fresh AdamW moments, so its
+// update of the M_fs channel's weights is lr·|g|/(|g| + ε) ≈ lr where the example fed M_fs, and
+// weight decay alone (1e-6·|w|) where it did not. The MMF before them is the initial one: stage 1
+// freezes it (TrainStages.EachStageTrainsExactlyItsParts).
+TEST(TrainCli, FewShotProbabilityOneFeedsTheFewShotMapToTheMmfEveryStep) {
   const auto dir = test::scratch("train-few-shot-one");
   fs::remove_all(dir);
-  const auto cfg = stages_config(dir / "out", 1.0, {{{"stage", 1}, {"steps", 1}}, {{"stage", 2}, {"steps", 1}}});
+  json stages = {{{"stage", 1}, {"steps", 1}}};
+  for (int i = 0; i < 6; ++i) stages.push_back({{"stage", 2}, {"steps", 1}});
+  auto cfg = stages_config(dir / "out", 1.0, stages);
+  cfg["batch_size"] = 1;
   auto r = test::run_iadgpt({"--threads", "2", "train", "--quiet", "--config", write_config(dir, cfg).string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto params = checkpoint_params(dir / "out");
-  ASSERT_EQ(params.size(), 2u);
-  const double lr = logged_lr(dir / "out").at(2);
-  const auto moved = (fs_weights(params.at(2)) - fs_weights(params.at(1))).abs();
-  EXPECT_GT(moved.max().item<double>(), 0.5 * lr);
-  // Most of the channel's 16·9 weights get a gradient (a weight decay step would move none this far).
-  EXPECT_GT((moved > 0.1 * lr).to(torch::kFloat32).mean().item<double>(), 0.5);
+  ASSERT_EQ(params.size(), 7u);
+  const auto lr = logged_lr(dir / "out");
+  for (int64_t step = 2; step <= 7; ++step) {
+    const auto moved = (fs_weights(params.at(step)) - fs_weights(params.at(step - 1))).abs();
+    EXPECT_GT(moved.max().item<double>(), 0.5 * lr.at(step)) << "step " << step << ": no M_fs in the MMF input";
+    // Most of the channel's 16·9 weights get a gradient (weight decay moves none this far).
+    EXPECT_GT((moved > 0.1 * lr.at(step)).to(torch::kFloat32).mean().item<double>(), 0.5) << "step " << step;
+  }
   // The few-shot-only run writes a few-shot bundle (inference must then give references).
   EXPECT_EQ(model::read_bundle(dir / "out").mode, "few-shot");
 }
