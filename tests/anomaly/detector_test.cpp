@@ -7,10 +7,13 @@
 #include <fstream>
 
 #include "anomaly/detector.h"
+#include "common/method_reference.h"
 #include "common/shared.h"
 #include "image/decode.h"
+#include "image/preprocess.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
+#include "vision/loader.h"
 
 using namespace iadgpt;
 
@@ -75,6 +78,48 @@ TEST(ZeroShotOnRealImages, GivesAProbabilityMapPerImage) {
   EXPECT_EQ(d[0].layer_maps.size(0), 2);
   EXPECT_FLOAT_EQ(d[0].score, d[0].map.max().item<float>());
   EXPECT_FALSE(torch::equal(d[0].map, d[1].map));
+}
+
+// METHOD §1.6 recomputed in float64 from the tower's tensors: each tapped patch token through the
+// head LayerNorm (by hand) and the projection, normalised, 100·cos with F_text, upsampled,
+// softmax; mean over layers. The detector's patch features, layer maps and map must all agree.
+TEST(ZeroShotOnRealImages, MapIsTheHeadLayerNormAndProjectionComparedWithFText) {
+  auto opt = tiny_options();
+  opt.features = true;
+  anomaly::Detector detector(opt);
+  detector.set_class("grid");
+  ASSERT_EQ(detector.effective_mode(), anomaly::MapMode::ZeroShot);
+  const auto img = grid_image("000.png");  // square: the map view is the encoder's input
+  const auto d = detector.detect({img})[0];
+
+  torch::NoGradGuard no_grad;
+  vision::VisionOptions vopt;
+  vopt.config = opt.config;
+  const auto tower = vision::load_vision(io::load_checkpoint(opt.vision), vopt);
+  const auto& w = tower.weights;
+  ASSERT_TRUE(w.proj.defined());
+  const auto taps = vision::vit_forward(w, tower.config, image::clip_map_view(img, 224).unsqueeze(0), opt.taps).taps;
+  const auto& f_text = detector.text_features().f_text;
+  std::vector<torch::Tensor> features, layer_maps;
+  for (const auto& tap : taps) {
+    auto p = test::reference::joint_projection(tap, w.head_ln_weight, w.head_ln_bias, tower.config.eps, w.proj);
+    features.push_back(test::reference::normalize_rows(p)[0]);
+    layer_maps.push_back(test::reference::text_map(p, f_text, 224)[0][1]);
+  }
+  const auto expected_features = torch::stack(features);  // [L, N, D]
+  const auto expected_layers = torch::stack(layer_maps);  // [L, S, S]
+  const auto expected_map = expected_layers.mean(0);
+  auto diff = [](const torch::Tensor& a, const torch::Tensor& b) {
+    return (a.to(torch::kFloat64) - b).abs().max().item<double>();
+  };
+  ASSERT_EQ(d.patch_features.sizes(), expected_features.sizes());
+  // fp32 vs float64 on unit vectors of width 32 after a 64-wide LayerNorm: ~1e-7 each; 1e-5.
+  EXPECT_LT(diff(d.patch_features, expected_features), 1e-5);
+  // The ×100 logit scale turns a 1e-7 cosine error into 1e-5 before the softmax (slope ≤ 1/4): 1e-4.
+  EXPECT_LT(diff(d.layer_maps, expected_layers), 1e-4);
+  EXPECT_LT(diff(d.map, expected_map), 1e-4);
+  // The map is not flat (a constant would hide a wrong projection less well).
+  EXPECT_GT((expected_map.max() - expected_map.min()).item<double>(), 1e-3);
 }
 
 TEST(DecoderOnRealImages, LoadsTrainedWeightsAndBlendsWithReferences) {

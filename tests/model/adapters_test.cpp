@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "common/method_reference.h"
 #include "io/error.h"
 #include "model/adapters.h"
 
@@ -19,6 +22,35 @@ TEST(MultiMaskFusion, MakesEighteenTokensWithBaseTokensFirst) {
   ASSERT_EQ(out.sizes(), (std::vector<int64_t>{2, 18, 32}));
   EXPECT_TRUE(torch::equal(out[1].slice(0, 0, 9), mmf->base_tokens));
   EXPECT_THROW(mmf->forward(torch::rand({1, 5, 224, 224})), InputError);
+}
+
+// METHOD §1.8 recomputed in float64 with plain tensor ops (tests/common/method_reference.h) from the
+// module's state dict: a dropped stage, ReLU or pool, a wrong cell order, a missing bias or base
+// token all show as a difference.
+TEST(MultiMaskFusion, OutputEqualsThePlainTensorComputationOfMethod18) {
+  model::MultiMaskFusion mmf(24);
+  torch::NoGradGuard no_grad;
+  auto gen = at::detail::createCPUGenerator(5);
+  // He-scaled weights and non-zero biases: with torch's default init the activations shrink ~2.5×
+  // per stage and the tokens would hardly depend on the masks, hiding a wrong stage.
+  for (auto& p : mmf->named_parameters()) {
+    auto& t = p.value();
+    if (p.key().find("weight") != std::string::npos) t.normal_(0, std::sqrt(2.0 / static_cast<double>(t[0].numel())), gen);
+    else t.normal_(0, 0.1, gen);
+  }
+  auto masks = torch::rand({2, 6, 224, 224}, gen);
+  masks[1].select(0, 5).zero_();  // the second image without references (M_fs = 0)
+  const auto expected = test::reference::multi_mask_fusion(model::parameter_tensors(*mmf), masks);
+  const auto got = mmf->forward(masks);
+  ASSERT_EQ(got.sizes(), expected.sizes());
+  // The masks reach the tokens (else the comparison would only check the biases): the map tokens
+  // differ between the two images and between cells by O(1).
+  EXPECT_GT((expected[0].slice(0, 9) - expected[1].slice(0, 9)).abs().max().item<double>(), 0.1);
+  EXPECT_GT((expected[0][9] - expected[0][17]).abs().max().item<double>(), 0.1);
+  // fp32 module vs float64 reference: convolutions of up to 512·9 terms over five stages and a
+  // 1024-term projection keep fp32's relative error near 1e-5; 1e-4 of the token scale.
+  const double scale = expected.abs().max().item<double>();
+  EXPECT_LT((got.to(torch::kFloat64) - expected).abs().max().item<double>(), 1e-4 * scale) << "scale " << scale;
 }
 
 TEST(TextGuidedEnhancer, ParameterCountAndUntrainedEqualsLlamaProj) {

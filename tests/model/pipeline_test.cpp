@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <fstream>
 
 #include "anomaly/apg.h"
 #include "anomaly/detector.h"
+#include "common/method_reference.h"
 #include "image/decode.h"
 #include "image/preprocess.h"
 #include "io/checkpoint.h"
@@ -106,9 +109,22 @@ TEST(MapAnswer, TwoRegionsNoRegionAndDefectType) {
 }
 
 // The acceptance test of METHOD §1.9: the logits of the pipeline's prompt equal those of a sequence
-// assembled by hand from token embeddings and the adapters' outputs computed here independently.
+// assembled by hand from token embeddings and the adapters' outputs recomputed here by METHOD §1.4, §1.7
+// and §1.8 in plain tensor ops (tests/common/method_reference.h), not by the modules.
 TEST(IadGptPipeline, InjectedSequenceIsTheMethodLayout) {
   const auto bundle = test::tiny_bundle("pipe-layout", 3);
+  {
+    // He-scaled MMF convs and O(0.1) biases: with torch's default init the activations shrink
+    // ~2.5× per stage and the expert tokens would hardly depend on the masks, hiding an MMF defect.
+    io::TensorMap mmf;
+    auto gen = at::detail::createCPUGenerator(7);
+    for (const auto& [key, t] : io::load_safetensors(*bundle.mmf)) {
+      const bool weight = key.find("weight") != std::string::npos;
+      const double stddev = weight ? std::sqrt(2.0 / static_cast<double>(t[0].numel())) : 0.1;
+      mmf[key] = key == "base_tokens" ? t.clone() : torch::randn(t.sizes(), gen) * stddev;
+    }
+    io::save_safetensors(*bundle.mmf, mmf);
+  }
   model::IadGpt m(bundle);
   m.set_class("bottle");
   const auto img = fixture_image("coffee.png");  // 320 x 213: encoder view (crop) differs from the map view
@@ -138,20 +154,27 @@ TEST(IadGptPipeline, InjectedSequenceIsTheMethodLayout) {
   text_side.set_class("bottle");
   const auto& text = text_side.text_features();
 
-  model::Heads heads;
-  heads.decoder = anomaly::VisualDecoder(64, 32, 4);
-  anomaly::load_decoder(heads.decoder, io::load_safetensors(*bundle.decoder), "decoder");
-  heads.tge = model::TextGuidedEnhancer(32, 64);
-  model::load_parameters(*heads.tge, io::load_safetensors(*bundle.tge), "", "tge");
-  heads.mmf = model::MultiMaskFusion(64);
-  model::load_parameters(*heads.mmf, io::load_safetensors(*bundle.mmf), "", "mmf");
-  const auto out = model::run_heads(heads, taps, e, {}, text, 224);
+  // The adapters by METHOD §1.4, §1.7 and §1.8 in float64 plain tensor ops from the bundle's
+  // tensors (tests/common/method_reference.h), not through the modules the pipeline runs.
+  const auto decoder = io::load_safetensors(*bundle.decoder);
+  std::vector<torch::Tensor> layer_maps;
+  for (int64_t l = 0; l < 4; ++l)
+    layer_maps.push_back(test::reference::text_map(test::reference::decoder_projection(decoder, l, taps[l]), text.f_text, 224)
+                             .select(1, 1));
+  const auto maps = torch::stack(layer_maps, 1);  // [1, 4, S, S]
+  const auto masks = torch::cat({maps, maps.mean(1, true), torch::zeros_like(maps.slice(1, 0, 1))}, 1);
+  const auto image_token = test::reference::text_guided_enhancer(io::load_safetensors(*bundle.tge), e, text.normal_sentences,
+                                                                 text.abnormal_sentences, text.f_text)
+                               .to(torch::kFloat32);
+  const auto expert_tokens = test::reference::multi_mask_fusion(io::load_safetensors(*bundle.mmf), masks).to(torch::kFloat32);
 
-  // Adapter outputs: fp32 on the same inputs, differences are summation order only.
-  EXPECT_LT(max_abs_diff(out.image_token, m.image_tokens().image_token), 1e-4);
-  EXPECT_LT(max_abs_diff(out.expert_tokens, m.image_tokens().expert_tokens), 1e-4);
-  // M_fs is zeros without references (METHOD §1.8).
-  EXPECT_EQ(out.masks.select(1, 5).abs().max().item<double>(), 0.0);
+  // fp32 pipeline vs float64 reference on the same inputs. The MMF input: maps are softmax
+  // outputs of 100·cos logits (1e-7 cosine error → 1e-5); M_fs is zeros without references (§1.8).
+  EXPECT_LT(max_abs_diff(m.image_tokens().masks, masks), 1e-4);
+  EXPECT_EQ(m.image_tokens().masks.select(1, 5).abs().max().item<double>(), 0.0);
+  // Tokens of O(1): fp32 sums of ≤ 4608 terms per conv output, ~1e-5 relative; 1e-4.
+  EXPECT_LT(max_abs_diff(image_token, m.image_tokens().image_token), 1e-4);
+  EXPECT_LT(max_abs_diff(expert_tokens, m.image_tokens().expert_tokens), 1e-4);
 
   const auto& tok = m.tokenizer();
   const auto& llm_model = m.llm();
@@ -164,13 +187,13 @@ TEST(IadGptPipeline, InjectedSequenceIsTheMethodLayout) {
   EXPECT_EQ(m.question(""), question);
   std::vector<int64_t> before{tok.bos_id()};
   for (auto id : tok.encode("### Human: <Img>")) before.push_back(id);
-  auto rows = torch::cat({llm_model.embed(before), out.image_token, llm_model.embed(tok.encode("</Img> ")),
-                          out.expert_tokens[0], llm_model.embed(tok.encode(question + "\n### Assistant:"))});
+  auto rows = torch::cat({llm_model.embed(before), image_token, llm_model.embed(tok.encode("</Img> ")),
+                          expert_tokens[0], llm_model.embed(tok.encode(question + "\n### Assistant:"))});
   llm::KvCache cache(llm_model, 256);
   auto expected = llm::forward(llm_model, cache, rows, llm::Logits::All);
   auto got = m.prompt_logits();
   ASSERT_EQ(got.sizes(), expected.sizes());
-  // fp32 throughout; the adapters agree to ~1e-6, the 2-layer LLM keeps that scale.
+  // The adapters agree to ~1e-5 (above); the 2-layer LLM keeps that scale.
   EXPECT_LT(max_abs_diff(got, expected), 1e-4);
   // P(yes) is the softmax restricted to the Yes/No decision tokens, after the pieces both words
   // share (stories260K's tokenizer writes ▁ Y es / ▁ N o; LLaMA's has ▁Yes / ▁No, no shared piece).
@@ -366,24 +389,82 @@ TEST(IadGptPipeline, InspectRefusesOnlyAFirstPromptThatLeavesNoRoom) {
   EXPECT_EQ(r.answer, probe.inspect(img, [] { model::InspectOptions o; o.max_tokens = 1; return o; }()).answer);
 }
 
-TEST(IadGptPipeline, DefectTypeIsAnApgKeywordOfTheClass) {
+// The defect type (METHOD §1.10) by construction. A decoder with zero weights and bias k_j (the
+// j-th APG keyword embedding) gives P_l = k_j at every patch, so the mean over the region is k_j and
+// the type must be keyword j — for two different j. The LLM's decision is fixed by construction
+// too (blocks' output projections zero, so the last hidden state is the last token's embedding,
+// and the Yes/No rows of the head are ± that direction), so both answers are checked unconditionally.
+TEST(IadGptPipeline, DefectTypeIsTheApgKeywordNearestTheRegionsPatchFeatures) {
   auto fields = test::tiny_bundle_fields("pipe-defect");
   model::init_random_adapters(fields, 6);
-  fields.threshold = 0.01;  // every pixel of the random decoder's map is a region: the type is computed
-  model::write_bundle(fields, fields.dir);
-  model::IadGpt m(model::read_bundle(fields.dir));
-  m.set_class("hazelnut");
-  model::InspectOptions opt;
-  opt.generate = false;
-  const auto r = m.inspect(grid_image("000.png"), opt);
-  ASSERT_FALSE(r.regions.empty());
+  // The map is the constant softmax of 100·cos(k_j, F_text): every pixel is one region.
+  fields.threshold = 1e-6;
   const auto apg = anomaly::builtin_prompts("hazelnut");
   ASSERT_TRUE(apg);
-  EXPECT_NE(std::find(apg->keywords.begin(), apg->keywords.end(), r.defect_type), apg->keywords.end()) << r.defect_type;
-  if (r.anomalous) EXPECT_NE(r.answer.find(", it looks like a " + r.defect_type + "."), std::string::npos) << r.answer;
-  // Without the class (no APG) there is no type.
-  m.set_class("");
-  EXPECT_TRUE(m.inspect(grid_image("000.png"), opt).defect_type.empty());
+  ASSERT_GE(apg->keywords.size(), 3u);
+  anomaly::DetectorOptions dopt;
+  dopt.vision = fields.vision;
+  dopt.config = fields.vision_config;
+  dopt.vocab = fields.vocab;
+  anomaly::Detector text_side(dopt);
+  const auto keywords = anomaly::keyword_embeddings(
+      *apg, [&](const std::vector<std::string>& t) { return text_side.encode_text(t); });  // [K, D] normalised
+  const int64_t K = keywords.size(0);
+
+  model::write_bundle(fields, fields.dir);
+  model::IadGpt probe(model::read_bundle(fields.dir));
+  const int64_t yes = probe.yes_no_tokens()[0], no = probe.yes_no_tokens()[1];
+  auto always = [&](bool says_yes) {
+    const auto dir = test::scratch("pipe-defect") / (says_yes ? "llm-yes" : "llm-no");
+    fs::create_directories(dir);
+    fs::copy_file(test::fixture("llama_tiny/config.json"), dir / "config.json", fs::copy_options::overwrite_existing);
+    io::TensorMap w;
+    for (const auto& [k, t] : io::load_safetensors(test::fixture("llama_tiny/model.safetensors"))) w[k] = t.clone();
+    for (int l = 0; l < 2; ++l)
+      for (const auto* part : {"self_attn.o_proj", "mlp.down_proj"}) w.at(fmt::format("model.layers.{}.{}.weight", l, part)).zero_();
+    auto& embed = w.at("model.embed_tokens.weight");
+    const auto v = embed[yes].clone();
+    embed.copy_(v.unsqueeze(0).expand_as(embed));  // every token: the same last hidden state v
+    // logit(Yes) = ±100·(v/rms(v) ⊙ g)·(g ⊙ v) = ±100·Σ g²v²/rms(v): its sign is fixed.
+    const auto dir_row = 100.0 * w.at("model.norm.weight") * v;
+    w.at("lm_head.weight")[yes].copy_(says_yes ? dir_row : -dir_row);
+    w.at("lm_head.weight")[no].copy_(says_yes ? -dir_row : dir_row);
+    io::save_safetensors(dir / "model.safetensors", w);
+    return dir;
+  };
+  const auto img = grid_image("000.png");
+  for (const int64_t j : {int64_t{1}, K - 1}) {
+    // Precondition of the construction: k_j is its own nearest keyword.
+    ASSERT_EQ(torch::matmul(keywords, keywords[j]).argmax().item<int64_t>(), j);
+    io::TensorMap decoder;
+    for (int l = 0; l < 4; ++l) {
+      decoder[fmt::format("fc.{}.weight", l)] = torch::zeros({32, 64});
+      decoder[fmt::format("fc.{}.bias", l)] = keywords[j].to(torch::kFloat32).clone();
+    }
+    io::save_safetensors(*fields.decoder, decoder);
+    for (const bool says_yes : {true, false}) {
+      auto b = fields;
+      b.llm = always(says_yes);
+      model::write_bundle(b, b.dir);
+      model::IadGpt m(model::read_bundle(b.dir));
+      m.set_class("hazelnut");
+      model::InspectOptions opt;
+      opt.generate = false;
+      const auto r = m.inspect(img, opt);
+      ASSERT_GT(r.map.min().item<double>(), fields.threshold) << "the construction needs one region over the image";
+      ASSERT_EQ(r.regions.size(), 1u);
+      const auto& expected = apg->keywords[static_cast<size_t>(j)];
+      EXPECT_EQ(r.defect_type, expected) << "keyword " << j;
+      EXPECT_EQ(r.anomalous, says_yes) << "p_yes " << r.p_yes;
+      if (says_yes)
+        EXPECT_EQ(r.answer, "Yes, there is an anomaly in the image, at the center of the image, it looks like a " + expected + ".");
+      else
+        EXPECT_EQ(r.answer, "No, there is no anomaly in the image.");
+      // Without the class (no APG) there is no type.
+      m.set_class("");
+      EXPECT_TRUE(m.inspect(img, opt).defect_type.empty());
+    }
+  }
 }
 
 TEST(IadGptPipeline, FewShotReferencesFillTheSixthMask) {
