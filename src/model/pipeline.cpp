@@ -118,7 +118,7 @@ std::string position_words(const std::vector<anomaly::Region>& regions) {
   return s;
 }
 
-double fit_decision_bias(std::span<const double> p_yes, std::span<const uint8_t> labels) {
+double fit_decision_bias(std::span<const double> p_yes, std::span<const uint8_t> labels, double min_gain) {
   if (p_yes.size() != labels.size())
     throw InputError(fmt::format("decision calibration: {} probabilities for {} labels", p_yes.size(), labels.size()));
   // Log-odds, clamped so that a saturated probability stays a finite, ordered number.
@@ -135,21 +135,27 @@ double fit_decision_bias(std::span<const double> p_yes, std::span<const uint8_t>
   if (positives == 0 || negatives == 0)
     throw InputError("decision calibration needs both normal and anomalous parts");
   std::sort(parts.begin(), parts.end());
-  // Threshold between sorted[k-1] and sorted[k]: the first k say "No", the rest "Yes".
-  double best = -1, best_gap = -1, best_t = 0;
+  // The LLM's own cut (log-odds 0) and every cut between sorted[k-1] and sorted[k] (the first k
+  // say "No"), scored by balanced accuracy.
+  auto balanced_at = [&](double normals_below, double anomalies_below) {
+    return 0.5 * (normals_below / negatives + (positives - anomalies_below) / positives);
+  };
+  double own_normals = 0, own_anomalies = 0;
+  for (const auto& [logit, label] : parts)
+    if (logit <= 0) (label ? own_anomalies : own_normals) += 1;
+  const double own = balanced_at(own_normals, own_anomalies);
+  double best = -1, best_t = 0;
   double normals_below = 0, anomalies_below = 0;
   for (size_t k = 0; k <= parts.size(); ++k) {
     if (k > 0) (parts[k - 1].second ? anomalies_below : normals_below) += 1;
     if (k > 0 && k < parts.size() && parts[k].first == parts[k - 1].first) continue;  // not a cut
-    const double balanced = 0.5 * (normals_below / negatives + (positives - anomalies_below) / positives);
+    const double balanced = balanced_at(normals_below, anomalies_below);
     const double lo = k == 0 ? parts.front().first - 1 : parts[k - 1].first;
     const double hi = k == parts.size() ? parts.back().first + 1 : parts[k].first;
-    const double t = 0.5 * (lo + hi), gap = hi - lo;
-    const bool better = balanced > best + 1e-12 ||
-                        (balanced > best - 1e-12 && (gap > best_gap + 1e-12 ||
-                                                     (gap > best_gap - 1e-12 && std::abs(t) < std::abs(best_t))));
-    if (better) best = balanced, best_gap = gap, best_t = t;
+    const double t = 0.5 * (lo + hi);
+    if (balanced > best + 1e-12 || (balanced > best - 1e-12 && std::abs(t) < std::abs(best_t))) best = balanced, best_t = t;
   }
+  if (best - own < min_gain) return 0.0;  // the LLM's own decision is as good, within the noise of a few parts
   return std::clamp(-best_t, -100.0, 100.0);
 }
 

@@ -126,11 +126,13 @@ HeadOutputs run_heads(Heads& heads, const std::vector<torch::Tensor>& taps, cons
 // [B,S,S] and the few-shot map [B,S,S] (undefined → zeros).
 torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot);
 
-// Decision calibration: the log-odds bias b that makes "p_yes·e^b over the rest > ½" best separate
-// the labelled parts (1 = anomalous), i.e. the threshold t = −b on logit(p_yes) with the highest
-// balanced accuracy; among equally good thresholds, the middle of the widest gap between
-// neighbouring parts (the largest margin), then the one nearest 0. Needs both labels (InputError).
-double fit_decision_bias(std::span<const double> p_yes, std::span<const uint8_t> labels);
+// Decision calibration: the log-odds bias b added to logit P(Yes) of labelled parts (1 =
+// anomalous) that best separates them, i.e. the cut t = −b with the highest balanced accuracy; of
+// equally good cuts, the middle of the one nearest the LLM's own (0). When that beats the LLM's own
+// cut by less than `min_gain` (balanced accuracy), b = 0: on a few parts a better cut is often
+// noise (demo, issue 13: a class whose validation normals sat at +5.7 moved its cut past held-out
+// defects at +4.6 and cost 4 of its 20 held-out parts). Needs both labels (InputError).
+double fit_decision_bias(std::span<const double> p_yes, std::span<const uint8_t> labels, double min_gain = 0.05);
 
 // The answer phrasing of METHOD §1.10 without the LLM: No / Yes (no region) / AnomalyGPT's region
 // phrasing, with ", it looks like a {type}." when a defect type is known.

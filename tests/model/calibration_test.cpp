@@ -38,12 +38,26 @@ TEST(DecisionCalibration, SeparableDefectsBelowOneHalfGetTheMiddleOfTheGap) {
   EXPECT_DOUBLE_EQ(balanced_accuracy(p, y, model::fit_decision_bias(p, y)), 1.0);
 }
 
-TEST(DecisionCalibration, AlreadyRightDecisionsKeepABiasThatStillSeparates) {
-  // Normals at 0.2, 0.3, defects at 0.9, 0.95: the cut stays between 0.3 and 0.9, in the middle of
-  // the log-odds gap (−0.847 … 2.197 → t = 0.675, bias −0.675).
+TEST(DecisionCalibration, AlreadyRightDecisionsKeepTheLlmsOwnCut) {
+  // Normals at 0.2, 0.3, defects at 0.9, 0.95: the LLM's own cut (P = ½) already separates them.
   const std::vector<double> p = {0.2, 0.3, 0.9, 0.95};
   const std::vector<uint8_t> y = {0, 0, 1, 1};
-  EXPECT_NEAR(model::fit_decision_bias(p, y), -0.5 * (logit(0.3) + logit(0.9)), 1e-12);
+  EXPECT_EQ(model::fit_decision_bias(p, y), 0.0);
+}
+
+TEST(DecisionCalibration, AGainBelowMinGainKeepsTheLlmsOwnCut) {
+  // 10 normals below ½ and one at 0.99; 10 defects above ½ but one at 0.995 ... the own cut misses
+  // one normal (balanced 0.955); moving past 0.99 fixes it but loses nothing only if the defects
+  // sit higher: here defects at 0.999 and the cut between 0.99 and 0.999 gains 1/22 ≈ 0.045 < 0.05.
+  std::vector<double> p(11, 0.1);
+  p[10] = 0.99;
+  std::vector<uint8_t> y(11, 0);
+  for (int i = 0; i < 11; ++i) p.push_back(0.999), y.push_back(1);
+  const double gain = 0.5 * (1.0 / 11.0);  // one more normal right of 11, no defect lost
+  ASSERT_LT(gain, 0.05);
+  EXPECT_EQ(model::fit_decision_bias(p, y), 0.0);
+  // With a smaller min_gain the move is taken: the middle of (logit 0.99, logit 0.999).
+  EXPECT_NEAR(model::fit_decision_bias(p, y, 0.01), -0.5 * (logit(0.99) + logit(0.999)), 1e-12);
 }
 
 TEST(DecisionCalibration, OverlappingClassesGetABiasAsGoodAsTheBruteForceBest) {
@@ -59,11 +73,15 @@ TEST(DecisionCalibration, OverlappingClassesGetABiasAsGoodAsTheBruteForceBest) {
       p.push_back(1.0 / (1.0 + std::exp(-z)));
       y.push_back(defect);
     }
-    const double fitted = balanced_accuracy(p, y, model::fit_decision_bias(p, y));
-    // Brute force: every bias on a fine grid (steps of 1e-3 log-odds across ±12).
+    // min_gain 0: the fitted bias must be as good as the best one on a fine grid (steps of 1e-3
+    // log-odds across ±12); with the default, either as good or 0 with the best less than 0.05
+    // above the LLM's own cut.
     double best = 0;
     for (double b = -12; b <= 12; b += 1e-3) best = std::max(best, balanced_accuracy(p, y, b));
-    EXPECT_GE(fitted, best - 1e-12) << "trial " << trial;
+    EXPECT_GE(balanced_accuracy(p, y, model::fit_decision_bias(p, y, 0.0)), best - 1e-12) << "trial " << trial;
+    const double fitted = model::fit_decision_bias(p, y);
+    if (fitted == 0.0) EXPECT_LT(best - balanced_accuracy(p, y, 0.0), 0.05 + 1e-12) << "trial " << trial;
+    else EXPECT_GE(balanced_accuracy(p, y, fitted), best - 1e-12) << "trial " << trial;
   }
 }
 
