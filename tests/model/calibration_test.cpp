@@ -46,9 +46,9 @@ TEST(DecisionCalibration, AlreadyRightDecisionsKeepTheLlmsOwnCut) {
 }
 
 TEST(DecisionCalibration, AGainBelowMinGainKeepsTheLlmsOwnCut) {
-  // 10 normals below ½ and one at 0.99; 10 defects above ½ but one at 0.995 ... the own cut misses
-  // one normal (balanced 0.955); moving past 0.99 fixes it but loses nothing only if the defects
-  // sit higher: here defects at 0.999 and the cut between 0.99 and 0.999 gains 1/22 ≈ 0.045 < 0.05.
+  // 10 normals at 0.1, one at 0.99, 11 defects at 0.999. The own cut (½) misses that normal
+  // (balanced accuracy 0.9545); the cut between 0.99 and 0.999 gets all (1.0): a gain of
+  // 1/22 ≈ 0.045, below the default 0.05.
   std::vector<double> p(11, 0.1);
   p[10] = 0.99;
   std::vector<uint8_t> y(11, 0);
