@@ -127,7 +127,7 @@ TEST(DemoPipeline, ScaledDownRunWritesTheReportAndPrintsTheAccuracy) {
   // defect name (the folder the part came from: "good" is normal) and the first Yes/No word of its
   // answer. An answer with neither word is judged by the card's own ok/bad mark (the demo then
   // falls back to the fast decision, which the report does not show).
-  const std::regex card_re(R"re(<div class="card">.*?<b>([^<]*)</b> · truth: (\w+) · .*?<span class="(ok|bad)">\w+</span><br>“(.*?)”</div></div>)re");
+  const std::regex card_re(R"re(<div class="card">.*?<b>([^<]*)</b> · truth: (\w+) · .*?<span class="(ok|bad)">\w+</span><br>answer: “(.*?)”<br>map: .*?</div></div>)re");
   const std::regex word_re(R"([A-Za-z]+)");
   int cards = 0, correct = 0;
   std::map<std::string, std::pair<int, int>> per_class;  // class -> (correct, total), from the picture names
@@ -185,6 +185,23 @@ TEST(DemoPipeline, ScaledDownRunWritesTheReportAndPrintsTheAccuracy) {
   EXPECT_EQ(cfg.at("llm"), "llm");
   EXPECT_EQ(cfg.at("datasets").at(0).at("categories"), (std::vector<std::string>{"washer", "pcb"}));
   EXPECT_TRUE(fs::is_regular_file(out / "models" / cfg.at("vocab").get<std::string>()));
+}
+
+// Issue 13: a demo that misses --min-accuracy is a failed check (exit 3, one line naming the
+// accuracy and the bar), not an internal error. The tiny run's accuracy is read from its output, so
+// the expected code follows from it (a bar of 1.01 is above any accuracy: always a miss).
+TEST(DemoPipeline, MissingMinAccuracyIsACheckFailureWithExitCode3) {
+  const auto out = test::scratch("demo_bar");
+  fs::remove_all(out);
+  const auto r = test::run_iadgpt({"--threads", "1", "demo", "--out", out.string(), "--classes", "washer", "--train", "4",
+                                   "--val-good", "1", "--val-defect", "1", "--test-good", "1", "--test-defect", "1",
+                                   "--size", "112", "--steps", "10", "--llm-steps", "3", "--per-image", "1", "--shots", "1",
+                                   "--min-accuracy", "1.01"});
+  EXPECT_EQ(r.exit_code, 3) << r.out << r.err;
+  EXPECT_NE(r.err.find("iadgpt: check failed: the held-out Yes/No accuracy"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--min-accuracy 1.010"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("internal error"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::is_regular_file(out / "report/index.html"));  // the report is written before the check
 }
 
 TEST(DemoPipeline, BadSplitIsBadInput) {
