@@ -188,8 +188,7 @@ TEST(DemoPipeline, ScaledDownRunWritesTheReportAndPrintsTheAccuracy) {
 }
 
 // Issue 13: a demo that misses --min-accuracy is a failed check (exit 3, one line naming the
-// accuracy and the bar), not an internal error. The tiny run's accuracy is read from its output, so
-// the expected code follows from it (a bar of 1.01 is above any accuracy: always a miss).
+// accuracy and the bar), not an internal error. A bar of 1.01 is above any accuracy: always a miss.
 TEST(DemoPipeline, MissingMinAccuracyIsACheckFailureWithExitCode3) {
   const auto out = test::scratch("demo_bar");
   fs::remove_all(out);
