@@ -100,7 +100,7 @@ nlohmann::ordered_json train_config(const std::vector<std::string>& classes, con
           {"map_warmup", {{"steps", o.steps}, {"per_image", 20}}},
           // METHOD's adapter lr (1e-3) and batch 16 with a scale-keeping MMF (mmf_init kaiming, the
           // trainer's default): the LLM learns to read the expert tokens in stage 2 (issue 13: at
-          // batch 8 it did so in 1 run of 12, by luck; src/demo/README.md).
+          // batch 8 it did so in 1 of 14 runs, by luck; src/train/README.md, "Learning" 4).
           {"stages", {{{"stage", 1}, {"steps", s1}, {"lr", 1e-3}}, {{"stage", 2}, {"steps", s2}, {"lr", 1e-3}},
                       {{"stage", 3}, {"steps", s3}, {"lr", 1e-3}}}},
           {"batch_size", 16},
