@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <exception>
+
 #include "io/error.h"
 
 namespace iadgpt::serve {
@@ -73,15 +75,21 @@ void WorkerPool::run(Worker& worker) {
   if (threads_per_worker_ > 0) torch::set_num_threads(threads_per_worker_);
   Task task;
   while (next(worker, task)) {
+    std::exception_ptr error;
     try {
       task.job(worker);
-      task.done.set_value();
     } catch (...) {
-      task.done.set_exception(std::current_exception());
+      error = std::current_exception();
     }
-    std::lock_guard lock(mutex_);
-    --busy_;
-    ++completed_;
+    {
+      std::lock_guard lock(mutex_);
+      --busy_;
+      ++completed_;
+    }
+    // Counted before the waiter wakes: a client that has its answer sees this worker free
+    // (`/v1/health` right after the last response said busy 1 in a loaded run).
+    if (error) task.done.set_exception(error);
+    else task.done.set_value();
   }
 }
 
