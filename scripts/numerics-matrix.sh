@@ -73,7 +73,7 @@ if [ "$PROBE" = 1 ]; then
   exit 0
 fi
 
-printf '| setting | env | threads | demo Yes/No | demo trainer validation | learning test (40 pairs) |\n'
+printf '| setting | env | threads | demo Yes/No | trainer: validation parts | learning test (40 pairs) |\n'
 printf '| --- | --- | --- | --- | --- | --- |\n'
 for s in $SETTINGS; do
   demo="-" val="-" learn="-"
@@ -81,7 +81,7 @@ for s in $SETTINGS; do
     dir="$OUT/demo-$s"
     env $(env_of "$s") "$BUILD/iadgpt" --threads "$(threads_of "$s")" demo --out "$dir" > "$dir.log" 2>&1 || true
     demo=$(grep -o 'Yes/No accuracy on held-out parts: .*' "$dir.log" | sed 's/.*: //' || true)
-    val=$(grep -o 'validation parts: Yes/No accuracy [0-9.]*' "$dir.log" | tail -1 | awk '{print $NF}' || true)
+    val=$(grep -o 'validation parts ([^)]*): Yes/No accuracy [0-9.]*' "$dir.log" | tail -1 | awk '{print $NF}' || true)
     [ -n "$demo" ] || demo="failed ($dir.log)"
   fi
   if [ "$ONLY" != demo ]; then
