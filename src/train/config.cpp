@@ -136,6 +136,25 @@ static std::vector<InstructionConfig::Entry> read_instruction_entries(const Inst
   return out;
 }
 
+// The fields every dataset entry shares (`datasets[i]`, `validation`): kind, root and the
+// categories, all of the tree's when none are named.
+static DatasetConfig dataset_fields(Fields& d, const fs::path& base) {
+  DatasetConfig dc;
+  dc.kind = d.string("kind", "mvtec", {"mvtec", "visa", "mvtec3d", "folder"});
+  dc.root = d.path("root", base, true);
+  if (d.has("categories")) {
+    const auto& cats = d.at("categories");
+    if (!cats.is_array()) d.fail("categories", "an array of names", cats.dump());
+    for (const auto& cat : cats) {
+      if (!cat.is_string()) d.fail("categories", "an array of names", cats.dump());
+      dc.categories.push_back(cat.get<std::string>());
+    }
+  }
+  if (dc.categories.empty()) dc.categories = data::categories(data::parse_kind(dc.kind), dc.root);
+  if (dc.categories.empty()) d.fail("root", "a dataset with at least one category", dc.root.string());
+  return dc;
+}
+
 TrainConfig parse_train_config(const json& j, const fs::path& source) {
   TrainConfig c;
   c.source = source;
@@ -194,21 +213,9 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   if (!ds.is_array() || ds.empty()) f.fail("datasets", "a non-empty array", ds.dump());
   for (size_t i = 0; i < ds.size(); ++i) {
     Fields d(ds[i], file, fmt::format("datasets[{}].", i));
-    DatasetConfig dc;
-    dc.kind = d.string("kind", "mvtec", {"mvtec", "visa", "mvtec3d", "folder"});
-    dc.root = d.path("root", base, true);
-    if (d.has("categories")) {
-      const auto& cats = d.at("categories");
-      if (!cats.is_array()) d.fail("categories", "an array of names", cats.dump());
-      for (const auto& cat : cats) {
-        if (!cat.is_string()) d.fail("categories", "an array of names", cats.dump());
-        dc.categories.push_back(cat.get<std::string>());
-      }
-    }
+    DatasetConfig dc = dataset_fields(d, base);
     // Dataset layout checked now, never mid-run: every category must list normal training images.
     const auto kind = data::parse_kind(dc.kind);
-    if (dc.categories.empty()) dc.categories = data::categories(kind, dc.root);
-    if (dc.categories.empty()) d.fail("root", "a dataset with at least one category", dc.root.string());
     for (const auto& cat : dc.categories) {
       auto samples = data::list_samples(kind, dc.root, cat);
       int64_t normals = 0;
@@ -222,21 +229,8 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   }
   if (f.has("validation")) {
     Fields v(f.at("validation"), file, "validation.");
-    DatasetConfig vc;
-    vc.kind = v.string("kind", "mvtec", {"mvtec", "visa", "mvtec3d", "folder"});
-    vc.root = v.path("root", base, true);
+    DatasetConfig vc = dataset_fields(v, base);
     const auto kind = data::parse_kind(vc.kind);
-    if (v.has("categories")) {
-      const auto& cats = v.at("categories");
-      if (!cats.is_array()) v.fail("categories", "an array of names", cats.dump());
-      for (const auto& cat : cats) {
-        if (!cat.is_string()) v.fail("categories", "an array of names", cats.dump());
-        vc.categories.push_back(cat.get<std::string>());
-      }
-    } else {
-      vc.categories = data::categories(kind, vc.root);
-    }
-    if (vc.categories.empty()) v.fail("root", "a dataset with at least one category", vc.root.string());
     for (const auto& cat : vc.categories) {
       bool trained = false;
       for (const auto& d : c.datasets) trained |= std::find(d.categories.begin(), d.categories.end(), cat) != d.categories.end();

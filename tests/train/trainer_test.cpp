@@ -482,6 +482,19 @@ TEST(TrainCli, BadConfigsFailAtStartWithASpecificError) {
       {"map warm-up key", [](json& j) { j["map_warmup"] = {{"step", 10}}; }, "unknown key 'map_warmup.step'"},
       {"map warm-up steps", [](json& j) { j["map_warmup"] = {{"steps", -1}}; }, "'map_warmup.steps'"},
       {"decision weight", [](json& j) { j["decision_weight"] = -1; }, "'decision_weight'"},
+      {"validation root", [](json& j) { j["validation"] = {{"root", "/nonexistent/val"}}; },
+       "'validation.root': expected an existing path"},
+      {"validation categories", [](json& j) {
+         j["validation"] = {{"root", test::data("hazelnut_toy").string()}, {"categories", "hazelnut"}};
+       }, "'validation.categories': expected an array of names"},
+      {"validation kind", [](json& j) { j["validation"] = {{"kind", "coco"}, {"root", test::data("hazelnut_toy").string()}}; },
+       "'validation.kind': expected one of"},
+      {"validation class not trained", [](json& j) {
+         j["validation"] = {{"root", test::data("mvtec_ad").string()}, {"categories", {"grid"}}};
+       }, "'validation.categories': expected training categories only"},
+      {"dataset categories", [](json& j) { j["datasets"][0]["categories"] = {1}; },
+       "'datasets[0].categories': expected an array of names"},
+
       {"eval pairs", [](json& j) { j["eval_per_image"] = 0; }, "'eval_per_image'"},
       {"bf16 flag", [](json& j) { j["bf16_autocast"] = "yes"; }, "'bf16_autocast': expected true or false"},
       {"instruction file", [](json& j) { j["instructions"] = {{"file", "/nonexistent.json"}, {"images", "/tmp"}}; },
