@@ -9,8 +9,8 @@ packages=(
   libopencv-dev
   libsentencepiece-dev
   nlohmann-json3-dev libcli11-dev libcpp-httplib-dev
-  libfmt-dev libspdlog-dev zlib1g-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libfmt-dev zlib1g-dev
+  libgtest-dev libgmock-dev
   clang libclang-rt-14-dev
   chromium fonts-dejavu-core
   libgloo-dev
