@@ -1,5 +1,7 @@
 #include "io/atomic_file.h"
 
+#include <algorithm>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -63,9 +65,16 @@ void AtomicFile::commit() {
   fsync_directory(path_.parent_path());
 }
 
-void write_file_atomic(const std::filesystem::path& path, std::string_view bytes) {
+void write_file_atomic(const std::filesystem::path& path, std::string_view bytes,
+                       const std::function<void(std::size_t)>& after_bytes) {
   AtomicFile out(path);
-  out.write(bytes);
+  constexpr std::size_t kChunk = 1 << 20;
+  for (std::size_t done = 0; done < bytes.size();) {
+    const std::size_t n = std::min(kChunk, bytes.size() - done);
+    out.write(bytes.data() + done, n);
+    done += n;
+    if (after_bytes) after_bytes(done);
+  }
   out.commit();
 }
 

@@ -7,6 +7,7 @@
 //   out.commit();                      // without commit the destructor removes the temporary
 #pragma once
 #include <filesystem>
+#include <functional>
 #include <string_view>
 
 namespace iadgpt::io {
@@ -29,6 +30,9 @@ class AtomicFile {
   int fd_ = -1;
 };
 
-void write_file_atomic(const std::filesystem::path& path, std::string_view bytes);
+// Writes `bytes` to `path` through AtomicFile (readers see the old file or the whole new one), in
+// 1 MiB pieces, calling `after_bytes` after each (tests kill the writer part-way there).
+void write_file_atomic(const std::filesystem::path& path, std::string_view bytes,
+                       const std::function<void(std::size_t written)>& after_bytes = {});
 
 }  // namespace iadgpt::io

@@ -159,6 +159,16 @@ double fit_decision_bias(std::span<const double> p_yes, std::span<const uint8_t>
   return std::clamp(-best_t, -100.0, 100.0);
 }
 
+DecisionTokens decision_tokens(const llm::Tokenizer& tokenizer) {
+  const auto yes = tokenizer.encode("Yes");
+  const auto no = tokenizer.encode("No");
+  size_t common = 0;
+  while (common < yes.size() && common < no.size() && yes[common] == no[common]) ++common;
+  if (common == yes.size() || common == no.size())
+    throw InputError(fmt::format("{}: the tokenizer cannot tell \"Yes\" from \"No\"", tokenizer.path()));
+  return {.prefix = {yes.begin(), yes.begin() + static_cast<std::ptrdiff_t>(common)}, .yes = yes[common], .no = no[common]};
+}
+
 std::string map_answer(const std::vector<anomaly::Region>& regions, bool anomalous, std::string_view defect_type) {
   if (!anomalous) return "No, there is no anomaly in the image.";
   std::string answer = regions.empty() ? "Yes, there is an anomaly in the image." : anomaly::describe(regions);
@@ -305,17 +315,9 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
     s.prompt_learner->eval();
   }
 
-  // Decision tokens: the answer follows "### Assistant:", and SentencePiece writes " Yes" as ▁Yes
-  // (one token in LLaMA's vocabulary). Small vocabularies split it (▁ Y es): the pieces both
-  // words share are forced, and the decision is taken at the first piece where they differ.
-  const auto yes = s.tokenizer->encode("Yes");
-  const auto no = s.tokenizer->encode("No");
-  size_t common = 0;
-  while (common < yes.size() && common < no.size() && yes[common] == no[common]) ++common;
-  if (common == yes.size() || common == no.size())
-    throw InputError(fmt::format("{}: the tokenizer cannot tell \"Yes\" from \"No\"", s.tokenizer->path()));
-  s.answer_prefix.assign(yes.begin(), yes.begin() + static_cast<std::ptrdiff_t>(common));
-  s.yes_no = {yes[common], no[common]};
+  const auto decision = decision_tokens(*s.tokenizer);
+  s.answer_prefix = decision.prefix;
+  s.yes_no = {decision.yes, decision.no};
 }
 
 IadGpt::~IadGpt() = default;

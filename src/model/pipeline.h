@@ -126,6 +126,16 @@ HeadOutputs run_heads(Heads& heads, const std::vector<torch::Tensor>& taps, cons
 // [B,S,S] and the few-shot map [B,S,S] (undefined → zeros).
 torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot);
 
+// The decision tokens after "### Assistant:". SentencePiece writes " Yes" as ▁Yes (one token in
+// LLaMA's vocabulary); small vocabularies split it (▁ Y es): the pieces both words share are the
+// answer's forced `prefix`, and the decision is taken at the first piece where they differ.
+// InputError when the tokenizer cannot tell the two words apart.
+struct DecisionTokens {
+  std::vector<int64_t> prefix;
+  int64_t yes = 0, no = 0;
+};
+DecisionTokens decision_tokens(const llm::Tokenizer& tokenizer);
+
 // Decision calibration: the log-odds bias b added to logit P(Yes) of labelled parts (1 =
 // anomalous) that best separates them, i.e. the cut t = −b with the highest balanced accuracy; of
 // equally good cuts, the middle of the one nearest the LLM's own (0). When that beats the LLM's own

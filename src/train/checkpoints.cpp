@@ -23,26 +23,13 @@ const std::regex kName(R"(^step-(\d+)\.safetensors$)");
 
 }  // namespace
 
-void write_file_atomic(const fs::path& path, const std::string& bytes, const std::function<void(size_t)>& after_bytes) {
-  // In 1 MiB pieces so that a test can kill the writer part-way (after_bytes).
-  io::AtomicFile out(path);
-  constexpr size_t kChunk = 1 << 20;
-  for (size_t done = 0; done < bytes.size();) {
-    const size_t n = std::min(kChunk, bytes.size() - done);
-    out.write(bytes.data() + done, n);
-    done += n;
-    if (after_bytes) after_bytes(done);
-  }
-  out.commit();
-}
-
 CheckpointStore::CheckpointStore(fs::path directory, int64_t keep) : directory_(std::move(directory)), keep_(keep) {}
 
 fs::path CheckpointStore::save(int64_t step, const io::TensorMap& tensors, const std::map<std::string, std::string>& metadata,
                                const std::function<void(size_t)>& after_bytes) const {
   fs::create_directories(directory_);
   const auto path = directory_ / fmt::format("step-{:09d}.safetensors", step);
-  write_file_atomic(path, io::serialize_safetensors(tensors, metadata), after_bytes);
+  io::write_file_atomic(path, io::serialize_safetensors(tensors, metadata), after_bytes);
   auto all = list();
   for (size_t i = 0; i + keep_ < all.size(); ++i) fs::remove(all[i].second);
   return path;

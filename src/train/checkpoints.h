@@ -52,9 +52,4 @@ class CheckpointStore {
   int64_t keep_;
 };
 
-// Writes `bytes` to `path` atomically through io::AtomicFile, calling `after_bytes` after every
-// 1 MiB written (tests kill the writer there).
-void write_file_atomic(const std::filesystem::path& path, const std::string& bytes,
-                       const std::function<void(size_t written)>& after_bytes = {});
-
 }  // namespace iadgpt::train

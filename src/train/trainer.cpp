@@ -20,6 +20,7 @@
 #include "data/synthesis.h"
 #include "image/decode.h"
 #include "image/preprocess.h"
+#include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "io/splitmix.h"
@@ -122,14 +123,8 @@ Encoded encode(const Frozen& f, const std::vector<cv::Mat>& images) {
   return out;
 }
 
-torch::Tensor resize_map(const torch::Tensor& soft, int64_t size) {
-  auto t = soft.to(torch::kFloat32).unsqueeze(0).unsqueeze(0);
-  return torch::nn::functional::interpolate(
-             t, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{size, size}).mode(torch::kBilinear).align_corners(false))
-      .squeeze(0)
-      .squeeze(0)
-      .clamp(0, 1);
-}
+// A soft synthesis mask at the map side S: bilinear as every map (anomaly::resize_map), kept in [0, 1].
+torch::Tensor mask_at(const torch::Tensor& soft, int64_t size) { return anomaly::resize_map(soft, size, size).clamp(0, 1); }
 
 struct Builder {
   const TrainConfig& cfg;
@@ -167,7 +162,7 @@ struct Builder {
       for (int64_t v = 0; v < variants; ++v) {
         std::mt19937_64 rng(mix({cfg.seed, salt, i, static_cast<uint64_t>(v)}));
         auto s = data::synthesize(method, resized[i], others, textures, rng, opt);
-        views.push_back({s.image, (resize_map(s.soft, frozen.size) > 0.3).to(torch::kFloat32)});
+        views.push_back({s.image, (mask_at(s.soft, frozen.size) > 0.3).to(torch::kFloat32)});
       }
     }
     return views;
@@ -214,7 +209,7 @@ struct Builder {
                     const std::vector<cv::Mat>& refs) const {
     if (images.empty()) return;
     std::vector<torch::Tensor> soft;
-    for (const auto& m : masks) soft.push_back(resize_map(m, frozen.size));
+    for (const auto& m : masks) soft.push_back(mask_at(m, frozen.size));
     auto enc = encode(frozen, images);
     append_views(pool, enc, torch::stack(soft), few_shot_maps(enc, refs, std::vector<const uchar*>(images.size()), cat_name));
     for (size_t v = 0; v < images.size(); ++v) {
@@ -252,7 +247,7 @@ struct Builder {
         auto s = data::synthesize(method, images[i], pool_others, textures, rng, opt);
         auto pair = data::make_pair(images[i], s);
         views.push_back(pair.synthetic.image);
-        masks.push_back(resize_map(pair.synthetic.soft, frozen.size));
+        masks.push_back(mask_at(pair.synthetic.soft, frozen.size));
         labels.push_back(1);
         answers.push_back(pair.anomaly_answer);
         source.push_back(i);
@@ -666,11 +661,11 @@ void truncate_log(const fs::path& log, int64_t step) {
       // a torn last line from a kill: dropped
     }
   }
-  write_file_atomic(log, kept.str());
+  io::write_file_atomic(log, kept.str());
 }
 
 void save_owned(const fs::path& path, const io::TensorMap& tensors) {
-  write_file_atomic(path, io::serialize_safetensors(tensors, {{"format", "pt"}}));
+  io::write_file_atomic(path, io::serialize_safetensors(tensors, {{"format", "pt"}}));
 }
 
 }  // namespace
@@ -707,13 +702,8 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
   dopt.size = cfg.image_size;
   frozen.detector.emplace(dopt);
   auto tok = llm::Tokenizer::from_path(cfg.tokenizer.value_or(cfg.llm));
-  // The decision token: the first where "Yes" and "No" differ (LLaMA: the first; a 512-piece
-  // vocabulary may emit a bare "▁" first, shared by both).
-  const auto yes = tok.encode("Yes"), no = tok.encode("No");
-  size_t decide = 0;
-  while (decide < yes.size() && decide < no.size() && yes[decide] == no[decide]) ++decide;
-  if (decide == yes.size() || decide == no.size())
-    throw InputError(fmt::format("{}: the tokenizer cannot tell \"Yes\" from \"No\"", tok.path()));
+  const auto decision = model::decision_tokens(tok);  // the token that says Yes or No, after its forced prefix
+  const auto decide = static_cast<int64_t>(decision.prefix.size());
 
   const int64_t llm_max_positions = llm::LlamaConfig::from_file(cfg.llm / "config.json").max_position_embeddings;
   // Pool (every rank builds the same one: deterministic, and tiny next to training).
@@ -854,9 +844,9 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
 
   int64_t total_steps = 0;
   for (const auto& s : cfg.stages) total_steps += s.steps;
-  Runner runner{cfg, train_pool, cats, tok, m, cfg.image_size, yes[decide], no[decide], static_cast<int64_t>(decide)};
-  Runner eval_runner{cfg, eval_pool, cats, tok, m, cfg.image_size, yes[decide], no[decide], static_cast<int64_t>(decide)};
-  Runner val_runner{cfg, val_pool, cats, tok, m, cfg.image_size, yes[decide], no[decide], static_cast<int64_t>(decide)};
+  Runner runner{cfg, train_pool, cats, tok, m, cfg.image_size, decision.yes, decision.no, decide};
+  Runner eval_runner{cfg, eval_pool, cats, tok, m, cfg.image_size, decision.yes, decision.no, decide};
+  Runner val_runner{cfg, val_pool, cats, tok, m, cfg.image_size, decision.yes, decision.no, decide};
 
   // Held-out pairs, self-supervised (M_fs channel zero, as inference without references) and
   // few-shot (the references' M_fs in the MMF input, as inference with --reference).
