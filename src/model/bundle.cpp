@@ -24,8 +24,8 @@ constexpr int kVersion = 1;
 // Every field iadgpt.json may hold; anything else is a typo the user should hear about.
 const std::set<std::string> kFields = {
     "format", "version", "vision", "text", "vocab", "vision_config", "llm", "tokenizer", "lora", "delta", "anomalygpt",
-    "lora_alpha", "decoder", "tge", "mmf", "expert", "prompts", "image_size", "taps", "mode", "dtype", "threshold",
-    "decision_bias"};
+    "lora_alpha", "decoder", "tge", "mmf", "expert", "prompts", "image_size", "taps", "mode", "map", "dtype",
+    "threshold", "decision_bias"};
 
 fs::path delta_name(const Bundle& b) { return b.anomalygpt ? *b.anomalygpt : *b.delta; }
 
@@ -121,6 +121,7 @@ Bundle bundle_from_json(const nlohmann::json& j, const fs::path& dir) {
   if (j.contains("lora_alpha")) b.lora_alpha = field<double>(j, "lora_alpha", dir, "a number");
   if (j.contains("expert")) b.expert = field<std::string>(j, "expert", dir, "a string");
   if (j.contains("mode")) b.mode = field<std::string>(j, "mode", dir, "a string");
+  if (j.contains("map")) b.map = field<std::string>(j, "map", dir, "a string");
   if (j.contains("dtype")) b.dtype = field<std::string>(j, "dtype", dir, "a string");
   if (j.contains("image_size")) b.image_size = field<int64_t>(j, "image_size", dir, "an integer");
   if (j.contains("taps")) b.taps = field<std::vector<int64_t>>(j, "taps", dir, "a list of integers");
@@ -132,6 +133,10 @@ Bundle bundle_from_json(const nlohmann::json& j, const fs::path& dir) {
     throw InputError(fmt::format("{}: field 'expert': unknown expert '{}' (expected mmf or prompt_learner)", where(dir), b.expert));
   if (b.mode != "self-supervised" && b.mode != "few-shot")
     throw InputError(fmt::format("{}: field 'mode': unknown mode '{}' (expected self-supervised or few-shot)", where(dir), b.mode));
+  if (b.map != "auto" && b.map != "few-shot" && b.map != "blend")
+    throw InputError(fmt::format("{}: field 'map': unknown map '{}' (expected auto, few-shot or blend)", where(dir), b.map));
+  if (b.map == "blend" && !b.decoder && !b.delta && !b.anomalygpt)
+    throw InputError(fmt::format("{}: field 'map': 'blend' needs a decoder (field 'decoder' or a delta with one)", where(dir)));
   if (b.dtype != "f32" && b.dtype != "bf16")
     throw InputError(fmt::format("{}: field 'dtype': unknown dtype '{}' (expected f32 or bf16)", where(dir), b.dtype));
   if (b.image_size <= 0) throw InputError(fmt::format("{}: field 'image_size' must be positive, found {}", where(dir), b.image_size));
@@ -176,6 +181,7 @@ nlohmann::json bundle_to_json(const Bundle& b) {
   j["image_size"] = b.image_size;
   if (!b.taps.empty()) j["taps"] = b.taps;
   j["mode"] = b.mode;
+  if (b.map != "auto") j["map"] = b.map;
   j["dtype"] = b.dtype;
   j["threshold"] = b.threshold;
   if (!b.decision_bias.empty()) j["decision_bias"] = b.decision_bias;

@@ -270,6 +270,8 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   dopt.size = bundle.image_size;
   dopt.dtype = dtype;
   dopt.features = true;
+  // The detector computes every map the heads read; which one is drawn is chosen in inspect.
+  if (bundle.map == "blend") dopt.mode = anomaly::MapMode::Blend;
   s.detector.emplace(dopt);
 
   s.llm = llm::load_model(bundle.llm, {.dtype = dtype});
@@ -416,7 +418,12 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
   r.timings.maps += seconds_since(t_heads);
   s.have_image = true;
 
-  // Map at the image's own size, regions and position words (METHOD §1.10).
+  // Map at the image's own size, regions and position words (METHOD §1.10). The bundle's `map`
+  // "few-shot" draws and scores M_fs alone (METHOD §1.5's few-shot M).
+  if (s.bundle.map == "few-shot" && d.few_shot.defined()) {
+    d.map = d.few_shot;
+    d.score = anomaly::image_scores(d.few_shot.unsqueeze(0)).item<float>();
+  }
   r.score = d.score;
   r.map = anomaly::resize_map(d.map, rgb8.rows, rgb8.cols);
   r.regions = anomaly::find_regions(r.map, s.bundle.threshold);

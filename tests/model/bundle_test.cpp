@@ -74,7 +74,7 @@ TEST(Bundle, UnknownModeExpertDtypeAndFieldAreNamed) {
   const auto file = b.dir / "iadgpt.json";
   const auto good = read_json(file);
   for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
-           {"mode", "zero-shot-ish"}, {"expert", "mlp"}, {"dtype", "fp8"}, {"colour", "red"}}) {
+           {"mode", "zero-shot-ish"}, {"map", "mean"}, {"expert", "mlp"}, {"dtype", "fp8"}, {"colour", "red"}}) {
     auto j = good;
     j[key] = value;
     write_json(file, j);
