@@ -176,10 +176,14 @@ std::string map_answer(const std::vector<anomaly::Region>& regions, bool anomalo
   return answer;
 }
 
-torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot) {
+torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot,
+                         bool few_shot_alone) {
   if (layer_maps.dim() != 4 || layer_maps.size(1) != 4)
     throw InputError(fmt::format("multi-mask fusion needs 4 layer maps [B, 4, S, S], got {}", nn::shape_string(layer_maps.sizes())));
   auto fs_map = few_shot.defined() ? few_shot.to(layer_maps.scalar_type()) : torch::zeros_like(text_map);
+  if (few_shot_alone && few_shot.defined())
+    return torch::cat({torch::zeros_like(layer_maps), torch::zeros_like(text_map).unsqueeze(1),
+                       fs_map.reshape_as(text_map).unsqueeze(1)}, 1);
   return torch::cat({layer_maps, text_map.unsqueeze(1), fs_map.reshape_as(text_map).unsqueeze(1)}, 1);
 }
 
@@ -193,7 +197,7 @@ HeadOutputs run_heads(Heads& heads, const std::vector<torch::Tensor>& taps, cons
   out.layer_maps = torch::stack(abnormal, 1);  // [B, L, S, S]
   out.text_map = maps.fused.squeeze(1);        // [B, S, S]
   if (heads.mmf) {
-    out.masks = mask_stack(out.layer_maps, out.text_map, few_shot);
+    out.masks = mask_stack(out.layer_maps, out.text_map, few_shot, heads.few_shot_alone);
     out.expert_tokens = heads.mmf->forward(out.masks);
   } else if (heads.prompt_learner) {
     // AnomalyGPT: one map in (the few-shot map when references exist, else M_text).
@@ -407,7 +411,7 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
     s.tokens.embedding = e;
     s.tokens.image_token = s.tge->forward(e, text.normal_sentences, text.abnormal_sentences, text.f_text);
     if (s.mmf) {
-      s.tokens.masks = mask_stack(layer_maps, text_map, few_shot);
+      s.tokens.masks = mask_stack(layer_maps, text_map, few_shot, s.bundle.map == "few-shot");
       s.tokens.expert_tokens = s.mmf->forward(s.tokens.masks);
     } else {
       // AnomalyGPT feeds its prompt learner the map it outputs (M_fs with references, else M_text).

@@ -111,6 +111,7 @@ struct Heads {
   TextGuidedEnhancer tge{nullptr};
   MultiMaskFusion mmf{nullptr};
   PromptLearner prompt_learner{nullptr};  // used instead of mmf when mmf is null (AnomalyGPT)
+  bool few_shot_alone = false;            // with references the MMF reads M_fs alone (mask_stack)
 };
 struct HeadOutputs {
   torch::Tensor image_token /*[B,H]*/, expert_tokens /*[B,18,H]*/, layer_maps /*[B,L,S,S] abnormal channel*/,
@@ -124,7 +125,11 @@ HeadOutputs run_heads(Heads& heads, const std::vector<torch::Tensor>& taps, cons
 
 // The 6-mask stack of METHOD §1.8 from per-layer abnormal maps [B,L,S,S] (L = 4), the text map
 // [B,S,S] and the few-shot map [B,S,S] (undefined → zeros).
-torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot);
+// With `few_shot_alone` and a defined few-shot map, the four layer maps and M_text are zeros: the
+// MMF reads M = M_fs, METHOD §1.5's few-shot map (the bundle's `map` "few-shot"; a trained
+// decoder's maps can mislead on defects unlike its synthetic ones).
+torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot,
+                         bool few_shot_alone = false);
 
 // The decision tokens after "### Assistant:". SentencePiece writes " Yes" as ▁Yes (one token in
 // LLaMA's vocabulary); small vocabularies split it (▁ Y es): the pieces both words share are the

@@ -251,6 +251,9 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   c.eval_per_image = f.integer("eval_per_image", 1, 1, 1000);
   c.references = f.integer("references", 2, 1, 16);
   c.few_shot_probability = f.number("few_shot_probability", 0.5, 0, 1);
+  c.map = f.string("map", "auto", {"auto", "few-shot"});
+  if (c.map == "few-shot" && c.few_shot_probability < 1)
+    f.fail("map", "'auto' unless few_shot_probability is 1 (every step needs the references' map)", "'few-shot'");
   c.decision_weight = f.number("decision_weight", 0, 0, 1000);
   c.mmf_init = f.string("mmf_init", "kaiming", {"kaiming", "torch"});
 
@@ -334,7 +337,7 @@ nlohmann::json TrainConfig::to_json() const {
   return {{"vision", vision.string()}, {"taps", taps}, {"image_size", image_size}, {"llm", llm.string()},
           {"llm_tuning", llm_tuning}, {"lora", {c10::str(lora.rank), lora.alpha, lora.dropout}}, {"llm_lr", llm_lr},
           {"datasets", ds}, {"synthesis", synthesis}, {"per_image", per_image}, {"holdout", holdout},
-          {"references", references}, {"few_shot_probability", few_shot_probability},
+          {"references", references}, {"few_shot_probability", few_shot_probability}, {"map", map},
           {"decision_weight", decision_weight}, {"mmf_init", mmf_init}, {"bf16_autocast", bf16_autocast},
           {"instructions", instructions ? nlohmann::json{instructions->file.string(), instructions->images.string(), instructions->share} : nlohmann::json()}, {"stages", stages_j},
           {"map_warmup", {map_warmup.steps, map_warmup.per_image, map_warmup.batch_size, map_warmup.lr, map_warmup.loss_size}},

@@ -85,6 +85,9 @@ struct TrainConfig {
   int64_t eval_per_image = 1;       // synthetic variants per held-out image (each with the original: a pair)
   int64_t references = 2;           // k normal references for the few-shot map
   double few_shot_probability = 0.5;
+  // "few-shot": with references the MMF reads M_fs alone (model::mask_stack), and the bundle's `map`
+  // is "few-shot" (drawn and read alike); needs few_shot_probability 1. "auto": every map.
+  std::string map = "auto";
   // Ours: the Yes/No token's CE added once more with this weight (0: plain answer CE, METHOD §3.2).
   double decision_weight = 0;
   // Initialisation of a fresh run's MMF: "kaiming" (He convolutions, scale-preserving) or "torch"

@@ -432,7 +432,7 @@ struct Runner {
       const int64_t n = std::min<int64_t>(8, pool.size() - start);
       auto lm = cached_layer_maps.narrow(0, start, n);
       auto without = model.heads.mmf->forward(model::mask_stack(lm, lm.mean(1), torch::Tensor()));
-      auto with = model.heads.mmf->forward(model::mask_stack(lm, lm.mean(1), pool.few_shot.narrow(0, start, n)));
+      auto with = model.heads.mmf->forward(model::mask_stack(lm, lm.mean(1), pool.few_shot.narrow(0, start, n), model.heads.few_shot_alone));
       expert.push_back(torch::stack({without, with}, 1));
     }
     cached_expert = torch::cat(expert);
@@ -467,7 +467,7 @@ struct Runner {
           for (size_t r = 0; r < rows.size(); ++r) flat.push_back(pidx[r] * 2 + (substitute[rows[r]] ? 1 : 0));
           out.expert_tokens = cached_expert.flatten(0, 1).index_select(0, torch::tensor(flat));
         } else {
-          out.expert_tokens = model.heads.mmf->forward(model::mask_stack(out.layer_maps, out.text_map, fs));
+          out.expert_tokens = model.heads.mmf->forward(model::mask_stack(out.layer_maps, out.text_map, fs, model.heads.few_shot_alone));
         }
         out.image_token = model.heads.tge->forward(e, text.normal_sentences, text.abnormal_sentences, text.f_text);
       } else {
@@ -789,6 +789,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
   m.heads.tge = model::TextGuidedEnhancer(D, H);
   init_module(*m.heads.tge->llama_proj, mix({cfg.seed, 12}));
   m.heads.mmf = model::MultiMaskFusion(H);
+  m.heads.few_shot_alone = cfg.map == "few-shot";
   init_mmf(m.heads.mmf, cfg.mmf_init, mix({cfg.seed, 13}));
   {
     torch::NoGradGuard g;
@@ -1120,6 +1121,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
     b.image_size = cfg.image_size;
     // Trained only with the references' few-shot map in the MMF input: inference needs them too.
     if (cfg.few_shot_probability >= 1.0) b.mode = "few-shot";
+    b.map = cfg.map;  // the heads read at inference what they read here
     model::write_bundle(b, b.dir);
   }
   dist.barrier();

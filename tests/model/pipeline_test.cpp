@@ -483,9 +483,9 @@ TEST(IadGptPipeline, FewShotReferencesFillTheSixthMask) {
   EXPECT_GT(m.image_tokens().masks.select(1, 5).abs().max().item<double>(), 0.0);
 }
 
-// The bundle's `map`: "few-shot" draws and scores M_fs (the sixth mask the heads read), while the
-// decoder's maps still reach the heads; "auto" draws the blend, which differs.
-TEST(IadGptPipeline, BundleMapFewShotDrawsMfsAndTheHeadsStillReadTheDecoderMaps) {
+// The bundle's `map`: "few-shot" draws and scores M_fs, and the MMF reads it alone (the layer maps
+// and M_text zeros); "auto" feeds the decoder's maps too and draws the blend.
+TEST(IadGptPipeline, BundleMapFewShotDrawsMfsAndTheMmfReadsItAlone) {
   auto fields = test::tiny_bundle_fields("pipe-map-fs");
   model::init_random_adapters(fields, 4);
   fields.mode = "few-shot";
@@ -493,6 +493,7 @@ TEST(IadGptPipeline, BundleMapFewShotDrawsMfsAndTheHeadsStillReadTheDecoderMaps)
   opt.generate = false;
   const auto image = grid_image("000.png");
   std::map<std::string, model::Inspection> result;
+  std::map<std::string, torch::Tensor> masks;
   for (const std::string map : {"few-shot", "auto"}) {
     fields.map = map;
     model::write_bundle(fields, fields.dir);
@@ -500,15 +501,16 @@ TEST(IadGptPipeline, BundleMapFewShotDrawsMfsAndTheHeadsStillReadTheDecoderMaps)
     m.set_class("grid");
     m.set_references({grid_image("001.png")});
     result[map] = m.inspect(image, opt);
-    const auto masks = m.image_tokens().masks[0];
-    EXPECT_GT(masks.narrow(0, 0, 4).abs().max().item<double>(), 0.0) << map << ": the decoder's maps reach the heads";
-    if (map != "few-shot") continue;
-    const auto few_shot = masks[5];
-    // Same float32 values, one max and one bilinear resize: only rounding of the resize differs.
-    EXPECT_NEAR(result[map].score, few_shot.max().item<double>(), 1e-6);
-    EXPECT_TRUE(torch::allclose(result[map].map.to(torch::kFloat32), anomaly::resize_map(few_shot, image.rows, image.cols),
-                                1e-5, 1e-6));
+    masks[map] = m.image_tokens().masks[0].clone();
   }
+  EXPECT_EQ(masks["few-shot"].narrow(0, 0, 5).abs().max().item<double>(), 0.0) << "M_l and M_text left out";
+  EXPECT_GT(masks["auto"].narrow(0, 0, 5).abs().max().item<double>(), 0.0) << "the decoder's maps read";
+  EXPECT_TRUE(torch::equal(masks["few-shot"][5], masks["auto"][5])) << "the same M_fs either way";
+  const auto few_shot = masks["few-shot"][5];
+  // Same float32 values, one max and one bilinear resize: only rounding of the resize differs.
+  EXPECT_NEAR(result["few-shot"].score, few_shot.max().item<double>(), 1e-6);
+  EXPECT_TRUE(torch::allclose(result["few-shot"].map.to(torch::kFloat32),
+                              anomaly::resize_map(few_shot, image.rows, image.cols), 1e-5, 1e-6));
   EXPECT_GT(std::abs(result["few-shot"].score - result["auto"].score), 1e-4) << "auto draws the blend, not M_fs";
 }
 

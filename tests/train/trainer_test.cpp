@@ -424,6 +424,34 @@ TEST(TrainCli, FewShotProbabilityOneFeedsTheFewShotMapToTheMmfEveryStep) {
   EXPECT_EQ(model::read_bundle(dir / "out").mode, "few-shot");
 }
 
+// map "few-shot": the MMF reads M_fs alone, so the first conv's weights on the four layer maps and
+// M_text get exactly zero gradient (AdamW's weight decay alone moves them: w ← w·(1 − lr·wd)),
+// while those on M_fs take real steps; the bundle says so, and inference feeds the same stack
+// (IadGptPipeline.BundleMapFewShotDrawsMfsAndTheMmfReadsItAlone).
+TEST(TrainCli, MapFewShotFeedsTheMmfTheFewShotMapAlone) {
+  const auto dir = test::scratch("train-map-few-shot");
+  fs::remove_all(dir);
+  json stages = {{{"stage", 1}, {"steps", 1}}, {{"stage", 2}, {"steps", 3}}};
+  auto cfg = stages_config(dir / "out", 1.0, stages);
+  cfg["map"] = "few-shot";
+  auto r = test::run_iadgpt({"--threads", "2", "train", "--quiet", "--config", write_config(dir, cfg).string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto params = checkpoint_params(dir / "out");
+  const auto lr = logged_lr(dir / "out");
+  const double wd = 1e-3;  // the config default (METHOD §3.3)
+  for (int64_t step = 2; step <= 4; ++step) {
+    const auto& before = params.at(step - 1).at("mmf.convs.0.weight");
+    const auto& after = params.at(step).at("mmf.convs.0.weight");
+    const auto decayed = before.slice(1, 0, 5).to(torch::kFloat64) * (1.0 - lr.at(step) * wd);
+    // fp32 rounding of one product: ≤ 2^-24·|w| < 1e-8; a gradient step is ≈ lr = 1e-3.
+    EXPECT_LT((after.slice(1, 0, 5).to(torch::kFloat64) - decayed).abs().max().item<double>(), 1e-6) << "step " << step;
+    EXPECT_GT((after.select(1, 5) - before.select(1, 5)).abs().max().item<double>(), 0.1 * lr.at(step)) << "step " << step;
+  }
+  const auto bundle = model::read_bundle(dir / "out");
+  EXPECT_EQ(bundle.map, "few-shot");
+  EXPECT_EQ(bundle.mode, "few-shot");
+}
+
 // instructions: PandaGPT/LLaVA JSON entries mixed in at `share`; their steps are logged, they train
 // (CE only) and the run ends with a bundle like any other.
 TEST(TrainCli, InstructionDataIsMixedIntoTrainingAtItsShare) {
@@ -482,6 +510,9 @@ TEST(TrainCli, BadConfigsFailAtStartWithASpecificError) {
       {"map warm-up key", [](json& j) { j["map_warmup"] = {{"step", 10}}; }, "unknown key 'map_warmup.step'"},
       {"map warm-up steps", [](json& j) { j["map_warmup"] = {{"steps", -1}}; }, "'map_warmup.steps'"},
       {"decision weight", [](json& j) { j["decision_weight"] = -1; }, "'decision_weight'"},
+      {"map value", [](json& j) { j["map"] = "blend"; }, "'map': expected one of auto, few-shot"},
+      {"map few-shot needs references every step", [](json& j) { j["map"] = "few-shot"; j["few_shot_probability"] = 0.5; },
+       "'map': expected 'auto' unless few_shot_probability is 1"},
       {"validation root", [](json& j) { j["validation"] = {{"root", "/nonexistent/val"}}; },
        "'validation.root': expected an existing path"},
       {"validation categories", [](json& j) {
