@@ -141,26 +141,6 @@ std::vector<std::string> stop_strings(ChatTemplate t) {
   return {};
 }
 
-std::string anomalygpt_conversation(std::span<const Turn> history, std::string_view question) {
-  std::string s;
-  for (size_t i = 0; i < history.size(); ++i)
-    s += fmt::format("{}{}\n### Assistant: {}\n###", i == 0 ? "" : " Human: ", history[i].user, history[i].assistant);
-  s += history.empty() ? std::string(question) : fmt::format(" Human: {}", question);
-  return s;
-}
-
-std::vector<Segment> anomalygpt_prompt(const Tokenizer& tok, const torch::Tensor& image_rows,
-                                       const torch::Tensor& expert_rows, std::span<const Turn> history,
-                                       std::string_view question) {
-  std::vector<Segment> segs;
-  segs.push_back(Segment::tokens(tok.encode("### Human: <Img>", /*bos=*/true)));
-  segs.push_back(Segment::rows(image_rows));
-  segs.push_back(Segment::tokens(tok.encode("</Img> ")));
-  if (expert_rows.defined() && expert_rows.size(0) > 0) segs.push_back(Segment::rows(expert_rows));
-  segs.push_back(Segment::tokens(tok.encode(anomalygpt_conversation(history, question) + "\n### Assistant:")));
-  return segs;
-}
-
 std::string clean_answer(std::string_view text) {
   const auto ws = " \t\r\n";
   const auto b = text.find_first_not_of(ws);

@@ -45,17 +45,6 @@ std::string render_chat_text(ChatTemplate t, std::string_view system, std::span<
 
 std::vector<std::string> stop_strings(ChatTemplate t);
 
-// AnomalyGPT's conversation text (code/web_demo.py): "q1\n### Assistant: a1\n### Human: q2 ...",
-// the part of a multi-turn prompt that follows the image and expert embeddings.
-std::string anomalygpt_conversation(std::span<const Turn> history, std::string_view question);
-
-// The METHOD §1.9 prompt: [BOS] tok("### Human: <Img>") E_img tok("</Img> ") E_expert
-// tok(conversation + "\n### Assistant:"), tok = SentencePiece without special tokens.
-// image_rows [1, D] and expert_rows [18, D] are the LLM-width embeddings.
-std::vector<Segment> anomalygpt_prompt(const Tokenizer& tok, const torch::Tensor& image_rows,
-                                       const torch::Tensor& expert_rows, std::span<const Turn> history,
-                                       std::string_view question);
-
 // The answer as it should be kept in history: surrounding whitespace removed.
 std::string clean_answer(std::string_view text);
 

@@ -1,4 +1,5 @@
 #include "model/pipeline.h"
+#include "model/prompt.h"
 
 #include <fmt/format.h>
 #include <opencv2/imgproc.hpp>
@@ -233,7 +234,7 @@ struct IadGpt::State {
   bool have_image = false;
 
   std::vector<llm::Segment> prompt(std::span<const llm::Turn> hist, std::string_view question) const {
-    return llm::anomalygpt_prompt(*tokenizer, tokens.image_token, tokens.expert_tokens[0], hist, question);
+    return anomalygpt_prompt(*tokenizer, tokens.image_token, tokens.expert_tokens[0], hist, question);
   }
 };
 

@@ -33,6 +33,7 @@
 #include "anomaly/apg.h"
 #include "model/class_prompts.h"
 #include "model/pipeline.h"
+#include "model/prompt.h"
 #include "train/checkpoints.h"
 #include "train/decoder_training.h"
 #include "train/losses.h"
@@ -489,7 +490,7 @@ struct Runner {
     std::vector<int64_t> answer_start;
     int64_t T = 0;
     for (int64_t j = 0; j < n; ++j) {
-      auto segs = llm::anomalygpt_prompt(tok, image_token[j], expert[j], {}, question_of(pool, cats, idx[j]));
+      auto segs = model::anomalygpt_prompt(tok, image_token[j], expert[j], {}, question_of(pool, cats, idx[j]));
       const auto& ans = pool.answer_ids[idx[j]];
       segs.push_back(llm::Segment::tokens(ans));
       auto x = llm::embed_segments(model.llm, segs);

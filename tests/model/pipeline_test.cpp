@@ -20,6 +20,7 @@
 #include "llm/generate.h"
 #include "model/class_prompts.h"
 #include "model/pipeline.h"
+#include "model/prompt.h"
 #include "model/tiny_bundle.h"
 #include "vision/loader.h"
 
@@ -61,7 +62,7 @@ int64_t prompt_length(const std::vector<llm::Segment>& segments) {
 // The prompt the next ask(question) will prefill, rebuilt from the history as ask does.
 int64_t next_prompt_length(const model::IadGpt& m, std::string_view question) {
   const auto& t = m.image_tokens();
-  return prompt_length(llm::anomalygpt_prompt(m.tokenizer(), t.image_token, t.expert_tokens[0], m.history(), question));
+  return prompt_length(model::anomalygpt_prompt(m.tokenizer(), t.image_token, t.expert_tokens[0], m.history(), question));
 }
 
 }  // namespace
@@ -285,7 +286,7 @@ TEST(IadGptPipeline, GenerationIsDeterministicAndChatReusesTheCacheExactly) {
   ASSERT_EQ(m.history().size(), 2u);
   EXPECT_EQ(llm::clean_answer(streamed), answer);
   const auto& tokens = m.image_tokens();
-  auto segments = llm::anomalygpt_prompt(m.tokenizer(), tokens.image_token, tokens.expert_tokens[0], history, "Where is it?");
+  auto segments = model::anomalygpt_prompt(m.tokenizer(), tokens.image_token, tokens.expert_tokens[0], history, "Where is it?");
   llm::KvCache cache(m.llm(), 1024);
   llm::GenerateOptions gen;
   gen.max_tokens = 12;
@@ -328,7 +329,7 @@ TEST(IadGptPipeline, AnswersAreCutAtTheRoomLeftAndOnlyAPromptThatDoesNotFitIsRef
   opt.on_text = nullptr;
   const auto history = m.history();
   const auto& t = m.image_tokens();
-  const auto segments = llm::anomalygpt_prompt(m.tokenizer(), t.image_token, t.expert_tokens[0], history, "Why?");
+  const auto segments = model::anomalygpt_prompt(m.tokenizer(), t.image_token, t.expert_tokens[0], history, "Why?");
   const int64_t room = kContext - prompt_length(segments);
   ASSERT_GT(room, 0);
   const auto fourth = m.ask("Why?", opt);
@@ -367,7 +368,7 @@ TEST(IadGptPipeline, InspectRefusesOnlyAFirstPromptThatLeavesNoRoom) {
   const auto img = grid_image("000.png");
   probe.inspect(img, {});
   const auto& t = probe.image_tokens();
-  const int64_t first = prompt_length(llm::anomalygpt_prompt(probe.tokenizer(), t.image_token, t.expert_tokens[0], {},
+  const int64_t first = prompt_length(model::anomalygpt_prompt(probe.tokenizer(), t.image_token, t.expert_tokens[0], {},
                                                              probe.question(""))) +
                         static_cast<int64_t>(probe.answer_prefix().size());
   model::InspectOptions opt;
