@@ -75,12 +75,31 @@ void expect_dim(const io::TensorMap& t, const std::string& key, int64_t axis, in
 
 }  // namespace
 
-std::optional<io::TensorMap> load_deltas(const Bundle& b) {
-  if (!b.delta && !b.anomalygpt) return std::nullopt;
-  io::TensorMap out;
-  for (const auto* p : {&b.delta, &b.anomalygpt}) {
-    if (!*p) continue;
-    for (auto& [k, t] : io::load_checkpoint(**p).tensors) out[k] = t;  // later files win (load_state_dict order)
+
+std::optional<io::TensorMap> load_deltas(const Bundle& b) { return resolve_sources(b).deltas; }
+
+BundleSources resolve_sources(const Bundle& b) {
+  BundleSources out;
+  std::optional<io::TensorMap> panda, agpt;
+  if (b.delta) panda = io::load_checkpoint(*b.delta).tensors;
+  if (b.anomalygpt) agpt = io::load_checkpoint(*b.anomalygpt).tensors;
+  auto file_with = [&](auto&& has) -> std::optional<fs::path> {
+    if (agpt && has(*agpt)) return b.anomalygpt;
+    if (panda && has(*panda)) return b.delta;
+    return std::nullopt;
+  };
+  out.decoder = b.decoder ? b.decoder : file_with([](const io::TensorMap& t) { return t.count("image_decoder.fc.0.weight") > 0; });
+  if (!b.lora)
+    out.lora_delta = file_with([](const io::TensorMap& t) {
+      for (const auto& [k, v] : t)
+        if (k.find("lora_A") != std::string::npos) return true;
+      return false;
+    });
+  out.delta_name = b.anomalygpt ? b.anomalygpt->string() : b.delta ? b.delta->string() : "";
+  if (panda || agpt) {
+    out.deltas.emplace(panda ? std::move(*panda) : io::TensorMap{});
+    if (agpt)
+      for (auto& [k, t] : *agpt) (*out.deltas)[k] = t;
   }
   return out;
 }

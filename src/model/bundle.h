@@ -68,6 +68,18 @@ void validate_bundle(const Bundle& bundle);
 // The tensors of `delta` then `anomalygpt` (later keys win); nullopt when neither is given.
 std::optional<std::map<std::string, at::Tensor>> load_deltas(const Bundle& bundle);
 
+// Where each part of a bundle comes from, every delta read once: the delta tensors merged
+// (PandaGPT's `delta`, then AnomalyGPT's `anomalygpt` over it: its keys win, as AnomalyGPT loads
+// them) and, for the decoder and the LoRA, the file that holds them (our own file when the bundle
+// names one, else AnomalyGPT's delta when it has the part, else PandaGPT's).
+struct BundleSources {
+  std::optional<std::map<std::string, at::Tensor>> deltas;
+  std::string delta_name;                            // the delta's file, for error messages
+  std::optional<std::filesystem::path> decoder;      // decoder weights (ours or `image_decoder.*` of a delta)
+  std::optional<std::filesystem::path> lora_delta;   // a delta with LoRA keys, when there is no `lora` file
+};
+BundleSources resolve_sources(const Bundle& bundle);
+
 // Random adapters (for bundles made from fixtures, tests, or a first training run): writes
 // decoder.safetensors (`fc.<l>.*`), tge.safetensors (pathways N(0, 0.02²), so the TGE is not the
 // identity on llama_proj) and mmf.safetensors (PyTorch default init) into bundle.dir, widths from

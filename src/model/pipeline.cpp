@@ -83,12 +83,6 @@ void load_from(torch::nn::Module& module, const std::vector<std::pair<const io::
   }
 }
 
-bool has_lora_keys(const io::TensorMap& t) {
-  for (const auto& [k, v] : t)
-    if (k.find("lora_A") != std::string::npos) return true;
-  return false;
-}
-
 // Largest 8-connected component of `map > threshold` as a float mask [S, S] (empty when none).
 torch::Tensor largest_component(const torch::Tensor& map, double threshold) {
   auto m = map.to(torch::kFloat32).contiguous();
@@ -242,35 +236,16 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   auto& s = *state_;
   s.bundle = bundle;
   const auto dtype = bundle.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
-  // Each delta read once: PandaGPT's (`delta`) then AnomalyGPT's (`anomalygpt`), later keys win.
-  std::optional<io::TensorMap> panda, agpt;
-  if (bundle.delta) panda = io::load_checkpoint(*bundle.delta).tensors;
-  if (bundle.anomalygpt) agpt = io::load_checkpoint(*bundle.anomalygpt).tensors;
-  std::optional<io::TensorMap> deltas;
-  if (panda || agpt) {
-    deltas.emplace();
-    for (const auto* m : {&panda, &agpt})
-      if (*m)
-        for (const auto& [k, t] : **m) (*deltas)[k] = t;
-  }
-  const std::string delta_name = bundle.anomalygpt ? bundle.anomalygpt->string() : bundle.delta ? bundle.delta->string() : "";
-  // The file a part comes from: AnomalyGPT's when it has the part, else PandaGPT's.
-  auto file_with = [&](auto&& has) -> std::optional<fs::path> {
-    if (agpt && has(*agpt)) return bundle.anomalygpt;
-    if (panda && has(*panda)) return bundle.delta;
-    return std::nullopt;
-  };
+  auto sources = resolve_sources(bundle);
+  const auto& deltas = sources.deltas;
+  const auto& delta_name = sources.delta_name;
 
   anomaly::DetectorOptions dopt;
   dopt.vision = bundle.vision;
   dopt.text = bundle.text;
   dopt.vocab = bundle.vocab;
   dopt.config = bundle.vision_config;
-  if (bundle.decoder) {
-    dopt.decoder = bundle.decoder;
-  } else {
-    dopt.decoder = file_with([](const io::TensorMap& t) { return t.count("image_decoder.fc.0.weight") > 0; });
-  }
+  dopt.decoder = sources.decoder;
   dopt.taps = bundle.taps;
   dopt.size = bundle.image_size;
   dopt.dtype = dtype;
@@ -282,8 +257,8 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   s.llm = llm::load_model(bundle.llm, {.dtype = dtype});
   if (bundle.lora) {
     llm::merge_lora(s.llm, llm::load_lora(*bundle.lora));
-  } else if (auto file = file_with(has_lora_keys)) {
-    llm::merge_lora(s.llm, llm::load_pandagpt_delta(*file, bundle.lora_alpha));
+  } else if (sources.lora_delta) {
+    llm::merge_lora(s.llm, llm::load_pandagpt_delta(*sources.lora_delta, bundle.lora_alpha));
   }
   s.tokenizer.emplace(llm::Tokenizer::from_path(bundle.tokenizer.value_or(bundle.llm)));
   const int64_t hidden = s.llm.config.hidden_size;
