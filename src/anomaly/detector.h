@@ -22,6 +22,7 @@
 
 #include "anomaly/maps.h"
 #include "anomaly/prompts.h"
+#include "vision/loader.h"
 
 namespace iadgpt::anomaly {
 
@@ -38,6 +39,9 @@ std::string_view map_mode_name(MapMode mode);
 
 struct DetectorOptions {
   std::filesystem::path vision;                 // any CLIP-family checkpoint
+  // The tower already loaded from `vision` (its tensors are shared, not copied): a caller that
+  // holds it (the trainer) spares a second read of the checkpoint. Must be in `dtype`.
+  std::optional<vision::VisionModel> vision_model;
   std::optional<std::filesystem::path> text;    // text tower checkpoint (default: `vision`)
   std::optional<std::filesystem::path> vocab;   // CLIP BPE vocabulary (default: beside the checkpoint)
   std::optional<nlohmann::json> config;         // --config for towers whose shapes do not tell

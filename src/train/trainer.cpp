@@ -696,6 +696,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
                                  cfg.source.string(), frozen.encoder.taps.size()));
   anomaly::DetectorOptions dopt;
   dopt.vision = cfg.vision;
+  dopt.vision_model = frozen.encoder.model;  // the checkpoint is read once
   dopt.text = cfg.text;
   dopt.vocab = cfg.vocab;
   dopt.config = cfg.vision_config;
