@@ -18,7 +18,7 @@ void add_demo(CLI::App& app) {
   cmd->add_option("--out", *out, "Output folder (data, models, report)")->capture_default_str();
   cmd->add_option("--classes", o->classes, "Part classes (default: washer screw pcb fabric wood)");
   cmd->add_option("--train", o->train, "Normal training parts per class")->capture_default_str();
-  cmd->add_option("--val-good", o->val_good, "Validation normal parts per class (threshold only)")->capture_default_str();
+  cmd->add_option("--val-good", o->val_good, "Validation normal parts per class (the trainer's check and the calibration)")->capture_default_str();
   cmd->add_option("--val-defect", o->val_defect, "Validation parts per class and defect type")->capture_default_str();
   cmd->add_option("--test-good", o->test_good, "Held-out normal parts per class")->capture_default_str();
   cmd->add_option("--test-defect", o->test_defect, "Held-out parts per class and defect type")->capture_default_str();
