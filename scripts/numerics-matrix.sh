@@ -3,7 +3,7 @@
 # checks) and the learning test (`TrainLearning.*` in build/test_demo) under each setting that
 # changes the floating-point results on an x86-64 CPU, and prints one table row per setting.
 #
-#   scripts/numerics-matrix.sh                    # every setting, demo + learning test (~1 h on 2 cores)
+#   scripts/numerics-matrix.sh                    # every setting, demo + learning test (~2 h on 2 cores)
 #   scripts/numerics-matrix.sh --probe            # only: does the setting change the numerics? (~1 min each)
 #   SETTINGS="default aten-avx512" scripts/numerics-matrix.sh
 #   ONLY=demo scripts/numerics-matrix.sh          # or ONLY=learning
@@ -19,6 +19,9 @@
 #   opencv-nosimd    OPENCV_CPU_DISABLE=AVX512_SKX,AVX2,FMA3,AVX (OpenCV's dispatch: generator, blur, resize)
 #   threads-1        --threads 1 (how reductions are split between threads)
 #   malloc-perturb   MALLOC_PERTURB_=165 (fresh heap memory filled with a pattern: uninitialised reads show)
+# Measured with --probe (2026-12-02, AMD EPYC family 26): aten-avx512, aten-scalar, onednn-avx2,
+# openblas-skx and threads-1 change the numerics; openblas-zen, openblas-l2, opencv-nosimd and
+# malloc-perturb leave the training log bitwise equal (so no uninitialised read reaches it).
 # Each run gets its own output folder under $OUT (default: numerics-out, ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
