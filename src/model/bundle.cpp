@@ -75,7 +75,6 @@ void expect_dim(const io::TensorMap& t, const std::string& key, int64_t axis, in
 
 }  // namespace
 
-
 std::optional<io::TensorMap> load_deltas(const Bundle& b) { return resolve_sources(b).deltas; }
 
 BundleSources resolve_sources(const Bundle& b) {

@@ -42,8 +42,9 @@ struct Bundle {                         // <dir>/iadgpt.json; relative paths res
   int64_t image_size = 224;
   std::vector<int64_t> taps;            // empty = family default
   std::string mode = "self-supervised"; // | "few-shot"
-  // The map drawn and scored with references (METHOD §1.5): "few-shot" M = M_fs, "blend"
-  // (M_text + M_fs)/2 (needs a decoder), "auto" blend when a decoder is present, else M_fs.
+  // The map drawn and scored with references (METHOD §1.5): "few-shot" M = M_fs, which the MMF
+  // then reads alone (model::mask_stack; the trainer's `map`), "blend" (M_text + M_fs)/2 (needs a
+  // decoder), "auto" blend when a decoder is present, else M_fs.
   std::string map = "auto";
   std::string dtype = "f32";            // | "bf16"
   double threshold = 0.5;               // map threshold for regions / decision fallback
