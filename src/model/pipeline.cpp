@@ -55,34 +55,6 @@ int64_t answer_room(int64_t prompt_tokens, int64_t context, std::string_view wha
   return context - prompt_tokens;
 }
 
-// Fills every parameter of `module` from the first map that has `prefix + name`; InputError
-// naming the key and the files otherwise (load_parameters does the shape check).
-void load_from(torch::nn::Module& module, const std::vector<std::pair<const io::TensorMap*, std::string>>& sources,
-               const std::string& prefix, const std::string& what) {
-  torch::NoGradGuard no_grad;
-  for (auto& item : module.named_parameters()) {
-    const auto key = prefix + item.key();
-    bool found = false;
-    for (const auto& [tensors, name] : sources) {
-      if (!tensors) continue;
-      auto it = tensors->find(key);
-      if (it == tensors->end()) continue;
-      if (it->second.sizes() != item.value().sizes())
-        throw InputError(fmt::format("{}: tensor '{}' has shape {}, expected {} ({})", name, key,
-                                     nn::shape_string(it->second.sizes()), nn::shape_string(item.value().sizes()), what));
-      item.value().copy_(it->second.to(torch::kFloat32));
-      found = true;
-      break;
-    }
-    if (!found) {
-      std::string names;
-      for (const auto& [tensors, name] : sources)
-        if (tensors) names += (names.empty() ? "" : ", ") + name;
-      throw InputError(fmt::format("{}: no tensor '{}' in {}", what, key, names.empty() ? "(no file given)" : names));
-    }
-  }
-}
-
 // Largest 8-connected component of `map > threshold` as a float mask [S, S] (empty when none).
 torch::Tensor largest_component(const torch::Tensor& map, double threshold) {
   auto m = map.to(torch::kFloat32).contiguous();
@@ -171,48 +143,13 @@ std::string map_answer(const std::vector<anomaly::Region>& regions, bool anomalo
   return answer;
 }
 
-torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot,
-                         bool few_shot_alone) {
-  if (layer_maps.dim() != 4 || layer_maps.size(1) != 4)
-    throw InputError(fmt::format("multi-mask fusion needs 4 layer maps [B, 4, S, S], got {}", nn::shape_string(layer_maps.sizes())));
-  auto fs_map = few_shot.defined() ? few_shot.to(layer_maps.scalar_type()) : torch::zeros_like(text_map);
-  if (few_shot_alone && few_shot.defined())
-    return torch::cat({torch::zeros_like(layer_maps), torch::zeros_like(text_map).unsqueeze(1),
-                       fs_map.reshape_as(text_map).unsqueeze(1)}, 1);
-  return torch::cat({layer_maps, text_map.unsqueeze(1), fs_map.reshape_as(text_map).unsqueeze(1)}, 1);
-}
-
-HeadOutputs run_heads(Heads& heads, const std::vector<torch::Tensor>& taps, const torch::Tensor& embedding,
-                      const torch::Tensor& few_shot, const anomaly::TextFeatures& text, int64_t size) {
-  HeadOutputs out;
-  auto maps = heads.decoder->forward(taps, text.f_text, size);
-  out.layer_probs = maps.layers;
-  std::vector<torch::Tensor> abnormal;
-  for (const auto& l : maps.layers) abnormal.push_back(l.select(1, 1));
-  out.layer_maps = torch::stack(abnormal, 1);  // [B, L, S, S]
-  out.text_map = maps.fused.squeeze(1);        // [B, S, S]
-  if (heads.mmf) {
-    out.masks = mask_stack(out.layer_maps, out.text_map, few_shot, heads.few_shot_alone);
-    out.expert_tokens = heads.mmf->forward(out.masks);
-  } else if (heads.prompt_learner) {
-    // AnomalyGPT: one map in (the few-shot map when references exist, else M_text).
-    auto m = few_shot.defined() ? few_shot.reshape_as(out.text_map) : out.text_map;
-    out.expert_tokens = heads.prompt_learner->forward(m.unsqueeze(1));
-  }
-  if (heads.tge)
-    out.image_token = heads.tge->forward(embedding, text.normal_sentences, text.abnormal_sentences, text.f_text);
-  return out;
-}
-
 struct IadGpt::State {
   Bundle bundle;
   std::optional<anomaly::Detector> detector;
   llm::LlamaModel llm;
   std::optional<llm::Tokenizer> tokenizer;
   llm::KvCache cache;
-  TextGuidedEnhancer tge{nullptr};
-  MultiMaskFusion mmf{nullptr};
-  PromptLearner prompt_learner{nullptr};
+  Heads heads;  // TGE and MMF (or prompt learner); the detector runs the decoder
   std::string class_name;
   std::optional<anomaly::AbnormalPrompts> apg;
   torch::Tensor keyword_embeddings;  // [K, D] normalised, APG keywords
@@ -237,8 +174,6 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   s.bundle = bundle;
   const auto dtype = bundle.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
   auto sources = resolve_sources(bundle);
-  const auto& deltas = sources.deltas;
-  const auto& delta_name = sources.delta_name;
 
   anomaly::DetectorOptions dopt;
   dopt.vision = bundle.vision;
@@ -268,34 +203,7 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   set_class("");
   const int64_t embed_dim = s.detector->text_features().f_text.size(1);
 
-  std::optional<io::TensorMap> tge_file;
-  if (bundle.tge) tge_file = io::load_checkpoint(*bundle.tge).tensors;
-  const std::string tge_name = bundle.tge ? bundle.tge->string() : "";
-  s.tge = TextGuidedEnhancer(embed_dim, hidden);
-  // llama_proj from our TGE file when it has one, else from the delta (PandaGPT's); the pathways
-  // and the gate only from our file (none: zero pathways, i.e. PandaGPT's E_img exactly).
-  load_from(*s.tge->llama_proj, {{tge_file ? &*tge_file : nullptr, tge_name}, {deltas ? &*deltas : nullptr, delta_name}},
-            "llama_proj.", "llama_proj (TGE)");
-  if (tge_file) {
-    load_from(*s.tge->normal_path, {{&*tge_file, tge_name}}, "normal_path.", "TGE");
-    load_from(*s.tge->abnormal_path, {{&*tge_file, tge_name}}, "abnormal_path.", "TGE");
-    auto it = tge_file->find("gate_log_scale");
-    if (it == tge_file->end()) throw InputError(fmt::format("{}: no tensor 'gate_log_scale' (TGE)", tge_name));
-    torch::NoGradGuard no_grad;
-    s.tge->gate_log_scale.copy_(it->second.to(torch::kFloat32).reshape({}));
-  }
-  s.tge->eval();
-  if (bundle.expert == "mmf") {
-    if (!bundle.mmf) throw InputError(fmt::format("{}: missing field 'mmf' (expert is mmf)", (bundle.dir / "iadgpt.json").string()));
-    const auto t = io::load_checkpoint(*bundle.mmf).tensors;
-    s.mmf = MultiMaskFusion(hidden);
-    load_from(*s.mmf, {{&t, bundle.mmf->string()}}, "", "MMF");
-    s.mmf->eval();
-  } else {
-    s.prompt_learner = PromptLearner(hidden);
-    load_from(*s.prompt_learner, {{deltas ? &*deltas : nullptr, delta_name}}, "prompt_learner.", "prompt learner");
-    s.prompt_learner->eval();
-  }
+  s.heads = load_heads(bundle, sources, embed_dim, hidden);
 
   const auto decision = decision_tokens(*s.tokenizer);
   s.answer_prefix = decision.prefix;
@@ -379,21 +287,17 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
   const auto t_heads = Clock::now();
   {
     torch::NoGradGuard no_grad;
-    const auto& text = s.detector->text_features();
-    auto e = d.embedding.to(torch::kFloat32).unsqueeze(0);
-    auto layer_maps = d.layer_maps.to(torch::kFloat32).unsqueeze(0);                    // [1, L, S, S]
-    auto text_map = layer_maps.mean(1);                                                 // M_text (zeros in few-shot)
-    auto few_shot = d.few_shot.defined() ? d.few_shot.to(torch::kFloat32).unsqueeze(0) : torch::Tensor();
-    s.tokens.embedding = e;
-    s.tokens.image_token = s.tge->forward(e, text.normal_sentences, text.abnormal_sentences, text.f_text);
-    if (s.mmf) {
-      s.tokens.masks = mask_stack(layer_maps, text_map, few_shot, s.bundle.map == "few-shot");
-      s.tokens.expert_tokens = s.mmf->forward(s.tokens.masks);
-    } else {
-      // AnomalyGPT feeds its prompt learner the map it outputs (M_fs with references, else M_text).
-      s.tokens.masks = d.map.to(torch::kFloat32).reshape({1, 1, d.map.size(0), d.map.size(1)});
-      s.tokens.expert_tokens = s.prompt_learner->forward(s.tokens.masks);
-    }
+    HeadInputs in;
+    in.embedding = d.embedding.to(torch::kFloat32).unsqueeze(0);
+    in.layer_maps = d.layer_maps.to(torch::kFloat32).unsqueeze(0);  // [1, L, S, S] (zeros without a decoder)
+    if (d.few_shot.defined()) in.few_shot = d.few_shot.to(torch::kFloat32).unsqueeze(0);
+    // AnomalyGPT feeds its prompt learner the map it outputs (M_fs with references, else M_text).
+    in.prompt_map = d.map.to(torch::kFloat32).unsqueeze(0);
+    auto tokens = head_tokens(s.heads, in, s.detector->text_features());
+    s.tokens.embedding = in.embedding;
+    s.tokens.image_token = tokens.image_token;
+    s.tokens.expert_tokens = tokens.expert_tokens;
+    s.tokens.masks = tokens.masks;
   }
   r.timings.maps += seconds_since(t_heads);
   s.have_image = true;

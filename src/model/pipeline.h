@@ -8,7 +8,7 @@
 //   auto r = m.inspect(image);                 // r.p_yes, r.answer, r.position, r.defect_type, r.map
 //   auto a = m.ask("Where is the defect?");    // multi-turn, same image
 //
-// run_heads is the differentiable part (decoder → maps → MMF, TGE) shared with training.
+// The heads (maps → E_img, E_expert) are model/heads.h, shared with training.
 #pragma once
 #include <torch/torch.h>
 
@@ -29,6 +29,7 @@
 #include "llm/tokenizer.h"
 #include "model/adapters.h"
 #include "model/bundle.h"
+#include "model/heads.h"
 
 namespace iadgpt::anomaly {
 struct AbnormalPrompts;  // anomaly/apg.h
@@ -104,32 +105,6 @@ class IadGpt {  // not thread-safe; one per worker (weights may be shared later)
   struct State;
   std::unique_ptr<State> state_;
 };
-
-// Differentiable heads for training (grad enabled when parameters require grad):
-struct Heads {
-  anomaly::VisualDecoder decoder{nullptr};
-  TextGuidedEnhancer tge{nullptr};
-  MultiMaskFusion mmf{nullptr};
-  PromptLearner prompt_learner{nullptr};  // used instead of mmf when mmf is null (AnomalyGPT)
-  bool few_shot_alone = false;            // with references the MMF reads M_fs alone (mask_stack)
-};
-struct HeadOutputs {
-  torch::Tensor image_token /*[B,H]*/, expert_tokens /*[B,18,H]*/, layer_maps /*[B,L,S,S] abnormal channel*/,
-      text_map /*[B,S,S]*/;
-  std::vector<torch::Tensor> layer_probs;  // per layer [B,2,S,S] (both softmax channels, for focal/dice)
-  torch::Tensor masks;                     // [B,6,S,S] the MMF input
-};
-HeadOutputs run_heads(Heads& heads, const std::vector<torch::Tensor>& taps, const torch::Tensor& embedding /*[B,D]*/,
-                      const torch::Tensor& few_shot /*[B,S,S] or undefined*/, const anomaly::TextFeatures& text,
-                      int64_t size);
-
-// The 6-mask stack of METHOD §1.8 from per-layer abnormal maps [B,L,S,S] (L = 4), the text map
-// [B,S,S] and the few-shot map [B,S,S] (undefined → zeros).
-// With `few_shot_alone` and a defined few-shot map, the four layer maps and M_text are zeros: the
-// MMF reads M = M_fs, METHOD §1.5's few-shot map (the bundle's `map` "few-shot"; a trained
-// decoder's maps can mislead on defects unlike its synthetic ones).
-torch::Tensor mask_stack(const torch::Tensor& layer_maps, const torch::Tensor& text_map, const torch::Tensor& few_shot,
-                         bool few_shot_alone = false);
 
 // The decision tokens after "### Assistant:". SentencePiece writes " Yes" as ▁Yes (one token in
 // LLaMA's vocabulary); small vocabularies split it (▁ Y es): the pieces both words share are the
