@@ -138,6 +138,7 @@ MapMode Detector::effective_mode() const {
 }
 
 int64_t Detector::size() const { return state_->size; }
+const DetectorOptions& Detector::options() const { return state_->options; }
 std::vector<int64_t> Detector::taps() const { return state_->taps; }
 
 const TextFeatures& Detector::text_features() const {
@@ -178,13 +179,30 @@ torch::Tensor Detector::map_view(const std::vector<cv::Mat>& rgb8) const {
   return torch::stack(views);
 }
 
+std::vector<torch::Tensor> Detector::reference_taps(const std::vector<cv::Mat>& rgb8) {
+  auto& s = *state_;
+  auto pixels = map_view(rgb8);
+  if (s.options.rotations) pixels = with_rotations(pixels);
+  return s.encode(pixels);
+}
+
 void Detector::set_references(const std::vector<cv::Mat>& rgb8) {
   auto& s = *state_;
   s.bank.clear();
   if (rgb8.empty()) return;
-  auto pixels = map_view(rgb8);
-  if (s.options.rotations) pixels = with_rotations(pixels);
-  s.bank.add(s.encode(pixels));
+  s.bank.add(reference_taps(rgb8));
+}
+
+Detector::Encoded Detector::encode_images(const std::vector<cv::Mat>& rgb8) {
+  auto& s = *state_;
+  auto out = s.forward(map_view(rgb8));
+  bool square = true;
+  for (const auto& img : rgb8) square = square && img.rows == img.cols;
+  if (square) return {std::move(out.taps), out.embedding};
+  // METHOD §1.1: e comes from the encoder view (short side resized, centre crop).
+  std::vector<torch::Tensor> views;
+  for (const auto& img : rgb8) views.push_back(image::clip_encoder_view(img, static_cast<int>(s.size)));
+  return {std::move(out.taps), s.forward(torch::stack(views)).embedding};
 }
 
 std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) {
@@ -196,19 +214,14 @@ std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) {
   }
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  auto encoded = s.forward(map_view(rgb8));
-  auto& taps = encoded.taps;
   torch::Tensor embeddings;  // [B, D] e, from the encoder view (METHOD §1.1)
+  std::vector<torch::Tensor> taps;
   if (s.options.features) {
-    bool square = true;
-    for (const auto& img : rgb8) square = square && img.rows == img.cols;
-    if (square) {
-      embeddings = encoded.embedding;
-    } else {
-      std::vector<torch::Tensor> views;
-      for (const auto& img : rgb8) views.push_back(image::clip_encoder_view(img, static_cast<int>(s.size)));
-      embeddings = s.forward(torch::stack(views)).embedding;
-    }
+    auto encoded = encode_images(rgb8);
+    taps = std::move(encoded.taps);
+    embeddings = encoded.embedding;
+  } else {
+    taps = s.forward(map_view(rgb8)).taps;
   }
   const auto t1 = clock::now();
   torch::NoGradGuard no_grad;

@@ -83,6 +83,7 @@ class Detector {
   std::vector<Detection> detect(const std::vector<cv::Mat>& rgb8);
 
   MapMode effective_mode() const;  // what `detect` will compute now
+  const DetectorOptions& options() const;
   int64_t size() const;            // S
   std::vector<int64_t> taps() const;
   const TextFeatures& text_features() const;  // InputError before set_class in a text mode
@@ -91,6 +92,18 @@ class Detector {
 
   // Pixel tensors of the map view [B, 3, S, S] (CLIP-normalised), for callers that need them.
   torch::Tensor map_view(const std::vector<cv::Mat>& rgb8) const;
+  // The inputs of the maps and the heads, exactly as `detect` computes them (the trainer builds its
+  // examples with these, so training and inference see one view, METHOD §1.1/§1.5): the taps of
+  // the map view (per tapped block [B, 1+N, D_v], in the tower's dtype) and e [B, D] from the
+  // encoder view (the map view when the image is square).
+  struct Encoded {
+    std::vector<torch::Tensor> taps;
+    torch::Tensor embedding;
+  };
+  Encoded encode_images(const std::vector<cv::Mat>& rgb8);
+  // The taps `set_references` puts in the memory bank: the map views of `rgb8`, followed by their
+  // 90/180/270° rotations (torch::rot90 of the S×S view) with DetectorOptions::rotations.
+  std::vector<torch::Tensor> reference_taps(const std::vector<cv::Mat>& rgb8);
 
  private:
   struct State;

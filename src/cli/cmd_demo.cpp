@@ -38,9 +38,10 @@ void add_demo(CLI::App& app) {
     o->log = [](std::string_view line) { std::cout << line << std::endl; };
     const auto r = demo::run_demo(*o);
     const auto& m = r.mean_metrics;
-    std::cout << fmt::format("mean over classes: image AUROC {:.3f}, pixel AUROC {:.3f}, AUPRO {:.3f}\n",
-                             m["image_auroc"].get<double>(), m["pixel_auroc"].get<double>(),
-                             m["aupro_0.3"].get<double>());
+    auto value = [&](const char* key) { return m.contains(key) ? m[key].get<double>() : 0.0; };
+    std::cout << fmt::format("mean over classes: image AUROC {:.3f} (map), {:.3f} (P(Yes)); pixel AUROC {:.3f}, "
+                             "AUPRO {:.3f}\n",
+                             value("image_auroc_map"), value("image_auroc"), value("pixel_auroc"), value("aupro_0.3"));
     std::cout << fmt::format("Yes/No accuracy on held-out parts: {:.1f} % ({}/{})\n", 100.0 * r.accuracy, r.correct,
                              r.total);
     std::cout << fmt::format("report: {}  (a DEMO model: tiny random encoders; for real weights see README.md, "

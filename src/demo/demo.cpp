@@ -18,6 +18,8 @@
 #include "demo/report.h"
 #include "demo/tiny_models.h"
 #include "eval/metrics.h"
+#include "eval/model_protocol.h"
+#include "eval/protocol.h"
 #include "eval/postprocess.h"
 #include "image/decode.h"
 #include "image/overlay.h"
@@ -159,47 +161,43 @@ struct ClassRun {
   int positions = 0, answer_position_right = 0, map_position_right = 0;
 };
 
-// The held-out parts of one class through the calibrated bundle: the LLM's answers, maps,
-// pictures and metrics.
+// The held-out parts of one class through the calibrated bundle, by the model protocol of
+// `iadgpt eval --model` (eval/model_protocol.h): the LLM's answers and the metrics, and here the
+// report's pictures and position checks.
 ClassRun inspect_class(model::IadGpt& iadgpt, const std::string& cls, const fs::path& data_dir, double threshold,
-                       const fs::path& report_dir, int size) {
+                       const fs::path& report_dir) {
   ClassRun run;
-  std::vector<float> scores, maps;
-  std::vector<uint8_t> labels, masks, said_yes;
-  int correct = 0, n = 0;
-  for (const auto& part : test_parts(data_dir, cls)) {
-    const auto r = iadgpt.inspect(part.image, {.max_tokens = 48});
+  std::vector<data::Sample> test;
+  for (const auto& s : data::mvtec_ad(data_dir, cls))
+    if (s.split == data::Split::Test) test.push_back(s);
+  eval::ModelProtocol protocol;
+  protocol.max_tokens = 48;
+  auto on_image = [&](const data::Sample& s, const cv::Mat& img, const model::Inspection& r, const eval::ModelAnswer& a) {
     const auto map = r.map.to(torch::kFloat32).contiguous();
-    const bool yes = eval::parse_yes_no(r.answer).value_or(r.anomalous);
-    scores.push_back(r.score);
-    labels.push_back(static_cast<uint8_t>(part.anomalous));
-    said_yes.push_back(yes);
-    maps.insert(maps.end(), map.data_ptr<float>(), map.data_ptr<float>() + map.numel());
-    masks.insert(masks.end(), part.mask.data_ptr<uint8_t>(), part.mask.data_ptr<uint8_t>() + part.mask.numel());
-    correct += yes == part.anomalous, ++n;
-    ReportItem item{.class_name = cls, .defect = part.defect, .score = r.score, .threshold = threshold,
+    const auto mask = data::sample_mask(s, img.rows, img.cols).contiguous();
+    ReportItem item{.class_name = cls, .defect = s.defect, .score = r.score, .threshold = threshold,
                     .answer = r.answer, .map_position = r.position, .p_yes = r.p_yes,
-                    .anomalous = part.anomalous, .said_yes = yes};
-    if (part.anomalous && yes) {  // where the defect is: the answer's words and the map's, against the mask
-      const auto truth = anomaly::cells_of_mask(part.mask);
-      item.truth_position = fmt::format("{}", fmt::join(truth, ", "));
-      item.answer_position_right = names_a_defect_cell(r.answer, truth);
-      item.map_position_right = names_a_defect_cell(r.position, truth);
+                    .anomalous = s.label == 1, .said_yes = a.said_yes};
+    if (a.position_right >= 0) {  // where the defect is: the answer's words and the map's, against the mask
+      item.truth_position = a.truth_cells;
+      item.answer_position_right = a.position_right == 1;
+      item.map_position_right = names_a_defect_cell(r.position, anomaly::cells_of_mask(mask));
       ++run.positions;
       run.answer_position_right += item.answer_position_right;
       run.map_position_right += item.map_position_right;
     }
-    item.picture = fmt::format("img/{}_{}_{}.png", cls, part.defect, part.name);
+    item.picture = fmt::format("img/{}_{}_{}.png", cls, s.defect, s.image.stem().string());
     image::write_png(report_dir / item.picture,
-                     image::result_grid(part.image, map, (map >= threshold).to(torch::kUInt8),
-                                        part.anomalous ? std::optional<torch::Tensor>(part.mask) : std::nullopt, 160));
+                     image::result_grid(img, map, (map >= threshold).to(torch::kUInt8),
+                                        s.label == 1 ? std::optional<torch::Tensor>(mask) : std::nullopt, 160));
     run.items.push_back(std::move(item));
-  }
-  eval::MetricsInput in{.image_scores = scores, .image_labels = labels,
-                        .pixels = {.maps = maps, .masks = masks, .n = n, .h = size, .w = size}};
-  run.result = ClassResult{.class_name = cls, .correct = correct, .total = n, .threshold = threshold};
-  run.result.metrics = eval::to_json(eval::compute_metrics(in));
-  run.result.metrics["yes_no_accuracy"] = eval::yes_no_accuracy(said_yes, labels);
+  };
+  const auto answers = eval::inspect_samples(iadgpt, test, protocol, 0, on_image);
+  int correct = 0;
+  for (const auto& a : answers.answers) correct += a.said_yes == (a.label == 1);
+  run.result = ClassResult{.class_name = cls, .correct = correct, .total = static_cast<int>(answers.answers.size()),
+                           .threshold = threshold};
+  run.result.metrics = eval::model_metrics(answers, protocol.pro_fpr);
   return run;
 }
 
@@ -319,22 +317,21 @@ DemoResult run_demo(const DemoOptions& o) {
   for (const auto& cls : classes) {
     iadgpt.set_class(cls);
     iadgpt.set_references(references[cls]);
-    auto run = inspect_class(iadgpt, cls, data_dir, cal.mask_threshold.at(cls), report_dir, o.size);
+    auto run = inspect_class(iadgpt, cls, data_dir, cal.mask_threshold.at(cls), report_dir);
     result.correct += run.result.correct, result.total += run.result.total;
     result.positions += run.positions;
     result.answer_position_right += run.answer_position_right;
     result.map_position_right += run.map_position_right;
-    log(fmt::format("      {:7s} image AUROC {:.3f}  pixel AUROC {:.3f}  Yes/No {}/{}", cls,
-                    run.result.metrics["image_auroc"].get<double>(), run.result.metrics["pixel_auroc"].get<double>(),
+    log(fmt::format("      {:7s} image AUROC {:.3f} (map) {:.3f} (P(Yes))  pixel AUROC {:.3f}  Yes/No {}/{}", cls,
+                    run.result.metrics.value("image_auroc_map", 0.0), run.result.metrics.value("image_auroc", 0.0),
+                    run.result.metrics.value("pixel_auroc", 0.0),
                     run.result.correct, run.result.total));
     items.insert(items.end(), run.items.begin(), run.items.end());
     result.classes.push_back(std::move(run.result));
   }
-  for (const auto& [key, _] : result.classes.front().metrics.items()) {
-    double sum = 0;
-    for (const auto& c : result.classes) sum += c.metrics[key].get<double>();
-    result.mean_metrics[key] = sum / static_cast<double>(result.classes.size());
-  }
+  std::vector<nlohmann::ordered_json> per_class;
+  for (const auto& c : result.classes) per_class.push_back(c.metrics);
+  result.mean_metrics = eval::mean_of(per_class);
   result.accuracy = static_cast<double>(result.correct) / result.total;
   // The conversation: the first class's first held-out defect.
   std::vector<std::pair<std::string, std::string>> conversation;

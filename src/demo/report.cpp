@@ -28,8 +28,9 @@ std::string metric(const nlohmann::ordered_json& m, const char* key) {
 }
 
 std::string metrics_row(const std::string& name, const nlohmann::ordered_json& m, const std::string& extra) {
-  return fmt::format("<tr><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-                     html_escape(name), extra, metric(m, "image_auroc"), metric(m, "image_ap"), metric(m, "pixel_auroc"),
+  return fmt::format("<tr><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                     html_escape(name), extra, metric(m, "image_auroc_map"), metric(m, "image_auroc"), metric(m, "image_ap"),
+                     metric(m, "pixel_auroc"),
                      metric(m, "pixel_ap"), metric(m, "aupro_0.3"), metric(m, "yes_no_accuracy"));
 }
 
@@ -70,7 +71,7 @@ void write_report(const std::filesystem::path& path, const ReportInput& r) {
                    "on the validation split (log-odds on “Yes” against “No”: {}): validation accuracy {:.3f} → "
                    "{:.3f}.</p>\n",
                    r.trainer_pairs, r.trainer_validation, html_escape(biases), r.validation_before, r.validation_after);
-  h += "<table><tr><th>class</th><th>threshold</th><th>image AUROC</th><th>image AP</th><th>pixel AUROC</th>"
+  h += "<table><tr><th>class</th><th>threshold</th><th>image AUROC (map)</th><th>image AUROC (P(Yes))</th><th>image AP (P(Yes))</th><th>pixel AUROC</th>"
        "<th>pixel AP</th><th>AUPRO 0.3</th><th>Yes/No acc.</th></tr>\n";
   for (const auto& c : r.classes)
     h += metrics_row(c.class_name, c.metrics, fmt::format("<td>{:.3f}</td>", c.threshold));

@@ -24,8 +24,8 @@ constexpr int kVersion = 1;
 // Every field iadgpt.json may hold; anything else is a typo the user should hear about.
 const std::set<std::string> kFields = {
     "format", "version", "vision", "text", "vocab", "vision_config", "llm", "tokenizer", "lora", "delta", "anomalygpt",
-    "lora_alpha", "decoder", "tge", "mmf", "expert", "prompts", "image_size", "taps", "mode", "map", "dtype",
-    "threshold", "decision_bias"};
+    "lora_alpha", "decoder", "tge", "mmf", "expert", "prompts", "image_size", "taps", "mode", "map", "rotations",
+    "dtype", "threshold", "decision_bias"};
 
 fs::path delta_name(const Bundle& b) { return b.anomalygpt ? *b.anomalygpt : *b.delta; }
 
@@ -140,6 +140,7 @@ Bundle bundle_from_json(const nlohmann::json& j, const fs::path& dir) {
   if (j.contains("expert")) b.expert = field<std::string>(j, "expert", dir, "a string");
   if (j.contains("mode")) b.mode = field<std::string>(j, "mode", dir, "a string");
   if (j.contains("map")) b.map = field<std::string>(j, "map", dir, "a string");
+  if (j.contains("rotations")) b.rotations = field<bool>(j, "rotations", dir, "true or false");
   if (j.contains("dtype")) b.dtype = field<std::string>(j, "dtype", dir, "a string");
   if (j.contains("image_size")) b.image_size = field<int64_t>(j, "image_size", dir, "an integer");
   if (j.contains("taps")) b.taps = field<std::vector<int64_t>>(j, "taps", dir, "a list of integers");
@@ -200,6 +201,7 @@ nlohmann::json bundle_to_json(const Bundle& b) {
   if (!b.taps.empty()) j["taps"] = b.taps;
   j["mode"] = b.mode;
   if (b.map != "auto") j["map"] = b.map;
+  if (b.rotations) j["rotations"] = true;
   j["dtype"] = b.dtype;
   j["threshold"] = b.threshold;
   if (!b.decision_bias.empty()) j["decision_bias"] = b.decision_bias;

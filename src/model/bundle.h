@@ -46,6 +46,10 @@ struct Bundle {                         // <dir>/iadgpt.json; relative paths res
   // then reads alone (model::mask_stack; the trainer's `map`), "blend" (M_text + M_fs)/2 (needs a
   // decoder), "auto" blend when a decoder is present, else M_fs.
   std::string map = "auto";
+  // The references' 90/180/270° views join the few-shot bank (METHOD §1.5's option, AnomalyGPT's
+  // augmentation). The trainer builds its few-shot maps so and writes true: inference then feeds
+  // the heads what they were trained on.
+  bool rotations = false;
   std::string dtype = "f32";            // | "bf16"
   double threshold = 0.5;               // map threshold for regions / decision fallback
   // Per class: log-odds added to "Yes" against "No" at the decision token (a class not listed: 0,

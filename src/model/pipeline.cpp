@@ -185,6 +185,7 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   dopt.size = bundle.image_size;
   dopt.dtype = dtype;
   dopt.features = true;
+  dopt.rotations = bundle.rotations;
   // The detector computes every map the heads read; which one is drawn is chosen in inspect.
   if (bundle.map == "blend") dopt.mode = anomaly::MapMode::Blend;
   s.detector.emplace(dopt);
@@ -342,7 +343,8 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
   // P(Yes) of the two decision tokens, moved by the bundle's calibration (log-odds).
   const auto bias_it = s.bundle.decision_bias.find(s.class_name);
   const double bias = bias_it == s.bundle.decision_bias.end() ? 0.0 : bias_it->second;
-  r.p_yes = 1.0 / (1.0 + std::exp(-(probs.logits[0] - probs.logits[1] + bias)));
+  r.log_odds = probs.logits[0] - probs.logits[1] + bias;
+  r.p_yes = 1.0 / (1.0 + std::exp(-r.log_odds));
   s.prefix_length = 0;
   for (size_t i = 0; i + 1 < segments.size(); ++i) s.prefix_length += segments[i].length();
   const auto& last_ids = segments.back().ids;  // the conversation tokens (ends with "### Assistant:")

@@ -52,6 +52,7 @@ struct Timings { double encode = 0, maps = 0, prefill = 0, generate = 0; };  // 
 struct Inspection {
   float score = 0;          // image score (max of the map)
   double p_yes = 0;         // P("Yes") restricted to the Yes/No first tokens, after Bundle::decision_bias
+  double log_odds = 0;      // log P(Yes)/P(No) of the same (p_yes = sigmoid(log_odds); keeps the order where p_yes rounds to 1)
   bool anomalous = false;   // the LLM's decision (first generated token, or p_yes > 0.5)
   std::string answer;       // generated text; without generation the §1.10 phrasing of the map
   std::string position;     // "top left", "center and bottom right", ... (empty: no region)

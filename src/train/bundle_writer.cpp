@@ -58,7 +58,8 @@ void write_trained_bundle(const TrainConfig& cfg, Trainable& trained, const std:
   b.image_size = cfg.image_size;
   // Trained only with the references' few-shot map in the MMF input: inference needs them too.
   if (cfg.few_shot_probability >= 1.0) b.mode = "few-shot";
-  b.map = cfg.map;  // the heads read at inference what they read here
+  b.map = cfg.map;     // the heads read at inference what they read here
+  b.rotations = true;  // and the few-shot bank is built as here (train/pool.cpp)
   model::write_bundle(b, b.dir);
 }
 

@@ -41,16 +41,12 @@ Optimiser::Optimiser(std::vector<TrainedTensor> trained, const TrainConfig& cfg)
 }
 
 double Optimiser::clip(double max_norm) {
-  // torch.nn.utils.clip_grad_norm_'s rule: coefficient max_norm / (norm + 1e-6) when below 1.
-  double norm2 = 0;
-  for (auto& p : params_) norm2 += p.grad().pow(2).sum().item<double>();
-  const double norm = std::sqrt(norm2);
-  if (max_norm > 0 && norm > max_norm) {
-    torch::NoGradGuard g;
-    const double coef = max_norm / (norm + 1e-6);
-    for (auto& p : params_) p.mutable_grad().mul_(coef);
-  }
-  return norm;
+  if (params_.empty()) return 0.0;
+  if (max_norm > 0) return torch::nn::utils::clip_grad_norm_(params_, max_norm);
+  // No clipping: the norm alone, computed as clip_grad_norm_ does (for the log).
+  std::vector<torch::Tensor> norms;
+  for (const auto& p : params_) norms.push_back(p.grad().norm(2));
+  return torch::stack(norms).norm(2).item<double>();
 }
 
 void Optimiser::step(double lr_adapters, double lr_llm) {

@@ -97,7 +97,7 @@ std::vector<cv::Mat> load_textures(const fs::path& dir) {
 // image itself is excluded).
 struct Builder {
   const TrainConfig& cfg;
-  const Frozen& frozen;
+  Frozen& frozen;
   const llm::Tokenizer& tok;
   const std::vector<cv::Mat>& textures;
 
@@ -109,27 +109,23 @@ struct Builder {
   // pixels it was made from; nullptr: none of them).
   torch::Tensor few_shot_maps(const Encoded& enc, const std::vector<cv::Mat>& refs, const std::vector<const uchar*>& own,
                               const std::string& cat_name) const {
-    std::vector<cv::Mat> rotated;
-    for (const auto& r : refs)
-      for (int k = 0; k < 4; ++k) {
-        cv::Mat m;
-        if (k == 0) m = r;
-        else cv::rotate(r, m, k == 1 ? cv::ROTATE_90_CLOCKWISE : k == 2 ? cv::ROTATE_180 : cv::ROTATE_90_COUNTERCLOCKWISE);
-        rotated.push_back(m);
-      }
-    auto ref_enc = encode(frozen, rotated);
+    // The bank as inference builds it (anomaly::Detector::reference_taps): every reference's map
+    // view, then the 90/180/270° rotations of those views (rotation-major order).
+    const auto ref_taps = frozen.detector->reference_taps(refs);
+    const auto R = static_cast<int64_t>(refs.size());
+    const int64_t views = ref_taps.front().size(0) / R;  // 4 with rotations
     std::vector<torch::Tensor> few_shot;
     for (size_t v = 0; v < own.size(); ++v) {
       anomaly::MemoryBank bank;
       std::vector<int64_t> keep;
       for (size_t r = 0; r < refs.size(); ++r)
         if (refs[r].data != own[v])
-          for (int k = 0; k < 4; ++k) keep.push_back(static_cast<int64_t>(r * 4 + k));
+          for (int64_t k = 0; k < views; ++k) keep.push_back(k * R + static_cast<int64_t>(r));
       if (keep.empty()) throw InputError(fmt::format("category '{}': no normal reference besides the image itself", cat_name));
       auto idx = torch::tensor(keep);
       std::vector<torch::Tensor> bank_taps, query;
-      for (size_t l = 0; l < ref_enc.taps.size(); ++l) {
-        bank_taps.push_back(ref_enc.taps[l].index_select(0, idx));
+      for (size_t l = 0; l < ref_taps.size(); ++l) {
+        bank_taps.push_back(ref_taps[l].to(torch::kFloat32).index_select(0, idx));
         query.push_back(enc.taps[l].narrow(0, static_cast<int64_t>(v), 1));
       }
       bank.add(bank_taps);
@@ -242,22 +238,20 @@ Frozen load_frozen(const TrainConfig& cfg) {
   dopt.config = cfg.vision_config;
   dopt.taps = frozen.encoder.taps;
   dopt.size = cfg.image_size;
+  dopt.rotations = true;  // the references' 90/180/270° views join the bank (AnomalyGPT's augmentation)
   frozen.detector.emplace(dopt);
   return frozen;
 }
 
-Encoded encode(const Frozen& f, const std::vector<cv::Mat>& images) {
+Encoded encode(Frozen& frozen, const std::vector<cv::Mat>& images) {
   torch::NoGradGuard no_grad;
   Encoded out;
-  std::vector<std::vector<torch::Tensor>> per_layer(f.encoder.taps.size());
+  std::vector<std::vector<torch::Tensor>> per_layer(frozen.encoder.taps.size());
   std::vector<torch::Tensor> emb;
   for (size_t start = 0; start < images.size(); start += 16) {
-    std::vector<torch::Tensor> pixels;
-    for (size_t i = start; i < std::min(images.size(), start + 16); ++i)
-      pixels.push_back(image::clip_map_view(images[i], static_cast<int>(f.size)));
-    const auto& m = f.encoder.model;
-    auto o = vision::vit_forward(m.weights, m.config, torch::stack(pixels).to(m.weights.patch_weight.scalar_type()),
-                                 f.encoder.taps);
+    const std::vector<cv::Mat> chunk(images.begin() + static_cast<std::ptrdiff_t>(start),
+                                     images.begin() + static_cast<std::ptrdiff_t>(std::min(images.size(), start + 16)));
+    auto o = frozen.detector->encode_images(chunk);  // inference's views (METHOD §1.1)
     for (size_t l = 0; l < o.taps.size(); ++l) per_layer[l].push_back(o.taps[l].to(torch::kFloat32));
     emb.push_back(o.embedding.to(torch::kFloat32));
   }

@@ -60,8 +60,9 @@ struct Encoded {
   std::vector<torch::Tensor> taps;  // per layer [n, 1+N, D_v]
   torch::Tensor embedding;          // [n, D]
 };
-// Taps and e of each image, from the map view (image::clip_map_view), fp32.
-Encoded encode(const Frozen& frozen, const std::vector<cv::Mat>& images);
+// Taps of the map view and e (encoder view) of each image, fp32, as inference computes them
+// (anomaly::Detector::encode_images).
+Encoded encode(Frozen& frozen, const std::vector<cv::Mat>& images);
 
 struct Pools {
   std::vector<Category> cats;                      // dataset categories, then "object" for instructions
