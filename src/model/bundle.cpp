@@ -88,8 +88,7 @@ BundleSources resolve_sources(const Bundle& b) {
     return std::nullopt;
   };
   out.decoder = b.decoder ? b.decoder : file_with([](const io::TensorMap& t) { return t.count("image_decoder.fc.0.weight") > 0; });
-  if (!b.lora)
-    out.lora_delta = file_with([](const io::TensorMap& t) {
+  out.lora_delta = file_with([](const io::TensorMap& t) {
       for (const auto& [k, v] : t)
         if (k.find("lora_A") != std::string::npos) return true;
       return false;
@@ -170,8 +169,6 @@ Bundle bundle_from_json(const nlohmann::json& j, const fs::path& dir) {
     if (t < 0) throw InputError(fmt::format("{}: field 'taps': negative block index {}", where(dir), t));
   if (!b.taps.empty() && b.taps.size() != 4 && b.expert == "mmf")
     throw InputError(fmt::format("{}: field 'taps': the multi-mask fusion needs 4 tapped layers, found {}", where(dir), b.taps.size()));
-  if (b.lora && b.delta && !b.lora->empty())
-    throw InputError(fmt::format("{}: fields 'lora' and 'delta' both name a LoRA; give one", where(dir)));
   return b;
 }
 

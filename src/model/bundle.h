@@ -81,7 +81,9 @@ struct BundleSources {
   std::optional<std::map<std::string, at::Tensor>> deltas;
   std::string delta_name;                            // the delta's file, for error messages
   std::optional<std::filesystem::path> decoder;      // decoder weights (ours or `image_decoder.*` of a delta)
-  std::optional<std::filesystem::path> lora_delta;   // a delta with LoRA keys, when there is no `lora` file
+  // A delta with LoRA keys. Inference merges it first and the bundle's `lora` (a LoRA trained on
+  // top of the released weights, `iadgpt train` with `delta`) after it.
+  std::optional<std::filesystem::path> lora_delta;
 };
 BundleSources resolve_sources(const Bundle& bundle);
 

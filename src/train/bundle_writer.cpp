@@ -48,11 +48,18 @@ void write_trained_bundle(const TrainConfig& cfg, Trainable& trained, const std:
   b.decoder = b.dir / "decoder.safetensors";
   b.tge = b.dir / "tge.safetensors";
   b.mmf = b.dir / "mmf.safetensors";
-  if (trained.lora) {
-    llm::save_peft_adapter(trained.llm, cfg.lora, b.dir / "lora");
-    b.lora = b.dir / "lora";
-  } else if (cfg.llm_tuning == "full") {
-    b.llm = write_full_llm(cfg, trained, b.dir / "llm");
+  if (cfg.llm_tuning == "full") {
+    b.llm = write_full_llm(cfg, trained, b.dir / "llm");  // the released LoRA is merged in these weights
+  } else {
+    // The released weights stay named: inference merges their LoRA under ours (decoder and
+    // llama_proj come from our files, which win over a delta's).
+    b.delta = cfg.delta ? std::optional(fs::absolute(*cfg.delta)) : std::nullopt;
+    b.anomalygpt = cfg.anomalygpt ? std::optional(fs::absolute(*cfg.anomalygpt)) : std::nullopt;
+    b.lora_alpha = cfg.delta_lora_alpha;
+    if (trained.lora) {
+      llm::save_peft_adapter(trained.llm, cfg.lora, b.dir / "lora");
+      b.lora = b.dir / "lora";
+    }
   }
   b.taps = taps;
   b.image_size = cfg.image_size;

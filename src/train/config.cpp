@@ -198,6 +198,9 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   if (f.has("tokenizer")) c.tokenizer = f.path("tokenizer", base, true);
   else if (!fs::exists(c.llm / "tokenizer.model"))
     f.fail("tokenizer", "a tokenizer.model path (the llm directory has none)", "nothing");
+  if (f.has("delta")) c.delta = f.path("delta", base, true);
+  if (f.has("anomalygpt")) c.anomalygpt = f.path("anomalygpt", base, true);
+  c.delta_lora_alpha = f.number("delta_lora_alpha", 32, 0, 1e6, true);
   c.llm_tuning = f.string("llm_tuning", "lora", {"frozen", "lora", "full"});
   if (f.has("lora")) {
     Fields l(f.at("lora"), file, "lora.");
@@ -270,6 +273,9 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   if (f.has("map_warmup")) {
     Fields w(f.at("map_warmup"), file, "map_warmup.");
     c.map_warmup.steps = w.integer("steps", 0, 0, 1000000);
+    if (c.map_warmup.steps > 0 && c.anomalygpt)
+      w.fail("steps", "0 with 'anomalygpt' (the decoder comes from the delta; the warm-up trains a fresh one)",
+             std::to_string(c.map_warmup.steps));
     c.map_warmup.per_image = w.integer("per_image", 20, 1, 1000);
     c.map_warmup.batch_size = w.integer("batch_size", 8, 1, 4096);
     c.map_warmup.lr = w.number("lr", 1e-3, 0, 10, true);
@@ -335,7 +341,8 @@ nlohmann::json TrainConfig::to_json() const {
   for (const auto& d : datasets) ds.push_back({{"kind", d.kind}, {"root", d.root.string()}, {"categories", d.categories}});
   // What decides the trajectory (not the bookkeeping): a resumed run must have the same.
   return {{"vision", vision.string()}, {"taps", taps}, {"image_size", image_size}, {"llm", llm.string()},
-          {"llm_tuning", llm_tuning}, {"lora", {c10::str(lora.rank), lora.alpha, lora.dropout}}, {"llm_lr", llm_lr},
+          {"delta", delta ? delta->string() : ""}, {"anomalygpt", anomalygpt ? anomalygpt->string() : ""},
+          {"delta_lora_alpha", delta_lora_alpha}, {"llm_tuning", llm_tuning}, {"lora", {c10::str(lora.rank), lora.alpha, lora.dropout}}, {"llm_lr", llm_lr},
           {"datasets", ds}, {"synthesis", synthesis}, {"per_image", per_image}, {"holdout", holdout},
           {"references", references}, {"few_shot_probability", few_shot_probability}, {"map", map},
           {"decision_weight", decision_weight}, {"mmf_init", mmf_init}, {"bf16_autocast", bf16_autocast},

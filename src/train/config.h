@@ -68,6 +68,12 @@ struct TrainConfig {
   // LLM.
   std::filesystem::path llm;
   std::optional<std::filesystem::path> tokenizer;
+  // Released weights to start from (METHOD §1.7; loaded as `bundle create` loads them): PandaGPT's
+  // delta (llama_proj, the LLM's LoRA, merged into the LLM before any trainable LoRA) and
+  // AnomalyGPT's (image_decoder: the decoder; its keys win over PandaGPT's). `lora_alpha`: the
+  // delta LoRA's alpha (not in the file; PandaGPT/AnomalyGPT use 32).
+  std::optional<std::filesystem::path> delta, anomalygpt;
+  double delta_lora_alpha = 32;
   std::string llm_tuning = "lora";  // "frozen" | "lora" | "full"
   llm::LoraSpec lora;
   double llm_lr = 1e-4;             // LoRA / full fine-tune learning rate

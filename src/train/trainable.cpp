@@ -2,8 +2,16 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <fmt/format.h>
+
 #include <cmath>
 
+#include "anomaly/maps.h"
+#include "io/checkpoint.h"
+#include "io/error.h"
+#include "llm/lora.h"
+#include "model/bundle.h"
+#include "nn/weights.h"
 #include "train/decoder_training.h"
 #include "train/seeding.h"
 
@@ -47,6 +55,33 @@ void init_mmf(model::MultiMaskFusion& mmf, const std::string& scheme, uint64_t s
   }
 }
 
+// Released weights (config `delta`, `anomalygpt`), found as model::resolve_sources finds them for
+// a bundle: the delta's LoRA merged into the LLM, llama_proj and the decoder copied.
+void load_released(const TrainConfig& cfg, Trainable& m) {
+  if (!cfg.delta && !cfg.anomalygpt) return;
+  model::Bundle released;
+  released.delta = cfg.delta;
+  released.anomalygpt = cfg.anomalygpt;
+  const auto sources = model::resolve_sources(released);
+  if (sources.lora_delta) llm::merge_lora(m.llm, llm::load_pandagpt_delta(*sources.lora_delta, cfg.delta_lora_alpha));
+  const auto& t = *sources.deltas;
+  torch::NoGradGuard no_grad;
+  if (t.count("llama_proj.weight")) {
+    for (auto& p : m.heads.tge->llama_proj->named_parameters()) {
+      const auto key = "llama_proj." + p.key();
+      auto it = t.find(key);
+      if (it == t.end()) throw InputError(fmt::format("{}: no tensor '{}'", sources.delta_name, key));
+      if (it->second.sizes() != p.value().sizes())
+        throw InputError(fmt::format("{}: tensor '{}' has shape {}, expected {} (llama_proj: vision D → LLM H)",
+                                     sources.delta_name, key, nn::shape_string(it->second.sizes()),
+                                     nn::shape_string(p.value().sizes())));
+      p.value().copy_(it->second.to(torch::kFloat32));
+    }
+  }
+  if (sources.decoder)
+    anomaly::load_decoder(m.heads.decoder, io::load_checkpoint(*sources.decoder).tensors, sources.decoder->string());
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, torch::Tensor>> Trainable::named() {
@@ -85,6 +120,7 @@ Trainable make_trainable(const TrainConfig& cfg, int64_t embed_dim, int64_t visi
     auto gen = at::make_generator<at::CPUGeneratorImpl>(mix({cfg.seed, 14}));
     m.heads.mmf->base_tokens.normal_(0, 1, gen);
   }
+  load_released(cfg, m);  // over the fresh parts, before a trainable LoRA goes on top
   if (cfg.llm_tuning == "lora") m.lora = llm::add_trainable_lora(m.llm, cfg.lora, mix({cfg.seed, 15}));
   else if (cfg.llm_tuning == "full") m.full = llm::make_trainable(m.llm);
   return m;
