@@ -48,6 +48,18 @@ void truncate_log(const fs::path& log, int64_t step) {
   io::write_file_atomic(log, kept.str());
 }
 
+// A checkpoint's counter (written by save_checkpoint); InputError naming the file when it is not one.
+int64_t metadata_int(LoadedCheckpoint& ck, const std::string& key) {
+  const auto& text = ck.metadata[key];
+  try {
+    size_t used = 0;
+    const int64_t v = std::stoll(text, &used);
+    if (used == text.size() && v >= 0) return v;
+  } catch (const std::exception&) {
+  }
+  throw InputError(fmt::format("{}: metadata '{}' is not a step count ('{}')", ck.path.string(), key, text));
+}
+
 // Where a run stands: the stage it is in, the step within it, the global step.
 struct Progress {
   int64_t stage_index = 0, stage_step = 0, global = 0;
@@ -62,7 +74,7 @@ class Loop {
  public:
   Loop(const TrainConfig& cfg, Distributed& dist, const TrainHooks& hooks, const llm::Tokenizer& tok, Pools& pools,
        Trainable& trained, const model::DecisionTokens& decision)
-      : cfg_(cfg), dist_(dist), hooks_(hooks), pools_(pools), trained_(trained), named_(trained.named()),
+      : cfg_(cfg), dist_(dist), hooks_(hooks), pools_(pools), named_(trained.named()),
         store_(cfg.out / "checkpoints", cfg.keep), config_text_(cfg.to_json().dump()),
         runner_{cfg, pools.train, pools.cats, tok, trained, cfg.image_size, decision},
         held_out_{cfg, pools.eval, pools.cats, tok, trained, cfg.image_size, decision},
@@ -92,7 +104,6 @@ class Loop {
   Distributed& dist_;
   const TrainHooks& hooks_;
   Pools& pools_;
-  Trainable& trained_;
   std::vector<std::pair<std::string, torch::Tensor>> named_;
   CheckpointStore store_;
   std::string config_text_;
@@ -116,9 +127,9 @@ std::optional<LoadedCheckpoint> Loop::resume(TrainResult& result) {
     if (it == ck->tensors.end()) throw InputError(fmt::format("{}: no tensor 'param.{}'", ck->path.string(), name));
     t.copy_(it->second);
   }
-  at_.stage_index = std::stoll(ck->metadata["stage_index"]);
-  at_.stage_step = std::stoll(ck->metadata["stage_step"]);
-  at_.global = std::stoll(ck->metadata["global_step"]);
+  at_.stage_index = metadata_int(*ck, "stage_index");
+  at_.stage_step = metadata_int(*ck, "stage_step");
+  at_.global = metadata_int(*ck, "global_step");
   result.resumed_from = at_.global;
   say(fmt::format("resumed from {} (step {}, stage {} step {})", ck->path.string(), at_.global,
                   at_.stage_index < static_cast<int64_t>(cfg_.stages.size()) ? cfg_.stages[at_.stage_index].stage : 0,
@@ -168,7 +179,7 @@ Optimiser Loop::stage_optimiser(const StageConfig& st) {
   }
   Optimiser opt(std::move(trained), cfg_);
   if (at_.stage_step > 0 && resume_)
-    opt.load(resume_->tensors, std::stoll(resume_->metadata["adam_t"]), resume_->path.string());
+    opt.load(resume_->tensors, metadata_int(*resume_, "adam_t"), resume_->path.string());
   return opt;
 }
 
