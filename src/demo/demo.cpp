@@ -148,13 +148,6 @@ Calibration calibrate(model::IadGpt& iadgpt, const std::vector<std::string>& cla
   return c;
 }
 
-// Does a sentence name at least one of the cells that hold the defect?
-bool names_a_defect_cell(std::string_view text, const std::vector<std::string>& truth) {
-  for (const auto& cell : anomaly::cells_named(text))
-    if (std::find(truth.begin(), truth.end(), cell) != truth.end()) return true;
-  return false;
-}
-
 struct ClassRun {
   ClassResult result;
   std::vector<ReportItem> items;
@@ -181,7 +174,7 @@ ClassRun inspect_class(model::IadGpt& iadgpt, const std::string& cls, const fs::
     if (a.position_right >= 0) {  // where the defect is: the answer's words and the map's, against the mask
       item.truth_position = a.truth_cells;
       item.answer_position_right = a.position_right == 1;
-      item.map_position_right = names_a_defect_cell(r.position, anomaly::cells_of_mask(mask));
+      item.map_position_right = eval::names_a_cell_of(r.position, anomaly::cells_of_mask(mask));
       ++run.positions;
       run.answer_position_right += item.answer_position_right;
       run.map_position_right += item.map_position_right;

@@ -20,13 +20,6 @@ namespace iadgpt::eval {
 
 namespace {
 
-// Does a sentence name at least one of the cells that hold the defect?
-bool names_a_cell_of(std::string_view text, const std::vector<std::string>& truth) {
-  for (const auto& cell : anomaly::cells_named(text))
-    if (std::find(truth.begin(), truth.end(), cell) != truth.end()) return true;
-  return false;
-}
-
 ModelAnswer answer_row(const data::Sample& s, int64_t round, const model::Inspection& r, bool fast,
                        const torch::Tensor& mask) {
   ModelAnswer a;
@@ -59,6 +52,12 @@ std::string csv_field(const std::string& s) {
 }
 
 }  // namespace
+
+bool names_a_cell_of(std::string_view text, const std::vector<std::string>& truth) {
+  for (const auto& cell : anomaly::cells_named(text))
+    if (std::find(truth.begin(), truth.end(), cell) != truth.end()) return true;
+  return false;
+}
 
 ModelRun inspect_samples(model::IadGpt& iadgpt, const std::vector<data::Sample>& test, const ModelProtocol& p,
                          int64_t round, const OnInspection& on_image, const std::function<void()>& step) {

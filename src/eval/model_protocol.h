@@ -81,6 +81,9 @@ struct ModelProtocolResult {
 // InputError before any inference when the layout, a category or an option is wrong.
 ModelProtocolResult run_model_protocol(model::IadGpt& iadgpt, const ModelProtocol& p, const ProgressFn& progress = {});
 
+// Does a sentence name at least one of `truth`'s cells (anomaly::cells_named)? The position check.
+bool names_a_cell_of(std::string_view text, const std::vector<std::string>& truth);
+
 // One section per setting, categories as rows, metrics as columns, the mean last.
 std::string model_markdown(const nlohmann::ordered_json& results);
 // CSV with a header row; fields with commas or quotes are quoted.
