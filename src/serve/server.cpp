@@ -531,13 +531,33 @@ struct Server::Impl {
 
   static void send_draining(httplib::Response& res) {
     res.set_header("Retry-After", "5");
-    res.set_header("Connection", "close");
+    res.set_header("Connection", "close");  // this server is going away
     send_error(res, 503, "the server is shutting down; retry on another instance or after it restarts");
+  }
+
+  // True when `res` now holds a refusal: 503 while draining, 401 when keys are required and the
+  // request has no valid one. /v1/health and the page's compiled-in (public) files are open.
+  bool refused(const httplib::Request& req, httplib::Response& res) {
+    if (req.path == "/v1/health") return false;
+    if (draining) {
+      send_draining(res);
+      return true;
+    }
+    const bool open = req.method == "GET" && (req.path == "/" || route_label(req.path) == "static");
+    if (!keys.enabled() || open || keys.accepts(req.get_header_value("Authorization"))) return false;
+    res.set_header("WWW-Authenticate", "Bearer");
+    send_error(res, 401,
+               req.has_header("Authorization")
+                   ? "incorrect API key provided in the Authorization header"
+                   : "this server needs an API key: send the header 'Authorization: Bearer <key>'",
+               "invalid_api_key");
+    return true;
   }
 
   // Every handler runs behind this: typed errors become JSON with their status.
   httplib::Server::Handler guarded(void (Impl::*handler)(const httplib::Request&, httplib::Response&)) {
     return [this, handler](const httplib::Request& req, httplib::Response& res) {
+      if (refused(req, res)) return;
       if (!enter()) return send_draining(res);
       struct Leave {
         Impl* impl;
@@ -578,8 +598,10 @@ struct Server::Impl {
     const size_t threads = static_cast<size_t>(options.workers + std::max(0, options.queue) + 8);
     http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
 
-    http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
+    http.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      // An unknown route with a body: without a key it is a 401 too (the routes are not shown).
+      if (res.status == 404 && refused(req, res)) return httplib::Server::HandlerResponse::Handled;
       send_error(res, res.status, default_message(res.status));
       return httplib::Server::HandlerResponse::Handled;
     }));
@@ -587,24 +609,15 @@ struct Server::Impl {
       send_error(res, 500, "internal error");
     });
     // Before routing (and before a body is read): 503 while draining, 401 without a valid key.
+    // Requests without a body are refused (401/503) before routing. Those with one are refused by
+    // their handler (guarded) or as a 404, after httplib has read the body (bounded by --max-body):
+    // answering before it would leave the body on a kept-alive connection, read as the next
+    // request, or make the close reset the connection before the client reads the answer.
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      if (req.path == "/v1/health") return httplib::Server::HandlerResponse::Unhandled;  // always open
-      if (draining) {
-        send_draining(res);
-        return httplib::Server::HandlerResponse::Handled;
-      }
-      // The page's files are compiled-in and public; the data behind them (the API) is not.
-      const bool open = req.method == "GET" && (req.path == "/" || route_label(req.path) == "static");
-      if (keys.enabled() && !open && !keys.accepts(req.get_header_value("Authorization"))) {
-        res.set_header("WWW-Authenticate", "Bearer");
-        send_error(res, 401,
-                   req.has_header("Authorization")
-                       ? "incorrect API key provided in the Authorization header"
-                       : "this server needs an API key: send the header 'Authorization: Bearer <key>'",
-                   "invalid_api_key");
-        return httplib::Server::HandlerResponse::Handled;
-      }
-      return httplib::Server::HandlerResponse::Unhandled;
+      const auto length = req.get_header_value("Content-Length");
+      const bool has_body = (!length.empty() && length != "0") || req.has_header("Transfer-Encoding");
+      if (has_body) return httplib::Server::HandlerResponse::Unhandled;
+      return refused(req, res) ? httplib::Server::HandlerResponse::Handled : httplib::Server::HandlerResponse::Unhandled;
     });
     http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
       metrics.count_request(route_label(req.path), res.status);

@@ -150,6 +150,17 @@ Exposition scrape(httplib::Client& c, const httplib::Headers& headers = {}) {
   return parse_exposition(r->body);
 }
 
+// Holds the fake engine's requests at its gate until destroyed (declared after the server, so a
+// failed assertion opens it before the server waits for its requests).
+struct CloseGate {
+  FakeCounters& counters;
+  explicit CloseGate(FakeCounters& c) : counters(c) {
+    std::lock_guard lock(c.mutex);
+    c.gate_open = false;
+  }
+  ~CloseGate() { counters.open(); }
+};
+
 // Polls until `done` or `seconds` pass.
 template <class F>
 bool eventually(F done, double seconds = 10) {
@@ -256,6 +267,18 @@ TEST(ApiKeys, RequestsWithoutAValidKeyGet401InOpenAiShapeAndHealthStaysOpen) {
     }
   }
   EXPECT_EQ(counters->detects, 0);  // nothing reached the engine
+  // A request with a body is refused after the body is read: refused before, the unread body was
+  // parsed as the next request on the kept-alive connection (a 414 came back for the GET below).
+  {
+    auto kept = server.client();
+    kept.set_keep_alive(true);
+    auto r = kept.Post("/v1/chat", std::string(100000, 'x'), "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 401);
+    auto h = kept.Get("/v1/health");
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->status, 200) << h->body;
+  }
   // Health and the page's files are open.
   for (const char* path : {"/v1/health", "/", "/app.js"}) {
     auto r = c.Get(path);
@@ -369,10 +392,7 @@ TEST(Metrics, PrometheusTextMovesWithRequests) {
   EXPECT_EQ(after.at("iadgpt_queue_capacity{}"), 4);
 
   // Queue depth: one request held at the engine's gate, two waiting behind it.
-  {
-    std::lock_guard lock(counters->mutex);
-    counters->gate_open = false;
-  }
+  const CloseGate gate(*counters);
   std::vector<std::future<int>> held;
   for (int i = 0; i < 3; ++i) {
     held.push_back(std::async(std::launch::async, [&] {
@@ -402,10 +422,7 @@ TEST(GracefulShutdown, DrainingAnswers503AndFinishesWhatIsInFlight) {
   auto counters = std::make_shared<FakeCounters>();
   TestServer server(small_options(), fake_factory(counters));
   auto c = server.client();
-  {
-    std::lock_guard lock(counters->mutex);
-    counters->gate_open = false;
-  }
+  const CloseGate gate(*counters);
   auto in_flight = std::async(std::launch::async, [&] {
     auto hc = server.client();
     auto r = hc.Post("/v1/detect", detect_form(hazelnut("test/colour/00.jpg")));
@@ -437,10 +454,7 @@ TEST(GracefulShutdown, DrainTimeoutReportsWhatIsStillRunning) {
   auto counters = std::make_shared<FakeCounters>();
   TestServer server(small_options(), fake_factory(counters));
   auto c = server.client();
-  {
-    std::lock_guard lock(counters->mutex);
-    counters->gate_open = false;
-  }
+  const CloseGate gate(*counters);
   auto in_flight = std::async(std::launch::async, [&] {
     auto hc = server.client();
     auto r = hc.Post("/v1/detect", detect_form(hazelnut("test/colour/00.jpg")));
