@@ -476,7 +476,7 @@ TEST(GracefulShutdown, SigtermFinishesAcceptedRequestsThenExitsZero) {
   const json request = {{"image", "data:image/jpeg;base64," + serve::base64_encode(hazelnut("test/colour/00.jpg"))},
                         {"class", "hazelnut"},
                         {"max_tokens", 200}};
-  constexpr int kClients = 6;
+  constexpr int kClients = 12;  // the queue (16) holds them all; many waiting = a wide window to signal in
   httplib::Client c("127.0.0.1", server.port());
   c.set_read_timeout(10, 0);
   // The pool's completed count starts at the start-up job that asked the engine to describe itself.
@@ -498,7 +498,7 @@ TEST(GracefulShutdown, SigtermFinishesAcceptedRequestsThenExitsZero) {
     if (!h.contains("busy")) return false;
     const int waiting = h["busy"].get<int>() + h["queued"].get<int>();
     return waiting >= 2 && waiting + h["completed"].get<int>() - completed_before == kClients;
-  }, 60)) << "the requests never queued; log: " << server.slurp_log();
+  }, 60)) << "the requests never queued; health: " << c.Get("/v1/health")->body << " log: " << server.slurp_log();
   server.signal(SIGTERM);
   ASSERT_TRUE(eventually([&] {
     auto h = c.Get("/v1/health");
