@@ -3,7 +3,9 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <iostream>
 #include <pthread.h>
 #include <thread>
@@ -11,6 +13,7 @@
 #include "cli/commands.h"
 #include "io/error.h"
 #include "model/bundle.h"
+#include "serve/auth.h"
 #include "serve/iadgpt_engine.h"
 #include "serve/map_engine.h"
 #include "serve/server.h"
@@ -22,11 +25,23 @@ void add_serve(CLI::App& app) {
     std::string model;
     serve::ServerOptions server;
     bool maps_only = false;
+    std::string api_key_file;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("serve", "HTTP API + web page for a model bundle (loopback by default)");
   cmd->add_option("--model", o->model, "model bundle directory (iadgpt.json)")->required();
-  cmd->add_option("--host", o->server.host, "address to listen on (127.0.0.1 = this machine only)")->capture_default_str();
+  cmd->add_option("--host", o->server.host,
+                  "address to listen on (127.0.0.1 = this machine only; any other address needs --api-key-file "
+                  "or --insecure)")
+      ->capture_default_str();
+  cmd->add_option("--api-key-file", o->api_key_file,
+                  "file of API keys, one a line ('#' comments and blank lines ignored); every route but /v1/health "
+                  "and the page's files then needs 'Authorization: Bearer <key>' (HTTP 401 otherwise)");
+  cmd->add_flag("--insecure", o->server.insecure, "allow a non-loopback --host without API keys");
+  cmd->add_option("--drain-timeout", o->server.drain_timeout_s,
+                  "on SIGTERM/SIGINT: new requests get HTTP 503 and requests in flight get this many seconds to "
+                  "finish before the server exits (0 = do not wait)")
+      ->capture_default_str();
   cmd->add_option("--port", o->server.port, "TCP port (0 = any free port; the chosen one is printed)")->capture_default_str();
   cmd->add_option("--workers", o->server.workers, "model workers (each holds its own copy of the model)")->capture_default_str();
   cmd->add_option("--queue", o->server.queue, "requests that may wait for a worker; more get HTTP 429")->capture_default_str();
@@ -41,6 +56,8 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--answer-tokens", o->server.answer_tokens, "max_tokens of requests that do not say")->capture_default_str();
   cmd->add_flag("--maps-only", o->maps_only, "serve the bundle's anomaly-map pipeline without its LLM (answers from the map)");
   cmd->callback([o] {
+    if (!o->api_key_file.empty()) o->server.api_keys = serve::read_api_keys(o->api_key_file);
+    serve::validate(o->server);  // before the model loads: a bad flag fails at once
     const auto bundle = model::read_bundle(o->model);
     // --threads (all cores by default) is the total: the workers share it.
     o->server.threads_per_worker = std::max(1, torch::get_num_threads() / std::max(1, o->server.workers));
@@ -51,9 +68,9 @@ void add_serve(CLI::App& app) {
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-    if (!serve::is_loopback(o->server.host)) {
-      std::cerr << fmt::format("serve: warning: listening on {} makes the API reachable from other machines; it has "
-                               "no authentication\n", o->server.host);
+    if (!serve::is_loopback(o->server.host) && o->server.api_keys.empty() && o->server.insecure) {
+      std::cerr << fmt::format("serve: warning: --insecure: listening on {} makes the API reachable from other "
+                               "machines without authentication\n", o->server.host);
     }
     serve::EngineFactory factory = [&](int worker) -> std::unique_ptr<serve::Engine> {
       std::cerr << fmt::format("serve: loading worker {} of {}\n", worker + 1, o->server.workers);
@@ -65,13 +82,24 @@ void add_serve(CLI::App& app) {
     std::cout << fmt::format("iadgpt serve: listening on http://{}:{} ({} worker(s), queue {})", o->server.host,
                              port, o->server.workers, o->server.queue)
               << std::endl;
+    std::atomic<bool> running{true};
     std::thread stopper([&] {
       int sig = 0;
       sigwait(&signals, &sig);
-      std::cerr << "serve: stopping\n";
-      server.stop();
+      if (!running) return;  // the wake-up below: run() already returned
+      std::cerr << fmt::format("serve: stopping: new requests get 503; waiting up to {} s for requests in flight\n",
+                               o->server.drain_timeout_s);
+      const auto left = server.shutdown(std::chrono::seconds(o->server.drain_timeout_s));
+      if (left > 0) {
+        // Stopping the listener would wait for them (their worker is still computing): leave now.
+        std::cerr << fmt::format("serve: {} request(s) still running after --drain-timeout {} s; exiting without "
+                                 "their answers\n", left, o->server.drain_timeout_s);
+        std::_Exit(0);
+      }
+      std::cerr << "serve: every request answered; exiting\n";
     });
     server.run();
+    running = false;
     // run() also returns when listening fails; wake the signal thread so it can be joined.
     pthread_kill(stopper.native_handle(), SIGTERM);
     stopper.join();

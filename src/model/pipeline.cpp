@@ -360,6 +360,7 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
     std::vector<llm::Segment> tail{llm::Segment::tokens({last_ids.back()})};
     auto out = llm::generate(s.llm, *s.tokenizer, s.cache, tail, gen);
     r.timings.generate = seconds_since(t_gen);
+    r.generated_tokens = static_cast<int64_t>(out.tokens.size());
     s.prefix_ids.push_back(last_ids.back());
     if (!out.tokens.empty()) s.prefix_ids.insert(s.prefix_ids.end(), out.tokens.begin(), out.tokens.end() - 1);
     r.answer = llm::clean_answer(s.tokenizer->decode(s.answer_prefix) + out.text);

@@ -60,6 +60,7 @@ struct Inspection {
   std::vector<anomaly::Region> regions;  // of the map at the image's own size
   torch::Tensor map;        // [H, W] at the image's own size
   Timings timings;
+  int64_t generated_tokens = 0;  // tokens of the generated answer (0 when options.generate is false)
 };
 
 // The adapter outputs that enter the LLM for the last inspected image (for tests and tools).

@@ -39,6 +39,7 @@ struct DetectOutput {
   std::string defect_type;    // "" when unknown
   std::vector<anomaly::Region> regions;
   torch::Tensor map;          // [H, W] float in [0, 1] at the image's size
+  int64_t generated_tokens = 0;  // answer tokens the LLM generated (0 without an LLM)
   nlohmann::json timings = nlohmann::json::object();  // seconds per stage
 };
 

@@ -36,6 +36,7 @@ DetectOutput IadGptEngine::detect(const DetectInput& input) {
   out.defect_type = r.defect_type;
   out.regions = r.regions;
   out.map = r.map;
+  out.generated_tokens = r.generated_tokens;
   out.timings = {{"encode", r.timings.encode}, {"maps", r.timings.maps}, {"prefill", r.timings.prefill},
                  {"generate", r.timings.generate}, {"model", total(r.timings)}};
   return out;

@@ -7,13 +7,17 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <ctime>
 #include <iostream>
+#include <mutex>
 
 #include "image/decode.h"
 #include "image/overlay.h"
 #include "io/error.h"
+#include "serve/auth.h"
 #include "serve/codec.h"
+#include "serve/metrics.h"
 #include "serve/pool.h"
 #include "serve/sessions.h"
 #include "serve/web.h"
@@ -32,6 +36,7 @@ struct HttpError : std::runtime_error {
 
 std::string_view error_type(int status) {
   switch (status) {
+    case 401: return "invalid_request_error";
     case 404: return "not_found_error";
     case 413: return "request_too_large";
     case 429: return "rate_limit_error";
@@ -44,8 +49,22 @@ void send_json(httplib::Response& res, int status, const json& body) {
   res.set_content(body.dump(), "application/json");
 }
 
-void send_error(httplib::Response& res, int status, const std::string& message) {
-  send_json(res, status, {{"error", {{"message", message}, {"type", error_type(status)}, {"code", status}}}});
+// OpenAI's error shape; `code` is the HTTP status unless a more specific code is given.
+void send_error(httplib::Response& res, int status, const std::string& message, const json& code = nullptr) {
+  send_json(res, status, {{"error", {{"message", message}, {"type", error_type(status)}, {"param", nullptr},
+                                     {"code", code.is_null() ? json(status) : code}}}});
+}
+
+// The routes as /metrics labels them; anything else is "other" (the label set stays bounded).
+std::string route_label(const std::string& path) {
+  for (const char* route : {"/", "/v1/health", "/v1/model", "/v1/models", "/v1/detect", "/v1/chat",
+                            "/v1/chat/completions", "/metrics"}) {
+    if (path == route) return path;
+  }
+  for (const auto& asset : web_assets()) {
+    if (path == asset.path) return "static";
+  }
+  return "other";
 }
 
 // A default message for statuses that httplib sets itself (no route, body too large, parse errors).
@@ -136,11 +155,20 @@ struct Server::Impl {
   httplib::Server http;
   int port = -1;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  ApiKeys keys;
+  Metrics metrics;
+  // Graceful shutdown: API requests enter and leave under drain_mutex, so once `draining` is set
+  // no new one starts and shutdown() can wait for in_flight to reach 0.
+  std::mutex drain_mutex;
+  std::condition_variable drained;
+  std::atomic<bool> draining{false};
+  int64_t in_flight = 0;
 
   Impl(const ServerOptions& o, const EngineFactory& factory)
       : options(o),
         pool(o.workers, static_cast<size_t>(std::max(0, o.queue)), factory, o.threads_per_worker),
-        sessions(std::chrono::seconds(o.session_ttl_s), o.max_sessions, o.session_memory_mb * 1024 * 1024) {
+        sessions(std::chrono::seconds(o.session_ttl_s), o.max_sessions, o.session_memory_mb * 1024 * 1024),
+        keys(o.api_keys) {
     model_info = json::object();
     // Every engine serves the same model; worker 0's description stands for all.
     auto info = pool.submit([&](Worker& w) { model_info = w.engine->describe(); }, 0);
@@ -244,6 +272,16 @@ struct Server::Impl {
     done.get();  // the job's own exception, if any, surfaces here
   }
 
+  // The stage timings of one inspection into the histograms (engines report seconds per stage;
+  // "generate" is the decode stage).
+  void record(const DetectOutput& out) {
+    if (!out.timings.is_object()) return;
+    for (const auto& [stage, seconds] : out.timings.items()) {
+      if (seconds.is_number()) metrics.observe(stage == "generate" ? "decode" : stage, seconds.get<double>());
+    }
+    metrics.add_generated(out.generated_tokens, out.timings.value("generate", 0.0));
+  }
+
   // The worker holds `session`'s conversation afterwards (rebuilt by replay when it served
   // someone else in between; greedy decoding gives the same answers again).
   static void restore(Worker& w, Session& session) {
@@ -298,6 +336,7 @@ struct Server::Impl {
     run_job([&](Worker& w) {
       w.session.clear();
       out = w.engine->detect(in);
+      record(out);
       overlay = encode_png(image::heatmap_overlay(in.image, out.map));
       auto session = sessions.create(std::move(room), w.index, in);
       w.session = session->id;
@@ -415,6 +454,7 @@ struct Server::Impl {
     run_job([&](Worker& w) {
       w.session.clear();
       out = w.engine->detect(in);
+      record(out);
       answer = out.answer;
       for (const auto& f : follow_ups) answer = w.engine->ask(f, in.max_tokens);
     });
@@ -434,7 +474,7 @@ struct Server::Impl {
 
   json health() const {
     const auto s = pool.stats();
-    return {{"status", "ok"},
+    return {{"status", draining ? "draining" : "ok"},
             {"workers", s.workers},
             {"busy", s.busy},
             {"queued", s.queued},
@@ -448,9 +488,81 @@ struct Server::Impl {
             {"uptime_s", seconds_since(started)}};
   }
 
+  ServerGauges gauges() {
+    const auto s = pool.stats();
+    ServerGauges g;
+    g.workers = s.workers;
+    g.busy = s.busy;
+    g.queued = s.queued;
+    g.queue_capacity = s.capacity;
+    g.sessions = sessions.size();
+    g.session_bytes = sessions.bytes();
+    g.session_budget_bytes = sessions.budget();
+    g.draining = draining;
+    std::lock_guard lock(drain_mutex);
+    g.in_flight = in_flight;
+    return g;
+  }
+
+  // ---- graceful shutdown ------------------------------------------------------------------
+
+  // An API request in flight, counted from its handler's start to its end. False when the server
+  // is draining (the request gets 503 instead).
+  bool enter() {
+    std::lock_guard lock(drain_mutex);
+    if (draining) return false;
+    ++in_flight;
+    return true;
+  }
+  void leave() {
+    {
+      std::lock_guard lock(drain_mutex);
+      --in_flight;
+    }
+    drained.notify_all();
+  }
+
+  int64_t drain(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(drain_mutex);
+    draining = true;
+    drained.wait_for(lock, timeout, [&] { return in_flight == 0; });
+    return in_flight;
+  }
+
+  static void send_draining(httplib::Response& res) {
+    res.set_header("Retry-After", "5");
+    res.set_header("Connection", "close");  // this server is going away
+    send_error(res, 503, "the server is shutting down; retry on another instance or after it restarts");
+  }
+
+  // True when `res` now holds a refusal: 503 while draining, 401 when keys are required and the
+  // request has no valid one. /v1/health and the page's compiled-in (public) files are open.
+  bool refused(const httplib::Request& req, httplib::Response& res) {
+    if (req.path == "/v1/health") return false;
+    if (draining) {
+      send_draining(res);
+      return true;
+    }
+    const bool open = req.method == "GET" && (req.path == "/" || route_label(req.path) == "static");
+    if (!keys.enabled() || open || keys.accepts(req.get_header_value("Authorization"))) return false;
+    res.set_header("WWW-Authenticate", "Bearer");
+    send_error(res, 401,
+               req.has_header("Authorization")
+                   ? "incorrect API key provided in the Authorization header"
+                   : "this server needs an API key: send the header 'Authorization: Bearer <key>'",
+               "invalid_api_key");
+    return true;
+  }
+
   // Every handler runs behind this: typed errors become JSON with their status.
   httplib::Server::Handler guarded(void (Impl::*handler)(const httplib::Request&, httplib::Response&)) {
     return [this, handler](const httplib::Request& req, httplib::Response& res) {
+      if (refused(req, res)) return;
+      if (!enter()) return send_draining(res);
+      struct Leave {
+        Impl* impl;
+        ~Leave() { impl->leave(); }
+      } leave_on_return{this};
       try {
         (this->*handler)(req, res);
       } catch (const HttpError& e) {
@@ -486,13 +598,29 @@ struct Server::Impl {
     const size_t threads = static_cast<size_t>(options.workers + std::max(0, options.queue) + 8);
     http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
 
-    http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
+    http.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      // An unknown route with a body: without a key it is a 401 too (the routes are not shown).
+      if (res.status == 404 && refused(req, res)) return httplib::Server::HandlerResponse::Handled;
       send_error(res, res.status, default_message(res.status));
       return httplib::Server::HandlerResponse::Handled;
     }));
     http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
       send_error(res, 500, "internal error");
+    });
+    // Before routing (and before a body is read): 503 while draining, 401 without a valid key.
+    // Requests without a body are refused (401/503) before routing. Those with one are refused by
+    // their handler (guarded) or as a 404, after httplib has read the body (bounded by --max-body):
+    // answering before it would leave the body on a kept-alive connection, read as the next
+    // request, or make the close reset the connection before the client reads the answer.
+    http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      const auto length = req.get_header_value("Content-Length");
+      const bool has_body = (!length.empty() && length != "0") || req.has_header("Transfer-Encoding");
+      if (has_body) return httplib::Server::HandlerResponse::Unhandled;
+      return refused(req, res) ? httplib::Server::HandlerResponse::Handled : httplib::Server::HandlerResponse::Unhandled;
+    });
+    http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+      metrics.count_request(route_label(req.path), res.status);
     });
 
     for (const auto& asset : web_assets()) {
@@ -503,7 +631,12 @@ struct Server::Impl {
         res.set_header("X-Content-Type-Options", "nosniff");
       });
     }
-    http.Get("/v1/health", [this](const httplib::Request&, httplib::Response& res) { send_json(res, 200, health()); });
+    http.Get("/v1/health", [this](const httplib::Request&, httplib::Response& res) {
+      send_json(res, draining ? 503 : 200, health());
+    });
+    http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(metrics.render(gauges()), "text/plain; version=0.0.4; charset=utf-8");
+    });
     http.Get("/v1/model", [this](const httplib::Request&, httplib::Response& res) {
       json j = model_info;
       j["server"] = {{"workers", options.workers}, {"queue", options.queue}, {"max_body_mb", options.max_body_mb},
@@ -525,7 +658,7 @@ struct Server::Impl {
   }
 };
 
-Server::Server(const ServerOptions& options, const EngineFactory& factory) {
+void validate(const ServerOptions& options) {
   if (options.queue < 0) throw InputError("--queue must be >= 0");
   if (options.max_body_mb < 1) throw InputError("--max-body must be >= 1 (MB)");
   if (options.timeout_s < 1) throw InputError("--timeout must be >= 1 (seconds)");
@@ -536,6 +669,18 @@ Server::Server(const ServerOptions& options, const EngineFactory& factory) {
   if (options.answer_tokens < 1 || options.answer_tokens > options.max_tokens) {
     throw InputError(fmt::format("--answer-tokens must be in [1, --max-tokens = {}]", options.max_tokens));
   }
+  if (options.drain_timeout_s < 0) throw InputError("--drain-timeout must be >= 0 (seconds)");
+  if (!is_loopback(options.host) && options.api_keys.empty() && !options.insecure) {
+    throw InputError(fmt::format("--host {} is reachable from other machines: give --api-key-file FILE, or "
+                                 "--insecure to serve it without authentication", options.host));
+  }
+  if (options.port < 0 || options.port > 65535) {
+    throw InputError(fmt::format("--port must be in [0, 65535], got {}", options.port));
+  }
+}
+
+Server::Server(const ServerOptions& options, const EngineFactory& factory) {
+  validate(options);
   impl_ = std::make_unique<Impl>(options, factory);
 }
 
@@ -545,7 +690,6 @@ Server::~Server() {
 
 int Server::bind() {
   auto& o = impl_->options;
-  if (o.port < 0 || o.port > 65535) throw InputError(fmt::format("--port must be in [0, 65535], got {}", o.port));
   if (o.port == 0) {
     impl_->port = impl_->http.bind_to_any_port(o.host);
   } else {
@@ -561,6 +705,12 @@ void Server::run() {
 }
 
 void Server::stop() { impl_->http.stop(); }
+
+int64_t Server::shutdown(std::chrono::milliseconds timeout) {
+  const auto left = impl_->drain(timeout);
+  if (left == 0) impl_->http.stop();
+  return left;
+}
 
 int Server::port() const { return impl_->port; }
 

@@ -3,7 +3,7 @@
 //
 //   serve::Server server(options, factory);   // builds the engines (a bad model throws here)
 //   int port = server.bind();                  // options.port 0 = any free port
-//   server.run();                              // blocks until stop() (from another thread or a signal)
+//   server.run();                              // blocks until stop() or shutdown() (another thread)
 //
 // Endpoints (README.md beside this file has the request and response fields):
 //   GET  /                       web page (embedded in the binary)
@@ -12,13 +12,18 @@
 //   POST /v1/detect              multipart (image, class, reference..., question) or JSON
 //   POST /v1/chat                {session_id, message} → follow-up answer
 //   POST /v1/chat/completions    OpenAI-style messages with image_url data URIs
-// Errors are JSON {"error": {"message", "type", "code"}}: 400 bad input, 404 unknown route or
-// session (expired or evicted), 413 body too large or images above the session memory budget,
-// 429 queue full or session memory held by running requests (with Retry-After), 500 internal.
+//   GET  /metrics                Prometheus text format (metrics.h)
+// With API keys (ServerOptions::api_keys) every route but /v1/health and the page's static files
+// needs `Authorization: Bearer <key>` (401 otherwise).
+// Errors are JSON {"error": {"message", "type", "param", "code"}} (OpenAI's shape): 400 bad
+// input, 401 missing or wrong API key, 404 unknown route or session (expired or evicted), 413
+// body too large or images above the session memory budget, 429 queue full or session memory
+// held by running requests (with Retry-After), 500 internal, 503 shutting down.
 #pragma once
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "serve/engine.h"
 
@@ -41,6 +46,11 @@ struct ServerOptions {
   int64_t max_image_pixels = 40'000'000;  // per uploaded image (decoded RGB8 size bound)
   int64_t max_tokens = 256;        // upper bound on a request's max_tokens
   int64_t answer_tokens = 64;      // max_tokens of a request that does not say
+  // Bearer keys a request must present (auth.h); empty = no authentication, which only loopback
+  // hosts allow unless `insecure` is set.
+  std::vector<std::string> api_keys;
+  bool insecure = false;
+  int drain_timeout_s = 30;        // what shutdown() waits for requests in flight (the CLI's use)
 };
 
 class Server {
@@ -53,12 +63,22 @@ class Server {
   int bind();   // InputError when the address cannot be bound; returns the port
   void run();   // serves until stop()
   void stop();  // thread-safe; run() returns once in-flight requests are answered
+  // Graceful shutdown (SIGTERM): from now on every request but /v1/health gets 503 (health too
+  // answers 503, "draining", so a load balancer takes the server out); waits up to `timeout` for
+  // the requests in flight, then stop()s. Returns how many were still running at the timeout
+  // (0: all answered, run() returns). When some are left the listener stays up: stopping would
+  // wait for them, so the caller decides (the CLI exits the process).
+  int64_t shutdown(std::chrono::milliseconds timeout);
   int port() const;
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// InputError naming the flag for an option out of range, or for a non-loopback host without API
+// keys (unless `insecure`). The Server constructor calls it; the CLI too, before loading a model.
+void validate(const ServerOptions& options);
 
 // True for 127.0.0.0/8, ::1 and "localhost".
 bool is_loopback(const std::string& host);

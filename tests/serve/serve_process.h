@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <optional>
 #include <regex>
 #include <stdexcept>
 #include <string>
@@ -70,6 +71,28 @@ class ServeProcess {
   int port() const { return port_; }
   pid_t pid() const { return pid_; }
   bool alive() const { return pid_ > 0 && ::waitpid(pid_, nullptr, WNOHANG) == 0; }
+
+  void signal(int sig) const {
+    if (pid_ > 0) ::kill(pid_, sig);
+  }
+
+  // Waits up to `seconds` for the process to end by itself; its exit code (-signal when killed),
+  // or nullopt while it still runs.
+  std::optional<int> wait_exit(double seconds) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (pid_ > 0) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        if (out_ >= 0) ::close(out_);
+        out_ = -1;
+        return status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+      }
+      if (std::chrono::steady_clock::now() > deadline) return std::nullopt;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return status_;
+  }
 
   // SIGTERM, then SIGKILL after 10 s; returns the exit code (-signal when killed).
   int stop() {

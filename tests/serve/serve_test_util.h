@@ -55,6 +55,9 @@ class FakeEngine : public serve::Engine {
     out.pred_label = mean > 0.5;
     out.map = torch::full({in.image.rows, in.image.cols}, mean);
     out.answer = "image " + std::to_string(in.image.cols) + "x" + std::to_string(in.image.rows);
+    // Fixed stage times and token count, so /metrics can be checked against known numbers.
+    out.timings = {{"encode", 0.003}, {"prefill", 0.02}, {"generate", 0.2}};
+    out.generated_tokens = 10;
     image_ = out.answer;
     turns_ = 0;
     return out;
@@ -90,6 +93,7 @@ class TestServer {
     thread_.join();
   }
   int port() const { return port_; }
+  serve::Server& server() { return *server_; }
   httplib::Client client(int timeout_s = 30) const {
     httplib::Client c("127.0.0.1", port_);
     c.set_read_timeout(timeout_s, 0);

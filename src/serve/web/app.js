@@ -9,8 +9,19 @@ function setStatus(text, isError = false) {
   $('status').classList.toggle('error', isError);
 }
 
-async function api(path, options) {
-  const response = await fetch(path, options);
+// With `serve --api-key-file` the API answers 401 until the page sends a key: it is asked for
+// once and kept for this tab only (sessionStorage), sent as `Authorization: Bearer <key>`.
+async function api(path, options = {}, retried = false) {
+  const key = sessionStorage.getItem('iadgpt-api-key');
+  const headers = Object.assign({}, options.headers || {}, key ? { Authorization: `Bearer ${key}` } : {});
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 401 && !retried) {
+    const entered = window.prompt('This server needs an API key:');
+    if (entered) {
+      sessionStorage.setItem('iadgpt-api-key', entered.trim());
+      return api(path, options, true);
+    }
+  }
   let body = null;
   try { body = await response.json(); } catch (e) { /* not JSON */ }
   if (!response.ok) {
