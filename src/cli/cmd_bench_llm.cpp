@@ -72,7 +72,7 @@ void add_bench_llm(CLI::App& bench) {
     const int64_t token_bytes = decode_bytes_per_token(model.weights);
     const double limit_ms = token_bytes / bandwidth * 1e3;
     std::cerr << fmt::format(
-        "memory read bandwidth ({} MiB streaming read, {} threads, {} loads, best of 10): {:.1f} GB/s\n"
+        "memory read bandwidth ({} MiB streaming read, {} threads, {} loads, best of 10 plain + 10 prefetched): {:.1f} GB/s\n"
         "decode reads {:.3f} GB/token -> {:.1f} ms/token limit; decode kernels: {}\n",
         probe_bytes >> 20, torch::get_num_threads(), llm::matvec_isa_name(isa), bandwidth / 1e9, token_bytes / 1e9,
         limit_ms, dtype == torch::kBFloat16 ? llm::matvec_isa_name(isa) : "torch GEMM (f32 weights)");

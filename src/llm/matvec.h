@@ -43,10 +43,11 @@ void matvec_bf16(const at::BFloat16* w, const at::BFloat16* x, float* y, int64_t
 void matvec_bf16(const torch::Tensor& w, const torch::Tensor& x, torch::Tensor& y,
                  MatvecIsa isa = best_matvec_isa());
 
-// The memory bandwidth these kernels can reach, for `bench`'s decode limit: bytes per second of a
-// streaming read (the same vector loads as `isa`'s kernel) of a fresh `buffer_bytes` buffer split
-// over the intra-op threads, best of `passes` after one warm-up pass that also faults the pages
-// in. Choose `buffer_bytes` well above the last-level cache, or the figure is the cache's.
+// The memory bandwidth a streaming read reaches, for `bench`'s decode limit: bytes per second of
+// a read (the same vector width as `isa`'s kernel) of a fresh `buffer_bytes` buffer, one
+// contiguous share per intra-op thread; `passes` plain and `passes` software-prefetched passes
+// after two warm-up passes (which also fault the pages in), the fastest pass counts. Choose
+// `buffer_bytes` well above the last-level cache, or the figure is the cache's.
 double measure_read_bandwidth(int64_t buffer_bytes, int passes, MatvecIsa isa = best_matvec_isa());
 
 }  // namespace iadgpt::llm
