@@ -58,17 +58,18 @@ void add_bench_llm(CLI::App& bench) {
     const auto dtype = llm::resolve_dtype(o->dtype, "");
     std::cerr << fmt::format("bench llm: {} ({:.2f} B parameters), {} weights, {} threads\n", o->arch,
                              config.parameter_count() / 1e9, o->dtype, torch::get_num_threads());
+    // A streaming read of a buffer 16x the 32 MiB last-level cache of the machines we measure on,
+    // with the decode kernels' threads and vector width: the bandwidth a decode step can reach.
+    // Measured before the weights exist, so its buffer does not raise the peak RSS reported below.
+    const auto isa = llm::best_matvec_isa();
+    const int64_t probe_bytes = int64_t{512} << 20;
+    const double bandwidth = llm::measure_read_bandwidth(probe_bytes, 10, isa);
     auto t0 = Clock::now();
     llm::LlamaModel model(config, llm::random_weights(config, dtype, o->seed), dtype, o->arch);
     const double init_s = since(t0);
     const int64_t bytes = llm::weight_bytes(model.weights);
     std::cerr << fmt::format("weights: {:.2f} GB created in {:.1f} s\n", bytes / 1e9, init_s);
 
-    // A streaming read of a buffer 16x the 32 MiB last-level cache of the machines we measure on,
-    // with the decode kernels' threads and vector loads: the bandwidth a decode step can reach.
-    const auto isa = llm::best_matvec_isa();
-    const int64_t probe_bytes = int64_t{512} << 20;
-    const double bandwidth = llm::measure_read_bandwidth(probe_bytes, 10, isa);
     const int64_t token_bytes = decode_bytes_per_token(model.weights);
     const double limit_ms = token_bytes / bandwidth * 1e3;
     std::cerr << fmt::format(
