@@ -40,11 +40,12 @@ void expect_matches_reference(int64_t rows, int64_t cols, llm::MatvecIsa isa, ui
 }  // namespace
 
 TEST(Matvec, EveryPathMatchesDoubleReferenceOnRaggedShapes) {
-  // Columns below, at and across the 8- and 32-wide vector steps; rows below and across the
-  // 4-row block; the last shapes are large enough to be split over threads.
+  // Columns below, at and across the 8-, 32- and 128-column steps of the kernels; the last shapes
+  // are large enough to be split over threads, and 16411 columns cross the AVX2 path's
+  // 16384-column panel of x.
   const std::vector<std::pair<int64_t, int64_t>> shapes{{1, 1},   {3, 5},    {5, 31},    {7, 32},    {9, 33},
                                                         {4, 64},  {13, 100}, {17, 257},  {2, 2048},
-                                                        {37, 1000}, {1001, 257}, {203, 5632}};
+                                                        {37, 1000}, {1001, 257}, {203, 5632}, {5, 16411}};
   const int threads_before = torch::get_num_threads();
   for (const auto isa : kAllPaths) {
     if (!llm::matvec_isa_supported(isa)) {
