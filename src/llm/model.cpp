@@ -6,6 +6,7 @@
 
 #include "io/checkpoint.h"
 #include "io/error.h"
+#include "llm/decode.h"
 #include "llm/ops.h"
 
 namespace iadgpt::llm {
@@ -106,6 +107,8 @@ torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tens
   const int64_t H = c.num_heads, KV = c.num_kv_heads, hd = c.head_dim(), group = H / KV;
   if (S > cache.capacity())
     throw InputError(fmt::format("context full: {} positions requested, the KV cache holds {}", S, cache.capacity()));
+  if (T == 1 && model.dtype == torch::kBFloat16 && cache.k.scalar_type() == torch::kBFloat16)
+    return decode_step_bf16(model, cache, input);
 
   const auto cos = model.rope_cos.narrow(0, pos, T), sin = model.rope_sin.narrow(0, pos, T);
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));

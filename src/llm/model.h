@@ -44,6 +44,9 @@ LlamaModel load_model(const std::filesystem::path& dir, const LoadOptions& optio
 struct KvCache {
   torch::Tensor k, v;  // [n_layers, n_kv_heads, capacity, head_dim], in the model's dtype
   int64_t pos = 0;     // positions filled
+  // Buffers of the bf16 single-token decode step (decode.cpp), allocated on its first use and
+  // reused for every token. Copies of a KvCache share them (and k/v): one sequence, one thread.
+  torch::Tensor decode_f32, decode_bf16;
 
   KvCache() = default;
   KvCache(const LlamaModel& model, int64_t capacity);
@@ -69,6 +72,8 @@ enum class Logits { All, Last };
 
 // Runs x [T, D] at positions cache.pos .. cache.pos+T-1, appends keys/values to the cache and
 // returns fp32 logits [T, V] (All) or [1, V] (Last). Throws InputError when the cache is full.
+// With bf16 matrices, a single token (T == 1) takes the decode path (decode.h: matvec kernels
+// that read each weight once); longer inputs take the GEMM path.
 torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tensor& x, Logits which);
 
 // Convenience: embeds `ids` and runs forward.

@@ -1,0 +1,163 @@
+#include "llm/decode.h"
+
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "io/error.h"
+#include "llm/matvec.h"
+
+namespace iadgpt::llm {
+namespace {
+
+using bf16 = at::BFloat16;
+
+// Views into the KvCache's decode buffers (one fp32 and one bf16 block, carved here).
+struct DecodeBuffers {
+  float *x, *q, *k, *v, *proj, *gate, *up, *scores, *attn;  // fp32
+  bf16 *in, *q16;                                           // bf16 matvec inputs
+};
+
+DecodeBuffers decode_buffers(const LlamaModel& model, KvCache& cache) {
+  const auto& c = model.config;
+  const int64_t D = c.hidden_size, F = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const int64_t f32_size = D + qd + 2 * kvd + D + 2 * F + c.num_heads * cache.capacity() + qd;
+  const int64_t bf16_size = std::max({D, F, qd}) + qd;
+  // Allocated on the first decode step of this cache, then reused for every token.
+  if (!cache.decode_f32.defined() || cache.decode_f32.numel() != f32_size) {
+    cache.decode_f32 = torch::empty({f32_size}, torch::kFloat32);
+    cache.decode_bf16 = torch::empty({bf16_size}, torch::kBFloat16);
+  }
+  DecodeBuffers b{};
+  float* f = cache.decode_f32.data_ptr<float>();
+  for (auto [ptr, n] : {std::pair{&b.x, D}, {&b.q, qd}, {&b.k, kvd}, {&b.v, kvd}, {&b.proj, D}, {&b.gate, F},
+                        {&b.up, F}, {&b.scores, c.num_heads * cache.capacity()}, {&b.attn, qd}}) {
+    *ptr = f;
+    f += n;
+  }
+  b.in = cache.decode_bf16.data_ptr<bf16>();
+  b.q16 = b.in + std::max({D, F, qd});
+  return b;
+}
+
+// y = W x (+ the unmerged LoRA update scale · B (A x), which allocates: attached adapters only).
+void project_row(const torch::Tensor& w, const LoraPair& lora, const bf16* x, float* y, MatvecIsa isa) {
+  const auto wc = w.contiguous();  // a no-op for loaded weights; guards hand-built ones
+  matvec_bf16(wc.data_ptr<bf16>(), x, y, wc.size(0), wc.size(1), isa);
+  if (!lora.defined()) return;
+  auto xt = torch::from_blob(const_cast<bf16*>(x), {1, wc.size(1)}, torch::kBFloat16);
+  auto update = torch::linear(torch::linear(xt.to(lora.a.scalar_type()), lora.a), lora.b);
+  torch::from_blob(y, {1, wc.size(0)}, torch::kFloat32).add_(update.to(torch::kFloat32), lora.scale);
+}
+
+// out = bf16(x · rsqrt(mean(x²) + eps) · weight), the statistic accumulated in double.
+void rms_norm_row_to_bf16(const float* x, const torch::Tensor& weight, int64_t n, double eps, bf16* out) {
+  double sum_sq = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum_sq += static_cast<double>(x[i]) * x[i];
+  const float inv = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(n) + eps));
+  const float* w = weight.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16(x[i] * inv * w[i]);
+}
+
+// RoPE in place on `heads` rows of hd (rotate_half: halves are real and imaginary parts), as apply_rope.
+void rope_row_inplace(float* x, int64_t heads, int64_t hd, const float* cos, const float* sin) {
+  const int64_t half = hd / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* x1 = x + h * hd;
+    float* x2 = x1 + half;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = x1[i], b = x2[i];
+      x1[i] = a * cos[i] - b * sin[i];
+      x2[i] = b * cos[i] + a * sin[i];
+    }
+  }
+}
+
+// Grouped-query attention of one new query row over positions 0..S-1 of layer `layer`'s cache.
+// Query head h reads kv head h / group (HF repeat_kv); heads are split over threads. Scores,
+// softmax and the weighted sum are fp32; the result is rounded to bf16 for o_proj.
+void attend_row(const LlamaModel& model, const KvCache& cache, int64_t layer, int64_t S, const DecodeBuffers& b,
+                MatvecIsa isa) {
+  const auto& c = model.config;
+  const int64_t H = c.num_heads, hd = c.head_dim(), group = H / c.num_kv_heads, cap = cache.capacity();
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const int64_t layer_size = c.num_kv_heads * cap * hd;  // cache [layers, kv heads, cap, hd]
+  const bf16* keys_l = cache.k.data_ptr<bf16>() + layer * layer_size;
+  const bf16* values_l = cache.v.data_ptr<bf16>() + layer * layer_size;
+  at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t kv = h / group;
+      float* scores = b.scores + h * cap;
+      // Keys of one kv head are [cap, hd] rows: the scores are a matvec over the first S rows.
+      matvec_bf16(keys_l + kv * cap * hd, b.q16 + h * hd, scores, S, hd, isa);
+      float max_score = -INFINITY;
+      for (int64_t s = 0; s < S; ++s) max_score = std::max(max_score, scores[s] *= scale);
+      float sum = 0.0f;
+      for (int64_t s = 0; s < S; ++s) sum += (scores[s] = std::exp(scores[s] - max_score));
+      float* out = b.attn + h * hd;
+      std::fill(out, out + hd, 0.0f);
+      const bf16* values = values_l + kv * cap * hd;
+      for (int64_t s = 0; s < S; ++s) {
+        const float p = scores[s] / sum;
+        for (int64_t d = 0; d < hd; ++d) out[d] += p * static_cast<float>(values[s * hd + d]);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+torch::Tensor decode_step_bf16(const LlamaModel& model, KvCache& cache, const torch::Tensor& input) {
+  torch::NoGradGuard no_grad;
+  const auto& c = model.config;
+  const auto& W = model.weights;
+  const int64_t D = c.hidden_size, F = c.intermediate_size, H = c.num_heads, KV = c.num_kv_heads;
+  const int64_t hd = c.head_dim(), qd = c.q_dim(), pos = cache.pos, cap = cache.capacity();
+  const MatvecIsa isa = best_matvec_isa();
+  const DecodeBuffers b = decode_buffers(model, cache);
+  if (input.numel() != D)
+    throw InputError(fmt::format("decode step: input has shape {}, expected [1, {}]", shape_text(input.sizes()), D));
+  const auto x_in = input.to(torch::kFloat32).contiguous();
+  std::copy_n(x_in.data_ptr<float>(), D, b.x);
+  const float* cos = model.rope_cos.data_ptr<float>() + pos * (hd / 2);
+  const float* sin = model.rope_sin.data_ptr<float>() + pos * (hd / 2);
+
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const auto& L = W.layers[l];
+    // Attention: pre-norm, q/k/v projections, RoPE, append to the cache, grouped-query attention.
+    rms_norm_row_to_bf16(b.x, L.attn_norm, D, c.rms_norm_eps, b.in);
+    project_row(L.wq, L.lora_q, b.in, b.q, isa);
+    project_row(L.wk, L.lora_k, b.in, b.k, isa);
+    project_row(L.wv, L.lora_v, b.in, b.v, isa);
+    rope_row_inplace(b.q, H, hd, cos, sin);
+    rope_row_inplace(b.k, KV, hd, cos, sin);
+    bf16* k_cache = cache.k.data_ptr<bf16>() + l * KV * cap * hd;
+    bf16* v_cache = cache.v.data_ptr<bf16>() + l * KV * cap * hd;
+    for (int64_t kv = 0; kv < KV; ++kv)
+      for (int64_t d = 0; d < hd; ++d) {
+        k_cache[(kv * cap + pos) * hd + d] = bf16(b.k[kv * hd + d]);
+        v_cache[(kv * cap + pos) * hd + d] = bf16(b.v[kv * hd + d]);
+      }
+    for (int64_t i = 0; i < qd; ++i) b.q16[i] = bf16(b.q[i]);
+    attend_row(model, cache, l, pos + 1, b, isa);
+    for (int64_t i = 0; i < qd; ++i) b.in[i] = bf16(b.attn[i]);
+    project_row(L.wo, L.lora_o, b.in, b.proj, isa);
+    for (int64_t i = 0; i < D; ++i) b.x[i] += b.proj[i];
+
+    // SwiGLU MLP: silu(gate) · up in fp32, rounded once to bf16 for the down projection.
+    rms_norm_row_to_bf16(b.x, L.ffn_norm, D, c.rms_norm_eps, b.in);
+    project_row(L.w_gate, L.lora_gate, b.in, b.gate, isa);
+    project_row(L.w_up, L.lora_up, b.in, b.up, isa);
+    for (int64_t i = 0; i < F; ++i) b.in[i] = bf16(b.gate[i] / (1.0f + std::exp(-b.gate[i])) * b.up[i]);
+    project_row(L.w_down, L.lora_down, b.in, b.proj, isa);
+    for (int64_t i = 0; i < D; ++i) b.x[i] += b.proj[i];
+  }
+  cache.pos = pos + 1;
+  rms_norm_row_to_bf16(b.x, W.norm, D, c.rms_norm_eps, b.in);
+  auto logits = torch::empty({1, c.vocab_size}, torch::kFloat32);  // returned: the caller keeps it
+  project_row(W.lm_head, LoraPair{}, b.in, logits.data_ptr<float>(), isa);
+  return logits;
+}
+
+}  // namespace iadgpt::llm

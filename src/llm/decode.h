@@ -1,0 +1,21 @@
+// The single-token decode step on bf16 weights (internal to the llm module; `forward` calls it
+// when T == 1 and the matrices are bf16). Same computation as `forward`, written for one row:
+// the projections are the matvec kernels (matvec.h) reading each weight once without re-packing,
+// RMSNorm, RoPE, the KV-cache append, attention and SwiGLU run in place in buffers the KvCache
+// owns, so a step allocates only the logits it returns (and LoRA updates when attached).
+//
+//   auto logits = iadgpt::llm::decode_step_bf16(model, cache, x);  // x [1, D] → fp32 [1, V]
+//
+// Numerics vs the multi-token path: projections accumulate in fp32 and return fp32 (oneDNN's
+// bf16 GEMM rounds its outputs to bf16), attention scores and probabilities stay fp32, and the
+// matrix inputs (normed rows, q, attention output, SwiGLU product) are rounded to bf16 as there.
+#pragma once
+#include <torch/torch.h>
+
+#include "llm/model.h"
+
+namespace iadgpt::llm {
+
+torch::Tensor decode_step_bf16(const LlamaModel& model, KvCache& cache, const torch::Tensor& x);
+
+}  // namespace iadgpt::llm
