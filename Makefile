@@ -26,7 +26,7 @@ test: deps
 # First contact (README quick start): procedural parts, tiny models from scratch, training,
 # inspection of unseen parts, HTML report in demo-out/report/index.html. Needs nothing but Debian
 # packages. The answers are the tiny LLM's; fails when the held-out Yes/No accuracy is below 90 %
-# (96/100 measured on 2 cores, 97/100 on 1: src/demo/README.md).
+# (97/100 measured on 2 cores, 94/100 with ATEN_CPU_CAPABILITY=avx512: src/demo/README.md).
 DEMO_OUT ?= demo-out
 # Only the program is built (not the test binaries): the whole target stays within 10 minutes.
 demo: deps
