@@ -32,8 +32,6 @@ namespace {
 cv::Mat fixture_image(const std::string& name) { return image::decode_file(test::fixture("imagebind_tiny/images/" + name)); }
 cv::Mat grid_image(const std::string& name) { return image::decode_file(test::data("mvtec_ad/grid/train/good/" + name)); }
 
-torch::Tensor load_module_tensor(const fs::path& file, const std::string& key) { return io::load_safetensors(file).at(key); }
-
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
 }
