@@ -43,7 +43,7 @@ struct Detector::State {
   std::string model_identity;
   // Text side, loaded on first use: few-shot alone needs no text tower.
   std::optional<text::TextTower> text_tower;
-  std::optional<text::ClipTokenizer> tokenizer;
+  std::shared_ptr<const text::ClipTokenizer> tokenizer;  // read-only: shared by Detector::share
   std::optional<TextFeatures> features;
   std::optional<VisualDecoder> decoder;
   MemoryBank bank{1024, torch::kFloat32};
@@ -64,7 +64,7 @@ struct Detector::State {
       throw InputError(fmt::format("no CLIP BPE vocabulary beside {}; give --vocab bpe_simple_vocab_16e6.txt.gz",
                                    path.string()));
     }
-    tokenizer.emplace(text::ClipTokenizer::load(vocab));
+    tokenizer = std::make_shared<const text::ClipTokenizer>(text::ClipTokenizer::load(vocab));
   }
 
   torch::Tensor encode_sentences(const std::vector<std::string>& sentences) {
@@ -124,6 +124,26 @@ Detector::Detector(const DetectorOptions& options) : state_(std::make_unique<Sta
   if ((mode == MapMode::Decoder || mode == MapMode::Blend) && !options.decoder) {
     throw InputError(fmt::format("map mode '{}' needs --decoder", map_mode_name(mode)));
   }
+}
+
+Detector::Detector(std::unique_ptr<State> state) : state_(std::move(state)) {}
+
+Detector Detector::share() {
+  auto& s = *state_;
+  // The text tower is loaded here when a text mode may need it, so that the copies share it
+  // rather than each loading its own on first use.
+  if (s.options.mode != MapMode::FewShot) s.load_text();
+  auto copy = std::make_unique<State>();
+  copy->options = s.options;
+  copy->vision = s.vision;            // structs of tensors: the copies alias the same storage
+  copy->taps = s.taps;
+  copy->size = s.size;
+  copy->model_identity = s.model_identity;
+  copy->text_tower = s.text_tower;
+  copy->tokenizer = s.tokenizer;
+  copy->decoder = s.decoder;          // a module holder: the same module, used in eval mode only
+  copy->bank = MemoryBank(1024, s.options.dtype);
+  return Detector(std::move(copy));
 }
 
 Detector::~Detector() = default;

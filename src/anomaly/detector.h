@@ -77,6 +77,13 @@ class Detector {
   Detector(Detector&&) noexcept;
   Detector& operator=(Detector&&) noexcept;
 
+  // A detector on the same weights: the vision tower, text tower, tokenizer and decoder are
+  // shared (their tensors alias, nothing is copied); the class, text features and memory bank are
+  // the new detector's own. One per worker of a server (serve::shared_weights_factory). The
+  // shared weights are only read, so detectors that share them may run on different threads;
+  // one detector is still used by one thread at a time.
+  Detector share();
+
   void set_class(std::string_view class_name);         // recomputes F_text (cached on disk)
   void set_extra_abnormal(std::vector<std::string> sentences);  // APG sentences for the next set_class
   void set_references(const std::vector<cv::Mat>& rgb8);  // replaces the memory bank; {} clears
@@ -107,6 +114,7 @@ class Detector {
 
  private:
   struct State;
+  explicit Detector(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;
 };
 

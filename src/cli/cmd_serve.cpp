@@ -43,7 +43,7 @@ void add_serve(CLI::App& app) {
                   "finish before the server exits (0 = do not wait)")
       ->capture_default_str();
   cmd->add_option("--port", o->server.port, "TCP port (0 = any free port; the chosen one is printed)")->capture_default_str();
-  cmd->add_option("--workers", o->server.workers, "model workers (each holds its own copy of the model)")->capture_default_str();
+  cmd->add_option("--workers", o->server.workers, "model workers (one copy of the weights for all; each has its own KV cache and scratch)")->capture_default_str();
   cmd->add_option("--queue", o->server.queue, "requests that may wait for a worker; more get HTTP 429")->capture_default_str();
   cmd->add_option("--max-body", o->server.max_body_mb, "request body limit in MB (HTTP 413 above)")->capture_default_str();
   cmd->add_option("--timeout", o->server.timeout_s, "socket read/write timeout in seconds")->capture_default_str();
@@ -72,10 +72,10 @@ void add_serve(CLI::App& app) {
       std::cerr << fmt::format("serve: warning: --insecure: listening on {} makes the API reachable from other "
                                "machines without authentication\n", o->server.host);
     }
-    serve::EngineFactory factory = [&](int worker) -> std::unique_ptr<serve::Engine> {
-      std::cerr << fmt::format("serve: loading worker {} of {}\n", worker + 1, o->server.workers);
-      if (o->maps_only) return std::make_unique<serve::MapEngine>(serve::map_engine_options(bundle), bundle.threshold);
-      return std::make_unique<serve::IadGptEngine>(bundle);
+    serve::EngineFactory factory = [&, engines = serve::shared_weights_factory(bundle, o->maps_only)](int worker) {
+      std::cerr << (worker == 0 ? fmt::format("serve: loading the model for {} worker(s)\n", o->server.workers)
+                                : fmt::format("serve: worker {} of {} shares the weights\n", worker + 1, o->server.workers));
+      return engines(worker);
     };
     serve::Server server(o->server, factory);
     const int port = server.bind();

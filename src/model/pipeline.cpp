@@ -209,6 +209,24 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   s.yes_no = {decision.yes, decision.no};
 }
 
+IadGpt::IadGpt(std::unique_ptr<State> state) : state_(std::move(state)) {}
+
+IadGpt IadGpt::share() {
+  auto& s = *state_;
+  auto copy = std::make_unique<State>();
+  copy->bundle = s.bundle;
+  copy->detector.emplace(s.detector->share());
+  copy->llm = s.llm;  // a struct of tensors: the copy aliases the same weights
+  copy->tokenizer = s.tokenizer;
+  copy->cache = llm::KvCache(copy->llm, s.cache.capacity());  // the worker's own
+  copy->heads = s.heads;  // module holders: the same TGE/MMF modules, used in eval mode only
+  copy->yes_no = s.yes_no;
+  copy->answer_prefix = s.answer_prefix;
+  IadGpt shared(std::move(copy));
+  shared.set_class("");  // as the constructor leaves it
+  return shared;
+}
+
 IadGpt::~IadGpt() = default;
 IadGpt::IadGpt(IadGpt&&) noexcept = default;
 IadGpt& IadGpt::operator=(IadGpt&&) noexcept = default;

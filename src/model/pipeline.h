@@ -71,9 +71,14 @@ struct ImageTokens {
   torch::Tensor expert_tokens;  // [1, 18, H] E_expert
 };
 
-class IadGpt {  // not thread-safe; one per worker (weights may be shared later)
+class IadGpt {  // not thread-safe: one per worker, the workers' copies made by share()
  public:
   explicit IadGpt(const Bundle& bundle);
+  // A pipeline on the same weights (towers, decoder, LLM, TGE/MMF: tensors shared, not copied)
+  // with its own KV cache, class, references and conversation: a server loads the bundle once
+  // and gives each worker a share(). The weights are only read, so shares may run on different
+  // threads at once. Calibration set later with set_decision_bias stays with its own copy.
+  IadGpt share();
   ~IadGpt();
   IadGpt(IadGpt&&) noexcept;
   IadGpt& operator=(IadGpt&&) noexcept;
@@ -105,6 +110,7 @@ class IadGpt {  // not thread-safe; one per worker (weights may be shared later)
 
  private:
   struct State;
+  explicit IadGpt(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;
 };
 

@@ -2,6 +2,7 @@
 
 #include "io/error.h"
 #include "model/pipeline.h"
+#include "serve/map_engine.h"
 
 namespace iadgpt::serve {
 namespace {
@@ -11,6 +12,28 @@ double total(const model::Timings& t) { return t.encode + t.maps + t.prefill + t
 }  // namespace
 
 IadGptEngine::IadGptEngine(const model::Bundle& bundle) : model_(std::make_unique<model::IadGpt>(bundle)) {}
+IadGptEngine::IadGptEngine(model::IadGpt model) : model_(std::make_unique<model::IadGpt>(std::move(model))) {}
+std::unique_ptr<IadGptEngine> IadGptEngine::share() { return std::make_unique<IadGptEngine>(model_->share()); }
+
+EngineFactory shared_weights_factory(const model::Bundle& bundle, bool maps_only) {
+  struct First {
+    IadGptEngine* full = nullptr;
+    MapEngine* maps = nullptr;
+  };
+  auto first = std::make_shared<First>();
+  return [bundle, maps_only, first](int worker) -> std::unique_ptr<Engine> {
+    if (maps_only) {
+      if (worker > 0 && first->maps) return first->maps->share();
+      auto engine = std::make_unique<MapEngine>(map_engine_options(bundle), bundle.threshold);
+      first->maps = engine.get();
+      return engine;
+    }
+    if (worker > 0 && first->full) return first->full->share();
+    auto engine = std::make_unique<IadGptEngine>(bundle);
+    first->full = engine.get();
+    return engine;
+  };
+}
 IadGptEngine::~IadGptEngine() = default;
 
 DetectOutput IadGptEngine::detect(const DetectInput& input) {

@@ -16,7 +16,10 @@ namespace iadgpt::serve {
 class IadGptEngine : public Engine {
  public:
   explicit IadGptEngine(const model::Bundle& bundle);
+  explicit IadGptEngine(model::IadGpt model);
   ~IadGptEngine() override;
+  // An engine on the same weights (model::IadGpt::share): its own KV cache and conversation.
+  std::unique_ptr<IadGptEngine> share();
   DetectOutput detect(const DetectInput& input) override;
   std::string ask(std::string_view message, int64_t max_tokens) override;
   nlohmann::json describe() const override;
@@ -26,6 +29,13 @@ class IadGptEngine : public Engine {
   std::optional<std::string> class_;  // the class set on the model
   bool inspected_ = false;
 };
+
+// The engines of a server: the first call (worker 0) loads the bundle; each later call returns
+// an engine on the same weights (share()), so N workers hold one copy of the model plus N KV
+// caches and scratch. WorkerPool calls it for workers 0..N-1 in order, on one thread, before any
+// worker runs; the factory keeps a pointer to worker 0's engine, so it must not be called after
+// that engine is gone. maps_only: MapEngine (no LLM), shared the same way.
+EngineFactory shared_weights_factory(const model::Bundle& bundle, bool maps_only);
 
 // The anomaly-map settings of a bundle (vision/text towers, decoder, taps, size, dtype).
 anomaly::DetectorOptions map_engine_options(const model::Bundle& bundle);

@@ -10,6 +10,11 @@ namespace iadgpt::serve {
 
 MapEngine::MapEngine(const anomaly::DetectorOptions& options, double threshold)
     : detector_(options), vision_name_(options.vision.filename().string()), threshold_(threshold) {}
+MapEngine::MapEngine(anomaly::Detector detector, std::string vision_name, double threshold)
+    : detector_(std::move(detector)), vision_name_(std::move(vision_name)), threshold_(threshold) {}
+std::unique_ptr<MapEngine> MapEngine::share() {
+  return std::unique_ptr<MapEngine>(new MapEngine(detector_.share(), vision_name_, threshold_));
+}
 
 DetectOutput MapEngine::detect(const DetectInput& input) {
   const auto start = std::chrono::steady_clock::now();

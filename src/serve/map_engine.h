@@ -3,6 +3,8 @@
 // tests and for serving a vision tower with no LLM; follow-up questions are answered from the
 // last result (it says so).
 #pragma once
+#include <memory>
+
 #include "anomaly/detector.h"
 #include "serve/engine.h"
 
@@ -11,11 +13,14 @@ namespace iadgpt::serve {
 class MapEngine : public Engine {
  public:
   explicit MapEngine(const anomaly::DetectorOptions& options, double threshold = 0.5);
+  // An engine on the same towers and decoder (anomaly::Detector::share): its own class and bank.
+  std::unique_ptr<MapEngine> share();
   DetectOutput detect(const DetectInput& input) override;
   std::string ask(std::string_view message, int64_t max_tokens) override;
   nlohmann::json describe() const override;
 
  private:
+  MapEngine(anomaly::Detector detector, std::string vision_name, double threshold);
   anomaly::Detector detector_;
   std::string vision_name_;
   double threshold_;
