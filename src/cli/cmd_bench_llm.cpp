@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "io/error.h"
+#include "llm/export.h"
 #include "llm/matvec.h"
 #include "llm/model.h"
 #include "llm/options.h"
@@ -43,6 +44,7 @@ void add_bench_llm(CLI::App& bench) {
     int64_t prefill = 64, decode = 16;
     uint64_t seed = 0;
     bool json = false;
+    std::string write_hf;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = bench.add_subcommand("llm", "Decoder speed and memory at real size (random weights)");
@@ -52,6 +54,9 @@ void add_bench_llm(CLI::App& bench) {
   cmd->add_option("--decode", o->decode, "tokens to decode after the prefill")->capture_default_str();
   cmd->add_option("--seed", o->seed, "seed of the random weights and prompt")->capture_default_str();
   cmd->add_flag("--json", o->json, "print the figures as JSON");
+  cmd->add_option("--write-hf", o->write_hf,
+                  "also write the random weights as a Hugging Face directory (config.json + model.safetensors), "
+                  "e.g. for llama.cpp's convert_hf_to_gguf.py: docs/LLAMA_CPP_COMPARISON.md");
   cmd->callback([o] {
     if (o->prefill < 1 || o->decode < 1) throw InputError("--prefill and --decode must be >= 1");
     const auto config = llm::LlamaConfig::preset(o->arch);
@@ -69,6 +74,12 @@ void add_bench_llm(CLI::App& bench) {
     const double init_s = since(t0);
     const int64_t bytes = llm::weight_bytes(model.weights);
     std::cerr << fmt::format("weights: {:.2f} GB created in {:.1f} s\n", bytes / 1e9, init_s);
+    if (!o->write_hf.empty()) {
+      t0 = Clock::now();
+      llm::save_hf_checkpoint(o->write_hf, config, model.weights,
+                              {{"iadgpt_note", fmt::format("random weights of `iadgpt bench llm --arch {} --seed {}`", o->arch, o->seed)}});
+      std::cerr << fmt::format("wrote {} (config.json, model.safetensors) in {:.1f} s\n", o->write_hf, since(t0));
+    }
 
     const int64_t token_bytes = decode_bytes_per_token(model.weights);
     const double limit_ms = token_bytes / bandwidth * 1e3;

@@ -14,6 +14,7 @@
 #include "anomaly/prompts.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
+#include "llm/export.h"
 #include "llm/tokenizer.h"
 #include "llm/weights.h"
 #include "vision/vit.h"
@@ -250,41 +251,8 @@ llm::LlamaConfig write_tiny_llama(const fs::path& dir, const TinyLlamaOptions& o
   c.vocab_size = o.vocab_size, c.hidden_size = o.hidden, c.intermediate_size = o.intermediate;
   c.num_layers = o.layers, c.num_heads = o.heads, c.num_kv_heads = o.heads, c.max_position_embeddings = o.max_positions;
   c.rms_norm_eps = 1e-5;
-  const auto w = llm::random_weights(c, torch::kFloat32, o.seed);
-  // HF LlamaForCausalLM names (the table in llm/weights.cpp, read in the other direction).
-  io::TensorMap t{{"model.embed_tokens.weight", w.embed}, {"model.norm.weight", w.norm}, {"lm_head.weight", w.lm_head}};
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    const auto& L = w.layers[l];
-    const auto p = fmt::format("model.layers.{}.", l);
-    t[p + "input_layernorm.weight"] = L.attn_norm;
-    t[p + "post_attention_layernorm.weight"] = L.ffn_norm;
-    t[p + "self_attn.q_proj.weight"] = L.wq;
-    t[p + "self_attn.k_proj.weight"] = L.wk;
-    t[p + "self_attn.v_proj.weight"] = L.wv;
-    t[p + "self_attn.o_proj.weight"] = L.wo;
-    t[p + "mlp.gate_proj.weight"] = L.w_gate;
-    t[p + "mlp.up_proj.weight"] = L.w_up;
-    t[p + "mlp.down_proj.weight"] = L.w_down;
-  }
-  io::save_safetensors(dir / "model.safetensors", t, {{"format", "pt"}});
-  write_json(dir / "config.json",
-             {{"architectures", {"LlamaForCausalLM"}},
-              {"model_type", "llama"},
-              {"vocab_size", c.vocab_size},
-              {"hidden_size", c.hidden_size},
-              {"intermediate_size", c.intermediate_size},
-              {"num_hidden_layers", c.num_layers},
-              {"num_attention_heads", c.num_heads},
-              {"num_key_value_heads", c.num_kv_heads},
-              {"max_position_embeddings", c.max_position_embeddings},
-              {"rms_norm_eps", c.rms_norm_eps},
-              {"rope_theta", c.rope_theta},
-              {"hidden_act", "silu"},
-              {"tie_word_embeddings", false},
-              {"bos_token_id", 1},
-              {"eos_token_id", 2},
-              {"torch_dtype", "float32"},
-              {"iadgpt_note", "random demo LLM made by `iadgpt demo`"}});
+  llm::save_hf_checkpoint(dir, c, llm::random_weights(c, torch::kFloat32, o.seed),
+                          {{"iadgpt_note", "random demo LLM made by `iadgpt demo`"}});
   return c;
 }
 

@@ -1,0 +1,69 @@
+#include "llm/export.h"
+
+#include <fmt/format.h>
+
+#include "io/atomic_file.h"
+#include "io/checkpoint.h"
+#include "io/error.h"
+
+namespace iadgpt::llm {
+namespace {
+
+const char* hf_dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "float32";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    default: throw InputError(fmt::format("cannot write {} weights as a Hugging Face checkpoint", c10::toString(dtype)));
+  }
+}
+
+nlohmann::json config_json(const LlamaConfig& c, at::ScalarType dtype) {
+  nlohmann::json j = {{"architectures", {"LlamaForCausalLM"}},
+                      {"model_type", c.model_type},
+                      {"vocab_size", c.vocab_size},
+                      {"hidden_size", c.hidden_size},
+                      {"intermediate_size", c.intermediate_size},
+                      {"num_hidden_layers", c.num_layers},
+                      {"num_attention_heads", c.num_heads},
+                      {"num_key_value_heads", c.num_kv_heads},
+                      {"max_position_embeddings", c.max_position_embeddings},
+                      {"rms_norm_eps", c.rms_norm_eps},
+                      {"rope_theta", c.rope_theta},
+                      {"hidden_act", "silu"},
+                      {"tie_word_embeddings", c.tie_word_embeddings},
+                      {"bos_token_id", c.bos_token_id},
+                      {"torch_dtype", hf_dtype_name(dtype)}};
+  j["eos_token_id"] = c.eos_token_ids.size() == 1 ? nlohmann::json(c.eos_token_ids[0]) : nlohmann::json(c.eos_token_ids);
+  if (c.head_dim_override > 0) j["head_dim"] = c.head_dim_override;
+  if (c.rope_linear_factor != 1.0) j["rope_scaling"] = {{"type", "linear"}, {"factor", c.rope_linear_factor}};
+  return j;
+}
+
+}  // namespace
+
+void save_hf_checkpoint(const std::filesystem::path& dir, const LlamaConfig& config, const LlamaWeights& w,
+                        const nlohmann::json& extra) {
+  std::filesystem::create_directories(dir);
+  io::TensorMap t{{"model.embed_tokens.weight", w.embed}, {"model.norm.weight", w.norm}};
+  if (!config.tie_word_embeddings) t["lm_head.weight"] = w.lm_head;
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const auto& L = w.layers[l];
+    const auto p = fmt::format("model.layers.{}.", l);
+    t[p + "input_layernorm.weight"] = L.attn_norm;
+    t[p + "post_attention_layernorm.weight"] = L.ffn_norm;
+    t[p + "self_attn.q_proj.weight"] = L.wq;
+    t[p + "self_attn.k_proj.weight"] = L.wk;
+    t[p + "self_attn.v_proj.weight"] = L.wv;
+    t[p + "self_attn.o_proj.weight"] = L.wo;
+    t[p + "mlp.gate_proj.weight"] = L.w_gate;
+    t[p + "mlp.up_proj.weight"] = L.w_up;
+    t[p + "mlp.down_proj.weight"] = L.w_down;
+  }
+  io::save_safetensors(dir / "model.safetensors", t, {{"format", "pt"}});
+  auto j = config_json(config, w.embed.scalar_type());
+  j.update(extra);
+  io::write_file_atomic(dir / "config.json", j.dump(1) + "\n");
+}
+
+}  // namespace iadgpt::llm
