@@ -4,6 +4,10 @@
 
 #include <array>
 #include <fstream>
+#include <functional>
+#include <thread>
+
+#include <unistd.h>
 
 #include "io/checkpoint.h"
 #include "io/error.h"
@@ -169,7 +173,10 @@ std::optional<TextFeatures> PromptCache::load(const std::string& key) const {
 void PromptCache::store(const std::string& key, const TextFeatures& features) const {
   std::filesystem::create_directories(directory_);
   const auto final_path = directory_ / (key + ".safetensors");
-  const auto temp_path = directory_ / (key + ".safetensors.tmp");
+  // A temporary name of this process and thread: detectors that share a cache directory (server
+  // workers, several processes) may store the same key at once.
+  const auto temp_path = directory_ / fmt::format("{}.safetensors.tmp.{}.{}", key, ::getpid(),
+                                                  std::hash<std::thread::id>{}(std::this_thread::get_id()));
   io::save_safetensors(temp_path, {{"normal_sentences", features.normal_sentences},
                                    {"abnormal_sentences", features.abnormal_sentences},
                                    {"f_text", features.f_text}});
