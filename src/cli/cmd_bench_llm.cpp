@@ -11,6 +11,7 @@
 #include "cli/progress.h"
 #include "io/error.h"
 #include "llm/export.h"
+#include "llm/gemm_peak.h"
 #include "llm/matvec.h"
 #include "llm/model.h"
 #include "llm/options.h"
@@ -96,7 +97,14 @@ void add_bench_llm(CLI::App& bench) {
     t0 = Clock::now();
     auto logits = llm::forward_tokens(model, cache, prompt, llm::Logits::Last);
     const double prefill_s = since(t0);
-    std::cerr << fmt::format("prefill: {} tokens in {:.2f} s = {:.1f} tok/s\n", o->prefill, prefill_s, o->prefill / prefill_s);
+    // The GEMM rate at a large bf16/f32 shape of this model (the widest matrix, 512 rows): what
+    // prefill could reach if all of it were GEMM.
+    const double gemm_peak = llm::measure_gemm_flops(512, config.hidden_size, config.intermediate_size, dtype, 5);
+    const double prefill_rate = llm::prefill_flops(config, o->prefill) / prefill_s;
+    std::cerr << fmt::format("prefill: {} tokens in {:.2f} s = {:.1f} tok/s ({:.0f} GFLOP/s; GEMM peak {:.0f} GFLOP/s at "
+                             "512x{}x{}: {:.0f}% of peak)\n",
+                             o->prefill, prefill_s, o->prefill / prefill_s, prefill_rate / 1e9, gemm_peak / 1e9,
+                             config.hidden_size, config.intermediate_size, 100.0 * prefill_rate / gemm_peak);
 
     std::vector<double> steps;
     for (int64_t i = 0; i < o->decode; ++i) {
@@ -125,6 +133,8 @@ void add_bench_llm(CLI::App& bench) {
                      {"decode_kernels", dtype == torch::kBFloat16 ? llm::matvec_isa_name(isa) : "torch"},
                      {"prefill_tokens", o->prefill},
                      {"prefill_tok_s", o->prefill / prefill_s},
+                     {"prefill_gflop_s", prefill_rate / 1e9},
+                     {"gemm_peak_gflop_s", gemm_peak / 1e9},
                      {"decode_tokens", o->decode},
                      {"decode_ms_per_token", decode_ms},
                      {"decode_tok_s", 1e3 / decode_ms},
