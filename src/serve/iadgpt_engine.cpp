@@ -39,7 +39,7 @@ class TrimmedSink {
 };
 
 std::string finish_reason(const std::string& stop_reason) {
-  if (stop_reason == "length") return "length";
+  if (stop_reason == "length" || stop_reason == "context") return "length";  // max_tokens, or the context is full
   if (stop_reason == "callback") return "cancelled";
   return "stop";  // "eos", a stop string, or no generation at all
 }

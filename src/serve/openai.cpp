@@ -280,6 +280,7 @@ json chunk_json(const CompletionMeta& meta, json delta, json finish_reason) {
                                     {"finish_reason", std::move(finish_reason)}}})}};
 }
 
-std::string sse(const json& j) { return "data: " + j.dump() + "\n\n"; }
+// Invalid UTF-8 in generated text (see send_json) becomes U+FFFD instead of an exception.
+std::string sse(const json& j) { return "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n"; }
 
 }  // namespace iadgpt::serve

@@ -51,7 +51,9 @@ std::string_view error_type(int status, const json& code) {
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  // Generated text may end inside a UTF-8 sequence (max_tokens cut it, or a small model wrote
+  // stray bytes): such bytes are sent as U+FFFD rather than failing the whole answer.
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
 // OpenAI's error shape; `code` is the HTTP status unless a more specific code is given, `param`

@@ -4,8 +4,11 @@
 // pipeline on the tiny bundle: max_tokens → "length", stop strings, seeds, usage counted
 // independently, the history reaching the prompt, and a stream equal to the plain answer.
 #include <fmt/format.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include <future>
+#include <set>
 
 #include "llm/generate.h"
 #include "model/pipeline.h"
@@ -405,4 +408,177 @@ TEST(OpenAiHttp, ClientLeavingMidStreamStopsTheGenerationAndFreesTheWorker) {
   EXPECT_EQ(next->status, 200) << next->body;
   // The stream no longer counts as in flight (graceful shutdown would not wait for it).
   EXPECT_EQ(server.server().shutdown(std::chrono::milliseconds(0)), 0);
+}
+
+// The whole pipeline on the tiny bundle (imagebind_tiny + llama_tiny + random adapters), in
+// process. llama_tiny's random weights never end an answer by themselves, so answers run to
+// max_tokens unless a stop string cuts them.
+class OpenAiTiny : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    bundle_ = new model::Bundle(tiny_bundle("serve-openai-tiny"));
+    serve::ServerOptions o;
+    o.workers = 1;
+    o.queue = 4;
+    o.answer_tokens = 16;
+    server_ = new TestServer(o, [](int) { return std::make_unique<serve::IadGptEngine>(*bundle_); });
+    auto jpg = hazelnut("test/colour/01.jpg");
+    cv::Mat img = cv::imdecode(cv::Mat(1, static_cast<int>(jpg.size()), CV_8U, jpg.data()), cv::IMREAD_COLOR);
+    cv::resize(img, img, cv::Size(128, 128), 0, 0, cv::INTER_AREA);
+    std::vector<uint8_t> png;
+    cv::imencode(".png", img, png);
+    image_png_ = new std::string(png.begin(), png.end());
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete bundle_;
+    delete image_png_;
+  }
+  static json request(const std::string& question = "Is there any anomaly?") {
+    json r = request_with("data:image/png;base64," + serve::base64_encode(*image_png_), question);
+    r["class"] = "hazelnut";
+    return r;
+  }
+  static json post(const json& body) {
+    auto r = server_->client(120).Post("/v1/chat/completions", body.dump(), "application/json");
+    if (!r) throw std::runtime_error("no response");
+    if (r->status != 200) throw std::runtime_error(fmt::format("status {}: {}", r->status, r->body));
+    return json::parse(r->body);
+  }
+  static Events post_stream(json body) {
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};
+    auto r = server_->client(120).Post("/v1/chat/completions", body.dump(), "application/json");
+    if (!r || r->status != 200) throw std::runtime_error("stream refused: " + (r ? r->body : std::string("no response")));
+    return parse_events(r->body);
+  }
+  static std::string content(const json& j) { return j["choices"][0]["message"]["content"].get<std::string>(); }
+  static cv::Mat image_rgb() {
+    cv::Mat bgr = cv::imdecode(cv::Mat(1, static_cast<int>(image_png_->size()), CV_8U, image_png_->data()), cv::IMREAD_COLOR);
+    cv::Mat rgb;
+    cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+    return rgb;
+  }
+
+  static model::Bundle* bundle_;
+  static TestServer* server_;
+  static std::string* image_png_;
+};
+model::Bundle* OpenAiTiny::bundle_ = nullptr;
+TestServer* OpenAiTiny::server_ = nullptr;
+std::string* OpenAiTiny::image_png_ = nullptr;
+
+TEST_F(OpenAiTiny, MaxTokensEndsTheAnswerWithLengthAndCountsThem) {
+  for (const char* key : {"max_tokens", "max_completion_tokens"}) {
+    auto body = request();
+    body[key] = 5;
+    const auto j = post(body);
+    EXPECT_EQ(j["choices"][0]["finish_reason"], "length") << key;
+    EXPECT_EQ(j["usage"]["completion_tokens"], 5) << key;
+    EXPECT_EQ(j["usage"]["total_tokens"], j["usage"]["prompt_tokens"].get<int64_t>() + 5) << key;
+    EXPECT_FALSE(content(j).empty()) << key;
+  }
+}
+
+// The history reaches the prompt: the server's answer to a follow-up, after the client's own
+// record of the first answer and a system message, equals a greedy generation from a fresh cache
+// over the METHOD §1.9 prompt built here from the same turns, and usage counts its positions.
+TEST_F(OpenAiTiny, HistoryReachesThePromptAndUsageCountsIt) {
+  auto body = request("Is there any anomaly?");
+  body["messages"].insert(body["messages"].begin(), text_msg("system", "Be brief."));
+  body["messages"].push_back(text_msg("assistant", "Yes, a red mark."));
+  body["messages"].push_back(text_msg("user", "Where is it?"));
+  body["max_tokens"] = 8;
+  const auto j = post(body);
+
+  model::IadGpt m(*bundle_);
+  m.set_class("hazelnut");
+  model::InspectOptions fast;
+  fast.generate = false;
+  m.inspect(image_rgb(), fast);
+  const auto& tokens = m.image_tokens();
+  const std::vector<llm::Turn> turns{{m.question("Be brief.\nIs there any anomaly?"), "Yes, a red mark."}};
+  const auto segments = model::anomalygpt_prompt(m.tokenizer(), tokens.image_token, tokens.expert_tokens[0], turns, "Where is it?");
+  int64_t positions = 0;
+  for (const auto& s : segments) positions += s.length();
+  EXPECT_EQ(j["usage"]["prompt_tokens"], positions);
+  llm::KvCache cache(m.llm(), std::min<int64_t>(m.llm().max_positions(), 2048));
+  llm::GenerateOptions g;
+  g.max_tokens = 8;
+  g.stop = {"###"};
+  const auto out = llm::generate(m.llm(), m.tokenizer(), cache, segments, g);
+  EXPECT_EQ(content(j), llm::clean_answer(out.text));
+  EXPECT_EQ(j["usage"]["completion_tokens"], static_cast<int64_t>(out.tokens.size()));
+  EXPECT_EQ(j["choices"][0]["finish_reason"], out.stop_reason == "length" ? "length" : "stop");
+
+  // Another record of the first answer is another prompt (the client's text is used, not the model's).
+  body["messages"][2]["content"] = "No.";
+  const auto other = post(body);
+  const std::vector<llm::Turn> turns2{{turns[0].user, "No."}};
+  int64_t positions2 = 0;
+  for (const auto& s : model::anomalygpt_prompt(m.tokenizer(), tokens.image_token, tokens.expert_tokens[0], turns2, "Where is it?"))
+    positions2 += s.length();
+  EXPECT_NE(positions2, positions);
+  EXPECT_EQ(other["usage"]["prompt_tokens"], positions2);
+}
+
+TEST_F(OpenAiTiny, StopStringsCutTheAnswerBeforeTheirFirstMatch) {
+  auto body = request();
+  body["max_tokens"] = 24;
+  const auto full = content(post(body));
+  ASSERT_GE(full.size(), 10u) << full;
+  // A piece of the greedy answer from its middle: three ASCII characters, no whitespace (the tiny
+  // model also writes multi-byte characters, which a byte slice could cut).
+  auto plain_ascii = [&](size_t i) {
+    for (size_t k = i; k < i + 3; ++k) {
+      const auto c = static_cast<unsigned char>(full[k]);
+      if (c >= 0x80 || std::isspace(c)) return false;
+    }
+    return true;
+  };
+  size_t at = 4;
+  while (at + 3 < full.size() && !plain_ascii(at)) ++at;
+  ASSERT_LT(at + 3, full.size()) << full;
+  const auto stop = full.substr(at, 3);
+  body["stop"] = json::array({"@@never@@", stop});
+  const auto j = post(body);
+  auto expected = full.substr(0, full.find(stop));
+  expected = expected.substr(0, expected.find_last_not_of(" \t\r\n") + 1);
+  EXPECT_EQ(content(j), expected) << "stop '" << stop << "' in '" << full << "'";
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  EXPECT_LT(j["usage"]["completion_tokens"].get<int64_t>(), 24);
+}
+
+TEST_F(OpenAiTiny, ASeedReproducesASample) {
+  auto sample = [&](int seed) {
+    auto body = request();
+    body["temperature"] = 1.0;
+    body["top_p"] = 0.95;
+    body["seed"] = seed;
+    return content(post(body));
+  };
+  const auto a = sample(11);
+  EXPECT_EQ(sample(11), a);
+  // Random weights spread the next-token distribution: other seeds give other samples.
+  std::set<std::string> others{a, sample(12), sample(13), sample(14)};
+  EXPECT_GE(others.size(), 2u);
+}
+
+TEST_F(OpenAiTiny, AStreamConcatenatesToThePlainAnswerWithTheSameSeed) {
+  for (bool follow_up : {false, true}) {
+    auto body = request();
+    body["temperature"] = 0.8;
+    body["seed"] = 5;
+    if (follow_up) {
+      body["messages"].push_back(text_msg("assistant", "Yes."));
+      body["messages"].push_back(text_msg("user", "Where?"));
+    }
+    const auto plain = post(body);
+    const auto ev = post_stream(body);
+    ASSERT_TRUE(ev.done);
+    ASSERT_GE(ev.data.size(), 4u);  // role, ≥ 1 delta, finish, usage
+    EXPECT_EQ(ev.content(), content(plain)) << follow_up;
+    EXPECT_EQ(ev.data[ev.data.size() - 2]["choices"][0]["finish_reason"], plain["choices"][0]["finish_reason"]);
+    EXPECT_EQ(ev.data.back()["usage"], plain["usage"]) << follow_up;
+  }
 }
