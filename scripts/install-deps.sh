@@ -39,10 +39,16 @@ else
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# playwright-core for the browser test, pinned by tests/web/package-lock.json. It drives the
-# Debian chromium above; it downloads no browser of its own.
+# tests/web's packages, pinned by tests/web/package-lock.json: playwright-core for the browser
+# test (it drives the Debian chromium above and downloads no browser of its own) and the official
+# `openai` client for the API test. npm ci again when any of them is missing or the lock is newer.
 web="$(dirname "$0")/../tests/web"
-if [ ! -f "$web/node_modules/playwright-core/package.json" ] || [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then
+need_ci=0
+for pkg in playwright-core openai; do
+  [ -f "$web/node_modules/$pkg/package.json" ] || need_ci=1
+done
+[ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ] && need_ci=1
+if [ "$need_ci" = 1 ]; then
   echo "install-deps: npm ci in tests/web"
   (cd "$web" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi

@@ -35,7 +35,10 @@ llm::GenerateOptions generate_options(const InspectOptions& options) {
   gen.max_tokens = options.max_tokens;
   gen.sampling.temperature = options.temperature;
   gen.sampling.seed = options.seed;
+  gen.sampling.top_p = options.top_p;
   gen.stop = llm::stop_strings(llm::ChatTemplate::VicunaV0);
+  for (const auto& stop : options.stop)
+    if (!stop.empty()) gen.stop.push_back(stop);
   gen.on_text = options.on_text;
   return gen;
 }
@@ -353,6 +356,7 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
   int64_t prompt_tokens = 0;
   for (const auto& seg : segments) prompt_tokens += seg.length();
   const int64_t room = answer_room(prompt_tokens, s.cache.capacity(), "the first question (image tokens + question)");
+  r.prompt_tokens = prompt_tokens;
   const auto t_prefill = Clock::now();
   const auto probs = llm::first_token_probs(s.llm, s.cache, segments, s.yes_no);
   r.timings.prefill = seconds_since(t_prefill);
@@ -379,6 +383,7 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
     auto out = llm::generate(s.llm, *s.tokenizer, s.cache, tail, gen);
     r.timings.generate = seconds_since(t_gen);
     r.generated_tokens = static_cast<int64_t>(out.tokens.size());
+    r.stop_reason = out.stop_reason;
     s.prefix_ids.push_back(last_ids.back());
     if (!out.tokens.empty()) s.prefix_ids.insert(s.prefix_ids.end(), out.tokens.begin(), out.tokens.end() - 1);
     r.answer = llm::clean_answer(s.tokenizer->decode(s.answer_prefix) + out.text);
@@ -396,6 +401,16 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
 }
 
 std::string IadGpt::ask(std::string_view message, const InspectOptions& options) {
+  return reply(message, options).text;
+}
+
+void IadGpt::set_history(std::vector<llm::Turn> turns) {
+  auto& s = *state_;
+  if (!s.have_image) throw InputError("no image to talk about: inspect an image first");
+  s.history = std::move(turns);  // reply() keeps the cache's longest common prefix with the new prompt
+}
+
+Reply IadGpt::reply(std::string_view message, const InspectOptions& options) {
   auto& s = *state_;
   if (!s.have_image) throw InputError("no image to talk about: inspect an image first");
   auto segments = s.prompt(s.history, message);
@@ -415,9 +430,13 @@ std::string IadGpt::ask(std::string_view message, const InspectOptions& options)
   auto out = llm::generate(s.llm, *s.tokenizer, s.cache, tail, gen);
   s.prefix_ids.insert(s.prefix_ids.end(), fresh.begin(), fresh.end());
   if (!out.tokens.empty()) s.prefix_ids.insert(s.prefix_ids.end(), out.tokens.begin(), out.tokens.end() - 1);
-  auto answer = llm::clean_answer(out.text);
-  s.history.push_back({std::string(message), answer});
-  return answer;
+  Reply r;
+  r.text = llm::clean_answer(out.text);
+  r.stop_reason = out.stop_reason;
+  r.prompt_tokens = s.prefix_length + static_cast<int64_t>(ids.size());
+  r.generated_tokens = static_cast<int64_t>(out.tokens.size());
+  s.history.push_back({std::string(message), r.text});
+  return r;
 }
 
 }  // namespace iadgpt::model

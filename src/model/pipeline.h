@@ -45,6 +45,8 @@ struct InspectOptions {
   uint64_t seed = 0;
   double temperature = 0;   // 0 = greedy
   std::function<bool(std::string_view)> on_text;  // streamed answer text; return false to stop
+  double top_p = 1.0;             // nucleus sampling (with temperature > 0); 1 = off
+  std::vector<std::string> stop;  // stop strings besides Vicuna v0's "###"
 };
 
 struct Timings { double encode = 0, maps = 0, prefill = 0, generate = 0; };  // seconds
@@ -61,6 +63,16 @@ struct Inspection {
   torch::Tensor map;        // [H, W] at the image's own size
   Timings timings;
   int64_t generated_tokens = 0;  // tokens of the generated answer (0 when options.generate is false)
+  int64_t prompt_tokens = 0;     // positions of the prompt (text tokens + image/expert embedding rows)
+  std::string stop_reason;       // llm::Generation::stop_reason ("eos", "stop", "length", "callback"); "" without generation
+};
+
+// One follow-up answer (IadGpt::reply) with what generation reports about it.
+struct Reply {
+  std::string text;              // the answer as kept in history (llm::clean_answer)
+  std::string stop_reason;       // "eos", "stop", "length" (max_tokens or the context), "callback"
+  int64_t prompt_tokens = 0;     // positions of the whole conversation's prompt
+  int64_t generated_tokens = 0;
 };
 
 // The adapter outputs that enter the LLM for the last inspected image (for tests and tools).
@@ -91,6 +103,11 @@ class IadGpt {  // not thread-safe: one per worker, the workers' copies made by 
   // clamped, as llama.cpp does); InputError naming the token counts when the prompt itself
   // leaves no room.
   std::string ask(std::string_view message, const InspectOptions& options = {});
+  Reply reply(std::string_view message, const InspectOptions& options = {});  // ask + what stopped it, token counts
+  // Replaces the turns about the last inspected image, e.g. by a client's own record of the
+  // conversation (OpenAI-style APIs send the assistant's earlier answers back). The next reply
+  // continues from them; the image prefix of the KV cache is kept.
+  void set_history(std::vector<llm::Turn> turns);
   void reset_conversation();
   const Bundle& bundle() const;
   // The calibration of the Yes/No decision for a class (Bundle::decision_bias: log-odds added to

@@ -43,6 +43,43 @@ struct DetectOutput {
   nlohmann::json timings = nlohmann::json::object();  // seconds per stage
 };
 
+// Sampling and stopping of one answer (the OpenAI request's fields).
+struct GenerationParams {
+  int64_t max_tokens = 64;
+  double temperature = 0;          // 0 = greedy
+  double top_p = 1;                // nucleus; 1 = off
+  uint64_t seed = 0;
+  std::vector<std::string> stop;   // stop strings besides the model's own end of turn
+};
+
+// Receives the answer's text as it is generated (the pieces concatenate to Reply::text); returns
+// false to stop generating (the client went away).
+using TextSink = std::function<bool(std::string_view)>;
+
+struct Reply {
+  std::string text;
+  std::string finish_reason = "stop";  // "stop" (end of answer, stop string), "length" (max_tokens or the
+                                       // context), "cancelled" (the sink returned false)
+  int64_t prompt_tokens = 0;           // prompt positions (image rows count one each); 0 without an LLM
+  int64_t completion_tokens = 0;       // generated tokens; 0 without an LLM
+};
+
+// An OpenAI-style conversation about one image. The first user turn asks detect.question about
+// detect.image; answers[i] is the client's record of the answer to the question before
+// follow_ups[i] (answers.size() == follow_ups.size()). The reply answers the last question:
+// follow_ups.back(), or detect.question when there are no follow-ups.
+struct CompletionInput {
+  DetectInput detect;
+  std::vector<std::string> answers;
+  std::vector<std::string> follow_ups;
+  GenerationParams params;
+};
+
+struct Completion {
+  DetectOutput detect;  // the inspection (its answer is the first turn's, or the map phrasing)
+  Reply reply;
+};
+
 class Engine {
  public:
   virtual ~Engine() = default;
@@ -50,6 +87,12 @@ class Engine {
   virtual DetectOutput detect(const DetectInput& input) = 0;
   // A follow-up turn about the last detected image (InputError before any detect).
   virtual std::string ask(std::string_view message, int64_t max_tokens) = 0;
+  // The conversation `in`, answering its last question through `sink` as it is generated. The
+  // default (engines without their own): detect, then ask each follow-up (the client's answers
+  // unused), the text sent to the sink at once, no token counts.
+  virtual Completion complete(const CompletionInput& in, const TextSink& sink);
+  // A follow-up turn streamed through `sink`. The default: ask() (greedy), sent to the sink at once.
+  virtual Reply reply(std::string_view message, const GenerationParams& params, const TextSink& sink);
   // What GET /v1/model shows: names and settings, never server-side paths.
   virtual nlohmann::json describe() const = 0;
 };

@@ -22,9 +22,13 @@ class IadGptEngine : public Engine {
   std::unique_ptr<IadGptEngine> share();
   DetectOutput detect(const DetectInput& input) override;
   std::string ask(std::string_view message, int64_t max_tokens) override;
+  Completion complete(const CompletionInput& in, const TextSink& sink) override;
+  Reply reply(std::string_view message, const GenerationParams& params, const TextSink& sink) override;
   nlohmann::json describe() const override;
 
  private:
+  void prepare(const DetectInput& input);  // class, references, a fresh conversation
+
   std::unique_ptr<model::IadGpt> model_;
   std::optional<std::string> class_;  // the class set on the model
   bool inspected_ = false;

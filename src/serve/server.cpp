@@ -17,7 +17,9 @@
 #include "io/error.h"
 #include "serve/auth.h"
 #include "serve/codec.h"
+#include "serve/events.h"
 #include "serve/metrics.h"
+#include "serve/openai.h"
 #include "serve/pool.h"
 #include "serve/sessions.h"
 #include "serve/web.h"
@@ -28,13 +30,16 @@ using nlohmann::json;
 
 namespace {
 
-// An error with its HTTP status, thrown by handlers and turned into the JSON error body.
+// An error with its HTTP status (and OpenAI's `code` when more specific than the status), thrown
+// by handlers and turned into the JSON error body.
 struct HttpError : std::runtime_error {
   int status;
-  HttpError(int s, const std::string& message) : std::runtime_error(message), status(s) {}
+  json code;
+  HttpError(int s, const std::string& message, json c = nullptr) : std::runtime_error(message), status(s), code(std::move(c)) {}
 };
 
-std::string_view error_type(int status) {
+std::string_view error_type(int status, const json& code) {
+  if (code == "model_not_found") return "invalid_request_error";  // as OpenAI answers an unknown model
   switch (status) {
     case 401: return "invalid_request_error";
     case 404: return "not_found_error";
@@ -46,13 +51,21 @@ std::string_view error_type(int status) {
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  // Generated text may end inside a UTF-8 sequence (max_tokens cut it, or a small model wrote
+  // stray bytes): such bytes are sent as U+FFFD rather than failing the whole answer.
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
-// OpenAI's error shape; `code` is the HTTP status unless a more specific code is given.
-void send_error(httplib::Response& res, int status, const std::string& message, const json& code = nullptr) {
-  send_json(res, status, {{"error", {{"message", message}, {"type", error_type(status)}, {"param", nullptr},
-                                     {"code", code.is_null() ? json(status) : code}}}});
+// OpenAI's error shape; `code` is the HTTP status unless a more specific code is given, `param`
+// the request field at fault (null when none is).
+json error_json(int status, const std::string& message, const json& code = nullptr, const json& param = nullptr) {
+  return {{"error", {{"message", message}, {"type", error_type(status, code)}, {"param", param},
+                     {"code", code.is_null() ? json(status) : code}}}};
+}
+
+void send_error(httplib::Response& res, int status, const std::string& message, const json& code = nullptr,
+                const json& param = nullptr) {
+  send_json(res, status, error_json(status, message, code, param));
 }
 
 // The routes as /metrics labels them; anything else is "other" (the label set stays bounded).
@@ -113,14 +126,6 @@ std::string check_class(std::string name) {
     }
   }
   return name;
-}
-
-json regions_json(const std::vector<anomaly::Region>& regions) {
-  json out = json::array();
-  for (const auto& r : regions) {
-    out.push_back({{"position", r.position}, {"area", r.area}, {"centroid", {r.centroid_x, r.centroid_y}}});
-  }
-  return out;
 }
 
 // Decoded bytes of a detect request's images, added up from their headers before decoding, so a
@@ -362,6 +367,66 @@ struct Server::Impl {
     }
   }
 
+  // ---- streaming --------------------------------------------------------------------------
+
+  // Answers `res` with the server-sent events that `job` pushes to `events` from a worker. The job
+  // is queued now, so a full queue is a 429 before any event; the stream counts as a request in
+  // flight (graceful shutdown waits for it) until its last event is written or the client leaves,
+  // which cancels `events` and so stops the generation at its next token.
+  void stream(httplib::Response& res, const std::shared_ptr<EventStream>& events, WorkerPool::Job job, int worker = -1) {
+    try {
+      pool.submit(std::move(job), worker);
+    } catch (const QueueFull& e) {
+      throw HttpError(429, e.what());
+    }
+    {
+      std::lock_guard lock(drain_mutex);
+      ++in_flight;
+    }
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Accel-Buffering", "no");  // a proxy in front passes each event on at once
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [events](size_t, httplib::DataSink& sink) {
+          std::string event;
+          for (;;) {
+            const auto next = events->next(event, std::chrono::seconds(1));
+            if (next == EventStream::Next::done) break;
+            // A comment while the job waits in the queue: SSE clients skip it, and a client that
+            // has gone away is noticed here (the write fails) before the job starts.
+            if (next == EventStream::Next::timeout) event = ": waiting\n\n";
+            if (!sink.write(event.data(), event.size())) {
+              events->cancel();
+              return false;
+            }
+          }
+          sink.done();
+          return true;
+        },
+        [this, events](bool success) {
+          if (!success) events->cancel();
+          leave();
+        });
+  }
+
+  // Ends an event stream whatever happens in the job that feeds it.
+  struct FinishEvents {
+    EventStream& events;
+    ~FinishEvents() { events.finish(); }
+  };
+
+  // An error after the stream has started: one event in OpenAI's error shape, then [DONE].
+  static void push_error(EventStream& events, const std::exception& e, const char* route) {
+    if (dynamic_cast<const InputError*>(&e)) {
+      events.push(sse(error_json(400, e.what())));
+    } else {
+      std::cerr << fmt::format("serve: internal error on a stream of {}: {}\n", route, e.what());
+      events.push(sse(error_json(500, fmt::format("internal error: {}", e.what()))));
+    }
+  }
+
+  // ---- chat -------------------------------------------------------------------------------
+
   void chat(const httplib::Request& req, httplib::Response& res) {
     const auto j = parse_json_body(req);
     if (!j.is_object()) throw InputError("request body must be a JSON object");
@@ -369,107 +434,129 @@ struct Server::Impl {
     const auto message = string_field(j, "message", true);
     if (message.empty()) throw InputError("field 'message' is empty");
     if (message.size() > 4000) throw InputError("field 'message' is longer than 4000 characters");
-    const auto max_tokens = int_field(j, "max_tokens", options.answer_tokens, 1, options.max_tokens);
+    GenerationParams params;  // greedy: a session is rebuilt on another worker by replaying its turns
+    params.max_tokens = int_field(j, "max_tokens", options.answer_tokens, 1, options.max_tokens);
+    if (j.contains("stream") && !j["stream"].is_null() && !j["stream"].is_boolean()) {
+      throw InputError("field 'stream' must be true or false");
+    }
+    const bool streaming = j.value("stream", false);
     SessionStore::Miss miss{};
     auto session = sessions.find(id, &miss);
     if (!session) throw HttpError(404, missing_session_message(id, miss));
-    auto room = sessions.reserve(turn_bytes(message), SessionStore::Purpose::turn);
-    std::string answer;
-    run_job([&](Worker& w) {
+    auto room = std::make_shared<SessionStore::Reservation>(sessions.reserve(turn_bytes(message), SessionStore::Purpose::turn));
+    // One turn on the session's worker; false when the client left mid-answer (the turn is not
+    // kept, and the worker's conversation is rebuilt on the session's next use).
+    auto turn = [this, session, room, message, params](Worker& w, const TextSink& sink, Reply& r) {
       restore(w, *session);
-      answer = w.engine->ask(message, max_tokens);
-      sessions.add_turn(*session, std::move(room), {message, max_tokens});
+      r = w.engine->reply(message, params, sink);
+      if (r.finish_reason == "cancelled") {
+        w.session.clear();
+        return false;
+      }
+      sessions.add_turn(*session, std::move(*room), {message, params.max_tokens});
+      return true;
+    };
+    if (!streaming) {
+      Reply r;
+      run_job([&](Worker& w) { turn(w, {}, r); }, session->worker);
+      send_json(res, 200, {{"session_id", id}, {"answer", r.text}, {"turn", session->turns.size()},
+                           {"finish_reason", r.finish_reason}});
+      return;
+    }
+    auto events = std::make_shared<EventStream>();
+    stream(res, events, [events, turn, session, id](Worker& w) {
+      FinishEvents finish{*events};
+      if (events->cancelled()) return;  // the client left while the job waited
+      try {
+        Reply r;
+        const bool kept = turn(w, [&](std::string_view text) {
+          if (events->cancelled()) return false;
+          events->push(sse({{"delta", text}}));
+          return true;
+        }, r);
+        if (!kept) return;
+        events->push(sse({{"session_id", id}, {"answer", r.text}, {"turn", session->turns.size()},
+                          {"finish_reason", r.finish_reason}}));
+      } catch (const std::exception& e) {
+        push_error(*events, e, "/v1/chat");
+      }
+      events->push("data: [DONE]\n\n");
     }, session->worker);
-    send_json(res, 200, {{"session_id", id}, {"answer", answer}, {"turn", session->turns.size()}});
   }
 
-  // OpenAI-style: the first image_url of the conversation is inspected (its message's text is
-  // the question); further images are good references; later user messages are follow-ups.
+  // ---- OpenAI chat completions --------------------------------------------------------------
+
+  std::string model_name() const { return model_info.value("name", "iadgpt"); }
+
+  // The one model served answers to its own name and to "iadgpt"; no model named is fine too.
+  void check_model(const std::string& model) const {
+    if (model.empty() || model == model_name() || model == "iadgpt") return;
+    throw HttpError(404, fmt::format("the model '{}' does not exist; this server serves '{}' (GET /v1/models)",
+                                     model.substr(0, 64), model_name()),
+                    "model_not_found");
+  }
+
   void chat_completions(const httplib::Request& req, httplib::Response& res) {
     const auto t0 = std::chrono::steady_clock::now();
-    const auto j = parse_json_body(req);
-    if (!j.is_object()) throw InputError("request body must be a JSON object");
-    if (j.value("stream", false)) throw InputError("streaming is not supported; send \"stream\": false");
-    if (!j.contains("messages") || !j["messages"].is_array() || j["messages"].empty()) {
-      throw InputError("field 'messages' must be a non-empty array");
-    }
-    DetectInput in;
-    in.class_name = check_class(string_field(j, "class", false));
-    in.max_tokens = int_field(j, "max_tokens", options.answer_tokens, 1, options.max_tokens);
-    std::vector<std::string> follow_ups;
-    bool have_image = false;
-    const auto& messages = j["messages"];
-    for (size_t m = 0; m < messages.size(); ++m) {
-      const auto& msg = messages[m];
-      if (!msg.is_object() || !msg.contains("role") || !msg["role"].is_string()) {
-        throw InputError(fmt::format("messages[{}] must be an object with a string 'role'", m));
-      }
-      if (msg["role"] != "user") continue;  // system/assistant turns: the model keeps its own
-      std::string text;
-      bool image_here = false;
-      const auto& content = msg.contains("content") ? msg["content"] : json();
-      if (content.is_string()) {
-        text = content.get<std::string>();
-      } else if (content.is_array()) {
-        for (size_t p = 0; p < content.size(); ++p) {
-          const auto& part = content[p];
-          const auto where = fmt::format("messages[{}].content[{}]", m, p);
-          const auto type = part.is_object() ? part.value("type", "") : "";
-          if (type == "text") {
-            text += (text.empty() ? "" : " ") + string_field(part, "text", true);
-          } else if (type == "image_url") {
-            const auto& iu = part.contains("image_url") ? part["image_url"] : json();
-            const std::string url = iu.is_string() ? iu.get<std::string>()
-                                   : iu.is_object() ? string_field(iu, "url", true) : "";
-            if (url.empty()) throw InputError(where + ": image_url needs a 'url'");
-            auto img = checked_image(parse_data_uri(url, where + ".image_url").bytes, where);
-            if (!have_image) {
-              in.image = img;
-              have_image = image_here = true;
-            } else {
-              if (static_cast<int>(in.references.size()) >= options.max_references) {
-                throw InputError(fmt::format("at most {} reference images per request", options.max_references));
-              }
-              in.references.push_back(img);
-            }
-          } else {
-            throw InputError(where + ": content parts must be of type 'text' or 'image_url'");
-          }
-        }
-      } else {
-        throw InputError(fmt::format("messages[{}].content must be a string or an array of parts", m));
-      }
-      if (image_here) {
-        in.question = text;
-      } else if (have_image && !text.empty()) {
-        follow_ups.push_back(text);
-      }
-    }
-    if (!have_image) {
-      throw InputError("no image in the conversation: add a user content part {\"type\": \"image_url\", "
-                       "\"image_url\": {\"url\": \"data:image/png;base64,...\"}}");
-    }
-    DetectOutput out;
-    std::string answer;
-    run_job([&](Worker& w) {
-      w.session.clear();
-      out = w.engine->detect(in);
-      record(out);
-      answer = out.answer;
-      for (const auto& f : follow_ups) answer = w.engine->ask(f, in.max_tokens);
+    ChatLimits limits;
+    limits.max_tokens = options.max_tokens;
+    limits.answer_tokens = options.answer_tokens;
+    limits.max_references = options.max_references;
+    auto request = parse_chat_request(parse_json_body(req), limits, [this](const std::string& uri, const std::string& what) {
+      return checked_image(parse_data_uri(uri, what + ".image_url").bytes, what);
     });
-    json r;
-    r["id"] = "chatcmpl-" + random_id();
-    r["object"] = "chat.completion";
-    r["created"] = static_cast<int64_t>(std::time(nullptr));
-    r["model"] = model_info.value("name", "iadgpt");
-    r["choices"] = json::array({{{"index", 0},
-                                 {"message", {{"role", "assistant"}, {"content", answer}}},
-                                 {"finish_reason", "stop"}}});
-    r["iadgpt"] = {{"pred_score", out.pred_score}, {"pred_label", out.pred_label ? 1 : 0}, {"p_yes", out.p_yes},
-                   {"position", out.position},     {"defect_type", out.defect_type},
-                   {"regions", regions_json(out.regions)}, {"seconds", seconds_since(t0)}};
-    send_json(res, 200, r);
+    check_model(request.model);
+    request.input.detect.class_name = check_class(request.input.detect.class_name);
+    const CompletionMeta meta{"chatcmpl-" + random_id(), static_cast<int64_t>(std::time(nullptr)), model_name()};
+    if (!request.stream) {
+      Completion c;
+      run_job([&](Worker& w) {
+        w.session.clear();
+        c = w.engine->complete(request.input, {});
+        record(c.detect);
+      });
+      auto j = completion_json(meta, c);
+      j["iadgpt"]["seconds"] = seconds_since(t0);
+      send_json(res, 200, j);
+      return;
+    }
+    auto events = std::make_shared<EventStream>();
+    stream(res, events, [this, events, meta, request](Worker& w) { completion_events(w, *events, meta, request); });
+  }
+
+  // The chunks of a streamed completion: the role, the content deltas, the finish reason (with
+  // our `iadgpt` object), the usage when asked for, then [DONE].
+  void completion_events(Worker& w, EventStream& events, const CompletionMeta& meta, const ChatRequest& request) {
+    FinishEvents finish{events};
+    if (events.cancelled()) return;  // the client left while the job waited
+    auto chunk = [&](json delta, json finish_reason) {
+      auto c = chunk_json(meta, std::move(delta), std::move(finish_reason));
+      if (request.include_usage) c["usage"] = nullptr;  // as OpenAI: null on all but the last chunk
+      return c;
+    };
+    try {
+      w.session.clear();
+      events.push(sse(chunk({{"role", "assistant"}, {"content", ""}}, nullptr)));
+      const auto c = w.engine->complete(request.input, [&](std::string_view text) {
+        if (events.cancelled()) return false;
+        events.push(sse(chunk({{"content", text}}, nullptr)));
+        return true;
+      });
+      if (c.reply.finish_reason == "cancelled") return;
+      record(c.detect);
+      auto last = chunk(json::object(), c.reply.finish_reason);
+      last["iadgpt"] = iadgpt_json(c.detect);
+      events.push(sse(last));
+      if (request.include_usage) {
+        auto usage = chunk(json::object(), nullptr);
+        usage["choices"] = json::array();
+        usage["usage"] = usage_json(c.reply);
+        events.push(sse(usage));
+      }
+    } catch (const std::exception& e) {
+      push_error(events, e, "/v1/chat/completions");
+    }
+    events.push("data: [DONE]\n\n");
   }
 
   json health() const {
@@ -567,7 +654,9 @@ struct Server::Impl {
         (this->*handler)(req, res);
       } catch (const HttpError& e) {
         if (e.status == 429) res.set_header("Retry-After", "1");
-        send_error(res, e.status, e.what());
+        send_error(res, e.status, e.what(), e.code);
+      } catch (const ParamError& e) {
+        send_error(res, 400, e.what(), nullptr, e.param());
       } catch (const SessionTooLarge& e) {
         send_error(res, 413, e.what());
       } catch (const SessionMemoryFull& e) {

@@ -146,6 +146,7 @@ class RawSocket {
   ~RawSocket() {
     if (fd_ >= 0) ::close(fd_);
   }
+  int fd() const { return fd_; }
   bool send_all(std::string_view data) {
     while (!data.empty()) {
       const auto n = ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL);

@@ -76,9 +76,10 @@ try {
   // One chat turn.
   await page.fill('#chat-input', 'Where is the defect?');
   await page.click('#chat-send');
+  // The answer streams in (data-state "streaming"); the page marks it "done" after [DONE].
   await page.waitForFunction(() => {
     const items = document.querySelectorAll('#chat-log li');
-    return items.length === 3 && items[2].textContent !== '…';
+    return items.length === 3 && items[2].dataset.state === 'done';
   });
   const turns = await page.$$eval('#chat-log li', (items) => items.map((li) => [li.className, li.textContent]));
   check(turns[1][0] === 'user' && turns[1][1] === 'Where is the defect?', 'question shown');

@@ -1,4 +1,5 @@
-// The iadgpt web page: upload → POST /v1/detect → overlay, score, answer → POST /v1/chat turns.
+// The iadgpt web page: upload → POST /v1/detect → overlay, score, answer → POST /v1/chat turns
+// (streamed: the answer shows as it is generated).
 'use strict';
 const $ = (id) => document.getElementById(id);
 let image = null;      // the File to inspect
@@ -11,7 +12,7 @@ function setStatus(text, isError = false) {
 
 // With `serve --api-key-file` the API answers 401 until the page sends a key: it is asked for
 // once and kept for this tab only (sessionStorage), sent as `Authorization: Bearer <key>`.
-async function api(path, options = {}, retried = false) {
+async function send(path, options = {}, retried = false) {
   const key = sessionStorage.getItem('iadgpt-api-key');
   const headers = Object.assign({}, options.headers || {}, key ? { Authorization: `Bearer ${key}` } : {});
   const response = await fetch(path, Object.assign({}, options, { headers }));
@@ -19,16 +20,48 @@ async function api(path, options = {}, retried = false) {
     const entered = window.prompt('This server needs an API key:');
     if (entered) {
       sessionStorage.setItem('iadgpt-api-key', entered.trim());
-      return api(path, options, true);
+      return send(path, options, true);
     }
   }
-  let body = null;
-  try { body = await response.json(); } catch (e) { /* not JSON */ }
   if (!response.ok) {
-    const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
-    throw new Error(message);
+    let body = null;
+    try { body = await response.json(); } catch (e) { /* not JSON */ }
+    throw new Error(body && body.error ? body.error.message : `HTTP ${response.status}`);
   }
-  return body;
+  return response;
+}
+
+async function api(path, options = {}) {
+  return (await send(path, options)).json();
+}
+
+// POST with "stream": true: the server-sent events' JSON payloads, each handed to onEvent as it
+// arrives, until "data: [DONE]". Comment lines (": waiting") are skipped.
+async function streamApi(path, body, onEvent) {
+  const response = await send(path, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(Object.assign({}, body, { stream: true })),
+  });
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffered = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffered += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffered.indexOf('\n\n')) >= 0) {
+      const event = buffered.slice(0, end);
+      buffered = buffered.slice(end + 2);
+      if (!event.startsWith('data: ')) continue;
+      const data = event.slice(6);
+      if (data === '[DONE]') return;
+      const parsed = JSON.parse(data);
+      if (parsed.error) throw new Error(parsed.error.message);
+      onEvent(parsed);
+    }
+  }
 }
 
 function choose(file) {
@@ -90,18 +123,24 @@ async function ask(event) {
   $('chat-input').value = '';
   addTurn('user', message);
   const pending = addTurn('assistant', '…');
+  pending.dataset.state = 'streaming';
   $('chat-send').disabled = true;
   try {
-    const r = await api('/v1/chat', {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ session_id: sessionId, message }),
+    // The answer appears as it is generated: {"delta"} events, then the whole turn.
+    let shown = '';
+    await streamApi('/v1/chat', { session_id: sessionId, message }, (event) => {
+      if (event.delta !== undefined) {
+        shown += event.delta;
+        pending.textContent = shown;
+      } else if (event.answer !== undefined) {
+        pending.textContent = event.answer;
+      }
     });
-    pending.textContent = r.answer;
   } catch (e) {
     pending.textContent = `Error: ${e.message}`;
     pending.classList.add('error');
   } finally {
+    pending.dataset.state = 'done';
     $('chat-send').disabled = false;
   }
 }
