@@ -5,6 +5,7 @@
 // so that the stored (fp32) copy is freed before the next record is read.
 #include <cstring>
 #include <unordered_map>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -64,13 +65,24 @@ IndexedArchive index_archive(std::shared_ptr<ByteSource> source, const std::stri
 }
 
 // The whole storage record `key` as a 1-D CPU tensor of `dtype` (CRC-checked by the reader).
-at::Tensor read_storage(const ZipArchive& zip, const std::string& key, at::ScalarType dtype, const std::string& tensor) {
+// With `scratch`, the record is read into that reused buffer and the tensor only views it: for
+// a record converted at once, this saves faulting in fresh pages for every fp32 copy.
+at::Tensor read_storage(const ZipArchive& zip, const std::string& key, at::ScalarType dtype, const std::string& tensor,
+                        std::vector<uint8_t>* scratch = nullptr) {
   const std::string record = "data/" + key;
   const ZipEntry* e = zip.find(record);  // present: index_archive checked it
   const auto itemsize = static_cast<uint64_t>(c10::elementSize(dtype));
+  const auto numel = static_cast<int64_t>(e->size / itemsize);
+  const auto context = fmt::format("tensor '{}'", tensor);
+  if (scratch) {
+    // Sized for the largest record so far, in multiples of 8 bytes: aligned for every dtype.
+    if (scratch->size() < e->size) scratch->resize((e->size + 7) / 8 * 8);
+    zip.read(*e, record, {scratch->data(), e->size}, context);
+    return at::from_blob(scratch->data(), {numel}, at::TensorOptions().dtype(dtype));
+  }
   auto buffer = empty_tensor({static_cast<int64_t>((e->size + itemsize - 1) / itemsize)}, dtype);
-  zip.read(*e, record, {static_cast<uint8_t*>(buffer.data_ptr()), e->size}, fmt::format("tensor '{}'", tensor));
-  return buffer.narrow(0, 0, static_cast<int64_t>(e->size / itemsize));
+  zip.read(*e, record, {static_cast<uint8_t*>(buffer.data_ptr()), e->size}, context);
+  return buffer.narrow(0, 0, numel);
 }
 
 // Reads the wanted tensors of an indexed archive. Without conversion, tensors that shared a
@@ -79,6 +91,7 @@ at::Tensor read_storage(const ZipArchive& zip, const std::string& key, at::Scala
 TensorMap read_tensors(const IndexedArchive& a, const LoadOptions& o) {
   TensorMap out;
   std::map<std::string, at::Tensor> buffers;  // storage key -> buffer, unconverted tensors only
+  std::vector<uint8_t> scratch;               // the stored copy of the record being converted
   for (const auto& [name, view] : a.views) {
     if (o.keys && !o.keys(name)) continue;
     if (o.headers_only) {
@@ -89,14 +102,14 @@ TensorMap read_tensors(const IndexedArchive& a, const LoadOptions& o) {
     const bool convert = o.float_dtype && view.is_floating_point() && view.scalar_type() != *o.float_dtype;
     at::Tensor buffer;
     if (convert) {
-      buffer = read_storage(a.zip, key, view.scalar_type(), name);
+      buffer = read_storage(a.zip, key, view.scalar_type(), name, &scratch);
     } else if (auto it = buffers.find(key); it != buffers.end()) {
       buffer = it->second;
     } else {
       buffer = buffers.emplace(key, read_storage(a.zip, key, view.scalar_type(), name)).first->second;
     }
     auto t = buffer.as_strided(view.sizes(), view.strides(), view.storage_offset());
-    out.emplace(name, convert ? t.to(*o.float_dtype) : t);
+    out.emplace(name, convert ? t.to(*o.float_dtype) : t);  // .to copies: nothing keeps viewing scratch
   }
   return out;
 }
