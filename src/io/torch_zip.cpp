@@ -74,6 +74,7 @@ at::Tensor read_storage(const ZipArchive& zip, const std::string& key, at::Scala
   const auto itemsize = static_cast<uint64_t>(c10::elementSize(dtype));
   const auto numel = static_cast<int64_t>(e->size / itemsize);
   const auto context = fmt::format("tensor '{}'", tensor);
+  zip.locate(*e, record, context);  // before allocating what the directory claims
   if (scratch) {
     // Sized for the largest record so far, in multiples of 8 bytes: aligned for every dtype.
     if (scratch->size() < e->size) scratch->resize((e->size + 7) / 8 * 8);

@@ -168,7 +168,7 @@ const ZipEntry* ZipArchive::find(const std::string& name) const {
   return it == entries_.end() ? nullptr : &it->second;
 }
 
-uint64_t ZipArchive::data_offset(const ZipEntry& e, const std::string& name, std::string_view context) const {
+uint64_t ZipArchive::locate(const ZipEntry& e, const std::string& name, std::string_view context) const {
   uint8_t local[kLocalSize];
   if (!source_->read_at(e.local_header, local) || u32(local) != kLocalSig)
     throw InputError(fmt::format("{}: {}: record '{}' has no local header at byte {} (truncated or corrupt file)", what_, context,
@@ -177,12 +177,18 @@ uint64_t ZipArchive::data_offset(const ZipEntry& e, const std::string& name, std
   if (start > source_->size() || e.compressed > source_->size() - start)
     throw InputError(fmt::format("{}: {}: record '{}' needs bytes [{}, {}) but the file ends at byte {} (truncated file?)", what_,
                                  context, name, start, start + e.compressed, source_->size()));
+  // Deflate expands at most 1032:1 (RFC 1951 stored-length limits); stored records are as long
+  // as their data.
+  const uint64_t reachable = e.method == 0 ? e.compressed : e.compressed * 1032 + 1024;
+  if (e.size > reachable)
+    throw InputError(fmt::format("{}: {}: record '{}' claims {} bytes from {} stored bytes", what_, context, name, e.size,
+                                 e.compressed));
   return start;
 }
 
 void ZipArchive::read(const ZipEntry& e, const std::string& name, std::span<uint8_t> out, std::string_view context) const {
   if (out.size() != e.size) throw std::logic_error("ZipArchive::read: buffer size differs from the record size");
-  const uint64_t start = data_offset(e, name, context);
+  const uint64_t start = locate(e, name, context);
   auto fail = [&](std::string_view why) {
     throw InputError(fmt::format("{}: {}: record '{}' {}", what_, context, name, why));
   };
@@ -221,6 +227,7 @@ std::string ZipArchive::read_string(const std::string& name, size_t max_size) co
   const ZipEntry* e = find(name);
   if (!e) throw InputError(fmt::format("{}: PyTorch zip archive has no {} record", what_, name));
   if (e->size > max_size) throw InputError(fmt::format("{}: record '{}' is {} bytes, more than the {} allowed", what_, name, e->size, max_size));
+  locate(*e, name, name);  // before allocating what the directory claims
   std::string s(e->size, '\0');
   read(*e, name, {reinterpret_cast<uint8_t*>(s.data()), s.size()}, name);
   return s;

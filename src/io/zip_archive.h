@@ -49,6 +49,11 @@ class ZipArchive {
   // Entries by name with the top folder of the first entry stripped (as torch.save writes:
   // "archive/data.pkl" -> "data.pkl"); entries outside that folder are not listed.
   const ZipEntry* find(const std::string& name) const;
+  // Checks the record's local header and that its data lies inside the source (and, deflated,
+  // that its stated size is reachable by deflate) without reading the data; returns the data
+  // offset. Called before a buffer of entry.size bytes is allocated: a directory claiming
+  // gigabytes fails here, not in the allocator.
+  uint64_t locate(const ZipEntry& entry, const std::string& name, std::string_view context) const;
   // Reads the whole record into `out` (out.size() must equal entry.size); `context` (e.g.
   // "tensor 'w'") is added to errors: truncated, past the end, bad local header, CRC mismatch.
   void read(const ZipEntry& entry, const std::string& name, std::span<uint8_t> out, std::string_view context) const;
@@ -57,7 +62,6 @@ class ZipArchive {
   const std::string& what() const { return what_; }
 
  private:
-  uint64_t data_offset(const ZipEntry& entry, const std::string& name, std::string_view context) const;
   std::shared_ptr<ByteSource> source_;
   std::string what_;
   std::map<std::string, ZipEntry> entries_;
