@@ -1,5 +1,5 @@
 // libFuzzer: arbitrary bytes as a PyTorch checkpoint. Inputs starting with the zip magic go
-// through the archive reader (libtorch's zip parser + our unpickler); everything else is fed
+// through the archive reader (our ZipArchive + unpickler, every record read); everything else is fed
 // to the restricted unpickler directly, with zero-filled storages. Property: InputError or a
 // tensor map; any other exception, crash or sanitizer report is a finding.
 #include <cstring>

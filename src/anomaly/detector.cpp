@@ -96,7 +96,7 @@ Detector::Detector(const DetectorOptions& options) : state_(std::make_unique<Sta
   vision::VisionOptions vision_options;
   vision_options.config = options.config;
   vision_options.dtype = options.dtype;
-  s.vision = options.vision_model ? *options.vision_model : vision::load_vision(io::load_checkpoint(options.vision), vision_options);
+  s.vision = options.vision_model ? *options.vision_model : vision::load_vision(options.vision, vision_options);
   s.options.vision_model.reset();  // held once, in s.vision
   s.taps = options.taps.empty() ? s.vision.config.default_taps() : options.taps;
   for (auto t : s.taps) {

@@ -27,7 +27,7 @@ nlohmann::json summary(const model::Bundle& b) {
   const auto cfg = llm::LlamaConfig::from_file(b.llm / "config.json");
   vision::VisionOptions vopt;
   vopt.config = b.vision_config;
-  const auto v = vision::infer_vit_config(io::load_checkpoint(b.vision), vopt);
+  const auto v = vision::infer_vit_config(io::load_checkpoint(b.vision, {.headers_only = true}), vopt);
   j["widths"] = {{"vision_width", v.width}, {"embed_dim", v.embed_dim}, {"vision_blocks", v.layers},
                  {"llm_hidden", cfg.hidden_size}, {"llm_layers", cfg.num_layers}};
   j["taps_used"] = b.taps.empty() ? v.default_taps() : b.taps;

@@ -78,7 +78,7 @@ void add_encode_image(CLI::App& app) {
     if (!o->config.empty()) vo.config = vision::read_config_file(o->config);
 
     const auto t0 = clock::now();
-    const auto model = vision::load_vision(io::load_checkpoint(o->model), vo);
+    const auto model = vision::load_vision(std::filesystem::path(o->model), vo);
     const auto taps = o->taps.empty() ? model.config.default_taps() : parse_taps(o->taps);
     const auto t1 = clock::now();
 

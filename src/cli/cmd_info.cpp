@@ -96,7 +96,7 @@ void add_info(CLI::App& app) {
   cmd->add_option("--config", o->config, "JSON config (e.g. ImageBind config.json, or {\"heads\": n})");
   cmd->add_option("--family", o->family, "Override family detection: imagebind, openai, openclip, hf");
   cmd->callback([o] {
-    const auto ckpt = io::load_checkpoint(o->path);
+    const auto ckpt = io::load_checkpoint(o->path, {.headers_only = true});  // no tensor data is read
     std::optional<vision::Family> fam;
     if (!o->family.empty()) fam = vision::parse_family(o->family);
     const auto j = describe(ckpt, fam, o->config.empty() ? nlohmann::json() : vision::read_config_file(o->config));

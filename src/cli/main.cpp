@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   app.parse_complete_callback([&] { configure_threads(threads); });
 
   add_info(app);
+  add_convert(app);
   add_encode_image(app);
   add_encode_text(app);
   add_tokenize(app);

@@ -17,6 +17,12 @@ inline at::Tensor empty_tensor(at::IntArrayRef shape, at::ScalarType dtype) {
                                              c10::nullopt, c10::nullopt);
 }
 
+// A tensor with a shape and dtype but no data (device meta): what headers-only loading returns.
+inline at::Tensor meta_tensor(at::IntArrayRef shape, at::ScalarType dtype) {
+  return at::_ops::empty_memory_format::call(c10::fromIntArrayRef(shape), dtype, c10::nullopt, at::Device(at::kMeta),
+                                             c10::nullopt, c10::nullopt);
+}
+
 inline at::Tensor zeros_tensor(at::IntArrayRef shape, at::ScalarType dtype) { return empty_tensor(shape, dtype).zero_(); }
 
 }  // namespace iadgpt::io

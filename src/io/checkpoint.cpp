@@ -43,7 +43,7 @@ void merge_into(TensorMap& all, TensorMap&& part, const std::filesystem::path& f
 // *.index.json: {"metadata": ..., "weight_map": {tensor: shard file}}. Every shard is loaded
 // once; every key of the index must be in the shard it names.
 TensorMap load_sharded(const std::filesystem::path& index_path, bool safetensors,
-                       std::map<std::string, std::string>* metadata) {
+                       std::map<std::string, std::string>* metadata, const LoadOptions& options) {
   auto index = read_json(index_path);
   auto wm = index.find("weight_map");
   if (!index.is_object() || wm == index.end() || !wm->is_object())
@@ -63,9 +63,10 @@ TensorMap load_sharded(const std::filesystem::path& index_path, bool safetensors
     if (!std::filesystem::exists(shard_path))
       throw InputError(fmt::format("{}: shard '{}' named in the index is missing (needed for '{}')", index_path.string(), file,
                                    keys.front()));
-    TensorMap part = safetensors ? load_safetensors(shard_path, metadata) : load_torch_zip(shard_path);
+    TensorMap part = safetensors ? load_safetensors(shard_path, metadata) : load_torch_zip(shard_path, nullptr, options);
+    apply_load_options(part, options);  // one shard at a time: converted before the next is read
     for (const auto& k : keys)
-      if (!part.count(k))
+      if (!part.count(k) && (!options.keys || options.keys(k)))
         throw InputError(fmt::format("{}: tensor '{}' listed in {} is missing from the shard", shard_path.string(), k,
                                      index_path.filename().string()));
     merge_into(all, std::move(part), shard_path);
@@ -73,7 +74,7 @@ TensorMap load_sharded(const std::filesystem::path& index_path, bool safetensors
   return all;
 }
 
-Checkpoint load_hf_dir(const std::filesystem::path& dir) {
+Checkpoint load_hf_dir(const std::filesystem::path& dir, const LoadOptions& options) {
   Checkpoint ck;
   ck.path = dir;
   ck.format = Format::HuggingFaceDir;
@@ -81,11 +82,11 @@ Checkpoint load_hf_dir(const std::filesystem::path& dir) {
   if (std::filesystem::exists(dir / "model.safetensors")) {
     ck.tensors = load_safetensors(dir / "model.safetensors", &ck.metadata);
   } else if (std::filesystem::exists(dir / "model.safetensors.index.json")) {
-    ck.tensors = load_sharded(dir / "model.safetensors.index.json", true, &ck.metadata);
+    ck.tensors = load_sharded(dir / "model.safetensors.index.json", true, &ck.metadata, options);
   } else if (std::filesystem::exists(dir / "pytorch_model.bin")) {
-    ck.tensors = load_torch_zip(dir / "pytorch_model.bin");
+    ck.tensors = load_torch_zip(dir / "pytorch_model.bin", nullptr, options);
   } else if (std::filesystem::exists(dir / "pytorch_model.bin.index.json")) {
-    ck.tensors = load_sharded(dir / "pytorch_model.bin.index.json", false, nullptr);
+    ck.tensors = load_sharded(dir / "pytorch_model.bin.index.json", false, nullptr, options);
   } else {
     throw InputError(fmt::format(
         "{}: directory has no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
@@ -120,6 +121,16 @@ void convert_floats(TensorMap& tensors, at::ScalarType dtype) {
     if (t.is_floating_point() && t.scalar_type() != dtype) t = t.to(dtype);
 }
 
+void apply_load_options(TensorMap& tensors, const LoadOptions& options) {
+  if (options.keys) std::erase_if(tensors, [&](const auto& kv) { return !options.keys(kv.first); });
+  if (options.headers_only) {
+    for (auto& [name, t] : tensors)
+      if (!t.is_meta()) t = meta_tensor(t.sizes(), t.scalar_type());
+  } else if (options.float_dtype) {
+    convert_floats(tensors, *options.float_dtype);
+  }
+}
+
 Checkpoint load_checkpoint(const std::filesystem::path& path, const LoadOptions& options) {
   Checkpoint ck;
   const auto name = path.filename().string();
@@ -127,14 +138,13 @@ Checkpoint load_checkpoint(const std::filesystem::path& path, const LoadOptions&
     // A shard index named directly: the same as its directory, without guessing the layout.
     ck.format = Format::HuggingFaceDir;
     if (std::filesystem::exists(path.parent_path() / "config.json")) ck.hf_config = read_json(path.parent_path() / "config.json");
-    ck.tensors = load_sharded(path, name.find("safetensors") != std::string::npos, &ck.metadata);
+    ck.tensors = load_sharded(path, name.find("safetensors") != std::string::npos, &ck.metadata, options);
     ck.path = path;
-    if (options.float_dtype) convert_floats(ck.tensors, *options.float_dtype);
     return ck;
   }
   switch (detect_format(path)) {
     case Format::HuggingFaceDir:
-      ck = load_hf_dir(path);
+      ck = load_hf_dir(path, options);
       break;
     case Format::Safetensors:
       ck.format = Format::Safetensors;
@@ -143,13 +153,13 @@ Checkpoint load_checkpoint(const std::filesystem::path& path, const LoadOptions&
     case Format::TorchZip:
     case Format::TorchScript: {
       bool torchscript = false;
-      ck.tensors = load_torch_zip(path, &torchscript);
+      ck.tensors = load_torch_zip(path, &torchscript, options);
       ck.format = torchscript ? Format::TorchScript : Format::TorchZip;
       break;
     }
   }
   ck.path = path;
-  if (options.float_dtype) convert_floats(ck.tensors, *options.float_dtype);
+  apply_load_options(ck.tensors, options);  // safetensors: views of the mapping until converted
   return ck;
 }
 

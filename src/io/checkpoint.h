@@ -10,7 +10,8 @@
 // (config.json + model.safetensors | model.safetensors.index.json shards | pytorch_model*.bin).
 // All errors are iadgpt::InputError naming the file and, where there is one, the key.
 // Thread-safety: functions are re-entrant; returned tensors own (or share) their memory.
-// Memory: safetensors tensors are zero-copy views of a private (copy-on-write) mmap of the file,
+// Memory: PyTorch zips are read lazily (LoadOptions::keys / float_dtype / headers_only), record
+// by record. Safetensors tensors are zero-copy views of a private (copy-on-write) mmap of the file,
 // kept alive by the tensors' deleters; PyTorch zip tensors view the storage records read from
 // the archive (tensors that shared a storage in Python share it here too). Use .clone() if
 // you need an independent buffer; float_dtype conversion always copies.
@@ -20,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -44,6 +46,12 @@ struct Checkpoint {
 struct LoadOptions {
   // Convert every floating tensor to this dtype on load (integer tensors are kept).
   std::optional<at::ScalarType> float_dtype;
+  // Only the keys this returns true for are loaded (empty: all). From a PyTorch zip the other
+  // records are never read; each wanted one is read and converted before the next.
+  std::function<bool(const std::string&)> keys;
+  // Shapes and dtypes only: tensors on the meta device, no tensor data read (float_dtype is
+  // ignored, the stored dtypes are reported). What `info` and config inference need.
+  bool headers_only = false;
 };
 
 // Reads any supported layout; the format is detected from the content, not the extension.
@@ -53,13 +61,18 @@ Checkpoint load_checkpoint(const std::filesystem::path& path, const LoadOptions&
 TensorMap load_safetensors(const std::filesystem::path& path,
                            std::map<std::string, std::string>* metadata = nullptr);
 // `torchscript` (optional) is set when data.pkl was a TorchScript module tree rather than a dict.
-TensorMap load_torch_zip(const std::filesystem::path& path, bool* torchscript = nullptr);
+// Lazy: the central directory and data.pkl are read first, then only the records `options` wants.
+TensorMap load_torch_zip(const std::filesystem::path& path, bool* torchscript = nullptr, const LoadOptions& options = {});
 
 // The format load_checkpoint would use; throws InputError for legacy pickles and unknown files.
 Format detect_format(const std::filesystem::path& path);
 
 // Casts every floating tensor to `dtype` (integer and bool tensors are kept).
 void convert_floats(TensorMap& tensors, at::ScalarType dtype);
+
+// Applies `options` to an already loaded map: drops unwanted keys, then meta tensors for
+// headers_only, else converts floats. (load_checkpoint does this for every format.)
+void apply_load_options(TensorMap& tensors, const LoadOptions& options);
 
 // Writes a safetensors file (F32/F16/BF16/I64/I32/U8/BOOL); tensors are made contiguous.
 void save_safetensors(const std::filesystem::path& path, const TensorMap& tensors,

@@ -1,14 +1,17 @@
-// PyTorch zip checkpoints (torch.save since 1.6, TorchScript archives): the zip is read by
-// libtorch's PyTorchStreamReader, data.pkl by our restricted unpickler (io/pickle.h).
-#include <caffe2/serialize/file_adapter.h>
-#include <caffe2/serialize/inline_container.h>
-
+// PyTorch zip checkpoints (torch.save since 1.6, TorchScript archives), read lazily: the zip's
+// central directory and data.pkl are read first (no tensor data), data.pkl is interpreted by the
+// restricted unpickler (io/pickle.h) over data-less meta storages, and then only the storage
+// records of the wanted keys are read, one at a time, each converted to the target dtype at once
+// so that the stored (fp32) copy is freed before the next record is read.
 #include <cstring>
+#include <unordered_map>
+#include <vector>
 
 #include <fmt/format.h>
 
 #include "io/checkpoint.h"
 #include "io/pickle.h"
+#include "io/zip_archive.h"
 
 namespace iadgpt::io {
 
@@ -22,79 +25,108 @@ bool plain_key(const std::string& key) {
   return true;
 }
 
-// Bounds-checked in-memory reader (libtorch's MemoryReadAdapter trusts every position).
-class SpanReadAdapter final : public caffe2::serialize::ReadAdapterInterface {
- public:
-  explicit SpanReadAdapter(std::span<const uint8_t> bytes) : bytes_(bytes) {}
-  size_t size() const override { return bytes_.size(); }
-  size_t read(uint64_t pos, void* buf, size_t n, const char*) const override {
-    if (pos >= bytes_.size()) return 0;
-    n = std::min<uint64_t>(n, bytes_.size() - pos);
-    std::memcpy(buf, bytes_.data() + pos, n);
-    return n;
-  }
+// data.pkl of a 7B state dict is well under 1 MB; the cap only bounds a hostile directory entry.
+constexpr size_t kMaxPickle = size_t{1} << 30;
 
- private:
-  std::span<const uint8_t> bytes_;
+// The archive with its pickle interpreted: every tensor as a meta view (shape, strides, offset,
+// dtype) plus the storage record each one views.
+struct IndexedArchive {
+  ZipArchive zip;
+  std::map<std::string, at::Tensor> views;                           // name -> meta view
+  std::unordered_map<const c10::StorageImpl*, std::string> storage_of;  // meta storage -> key
+  bool torchscript = false;
 };
 
-TensorMap read_archive(std::shared_ptr<caffe2::serialize::ReadAdapterInterface> adapter, const std::string& what,
-                       bool* torchscript) {
-  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
-  try {
-    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(std::move(adapter));
-  } catch (const c10::Error& e) {
-    throw InputError(fmt::format("{}: not a readable PyTorch zip archive: {}", what, e.what_without_backtrace()));
+IndexedArchive index_archive(std::shared_ptr<ByteSource> source, const std::string& what) {
+  IndexedArchive a{.zip = ZipArchive(std::move(source), what)};
+  if (a.zip.find("byteorder")) {
+    const auto order = a.zip.read_string("byteorder", 64);
+    if (order != "little") throw InputError(fmt::format("{}: byteorder '{}' is not supported (little-endian only)", what, order));
   }
-  try {
-    // PyTorchStreamReader strips the top folder (archive/, pytorch_model/, ...) from names.
-    if (!reader->hasRecord("data.pkl"))
-      throw InputError(fmt::format("{}: PyTorch zip archive has no data.pkl record", what));
-    if (reader->hasRecord("byteorder")) {
-      auto [ptr, n] = reader->getRecord("byteorder");
-      std::string order(static_cast<const char*>(ptr.get()), n);
-      if (order != "little") throw InputError(fmt::format("{}: byteorder '{}' is not supported (little-endian only)", what, order));
-    }
-    auto [pkl, pkl_size] = reader->getRecord("data.pkl");
+  const auto pkl = a.zip.read_string("data.pkl", kMaxPickle);
+  StorageLoader meta = [&](const std::string& key, at::ScalarType dtype, int64_t numel) {
+    if (!plain_key(key)) throw InputError(fmt::format("{}: storage key '{}' is not a plain name", what, key));
+    const std::string record = "data/" + key;
+    const ZipEntry* e = a.zip.find(record);
+    if (!e) throw InputError(fmt::format("{}: storage record '{}' is missing", what, record));
+    const auto itemsize = static_cast<int64_t>(c10::elementSize(dtype));
+    const auto have = static_cast<int64_t>(std::min<uint64_t>(e->size / static_cast<uint64_t>(itemsize), INT64_MAX));
+    if (numel > have)
+      throw InputError(fmt::format("{}: storage record '{}' holds {} bytes, the pickle needs {} x {} bytes", what, record, e->size,
+                                   numel, itemsize));
+    auto t = meta_tensor({have}, dtype);
+    a.storage_of[t.storage().unsafeGetStorageImpl()] = key;
+    return t;
+  };
+  auto result = unpickle_tensors({reinterpret_cast<const uint8_t*>(pkl.data()), pkl.size()}, meta, what);
+  a.views = std::move(result.tensors);
+  a.torchscript = result.torchscript;
+  return a;
+}
 
-    StorageLoader load = [&](const std::string& key, at::ScalarType dtype, int64_t numel) {
-      if (!plain_key(key)) throw InputError(fmt::format("{}: storage key '{}' is not a plain name", what, key));
-      const std::string record = "data/" + key;
-      if (!reader->hasRecord(record)) throw InputError(fmt::format("{}: storage record '{}' is missing", what, record));
-      auto [data, nbytes] = reader->getRecord(record);
-      const auto itemsize = static_cast<int64_t>(c10::elementSize(dtype));
-      if (numel > static_cast<int64_t>(nbytes) / itemsize)
-        throw InputError(fmt::format("{}: storage record '{}' holds {} bytes, the pickle needs {} x {} bytes", what, record,
-                                     nbytes, numel, itemsize));
-      // The tensor owns the record buffer (64-byte aligned by libtorch's allocator).
-      auto owner = std::make_shared<at::DataPtr>(std::move(data));
-      void* p = owner->get();
-      const int64_t have = static_cast<int64_t>(nbytes) / itemsize;
-      if (have == 0) return empty_tensor({0}, dtype);
-      return at::from_blob(p, {have}, [owner](void*) {}, at::TensorOptions().dtype(dtype));
-    };
-    auto result = unpickle_tensors(std::span<const uint8_t>(static_cast<const uint8_t*>(pkl.get()), pkl_size), load, what);
-    if (torchscript) *torchscript = result.torchscript;
-    return std::move(result.tensors);
-  } catch (const c10::Error& e) {
-    throw InputError(fmt::format("{}: corrupt PyTorch zip archive: {}", what, e.what_without_backtrace()));
+// The whole storage record `key` as a 1-D CPU tensor of `dtype` (CRC-checked by the reader).
+// With `scratch`, the record is read into that reused buffer and the tensor only views it: for
+// a record converted at once, this saves faulting in fresh pages for every fp32 copy.
+at::Tensor read_storage(const ZipArchive& zip, const std::string& key, at::ScalarType dtype, const std::string& tensor,
+                        std::vector<uint8_t>* scratch = nullptr) {
+  const std::string record = "data/" + key;
+  const ZipEntry* e = zip.find(record);  // present: index_archive checked it
+  const auto itemsize = static_cast<uint64_t>(c10::elementSize(dtype));
+  const auto numel = static_cast<int64_t>(e->size / itemsize);
+  const auto context = fmt::format("tensor '{}'", tensor);
+  zip.locate(*e, record, context);  // before allocating what the directory claims
+  if (scratch) {
+    // Sized for the largest record so far, in multiples of 8 bytes: aligned for every dtype.
+    if (scratch->size() < e->size) scratch->resize((e->size + 7) / 8 * 8);
+    zip.read(*e, record, {scratch->data(), e->size}, context);
+    return at::from_blob(scratch->data(), {numel}, at::TensorOptions().dtype(dtype));
   }
+  auto buffer = empty_tensor({static_cast<int64_t>((e->size + itemsize - 1) / itemsize)}, dtype);
+  zip.read(*e, record, {static_cast<uint8_t*>(buffer.data_ptr()), e->size}, context);
+  return buffer.narrow(0, 0, numel);
+}
+
+// Reads the wanted tensors of an indexed archive. Without conversion, tensors that shared a
+// storage in Python share one buffer here; with conversion each tensor is read, converted and
+// its stored copy freed before the next one (peak: the converted model + one record).
+TensorMap read_tensors(const IndexedArchive& a, const LoadOptions& o) {
+  TensorMap out;
+  std::map<std::string, at::Tensor> buffers;  // storage key -> buffer, unconverted tensors only
+  std::vector<uint8_t> scratch;               // the stored copy of the record being converted
+  for (const auto& [name, view] : a.views) {
+    if (o.keys && !o.keys(name)) continue;
+    if (o.headers_only) {
+      out.emplace(name, view);
+      continue;
+    }
+    const std::string& key = a.storage_of.at(view.storage().unsafeGetStorageImpl());
+    const bool convert = o.float_dtype && view.is_floating_point() && view.scalar_type() != *o.float_dtype;
+    at::Tensor buffer;
+    if (convert) {
+      buffer = read_storage(a.zip, key, view.scalar_type(), name, &scratch);
+    } else if (auto it = buffers.find(key); it != buffers.end()) {
+      buffer = it->second;
+    } else {
+      buffer = buffers.emplace(key, read_storage(a.zip, key, view.scalar_type(), name)).first->second;
+    }
+    auto t = buffer.as_strided(view.sizes(), view.strides(), view.storage_offset());
+    out.emplace(name, convert ? t.to(*o.float_dtype) : t);  // .to copies: nothing keeps viewing scratch
+  }
+  return out;
 }
 
 }  // namespace
 
-TensorMap load_torch_zip(const std::filesystem::path& path, bool* torchscript) {
-  std::shared_ptr<caffe2::serialize::ReadAdapterInterface> adapter;
-  try {
-    adapter = std::make_shared<caffe2::serialize::FileAdapter>(path.string());
-  } catch (const c10::Error& e) {
-    throw InputError(fmt::format("{}: cannot open: {}", path.string(), e.what_without_backtrace()));
-  }
-  return read_archive(std::move(adapter), path.string(), torchscript);
+TensorMap load_torch_zip(const std::filesystem::path& path, bool* torchscript, const LoadOptions& options) {
+  const auto a = index_archive(ByteSource::file(path), path.string());
+  if (torchscript) *torchscript = a.torchscript;
+  return read_tensors(a, options);
 }
 
 TensorMap load_torch_zip_bytes(std::span<const uint8_t> bytes, std::string_view what, bool* torchscript) {
-  return read_archive(std::make_shared<SpanReadAdapter>(bytes), std::string(what), torchscript);
+  const auto a = index_archive(ByteSource::memory(bytes), std::string(what));
+  if (torchscript) *torchscript = a.torchscript;
+  return read_tensors(a, {});
 }
 
 }  // namespace iadgpt::io

@@ -226,7 +226,7 @@ void validate_bundle(const Bundle& b) {
 
   vision::VisionOptions vopt;
   vopt.config = b.vision_config;
-  const auto vcfg = vision::infer_vit_config(io::load_checkpoint(b.vision), vopt);
+  const auto vcfg = vision::infer_vit_config(io::load_checkpoint(b.vision, {.headers_only = true}), vopt);
   const int64_t layers = b.taps.empty() ? static_cast<int64_t>(vcfg.default_taps().size()) : static_cast<int64_t>(b.taps.size());
   for (auto t : b.taps)
     if (t >= vcfg.layers)

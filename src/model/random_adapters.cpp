@@ -19,7 +19,7 @@ void init_random_adapters(Bundle& bundle, uint64_t seed, const std::vector<std::
       throw InputError(fmt::format("unknown adapter '{}' (expected decoder, tge or mmf)", p));
   vision::VisionOptions vopt;
   vopt.config = bundle.vision_config;
-  const auto vcfg = vision::infer_vit_config(io::load_checkpoint(bundle.vision), vopt);
+  const auto vcfg = vision::infer_vit_config(io::load_checkpoint(bundle.vision, {.headers_only = true}), vopt);
   const auto hidden = llm::LlamaConfig::from_file(bundle.llm / "config.json").hidden_size;
   const int64_t layers = bundle.taps.empty() ? static_cast<int64_t>(vcfg.default_taps().size())
                                              : static_cast<int64_t>(bundle.taps.size());

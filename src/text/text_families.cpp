@@ -448,8 +448,22 @@ TextTower load_text_tower(const io::Checkpoint& ckpt, const TextLoadOptions& opt
   return tower;
 }
 
+namespace {
+// ImageBind files hold six modalities as modality_{preprocessors,trunks,heads,postprocessors}.<m>.*;
+// the text tower needs only m == text, and a lazy zip read then skips the other ~3.4 GB. (Other
+// families' vision keys are kept: family detection looks at them.)
+bool other_imagebind_modality(const std::string& key) {
+  if (!key.starts_with("modality_")) return false;
+  const auto a = key.find('.');
+  if (a == std::string::npos) return false;
+  const auto b = key.find('.', a + 1);
+  return key.compare(a + 1, b == std::string::npos ? std::string::npos : b - a - 1, "text") != 0;
+}
+}  // namespace
+
 TextTower load_text_tower(const std::filesystem::path& path, const TextLoadOptions& options) {
-  return load_text_tower(io::load_checkpoint(path), options);
+  return load_text_tower(io::load_checkpoint(path, {.keys = [](const std::string& k) { return !other_imagebind_modality(k); }}),
+                         options);
 }
 
 }  // namespace iadgpt::text

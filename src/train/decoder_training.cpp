@@ -32,7 +32,7 @@ FrozenEncoder load_encoder(const std::filesystem::path& checkpoint, const std::o
                            std::vector<int64_t> taps) {
   vision::VisionOptions options;
   options.config = config;
-  FrozenEncoder encoder{vision::load_vision(io::load_checkpoint(checkpoint), options), std::move(taps)};
+  FrozenEncoder encoder{vision::load_vision(checkpoint, options), std::move(taps)};
   if (encoder.taps.empty()) encoder.taps = encoder.model.config.default_taps();
   for (auto t : encoder.taps) {
     if (t < 0 || t >= encoder.model.config.layers) {

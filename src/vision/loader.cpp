@@ -336,6 +336,51 @@ VisionModel load_vision(const io::Checkpoint& ckpt, const VisionOptions& o) {
   return m;
 }
 
+VisionKeys vision_keys(const io::Checkpoint& headers, const VisionOptions& o) {
+  VisionKeys k{.config = infer_vit_config(headers, o)};
+  const auto& map = key_map(k.config.family);
+  auto add = [&](const std::string& key, Fix fix) {
+    if (fix == Fix::ConcatQkv) {
+      for (const char* p : {"q", "k", "v"}) k.keys.insert(replace(key, "{qkv}", p));
+      return;
+    }
+    k.keys.insert(key);
+    if (fix == Fix::SumFrames) k.fp32_keys.insert(key);
+  };
+  for (const auto& r : map.top) {
+    if (!r.optional || headers.tensors.count(r.key)) add(r.key, r.fix);
+  }
+  for (int64_t i = 0; i < k.config.layers; ++i) {
+    for (const auto& r : map.block) add(block_key(r.key, i), r.fix);
+  }
+  return k;
+}
+
+io::Checkpoint read_vision_tensors(const std::filesystem::path& path, const VisionOptions& o, VitConfig* config) {
+  const auto headers = io::load_checkpoint(path, {.headers_only = true});
+  const auto wanted = vision_keys(headers, o);
+  auto ckpt = io::load_checkpoint(path, {.float_dtype = o.dtype, .keys = [&](const std::string& key) {
+                                           return (wanted.keys.count(key) && !wanted.fp32_keys.count(key)) ||
+                                                  key == "input_resolution";
+                                         }});
+  if (!wanted.fp32_keys.empty()) {
+    auto fp32 = io::load_checkpoint(path, {.float_dtype = torch::kFloat32,
+                                           .keys = [&](const std::string& key) { return wanted.fp32_keys.count(key) > 0; }});
+    ckpt.tensors.merge(fp32.tensors);
+  }
+  if (config) *config = wanted.config;
+  return ckpt;
+}
+
+VisionModel load_vision(const std::filesystem::path& path, const VisionOptions& o) {
+  VitConfig config;
+  const auto ckpt = read_vision_tensors(path, o, &config);
+  // The family detected on all headers: a filtered map may lack a hint (file name, TorchScript).
+  VisionOptions with_family = o;
+  with_family.family = config.family;
+  return load_vision(ckpt, with_family);
+}
+
 nlohmann::json read_config_file(const std::filesystem::path& path) {
   std::ifstream in(path);
   if (!in) throw InputError(fmt::format("{}: cannot open config file", path.string()));

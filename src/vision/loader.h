@@ -2,8 +2,9 @@
 // hyper-parameters from tensor shapes (and config.json where shapes cannot tell, e.g. heads),
 // then fill VitWeights through the family's key-map table, checking every shape first.
 //
-//   auto ckpt = iadgpt::io::load_checkpoint("imagebind_huge.pth");
-//   auto model = iadgpt::vision::load_vision(ckpt, {.dtype = torch::kBFloat16});
+//   auto model = iadgpt::vision::load_vision("imagebind_huge.pth", {.dtype = torch::kBFloat16});  // lazy
+//   auto ckpt = iadgpt::io::load_checkpoint("imagebind_huge.pth");   // or from a loaded checkpoint
+//   auto model2 = iadgpt::vision::load_vision(ckpt, {.dtype = torch::kBFloat16});
 //
 // Keys of other modalities (text, audio, depth, thermal, imu) and `log_logit_scale`,
 // `logit_scale`, `position_ids` are not read. Errors are InputError naming file and key.
@@ -14,6 +15,8 @@
 
 #include <filesystem>
 #include <optional>
+#include <set>
+#include <string>
 
 #include "io/checkpoint.h"
 #include "vision/family.h"
@@ -33,8 +36,31 @@ struct VisionModel {
 };
 
 // Hyper-parameters from shapes and config; InputError when the checkpoint does not fit the family.
+// Works on a headers-only checkpoint (io::LoadOptions::headers_only): only shapes are read.
 VitConfig infer_vit_config(const io::Checkpoint& ckpt, const VisionOptions& options = {});
 VisionModel load_vision(const io::Checkpoint& ckpt, const VisionOptions& options = {});
+
+// The checkpoint keys the vision tower reads, for the config inferred from `headers`, and among
+// them those read in fp32 whatever the dtype (ImageBind's stem: its two frames are summed in
+// fp32, so that a bf16 model rounds once).
+struct VisionKeys {
+  VitConfig config;
+  std::set<std::string> keys;
+  std::set<std::string> fp32_keys;
+};
+VisionKeys vision_keys(const io::Checkpoint& headers, const VisionOptions& options = {});
+
+// The vision tower's tensors of a file under their checkpoint names, read one at a time and
+// converted to options.dtype as each is read (a .pth of all modalities is never held in fp32),
+// except fp32_keys, kept in fp32; plus the family hint `input_resolution` when present (so a
+// file written from them is detected as the same family). `config` (optional) receives the
+// tower's config. What `iadgpt convert --keys vision` writes.
+io::Checkpoint read_vision_tensors(const std::filesystem::path& path, const VisionOptions& options = {},
+                                   VitConfig* config = nullptr);
+
+// load_vision from a file through read_vision_tensors. Same result as
+// load_vision(io::load_checkpoint(path), options), without reading the other modalities.
+VisionModel load_vision(const std::filesystem::path& path, const VisionOptions& options = {});
 
 // Reads a --config JSON file; InputError naming the file when it cannot be read or parsed.
 nlohmann::json read_config_file(const std::filesystem::path& path);

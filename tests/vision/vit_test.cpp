@@ -101,6 +101,39 @@ INSTANTIATE_TEST_SUITE_P(AllLayouts, OpenAiLayouts,
                                            std::pair{"openai_clip_tiny.pth", Family::OpenAiClip},
                                            std::pair{"hf", Family::HfClip}));
 
+// load_vision(path) reads only the vision keys of the file (lazily from a zip, family detected
+// on all headers: the OpenAI TorchScript archive's hint is the archive itself). Same upstream
+// references and tolerances as above.
+TEST(VitFromFile, OnlyVisionKeysReadAndUpstreamOutputsMatch) {
+  struct Case {
+    std::string file;
+    VisionOptions options;
+    const io::TensorMap* ref;
+    const char *block1, *block3, *head, *embeds;
+  };
+  const std::vector<Case> cases = {
+      {"imagebind_tiny/imagebind_tiny.pth", imagebind_options(), &imagebind_ref(), "vision_block1", "vision_block3",
+       "vision_head", "vision_embeds"},
+      {"openai_clip_tiny/openai_clip_tiny.pt", {}, &openai_ref(), "vision_block1", "vision_block3", "image_embeds",
+       "image_embeds_normalized"},
+  };
+  for (const auto& c : cases) {
+    VitConfig config;
+    const auto read = read_vision_tensors(test::fixture(c.file), c.options, &config);
+    for (const auto& [k, v] : read.tensors)
+      EXPECT_TRUE(k.find("vision") != std::string::npos || k.starts_with("visual.") || k == "input_resolution") << k;
+    const auto model = load_vision(test::fixture(c.file), c.options);
+    EXPECT_EQ(model.config.family, config.family) << c.file;
+    const auto& ref = *c.ref;
+    const std::vector<int64_t> taps = {1, 3};
+    const auto out = vit_forward(model.weights, model.config, ref.at("pixel_values"), taps);
+    EXPECT_LE(max_abs(out.taps[0], ref.at(c.block1)), kTapTol) << c.file;
+    EXPECT_LE(max_abs(out.taps[1], ref.at(c.block3)), kTapTol) << c.file;
+    EXPECT_LE(max_abs(out.embedding_raw, ref.at(c.head)), kRawTol) << c.file;
+    EXPECT_LE(max_abs(out.embedding, ref.at(c.embeds)), kNormTol) << c.file;
+  }
+}
+
 // From the PNG files through our preprocessing: bit-identical pixel values (tests/image), so
 // the fp32 tolerance applies unchanged.
 TEST(VitEndToEnd, PngThroughPreprocessingMatchesUpstream) {

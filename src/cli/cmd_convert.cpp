@@ -1,0 +1,53 @@
+// `iadgpt convert --in CHECKPOINT --out FILE.safetensors [--dtype bf16|f32] [--keys vision|all]`:
+// rewrites a downloaded checkpoint as safetensors, which every command memory-maps (no parse,
+// no copy, no conversion at load). Tensors are read one at a time and converted as read.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "io/checkpoint.h"
+#include "io/error.h"
+#include "vision/loader.h"
+
+namespace iadgpt::cli {
+
+void add_convert(CLI::App& app) {
+  struct Opts {
+    std::string in, out, dtype = "bf16", keys = "vision", config, family;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("convert", "Rewrite a checkpoint (.pth/.pt/.bin, HF directory) as safetensors");
+  cmd->add_option("--in", o->in, "Checkpoint file or Hugging Face directory")->required();
+  cmd->add_option("--out", o->out, "Output .safetensors file (written atomically)")->required();
+  cmd->add_option("--dtype", o->dtype, "Floating tensors as bf16 or f32 (integer tensors are kept)")
+      ->check(CLI::IsMember({"bf16", "f32", "fp32"}));
+  cmd->add_option("--keys", o->keys,
+                  "vision: only the vision tower's tensors (upstream names; ImageBind's stem stays fp32); all: every tensor "
+                  "(an LLM)")
+      ->check(CLI::IsMember({"vision", "all"}));
+  cmd->add_option("--config", o->config, "JSON config for the vision tower (as for encode-image)");
+  cmd->add_option("--family", o->family, "Override family detection: imagebind, openai, openclip, hf");
+  cmd->callback([o] {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto dtype = o->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+    io::Checkpoint ckpt;
+    if (o->keys == "vision") {
+      vision::VisionOptions vo{.dtype = dtype};
+      if (!o->family.empty()) vo.family = vision::parse_family(o->family);
+      if (!o->config.empty()) vo.config = vision::read_config_file(o->config);
+      ckpt = vision::read_vision_tensors(o->in, vo);
+    } else {
+      ckpt = io::load_checkpoint(o->in, {.float_dtype = dtype});
+    }
+    int64_t params = 0;
+    for (const auto& [k, t] : ckpt.tensors) params += t.numel();
+    io::save_safetensors(o->out, ckpt.tensors, {{"format", "pt"}});
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::cout << fmt::format("wrote {}: {} tensors, {} parameters, {} ({:.1f} s)\n", o->out, ckpt.tensors.size(), params,
+                             o->dtype, s);
+  });
+}
+
+}  // namespace iadgpt::cli
