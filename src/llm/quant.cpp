@@ -79,32 +79,40 @@ void dequant_row_bf16_scalar(const QuantMatrix& m, int64_t r, at::BFloat16* out)
 
 #ifdef IADGPT_QUANT_X86
 // 16 int32 values · s → 16 bf16 (vcvtneps2bf16 rounds to nearest even, as at::BFloat16(float)).
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void store16_bf16(__m512i v, __m512 s, at::BFloat16* out) {
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void store16_bf16(__m512i v, __m512 s, at::BFloat16* out) {
   const __m256bh h = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, v), s));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), reinterpret_cast<__m256i>(h));
 }
 
 // One row, one 32-element block at a time: the prefill's dequantization must cost little next to
-// the GEMM (README: measured).
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void dequant_row_bf16_avx512(const QuantMatrix& m, int64_t r,
+// the GEMM (README: measured). Pointers and the format are resolved once per row.
+template <QuantFormat F>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void dequant_row_bf16_avx512(const QuantMatrix& m, int64_t r,
                                                                                     at::BFloat16* out) {
   const int64_t cols = m.cols(), nb = cols / kQuantBlock;
   const auto* scale = m.scale.data_ptr<c10::Half>() + r * nb;
+  const auto* q = static_cast<const uint8_t*>(m.q.data_ptr()) + r * (F == QuantFormat::Q8 ? cols : cols / 2);
   const __m128i nib = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m512 s = _mm512_set1_ps(static_cast<float>(scale[b]));
-    __m128i lo, hi;  // elements 0..15 and 16..31 of the block as int8
-    if (m.format == QuantFormat::Q8) {
-      const auto* q = m.q.data_ptr<int8_t>() + r * cols + b * kQuantBlock;
-      lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-      hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16));
-    } else {
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(m.q.data_ptr<uint8_t>() + r * cols / 2 + b * 16));
-      lo = _mm_sub_epi8(_mm_and_si128(v, nib), eight);
-      hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), nib), eight);
+  for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+    // 16 scales at once (vcvtph2ps), then one per block from the stored vector.
+    const int64_t n = std::min<int64_t>(16, nb - b0);
+    alignas(64) float s16[16];
+    _mm512_store_ps(s16, _mm512_maskz_cvtph_ps(static_cast<__mmask16>((1u << n) - 1),
+                                               _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), scale + b0)));
+    for (int64_t b = b0; b < b0 + n; ++b) {
+      const __m512 s = _mm512_set1_ps(s16[b - b0]);
+      __m128i lo, hi;  // elements 0..15 and 16..31 of the block as int8
+      if constexpr (F == QuantFormat::Q8) {
+        lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + b * kQuantBlock));
+        hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + b * kQuantBlock + 16));
+      } else {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + b * 16));
+        lo = _mm_sub_epi8(_mm_and_si128(v, nib), eight);
+        hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), nib), eight);
+      }
+      store16_bf16(_mm512_maskz_cvtepi8_epi32(0xFFFF, lo), s, out + b * kQuantBlock);
+      store16_bf16(_mm512_maskz_cvtepi8_epi32(0xFFFF, hi), s, out + b * kQuantBlock + 16);
     }
-    store16_bf16(_mm512_maskz_cvtepi8_epi32(0xFFFF, lo), s, out + b * kQuantBlock);
-    store16_bf16(_mm512_maskz_cvtepi8_epi32(0xFFFF, hi), s, out + b * kQuantBlock + 16);
   }
 }
 #endif
@@ -176,7 +184,9 @@ void dequantize_rows_bf16(const QuantMatrix& m, int64_t r0, int64_t r1, at::BFlo
   const int64_t cols = m.cols();
   auto row_fn = &qfmt::dequant_row_bf16_scalar;
 #ifdef IADGPT_QUANT_X86
-  if (best_matvec_isa() == MatvecIsa::Avx512Bf16) row_fn = &qfmt::dequant_row_bf16_avx512;
+  if (best_matvec_isa() == MatvecIsa::Avx512Bf16)
+    row_fn = m.format == QuantFormat::Q8 ? &qfmt::dequant_row_bf16_avx512<QuantFormat::Q8>
+                                         : &qfmt::dequant_row_bf16_avx512<QuantFormat::Q4>;
 #endif
   at::parallel_for(r0, r1, std::max<int64_t>(1, (int64_t{1} << 15) / cols), [&](int64_t a, int64_t b) {
     for (int64_t r = a; r < b; ++r) row_fn(m, r, out + (r - r0) * cols);

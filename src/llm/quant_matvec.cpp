@@ -94,7 +94,8 @@ __attribute__((target("avx2,fma"))) float dot_row_q4_avx2(const uint8_t* q, cons
 }
 
 // ---- AVX-512 VNNI: 64 weights (two blocks) a step; vpdpbusd (u8 × s8, four products summed into
-// each int32 lane): lanes 0..7 hold block 2p, lanes 8..15 block 2p+1. The scales of 16 blocks are
+// each int32 lane): lanes 0..7 hold block 2p, lanes 8..15 block 2p+1. Weights enter as unsigned
+// q + 128 (q8) or q + 8 (q4); the per-block offset · Σx is subtracted once per 16 blocks. The scales of 16 blocks are
 // converted at once; vpermps spreads the two blocks' scales over their lanes. ----
 
 __attribute__((target("avx512f"))) inline float hsum16_q(__m512 v) {
@@ -117,9 +118,10 @@ template <QuantFormat F>
 IADGPT_VNNI_TARGET inline __m512i dot_pair(const uint8_t* q, const int8_t* xq, bool full) {
   const __m512i xv = full ? _mm512_loadu_si512(xq) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, xq);
   if constexpr (F == QuantFormat::Q8) {
+    // q + 128 (flipping the sign bit) is unsigned, as vpdpbusd wants; 128 · Σx is subtracted per
+    // block (as q4's 8 · Σx). One instruction, where |w| and x with w's sign took three.
     const __m512i w = full ? _mm512_loadu_si512(q) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, q);
-    const __m512i sx = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(w), _mm512_setzero_si512(), xv);
-    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), sx);
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(w, _mm512_set1_epi8(-128)), xv);
   } else {
     const __m256i v = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)) : _mm256_maskz_loadu_epi8(0xFFFF, q);
     const __m256i nib = _mm256_set1_epi8(0x0F);
@@ -134,20 +136,33 @@ template <QuantFormat F>
 IADGPT_VNNI_TARGET float dot_row_avx512(const uint8_t* q, const c10::Half* scale, const QuantizedInput& x, int64_t nb) {
   constexpr int64_t kRowBytesPerBlock = F == QuantFormat::Q8 ? kQuantBlock : kQuantBlock / 2;
   const __m512i pair_base = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  __m512i idx[8];  // pair p takes the scales of blocks 2p (lanes 0..7) and 2p+1 (lanes 8..15)
+  for (int p = 0; p < 8; ++p) idx[p] = _mm512_add_epi32(pair_base, _mm512_set1_epi32(2 * p));
   __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, offset = acc0;
   for (int64_t b = 0; b < nb; b += 16) {
     const int64_t n = std::min<int64_t>(16, nb - b);
     const auto mask = static_cast<__mmask16>((1u << n) - 1);
     const __m512 d = _mm512_mul_ps(_mm512_maskz_cvtph_ps(mask, _mm256_maskz_loadu_epi16(mask, scale + b)),
                                    _mm512_maskz_loadu_ps(mask, x.scale + b));
-    if constexpr (F == QuantFormat::Q4) offset = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(mask, x.offset + b), offset);
-    for (int64_t p = 0; 2 * p < n; ++p) {
-      const int64_t blk = b + 2 * p;
-      const __m512i dot = dot_pair<F>(q + blk * kRowBytesPerBlock, x.q + blk * kQuantBlock, 2 * p + 1 < n);
-      const __m512 dp = _mm512_maskz_permutexvar_ps(0xFFFF, _mm512_add_epi32(pair_base, _mm512_set1_epi32(static_cast<int>(2 * p))), d);
-      // Two accumulators, so consecutive pairs do not wait on one FMA chain.
-      if (p & 1) acc1 = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, dot), dp, acc1);
-      else acc0 = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, dot), dp, acc0);
+    // x.offset is 8 · Σq: the q4 offset; q8's 128 · Σq is 16 times it (an exact power of two).
+    const __m512 off_scale = _mm512_set1_ps(F == QuantFormat::Q8 ? 16.0f : 1.0f);
+    offset = _mm512_fmadd_ps(_mm512_mul_ps(d, off_scale), _mm512_maskz_loadu_ps(mask, x.offset + b), offset);
+    // Two accumulators, so consecutive pairs do not wait on one FMA chain. Full groups unrolled.
+    if (n == 16) {
+#pragma GCC unroll 8
+      for (int64_t p = 0; p < 8; ++p) {
+        const __m512 dot = _mm512_maskz_cvtepi32_ps(0xFFFF, dot_pair<F>(q + (b + 2 * p) * kRowBytesPerBlock,
+                                                                          x.q + (b + 2 * p) * kQuantBlock, true));
+        const __m512 dp = _mm512_maskz_permutexvar_ps(0xFFFF, idx[p], d);
+        if (p & 1) acc1 = _mm512_fmadd_ps(dot, dp, acc1);
+        else acc0 = _mm512_fmadd_ps(dot, dp, acc0);
+      }
+    } else {
+      for (int64_t p = 0; 2 * p < n; ++p) {
+        const __m512 dot = _mm512_maskz_cvtepi32_ps(0xFFFF, dot_pair<F>(q + (b + 2 * p) * kRowBytesPerBlock,
+                                                                          x.q + (b + 2 * p) * kQuantBlock, 2 * p + 1 < n));
+        acc0 = _mm512_fmadd_ps(dot, _mm512_maskz_permutexvar_ps(0xFFFF, idx[p], d), acc0);
+      }
     }
   }
   return hsum16_q(_mm512_sub_ps(_mm512_add_ps(acc0, acc1), offset));
@@ -172,10 +187,12 @@ void quantize_input(const float* x, const QuantizedInput& out) {
     const float* xb = x + b * kQuantBlock;
     float amax = 0.0f;
     for (int64_t i = 0; i < kQuantBlock; ++i) amax = std::max(amax, std::fabs(xb[i]));
-    const float s = amax / 127.0f;
+    const float s = amax / 127.0f, inv = s == 0.0f ? 0.0f : 127.0f / amax;
     int32_t sum = 0;
     for (int64_t i = 0; i < kQuantBlock; ++i) {
-      const int v = s == 0.0f ? 0 : std::clamp(static_cast<int>(std::nearbyint(xb[i] / s)), -127, 127);
+      // x · (127 / max) rather than x / s: one division per block, not per element (once per
+      // matrix and token, single-threaded); |x − s·q| ≤ s/2 up to fp32 rounding either way.
+      const int v = std::clamp(static_cast<int>(std::nearbyint(xb[i] * inv)), -127, 127);
       out.q[b * kQuantBlock + i] = static_cast<int8_t>(v);
       sum += v;
     }

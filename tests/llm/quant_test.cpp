@@ -122,8 +122,9 @@ namespace {
 //   (zero when x is exactly s_x · integer, the `exact_x` case);
 // - fp32 arithmetic: the block sums are exact int32; the products d = s_w·s_x and d·sum round
 //   (2u each) and at most cols/4 + 16 terms are added in fp32 (a vector kernel keeps 8 partial
-//   lanes per block; q4 also subtracts 8·Σq terms, the 16·|s_w| below); u = 2^-24. First-order
-//   bound (cols/4 + 40)·u·Σ_c (|deq w_c| + 16|s_w,b|)(|x_c| + s_x,b/2).
+//   lanes per block; the AVX-512 kernels multiply unsigned q + 128 (q8) or q + 8 (q4) and
+//   subtract the offset, so their terms reach (|q| + 2·offset)·|q_x|·s_w·s_x); u = 2^-24.
+//   First-order bound (cols/4 + 40)·u·Σ_c (|deq w_c| + 2·offset·|s_w,b|)(|x_c| + s_x,b/2).
 // A column dropped, doubled or paired with the wrong scale moves a row by ~|w_c x_c| ≫ both.
 void expect_kernel_matches(llm::QuantFormat format, llm::MatvecIsa isa, int64_t rows, int64_t cols, bool exact_x,
                            uint64_t seed) {
@@ -150,7 +151,8 @@ void expect_kernel_matches(llm::QuantFormat format, llm::MatvecIsa isa, int64_t 
   const auto sx_c = sx.repeat_interleave(32);                                        // per column
   const auto sw_c = m.scale.to(torch::kFloat64).abs().repeat_interleave(32, 1);       // [rows, cols]
   const auto act_bound = exact_x ? torch::zeros({rows}, torch::kFloat64) : torch::mv(dw.abs(), sx_c / 2);
-  const auto fp_bound = torch::mv(dw.abs() + 16 * sw_c, x64.abs() + sx_c / 2)
+  const double offset_q = format == llm::QuantFormat::Q8 ? 256 : 16;  // 2 × the stored offset 128 or 8
+  const auto fp_bound = torch::mv(dw.abs() + offset_q * sw_c, x64.abs() + sx_c / 2)
                             .mul((static_cast<double>(cols) / 4 + 40) * std::ldexp(1.0, -24));
   const auto bound = act_bound + fp_bound;
   const auto err = (y.to(torch::kFloat64) - exact).abs();
