@@ -15,6 +15,7 @@
 #include "llm/matvec.h"
 #include "llm/model.h"
 #include "llm/options.h"
+#include "llm/quant.h"
 
 namespace iadgpt::cli {
 namespace {
@@ -41,7 +42,7 @@ int64_t decode_bytes_per_token(const llm::LlamaWeights& w) {
 
 void add_bench_llm(CLI::App& bench) {
   struct Opts {
-    std::string arch = "tinyllama-1.1b", dtype = "bf16";
+    std::string arch = "tinyllama-1.1b", dtype = "bf16", quant = "none";
     int64_t prefill = 64, decode = 16;
     uint64_t seed = 0;
     bool json = false;
@@ -51,6 +52,8 @@ void add_bench_llm(CLI::App& bench) {
   auto* cmd = bench.add_subcommand("llm", "Decoder speed and memory at real size (random weights)");
   cmd->add_option("--arch", o->arch, "llama-7b | tinyllama-1.1b")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "weights: bf16 | f32")->capture_default_str();
+  cmd->add_option("--quant", o->quant, "projections quantized in memory: none | q8 | q4 (head q8; needs bf16)")
+      ->capture_default_str();
   cmd->add_option("--prefill", o->prefill, "prompt tokens for the prefill measurement")->capture_default_str();
   cmd->add_option("--decode", o->decode, "tokens to decode after the prefill")->capture_default_str();
   cmd->add_option("--seed", o->seed, "seed of the random weights and prompt")->capture_default_str();
@@ -62,8 +65,11 @@ void add_bench_llm(CLI::App& bench) {
     if (o->prefill < 1 || o->decode < 1) throw InputError("--prefill and --decode must be >= 1");
     const auto config = llm::LlamaConfig::preset(o->arch);
     const auto dtype = llm::resolve_dtype(o->dtype, "");
-    std::cerr << fmt::format("bench llm: {} ({:.2f} B parameters), {} weights, {} threads\n", o->arch,
-                             config.parameter_count() / 1e9, o->dtype, torch::get_num_threads());
+    const auto quant = llm::parse_quant_format(o->quant, "--quant");
+    if (quant != llm::QuantFormat::None && dtype != torch::kBFloat16)
+      throw InputError("--quant q8|q4 needs --dtype bf16 (embeddings and the KV cache stay bf16)");
+    std::cerr << fmt::format("bench llm: {} ({:.2f} B parameters), {} weights, quant {}, {} threads\n", o->arch,
+                             config.parameter_count() / 1e9, o->dtype, o->quant, torch::get_num_threads());
     // A streaming read of a buffer 16x the 32 MiB last-level cache of the machines we measure on,
     // with the decode kernels' threads and vector width: the bandwidth a decode step can reach.
     // Measured before the weights exist, so its buffer does not raise the peak RSS reported below.
@@ -71,24 +77,32 @@ void add_bench_llm(CLI::App& bench) {
     const int64_t probe_bytes = int64_t{512} << 20;
     const double bandwidth = llm::measure_read_bandwidth(probe_bytes, 10, isa);
     auto t0 = Clock::now();
-    llm::LlamaModel model(config, llm::random_weights(config, dtype, o->seed), dtype, o->arch);
+    auto weights = llm::random_weights(config, dtype, o->seed);
+    if (!o->write_hf.empty()) {  // before quantization: the GGUF converter wants the unquantized weights
+      const auto write_start = Clock::now();
+      llm::save_hf_checkpoint(o->write_hf, config, weights,
+                              {{"iadgpt_note", fmt::format("random weights of `iadgpt bench llm --arch {} --seed {}`", o->arch, o->seed)}});
+      std::cerr << fmt::format("wrote {} (config.json, model.safetensors) in {:.1f} s\n", o->write_hf, since(write_start));
+      t0 = Clock::now();
+    }
+    llm::quantize_weights(weights, quant);  // matrix by matrix, each bf16 source freed at once
+    llm::LlamaModel model(config, std::move(weights), dtype, o->arch);
     const double init_s = since(t0);
     const int64_t bytes = llm::weight_bytes(model.weights);
-    std::cerr << fmt::format("weights: {:.2f} GB created in {:.1f} s\n", bytes / 1e9, init_s);
-    if (!o->write_hf.empty()) {
-      t0 = Clock::now();
-      llm::save_hf_checkpoint(o->write_hf, config, model.weights,
-                              {{"iadgpt_note", fmt::format("random weights of `iadgpt bench llm --arch {} --seed {}`", o->arch, o->seed)}});
-      std::cerr << fmt::format("wrote {} (config.json, model.safetensors) in {:.1f} s\n", o->write_hf, since(t0));
-    }
+    std::cerr << fmt::format("weights: {:.2f} GB created{} in {:.1f} s\n", bytes / 1e9,
+                             quant == llm::QuantFormat::None ? "" : " and quantized", init_s);
 
+    const std::string kernels = dtype != torch::kBFloat16 ? "torch GEMM (f32 weights)"
+                                : quant == llm::QuantFormat::None
+                                    ? llm::matvec_isa_name(isa)
+                                    : fmt::format("{} {}", o->quant, llm::matvec_isa_name(isa));
     const int64_t token_bytes = decode_bytes_per_token(model.weights);
     const double limit_ms = token_bytes / bandwidth * 1e3;
     std::cerr << fmt::format(
         "memory read bandwidth ({} MiB streaming read, {} threads, {} loads, best of 10 plain + 10 prefetched): {:.1f} GB/s\n"
         "decode reads {:.3f} GB/token -> {:.1f} ms/token limit; decode kernels: {}\n",
         probe_bytes >> 20, torch::get_num_threads(), llm::matvec_isa_name(isa), bandwidth / 1e9, token_bytes / 1e9,
-        limit_ms, dtype == torch::kBFloat16 ? llm::matvec_isa_name(isa) : "torch GEMM (f32 weights)");
+        limit_ms, kernels);
 
     llm::KvCache cache(model, o->prefill + o->decode);
     torch::manual_seed(o->seed);
@@ -130,7 +144,8 @@ void add_bench_llm(CLI::App& bench) {
                      {"init_seconds", init_s},
                      {"read_bandwidth_gb_s", bandwidth / 1e9},
                      {"decode_bytes_per_token", token_bytes},
-                     {"decode_kernels", dtype == torch::kBFloat16 ? llm::matvec_isa_name(isa) : "torch"},
+                     {"quant", o->quant},
+                     {"decode_kernels", kernels},
                      {"prefill_tokens", o->prefill},
                      {"prefill_tok_s", o->prefill / prefill_s},
                      {"prefill_gflop_s", prefill_rate / 1e9},

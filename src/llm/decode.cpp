@@ -7,6 +7,7 @@
 
 #include "io/error.h"
 #include "llm/matvec.h"
+#include "llm/quant.h"
 
 namespace iadgpt::llm {
 namespace {
@@ -17,38 +18,57 @@ using bf16 = at::BFloat16;
 struct DecodeBuffers {
   float *x, *q, *k, *v, *proj, *gate, *up, *scores, *attn;  // fp32
   bf16 *in, *q16;                                           // bf16 matvec inputs
+  float* in_f32;                                            // quantized weights: `in` widened,
+  QuantizedInput in_q;                                      // then quantized per block of 32
 };
 
 DecodeBuffers decode_buffers(const LlamaModel& model, KvCache& cache) {
   const auto& c = model.config;
   const int64_t D = c.hidden_size, F = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
-  const int64_t f32_size = D + qd + 2 * kvd + D + 2 * F + c.num_heads * cache.capacity() + qd;
-  const int64_t bf16_size = std::max({D, F, qd}) + qd;
+  const int64_t in_max = std::max({D, F, qd}), blocks = (in_max + kQuantBlock - 1) / kQuantBlock;
+  const int64_t f32_size = D + qd + 2 * kvd + D + 2 * F + c.num_heads * cache.capacity() + qd + in_max + 2 * blocks;
+  const int64_t bf16_size = in_max + qd;
   // Allocated on the first decode step of this cache, then reused for every token.
   if (!cache.decode_f32.defined() || cache.decode_f32.numel() != f32_size) {
     cache.decode_f32 = torch::empty({f32_size}, torch::kFloat32);
     cache.decode_bf16 = torch::empty({bf16_size}, torch::kBFloat16);
+    cache.decode_i8 = torch::empty({in_max}, torch::kInt8);
   }
   DecodeBuffers b{};
   float* f = cache.decode_f32.data_ptr<float>();
   for (auto [ptr, n] : {std::pair{&b.x, D}, {&b.q, qd}, {&b.k, kvd}, {&b.v, kvd}, {&b.proj, D}, {&b.gate, F},
-                        {&b.up, F}, {&b.scores, c.num_heads * cache.capacity()}, {&b.attn, qd}}) {
+                        {&b.up, F}, {&b.scores, c.num_heads * cache.capacity()}, {&b.attn, qd}, {&b.in_f32, in_max},
+                        {&b.in_q.scale, blocks}, {&b.in_q.offset, blocks}}) {
     *ptr = f;
     f += n;
   }
+  b.in_q.q = cache.decode_i8.data_ptr<int8_t>();
   b.in = cache.decode_bf16.data_ptr<bf16>();
-  b.q16 = b.in + std::max({D, F, qd});
+  b.q16 = b.in + in_max;
   return b;
 }
 
 // y = W x (+ the unmerged LoRA update scale · B (A x), which allocates: attached adapters only).
-void project_row(const torch::Tensor& w, const LoraPair& lora, const bf16* x, float* y, MatvecIsa isa) {
-  const auto wc = w.contiguous();  // a no-op for loaded weights; guards hand-built ones
-  matvec_bf16(wc.data_ptr<bf16>(), x, y, wc.size(0), wc.size(1), isa);
+// A quantized W (qw defined) takes the q8/q4 kernels on x widened and quantized per block in `b`.
+void project_row(const torch::Tensor& w, const QuantMatrix& qw, const LoraPair& lora, const bf16* x, float* y,
+                 MatvecIsa isa, const DecodeBuffers& b) {
+  int64_t rows = 0, cols = 0;
+  if (qw.defined()) {
+    rows = qw.rows(), cols = qw.cols();
+    for (int64_t i = 0; i < cols; ++i) b.in_f32[i] = static_cast<float>(x[i]);
+    QuantizedInput in = b.in_q;
+    in.cols = cols;
+    quantize_input(b.in_f32, in);
+    matvec_quant(qw, in, y, isa);
+  } else {
+    const auto wc = w.contiguous();  // a no-op for loaded weights; guards hand-built ones
+    rows = wc.size(0), cols = wc.size(1);
+    matvec_bf16(wc.data_ptr<bf16>(), x, y, rows, cols, isa);
+  }
   if (!lora.defined()) return;
-  auto xt = torch::from_blob(const_cast<bf16*>(x), {1, wc.size(1)}, torch::kBFloat16);
+  auto xt = torch::from_blob(const_cast<bf16*>(x), {1, cols}, torch::kBFloat16);
   auto update = torch::linear(torch::linear(xt.to(lora.a.scalar_type()), lora.a), lora.b);
-  torch::from_blob(y, {1, wc.size(0)}, torch::kFloat32).add_(update.to(torch::kFloat32), lora.scale);
+  torch::from_blob(y, {1, rows}, torch::kFloat32).add_(update.to(torch::kFloat32), lora.scale);
 }
 
 // out = bf16(x · rsqrt(mean(x²) + eps) · weight), the statistic accumulated in double.
@@ -127,9 +147,9 @@ torch::Tensor decode_step_bf16(const LlamaModel& model, KvCache& cache, const to
     const auto& L = W.layers[l];
     // Attention: pre-norm, q/k/v projections, RoPE, append to the cache, grouped-query attention.
     rms_norm_row_to_bf16(b.x, L.attn_norm, D, c.rms_norm_eps, b.in);
-    project_row(L.wq, L.lora_q, b.in, b.q, isa);
-    project_row(L.wk, L.lora_k, b.in, b.k, isa);
-    project_row(L.wv, L.lora_v, b.in, b.v, isa);
+    project_row(L.wq, L.q_wq, L.lora_q, b.in, b.q, isa, b);
+    project_row(L.wk, L.q_wk, L.lora_k, b.in, b.k, isa, b);
+    project_row(L.wv, L.q_wv, L.lora_v, b.in, b.v, isa, b);
     rope_row_inplace(b.q, H, hd, cos, sin);
     rope_row_inplace(b.k, KV, hd, cos, sin);
     bf16* k_cache = cache.k.data_ptr<bf16>() + l * KV * cap * hd;
@@ -142,21 +162,21 @@ torch::Tensor decode_step_bf16(const LlamaModel& model, KvCache& cache, const to
     for (int64_t i = 0; i < qd; ++i) b.q16[i] = bf16(b.q[i]);
     attend_row(model, cache, l, pos + 1, b, isa);
     for (int64_t i = 0; i < qd; ++i) b.in[i] = bf16(b.attn[i]);
-    project_row(L.wo, L.lora_o, b.in, b.proj, isa);
+    project_row(L.wo, L.q_wo, L.lora_o, b.in, b.proj, isa, b);
     for (int64_t i = 0; i < D; ++i) b.x[i] += b.proj[i];
 
     // SwiGLU MLP: silu(gate) · up in fp32, rounded once to bf16 for the down projection.
     rms_norm_row_to_bf16(b.x, L.ffn_norm, D, c.rms_norm_eps, b.in);
-    project_row(L.w_gate, L.lora_gate, b.in, b.gate, isa);
-    project_row(L.w_up, L.lora_up, b.in, b.up, isa);
+    project_row(L.w_gate, L.q_gate, L.lora_gate, b.in, b.gate, isa, b);
+    project_row(L.w_up, L.q_up, L.lora_up, b.in, b.up, isa, b);
     for (int64_t i = 0; i < F; ++i) b.in[i] = bf16(b.gate[i] / (1.0f + std::exp(-b.gate[i])) * b.up[i]);
-    project_row(L.w_down, L.lora_down, b.in, b.proj, isa);
+    project_row(L.w_down, L.q_down, L.lora_down, b.in, b.proj, isa, b);
     for (int64_t i = 0; i < D; ++i) b.x[i] += b.proj[i];
   }
   cache.pos = pos + 1;
   rms_norm_row_to_bf16(b.x, W.norm, D, c.rms_norm_eps, b.in);
   auto logits = torch::empty({1, c.vocab_size}, torch::kFloat32);  // returned: the caller keeps it
-  project_row(W.lm_head, LoraPair{}, b.in, logits.data_ptr<float>(), isa);
+  project_row(W.lm_head, W.q_lm_head, LoraPair{}, b.in, logits.data_ptr<float>(), isa, b);
   return logits;
 }
 

@@ -1,5 +1,6 @@
 // The single-token decode step on bf16 weights (internal to the llm module; `forward` calls it
-// when T == 1 and the matrices are bf16). Same computation as `forward`, written for one row:
+// when T == 1 and the matrices are bf16). Projections quantized to q8 / q4 (quant.h) take the
+// quantized kernels on the same bf16 input row, widened and quantized per block of 32. Same computation as `forward`, written for one row:
 // the projections are the matvec kernels (matvec.h) reading each weight once without re-packing,
 // RMSNorm, RoPE, the KV-cache append, attention and SwiGLU run in place in buffers the KvCache
 // owns, so a step allocates only the logits it returns (and LoRA updates when attached).

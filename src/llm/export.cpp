@@ -44,6 +44,11 @@ nlohmann::json config_json(const LlamaConfig& c, at::ScalarType dtype) {
 
 void save_hf_checkpoint(const std::filesystem::path& dir, const LlamaConfig& config, const LlamaWeights& w,
                         const nlohmann::json& extra) {
+  for (const auto& L : w.layers) {
+    for (const auto* q : {&L.q_wq, &L.q_wk, &L.q_wv, &L.q_wo, &L.q_gate, &L.q_up, &L.q_down}) {
+      if (q->defined()) throw InputError("save_hf_checkpoint: the weights are quantized; write them before quantizing");
+    }
+  }
   std::filesystem::create_directories(dir);
   io::TensorMap t{{"model.embed_tokens.weight", w.embed}, {"model.norm.weight", w.norm}};
   if (!config.tie_word_embeddings) t["lm_head.weight"] = w.lm_head;

@@ -217,8 +217,10 @@ bool matvec_isa_supported(MatvecIsa isa) {
   // __builtin_cpu_supports also checks that the OS saves the YMM/ZMM state (XCR0).
   switch (isa) {
     case MatvecIsa::Avx512Bf16:
+      // VNNI and VL for the q8/q4 kernels (quant.h); every AVX-512 BF16 CPU has them.
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512bf16");
+             __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni") &&
+             __builtin_cpu_supports("avx512vl");
     case MatvecIsa::Avx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case MatvecIsa::Scalar: return true;
   }

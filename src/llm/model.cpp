@@ -23,9 +23,21 @@ std::pair<torch::Tensor, torch::Tensor> rope_table(const LlamaConfig& c) {
   return {angles.cos().to(torch::kFloat32), angles.sin().to(torch::kFloat32)};
 }
 
+// The bf16 matrix for a GEMM: `w` itself, or quantized `qw` dequantized into the cache's tile
+// (one matrix at a time: its GEMM finishes before the next matrix overwrites the tile).
+torch::Tensor gemm_weight(const torch::Tensor& w, const QuantMatrix& qw, KvCache& cache) {
+  if (!qw.defined()) return w;
+  const int64_t n = qw.rows() * qw.cols();
+  if (!cache.dequant_bf16.defined() || cache.dequant_bf16.numel() < n)
+    cache.dequant_bf16 = torch::empty({n}, torch::kBFloat16);
+  dequantize_rows_bf16(qw, 0, qw.rows(), cache.dequant_bf16.data_ptr<at::BFloat16>());
+  return cache.dequant_bf16.narrow(0, 0, n).view({qw.rows(), qw.cols()});
+}
+
 // y = x Wᵀ (+ LoRA kept separate). x is already in the weights' dtype.
-torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const LoraPair& lora) {
-  auto y = torch::linear(x, w);
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const QuantMatrix& qw, const LoraPair& lora,
+                      KvCache& cache) {
+  auto y = torch::linear(x, gemm_weight(w, qw, cache));
   if (lora.defined()) y = y + torch::linear(torch::linear(x, lora.a), lora.b).mul(lora.scale);
   return y;
 }
@@ -67,9 +79,12 @@ LlamaModel load_model(const std::filesystem::path& path, const LoadOptions& opti
   if (!std::filesystem::exists(config_file))
     throw InputError(fmt::format("{}: config.json not found (a Hugging Face model directory is expected)",
                                  config_file.string()));
+  if (options.quant != QuantFormat::None && options.dtype != torch::kBFloat16)
+    throw InputError(fmt::format("{}: quantized weights ({}) need the bf16 dtype for the rest of the model",
+                                 path.string(), quant_format_name(options.quant)));
   auto config = LlamaConfig::from_file(config_file);
   auto ckpt = io::load_checkpoint(path);
-  auto weights = weights_from_tensors(ckpt.tensors, config, path.string(), options.dtype);
+  auto weights = weights_from_tensors(ckpt.tensors, config, path.string(), options.dtype, options.quant);
   return LlamaModel(std::move(config), std::move(weights), options.dtype, path);
 }
 
@@ -125,9 +140,9 @@ torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tens
     const auto& L = W.layers[l];
     // Attention: pre-norm, q/k/v projections, RoPE, append to the cache, grouped-query attention.
     auto h = rms_norm(x, L.attn_norm, c.rms_norm_eps).to(model.dtype);
-    auto q = project(h, L.wq, L.lora_q).view({T, H, hd}).transpose(0, 1).to(torch::kFloat32);
-    auto k = project(h, L.wk, L.lora_k).view({T, KV, hd}).transpose(0, 1).to(torch::kFloat32);
-    auto v = project(h, L.wv, L.lora_v).view({T, KV, hd}).transpose(0, 1);
+    auto q = project(h, L.wq, L.q_wq, L.lora_q, cache).view({T, H, hd}).transpose(0, 1).to(torch::kFloat32);
+    auto k = project(h, L.wk, L.q_wk, L.lora_k, cache).view({T, KV, hd}).transpose(0, 1).to(torch::kFloat32);
+    auto v = project(h, L.wv, L.q_wv, L.lora_v, cache).view({T, KV, hd}).transpose(0, 1);
     q = apply_rope(q, cos, sin);
     k = apply_rope(k, cos, sin);
     cache.k[l].narrow(1, pos, T).copy_(k);
@@ -141,18 +156,18 @@ torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tens
     if (mask.defined()) scores = (scores.view({KV, group, T, S}) + mask).view({KV, group * T, S});
     auto probs = torch::softmax(scores, -1).to(model.dtype);
     auto attn = torch::bmm(probs, values).view({H, T, hd}).transpose(0, 1).reshape({T, H * hd});
-    x = x + project(attn, L.wo, L.lora_o).to(torch::kFloat32);
+    x = x + project(attn, L.wo, L.q_wo, L.lora_o, cache).to(torch::kFloat32);
 
     // SwiGLU MLP.
     h = rms_norm(x, L.ffn_norm, c.rms_norm_eps).to(model.dtype);
-    auto gate = torch::silu(project(h, L.w_gate, L.lora_gate));
-    auto up = project(h, L.w_up, L.lora_up);
-    x = x + project(gate * up, L.w_down, L.lora_down).to(torch::kFloat32);
+    auto gate = torch::silu(project(h, L.w_gate, L.q_gate, L.lora_gate, cache));
+    auto up = project(h, L.w_up, L.q_up, L.lora_up, cache);
+    x = x + project(gate * up, L.w_down, L.q_down, L.lora_down, cache).to(torch::kFloat32);
   }
   cache.pos = S;
   if (which == Logits::Last) x = x.narrow(0, T - 1, 1);
   x = rms_norm(x, W.norm, c.rms_norm_eps).to(model.dtype);
-  return torch::linear(x, W.lm_head).to(torch::kFloat32);
+  return torch::linear(x, gemm_weight(W.lm_head, W.q_lm_head, cache)).to(torch::kFloat32);
 }
 
 torch::Tensor forward_tokens(const LlamaModel& model, KvCache& cache, std::span<const int64_t> ids, Logits which) {

@@ -46,7 +46,10 @@ struct KvCache {
   int64_t pos = 0;     // positions filled
   // Buffers of the bf16 single-token decode step (decode.cpp), allocated on its first use and
   // reused for every token. Copies of a KvCache share them (and k/v): one sequence, one thread.
-  torch::Tensor decode_f32, decode_bf16;
+  torch::Tensor decode_f32, decode_bf16, decode_i8;
+  // Quantized weights (quant.h): the bf16 tile a multi-token forward dequantizes each matrix
+  // into before its GEMM; grows to the largest matrix on first use, then reused.
+  torch::Tensor dequant_bf16;
 
   KvCache() = default;
   KvCache(const LlamaModel& model, int64_t capacity);
@@ -72,8 +75,9 @@ enum class Logits { All, Last };
 
 // Runs x [T, D] at positions cache.pos .. cache.pos+T-1, appends keys/values to the cache and
 // returns fp32 logits [T, V] (All) or [1, V] (Last). Throws InputError when the cache is full.
-// With bf16 matrices, a single token (T == 1) takes the decode path (decode.h: matvec kernels
-// that read each weight once); longer inputs take the GEMM path.
+// With bf16 (or quantized) matrices, a single token (T == 1) takes the decode path (decode.h:
+// matvec kernels that read each weight once); longer inputs take the GEMM path (quantized
+// matrices dequantized to bf16 first).
 torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tensor& x, Logits which);
 
 // Convenience: embeds `ids` and runs forward.

@@ -18,18 +18,20 @@ struct LayerKey {
   torch::Tensor LayerWeights::*field;
   Shape (*shape)(const LlamaConfig&);
   bool is_norm;
+  QuantMatrix LayerWeights::*quant = nullptr;  // projections: their quantized form
+  LoraPair LayerWeights::*lora = nullptr;      // projections: their unmerged adapter
 };
 
 const LayerKey kHfLayerKeys[] = {
     {"input_layernorm.weight", &LayerWeights::attn_norm, [](const LlamaConfig& c) { return Shape{c.hidden_size}; }, true},
-    {"self_attn.q_proj.weight", &LayerWeights::wq, [](const LlamaConfig& c) { return Shape{c.q_dim(), c.hidden_size}; }, false},
-    {"self_attn.k_proj.weight", &LayerWeights::wk, [](const LlamaConfig& c) { return Shape{c.kv_dim(), c.hidden_size}; }, false},
-    {"self_attn.v_proj.weight", &LayerWeights::wv, [](const LlamaConfig& c) { return Shape{c.kv_dim(), c.hidden_size}; }, false},
-    {"self_attn.o_proj.weight", &LayerWeights::wo, [](const LlamaConfig& c) { return Shape{c.hidden_size, c.q_dim()}; }, false},
+    {"self_attn.q_proj.weight", &LayerWeights::wq, [](const LlamaConfig& c) { return Shape{c.q_dim(), c.hidden_size}; }, false, &LayerWeights::q_wq, &LayerWeights::lora_q},
+    {"self_attn.k_proj.weight", &LayerWeights::wk, [](const LlamaConfig& c) { return Shape{c.kv_dim(), c.hidden_size}; }, false, &LayerWeights::q_wk, &LayerWeights::lora_k},
+    {"self_attn.v_proj.weight", &LayerWeights::wv, [](const LlamaConfig& c) { return Shape{c.kv_dim(), c.hidden_size}; }, false, &LayerWeights::q_wv, &LayerWeights::lora_v},
+    {"self_attn.o_proj.weight", &LayerWeights::wo, [](const LlamaConfig& c) { return Shape{c.hidden_size, c.q_dim()}; }, false, &LayerWeights::q_wo, &LayerWeights::lora_o},
     {"post_attention_layernorm.weight", &LayerWeights::ffn_norm, [](const LlamaConfig& c) { return Shape{c.hidden_size}; }, true},
-    {"mlp.gate_proj.weight", &LayerWeights::w_gate, [](const LlamaConfig& c) { return Shape{c.intermediate_size, c.hidden_size}; }, false},
-    {"mlp.up_proj.weight", &LayerWeights::w_up, [](const LlamaConfig& c) { return Shape{c.intermediate_size, c.hidden_size}; }, false},
-    {"mlp.down_proj.weight", &LayerWeights::w_down, [](const LlamaConfig& c) { return Shape{c.hidden_size, c.intermediate_size}; }, false},
+    {"mlp.gate_proj.weight", &LayerWeights::w_gate, [](const LlamaConfig& c) { return Shape{c.intermediate_size, c.hidden_size}; }, false, &LayerWeights::q_gate, &LayerWeights::lora_gate},
+    {"mlp.up_proj.weight", &LayerWeights::w_up, [](const LlamaConfig& c) { return Shape{c.intermediate_size, c.hidden_size}; }, false, &LayerWeights::q_up, &LayerWeights::lora_up},
+    {"mlp.down_proj.weight", &LayerWeights::w_down, [](const LlamaConfig& c) { return Shape{c.hidden_size, c.intermediate_size}; }, false, &LayerWeights::q_down, &LayerWeights::lora_down},
 };
 
 // Model-level tensors.
@@ -60,7 +62,7 @@ bool ignorable(const std::string& key) { return key.ends_with(".rotary_emb.inv_f
 }  // namespace
 
 LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfig& c, const std::string& source,
-                                  torch::Dtype dtype) {
+                                  torch::Dtype dtype, QuantFormat quant) {
   // Shapes are validated for every key before any conversion work is done.
   LlamaWeights w;
   std::set<std::string> used;
@@ -69,7 +71,11 @@ LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfi
   for (int64_t l = 0; l < c.num_layers; ++l) {
     for (const auto& row : kHfLayerKeys) {
       const auto key = fmt::format("model.layers.{}.{}", l, row.name);
-      w.layers[l].*row.field = take(tensors, key, row.shape(c), source, row.is_norm ? torch::kFloat32 : dtype, used);
+      // Quantized projections are quantized from an fp32 copy of one matrix at a time.
+      const bool quantized = quant != QuantFormat::None && !row.is_norm && row.shape(c)[1] % kQuantBlock == 0;
+      auto t = take(tensors, key, row.shape(c), source, row.is_norm || quantized ? torch::kFloat32 : dtype, used);
+      if (quantized) w.layers[l].*row.quant = quantize(t, quant);
+      else w.layers[l].*row.field = std::move(t);
     }
   }
   w.norm = take(tensors, kNormKey, {c.hidden_size}, source, torch::kFloat32, used);
@@ -83,8 +89,10 @@ LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfi
                                      source, kHeadKey, kEmbedKey));
     }
   } else {
-    w.lm_head = take(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, source, dtype, used);
+    w.lm_head = take(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, source, quant != QuantFormat::None ? torch::kFloat32 : dtype, used);
+    if (quant != QuantFormat::None) w.q_lm_head = quantize(w.lm_head, QuantFormat::Q8), w.lm_head = torch::Tensor();
   }
+  w.quant = quant;
   for (const auto& [key, t] : tensors) {
     if (used.count(key) || ignorable(key)) continue;
     throw InputError(fmt::format(
@@ -136,13 +144,33 @@ LlamaWeights random_weights(const LlamaConfig& c, torch::Dtype dtype, uint64_t s
   return w;
 }
 
+void quantize_weights(LlamaWeights& w, QuantFormat format) {
+  if (format == QuantFormat::None) return;
+  if (w.quant != QuantFormat::None)
+    throw InputError(fmt::format("the weights are already quantized ({})", quant_format_name(w.quant)));
+  for (auto& L : w.layers) {
+    for (const auto& row : kHfLayerKeys) {
+      if (row.is_norm) continue;
+      if ((L.*row.lora).defined())
+        throw InputError(fmt::format("quantize: '{}' has an unmerged LoRA adapter; merge it first", row.name));
+      if ((L.*row.field).size(1) % kQuantBlock != 0) continue;  // stays in the model dtype (header)
+      L.*row.quant = quantize(L.*row.field, format);
+      L.*row.field = torch::Tensor();  // frees the source matrix now: peak memory is one matrix more
+    }
+  }
+  if (!w.lm_head.is_same(w.embed)) {
+    w.q_lm_head = quantize(w.lm_head, QuantFormat::Q8);
+    w.lm_head = torch::Tensor();
+  }
+  w.quant = format;
+}
+
 int64_t weight_bytes(const LlamaWeights& w) {
   auto bytes = [](const torch::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : int64_t{0}; };
-  int64_t total = bytes(w.embed) + bytes(w.norm);
+  int64_t total = bytes(w.embed) + bytes(w.norm) + w.q_lm_head.bytes();
   if (!w.lm_head.is_same(w.embed)) total += bytes(w.lm_head);
   for (const auto& L : w.layers)
-    total += bytes(L.attn_norm) + bytes(L.wq) + bytes(L.wk) + bytes(L.wv) + bytes(L.wo) + bytes(L.ffn_norm) +
-             bytes(L.w_gate) + bytes(L.w_up) + bytes(L.w_down);
+    for (const auto& row : kHfLayerKeys) total += bytes(L.*row.field) + (row.is_norm ? 0 : (L.*row.quant).bytes());
   return total;
 }
 

@@ -12,6 +12,7 @@
 
 #include "io/checkpoint.h"
 #include "llm/config.h"
+#include "llm/quant.h"
 
 namespace iadgpt::llm {
 
@@ -42,6 +43,9 @@ struct LayerWeights {
   torch::Tensor w_down;     // [D, F]
   // Unmerged LoRA updates (empty unless attach_lora was used), by projection.
   LoraPair lora_q, lora_k, lora_v, lora_o, lora_gate, lora_up, lora_down;
+  // Weight-only quantized projections (quant.h; README "Weight-only quantization"). When one is
+  // defined, the tensor field of that projection above is empty (no second copy is kept).
+  QuantMatrix q_wq, q_wk, q_wv, q_wo, q_gate, q_up, q_down;
 };
 
 struct LlamaWeights {
@@ -49,16 +53,31 @@ struct LlamaWeights {
   std::vector<LayerWeights> layers;
   torch::Tensor norm;     // [D] fp32
   torch::Tensor lm_head;  // [V, D]; the same tensor as `embed` when tie_word_embeddings
+  QuantMatrix q_lm_head;  // quantized head (then lm_head is empty); never when tied
+  QuantFormat quant = QuantFormat::None;  // of the projections
 };
 
 struct LoadOptions {
   torch::Dtype dtype = torch::kFloat32;  // matrices (embedding, projections, head); norms stay fp32
+  // Quantize the seven projections of every layer (and an untied head, always q8) at load, from
+  // the checkpoint's own precision; needs dtype bf16 (embeddings and KV cache stay bf16).
+  QuantFormat quant = QuantFormat::None;
 };
 
 // Fills LlamaWeights from HF-named tensors. Every expected key must be present with the shape the
 // config implies; unknown keys are rejected (they mean config and weights disagree).
+// With `quant`, the projections (and an untied head, q8) are quantized from the checkpoint's values.
 LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfig& config,
-                                  const std::string& source, torch::Dtype dtype);
+                                  const std::string& source, torch::Dtype dtype,
+                                  QuantFormat quant = QuantFormat::None);
+
+// Replaces the projections (and an untied head) by their quantized form, one matrix at a time,
+// freeing each source matrix as it goes. The head is quantized to q8 for both formats: it is the
+// one matrix whose error reaches the logits directly (llama.cpp keeps its head at 6 bits or more
+// for Q4_0 too). A matrix whose input size is not a multiple of 32 stays in the model dtype (as
+// llama.cpp falls back to another type for such tensors; real LLaMA shapes all divide).
+// Already-quantized weights or a LoRA left unmerged → InputError.
+void quantize_weights(LlamaWeights& w, QuantFormat format);
 
 // Random weights of the right shapes, created directly in `dtype` (for benchmarks: no fp32 copy).
 LlamaWeights random_weights(const LlamaConfig& config, torch::Dtype dtype, uint64_t seed);

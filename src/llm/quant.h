@@ -1,0 +1,93 @@
+// Weight-only quantization of the decoder's matrices: formats q8 and q4 (one fp16 scale per block
+// of 32 weights along the input dimension, like llama.cpp's Q8_0 / Q4_0, in our own layout), the
+// quantize / dequantize functions, and the matrix-vector kernels of the single-token decode step.
+//
+//   auto qw = iadgpt::llm::quantize(w, QuantFormat::Q4);           // w [rows, cols], cols % 32 == 0
+//   auto y = torch::empty({rows}, torch::kFloat32);
+//   iadgpt::llm::matvec_quant(qw, x_f32, y);                         // best path for this CPU
+//   auto w2 = iadgpt::llm::dequantize(qw);                           // fp32 [rows, cols]
+//
+// Layout (README "Weight-only quantization"): `q` holds the quants row after row, `scale` the
+// fp16 scales [rows, cols/32] row after row, so a kernel streams each row's quants and scales.
+//   q8: q int8 [rows, cols], w ≈ scale · q, q in −127..127, scale = max|w| / 127 of the block.
+//   q4: q uint8 [rows, cols/2]; block b of a row is bytes 16b..16b+15; byte j holds element j in
+//       its low nibble and element j+16 in its high nibble, each stored as q + 8 (q in −8..7);
+//       scale = m / −8 with m the block's element of largest magnitude (so m is exactly −8·scale;
+//       the scale may be negative), w ≈ scale · q.
+// Rounding: the scale is rounded to fp16 first, then q = round-to-nearest-even(w / scale),
+// clamped to the range. Round trip: |w − scale·q| ≤ |scale|/2, except q4 elements of the sign
+// opposite to m whose w/scale rounds to +8 and is clamped to 7: there ≤ |scale|.
+//
+// Kernels: y = W x, fp32 out. x is quantized per block of 32 to int8 (scale max|x|/127, round to
+// nearest even) and each block's integer dot product is exact; the blocks' scaled sums are fp32.
+// Paths as matvec.h (same MatvecIsa and IADGPT_MATVEC dispatch): AVX-512 VNNI (`vpdpbusd`),
+// AVX2 (`vpmaddubsw` + `vpmaddwd`), scalar; they differ only in the fp32 summation order.
+// Thread-safety: the functions are pure; rows are split over torch's intra-op threads.
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "llm/matvec.h"
+
+namespace iadgpt::llm {
+
+enum class QuantFormat { None, Q8, Q4 };
+
+inline constexpr int64_t kQuantBlock = 32;
+
+// "none" | "q8" | "q4".
+const char* quant_format_name(QuantFormat format);
+// The inverse; anything else → InputError naming `what` (a flag, a file).
+QuantFormat parse_quant_format(std::string_view name, std::string_view what);
+
+struct QuantMatrix {
+  QuantFormat format = QuantFormat::None;
+  torch::Tensor q;      // q8: int8 [rows, cols]; q4: uint8 [rows, cols/2]
+  torch::Tensor scale;  // fp16 [rows, cols/32]
+
+  bool defined() const { return format != QuantFormat::None; }
+  int64_t rows() const { return scale.size(0); }
+  int64_t cols() const { return scale.size(1) * kQuantBlock; }
+  int64_t bytes() const;
+};
+
+// Quantizes w [rows, cols] (any floating dtype; cols a multiple of 32, else InputError; non-finite
+// values → InputError). Rows are split over intra-op threads.
+QuantMatrix quantize(const torch::Tensor& w, QuantFormat format);
+
+// fp32 [rows, cols]: scale · q.
+torch::Tensor dequantize(const QuantMatrix& m);
+
+// Rows [r0, r1) of scale · q rounded to bf16 (nearest even) into out (row-major, cols per row):
+// the tiles the prefill GEMM multiplies. Rows are split over intra-op threads.
+void dequantize_rows_bf16(const QuantMatrix& m, int64_t r0, int64_t r1, at::BFloat16* out);
+
+// A quantized matrix from its two stored tensors, validated: dtypes, shapes against the expected
+// [rows, cols], contiguity. Any mismatch → InputError naming `name` (the weight's key).
+QuantMatrix quant_matrix_from_tensors(QuantFormat format, const torch::Tensor& q, const torch::Tensor& scale,
+                                      int64_t rows, int64_t cols, const std::string& name);
+
+// x quantized per block of 32 for the kernels: q int8 [cols], scale fp32 [cols/32], and
+// offset[b] = 8 · Σ q of block b (the q4 vector kernels multiply the stored q + 8 and subtract
+// scale_w · scale · offset).
+struct QuantizedInput {
+  int8_t* q;
+  float* scale;
+  float* offset;
+  int64_t cols;
+};
+
+// Fills `out` (its arrays sized as above, cols a multiple of 32) from x [cols] fp32.
+void quantize_input(const float* x, const QuantizedInput& out);
+
+// y[r] = Σ_c w[r, c] x[c] with x given quantized; rows split over intra-op threads.
+void matvec_quant(const QuantMatrix& w, const QuantizedInput& x, float* y, MatvecIsa isa);
+
+// Tensor form: x [cols] fp32, y [rows] fp32 contiguous (preallocated). Quantizes x (allocating its
+// buffers). Wrong dtypes or shapes, cols not a multiple of 32, an unsupported isa → InputError.
+void matvec_quant(const QuantMatrix& w, const torch::Tensor& x, torch::Tensor& y, MatvecIsa isa = best_matvec_isa());
+
+}  // namespace iadgpt::llm

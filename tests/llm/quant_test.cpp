@@ -1,0 +1,201 @@
+// Weight-only quantization (llm/quant.h): the documented layout read back independently, the
+// quantize → dequantize round-trip bounds, and the q8 / q4 matvec kernels on every dispatch path
+// against a naive float64 loop, on ragged row counts.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "io/error.h"
+#include "llm/quant.h"
+#include "llm_test_util.h"
+
+namespace llm = iadgpt::llm;
+namespace t = iadgpt::test;
+
+namespace {
+
+const llm::MatvecIsa kAllPaths[] = {llm::MatvecIsa::Scalar, llm::MatvecIsa::Avx2, llm::MatvecIsa::Avx512Bf16};
+const llm::QuantFormat kFormats[] = {llm::QuantFormat::Q8, llm::QuantFormat::Q4};
+
+// The stored integers per the README layout, read here without the library: q8 int8 row-major;
+// q4 byte 16b+j of a row holds element 32b+j (low nibble) and 32b+16+j (high nibble), as q + 8.
+std::vector<int> stored_quants(const llm::QuantMatrix& m, int64_t r) {
+  const int64_t cols = m.cols();
+  const auto q = m.q.contiguous();
+  std::vector<int> out(static_cast<size_t>(cols));
+  for (int64_t c = 0; c < cols; ++c) {
+    if (m.format == llm::QuantFormat::Q8) {
+      out[c] = q.data_ptr<int8_t>()[r * cols + c];
+    } else {
+      const int byte = q.data_ptr<uint8_t>()[r * cols / 2 + (c / 32) * 16 + (c % 32) % 16];
+      out[c] = ((c % 32) < 16 ? (byte & 0x0F) : (byte >> 4)) - 8;
+    }
+  }
+  return out;
+}
+
+// float64 [rows, cols]: scale · q from the stored integers.
+torch::Tensor reference_dequant(const llm::QuantMatrix& m) {
+  auto out = torch::empty({m.rows(), m.cols()}, torch::kFloat64);
+  const auto scale = m.scale.to(torch::kFloat64).contiguous();
+  double* dst = out.data_ptr<double>();
+  for (int64_t r = 0; r < m.rows(); ++r) {
+    const auto q = stored_quants(m, r);
+    for (int64_t c = 0; c < m.cols(); ++c)
+      dst[r * m.cols() + c] = scale.data_ptr<double>()[r * (m.cols() / 32) + c / 32] * q[c];
+  }
+  return out;
+}
+
+// Weights with blocks of very different magnitudes, a zero block and single outliers.
+torch::Tensor test_weights(int64_t rows, int64_t cols, uint64_t seed) {
+  torch::manual_seed(static_cast<int64_t>(seed));
+  auto w = torch::randn({rows, cols}) * torch::exp(torch::randn({rows, cols / 32, 1}) * 2).expand({rows, cols / 32, 32}).reshape({rows, cols});
+  if (rows > 1 && cols >= 64) {
+    w[0].narrow(0, 32, 32).zero_();
+    w[1][5] = 40.0f;
+    w[1][40] = -40.0f;
+  }
+  return w;
+}
+
+}  // namespace
+
+TEST(Quant, LayoutAndRoundTripBounds) {
+  for (const auto format : kFormats) {
+    const auto w = test_weights(7, 160, 3);
+    const auto m = llm::quantize(w, format);
+    ASSERT_EQ(m.rows(), 7);
+    ASSERT_EQ(m.cols(), 160);
+    const auto ref = reference_dequant(m);
+    // dequantize() must read the layout as documented: products of an fp16 and a small integer
+    // are exact in fp32, so equality is exact.
+    EXPECT_EQ(t::max_abs_diff(llm::dequantize(m), ref), 0.0) << llm::quant_format_name(format);
+    const auto w64 = w.to(torch::kFloat64);
+    for (int64_t r = 0; r < 7; ++r) {
+      const auto q = stored_quants(m, r);
+      for (int64_t b = 0; b < 5; ++b) {
+        const auto block = w64[r].narrow(0, b * 32, 32);
+        const double amax = block.abs().max().item<double>();
+        const double s = m.scale[r][b].to(torch::kFloat64).item<double>();
+        // The scale convention: q8 max|w|/127; q4 m/−8 (m the element of largest magnitude).
+        const double expected = format == llm::QuantFormat::Q8
+                                    ? amax / 127.0
+                                    : block[block.abs().argmax().item<int64_t>()].item<double>() / -8.0;
+        // fp16 rounding of the scale: relative 2^-11.
+        EXPECT_NEAR(s, expected, std::abs(expected) * std::ldexp(1.0, -11) + 1e-30) << r << "," << b;
+        for (int64_t i = 0; i < 32; ++i) {
+          const int64_t c = b * 32 + i;
+          const int lo = format == llm::QuantFormat::Q8 ? -127 : -8, hi = format == llm::QuantFormat::Q8 ? 127 : 7;
+          ASSERT_GE(q[c], lo);
+          ASSERT_LE(q[c], hi);
+          // Round to nearest: |w − s·q| ≤ |s|/2 (relative slack 1e-6 for the fp32 division);
+          // q4 elements clamped from +8 to 7 are up to |s| off.
+          const double err = std::abs(w64[r][c].item<double>() - s * q[c]);
+          const bool clamped = format == llm::QuantFormat::Q4 && q[c] == 7 && w64[r][c].item<double>() / s > 7.5;
+          EXPECT_LE(err, std::abs(s) * (clamped ? 1.0 : 0.5) * (1 + 1e-6)) << r << "," << c;
+        }
+      }
+    }
+  }
+}
+
+TEST(Quant, RejectsColumnsNotAMultipleOf32AndMismatchedShapes) {
+  EXPECT_THROW(llm::quantize(torch::randn({4, 48}), llm::QuantFormat::Q8), iadgpt::InputError);
+  EXPECT_THROW(llm::quantize(torch::randn({4, 33}), llm::QuantFormat::Q4), iadgpt::InputError);
+  EXPECT_THROW(llm::quantize(torch::randn({64}), llm::QuantFormat::Q4), iadgpt::InputError);
+  const auto m = llm::quantize(torch::randn({4, 64}), llm::QuantFormat::Q8);
+  auto y = torch::empty({4});
+  EXPECT_THROW(llm::matvec_quant(m, torch::randn({63}), y), iadgpt::InputError);
+  EXPECT_THROW(llm::matvec_quant(m, torch::randn({64}).to(torch::kBFloat16), y), iadgpt::InputError);
+  auto y_short = torch::empty({3});
+  EXPECT_THROW(llm::matvec_quant(m, torch::randn({64}), y_short), iadgpt::InputError);
+}
+
+namespace {
+
+// Runs one path on one shape and checks it against Σ_c deq(w)[r,c] · x[c] in float64.
+// Error sources, each bounded:
+// - activation quantization (x per block of 32 → int8, scale s_x = max|x|/127, round to
+//   nearest): |x_c − s_x q_c| ≤ s_x/2, so the row moves by at most Σ_c |deq w_c| · s_x,b/2
+//   (zero when x is exactly s_x · integer, the `exact_x` case);
+// - fp32 arithmetic: the block sums are exact int32; the products d = s_w·s_x and d·sum round
+//   (2u each) and at most cols/4 + 16 terms are added in fp32 (a vector kernel keeps 8 partial
+//   lanes per block; the AVX-512 kernels multiply unsigned q + 128 (q8) or q + 8 (q4) and
+//   subtract the offset, so their terms reach (|q| + 2·offset)·|q_x|·s_w·s_x); u = 2^-24.
+//   First-order bound (cols/4 + 40)·u·Σ_c (|deq w_c| + 2·offset·|s_w,b|)(|x_c| + s_x,b/2).
+// A column dropped, doubled or paired with the wrong scale moves a row by ~|w_c x_c| ≫ both.
+void expect_kernel_matches(llm::QuantFormat format, llm::MatvecIsa isa, int64_t rows, int64_t cols, bool exact_x,
+                           uint64_t seed) {
+  const auto m = llm::quantize(test_weights(rows, cols, seed), format);
+  torch::manual_seed(static_cast<int64_t>(seed) + 1000);
+  torch::Tensor x;
+  if (exact_x) {
+    // Per block a power of two times integers with one of magnitude 127: s_x is that power of two
+    // exactly and every x_c = s_x · integer, so activation quantization is exact.
+    auto k = torch::randint(-127, 128, {cols / 32, 32}, torch::kFloat32);
+    k.select(1, 7).fill_(127);
+    auto p = torch::pow(2.0, torch::randint(-6, 3, {cols / 32, 1}, torch::kFloat32));
+    x = (k * p).reshape({cols}).contiguous();
+  } else {
+    x = torch::randn({cols});
+  }
+  auto y = torch::full({rows}, NAN, torch::kFloat32);  // NaN: a row the kernel skips shows
+  llm::matvec_quant(m, x, y, isa);
+
+  const auto dw = reference_dequant(m);  // [rows, cols] float64
+  const auto x64 = x.to(torch::kFloat64);
+  const auto exact = torch::mv(dw, x64);
+  const auto sx = x64.view({cols / 32, 32}).abs().amax(1).div(127.0).mul(1 + 1e-6);  // + fp32 slack
+  const auto sx_c = sx.repeat_interleave(32);                                        // per column
+  const auto sw_c = m.scale.to(torch::kFloat64).abs().repeat_interleave(32, 1);       // [rows, cols]
+  const auto act_bound = exact_x ? torch::zeros({rows}, torch::kFloat64) : torch::mv(dw.abs(), sx_c / 2);
+  const double offset_q = format == llm::QuantFormat::Q8 ? 256 : 16;  // 2 × the stored offset 128 or 8
+  const auto fp_bound = torch::mv(dw.abs() + offset_q * sw_c, x64.abs() + sx_c / 2)
+                            .mul((static_cast<double>(cols) / 4 + 40) * std::ldexp(1.0, -24));
+  const auto bound = act_bound + fp_bound;
+  const auto err = (y.to(torch::kFloat64) - exact).abs();
+  EXPECT_TRUE(err.le(bound).all().item<bool>())
+      << llm::quant_format_name(format) << " " << llm::matvec_isa_name(isa) << " [" << rows << ", " << cols
+      << "] exact_x=" << exact_x << ": max error " << err.max().item<double>() << ", worst excess "
+      << (err - bound).max().item<double>();
+}
+
+}  // namespace
+
+TEST(Quant, EveryKernelPathMatchesDoubleReferenceOnRaggedShapes) {
+  // Columns: 1, 2, 15, 16, 17 and 33 blocks (across the AVX-512 path's pairs and 16-block groups,
+  // odd counts leave a single last block); rows ragged, the last shapes large enough to be split
+  // over two threads.
+  const std::vector<std::pair<int64_t, int64_t>> shapes{{1, 32},  {3, 64},    {5, 480},   {7, 512},
+                                                        {9, 544}, {13, 1056}, {1001, 96}, {203, 2048}};
+  const int threads_before = torch::get_num_threads();
+  for (const auto isa : kAllPaths) {
+    if (!llm::matvec_isa_supported(isa)) {
+      ADD_FAILURE() << "this CPU cannot run the " << llm::matvec_isa_name(isa)
+                    << " path; the test machines are AVX-512 BF16/VNNI CPUs, so every path is expected to run";
+      continue;
+    }
+    for (int threads : {1, 2}) {
+      torch::set_num_threads(threads);
+      uint64_t seed = 0;
+      for (const auto format : kFormats)
+        for (const auto& [rows, cols] : shapes)
+          for (bool exact_x : {true, false}) expect_kernel_matches(format, isa, rows, cols, exact_x, ++seed);
+    }
+  }
+  torch::set_num_threads(threads_before);
+}
+
+TEST(Quant, Bf16TilesEqualDequantizedValues) {
+  // The prefill's tiles: dequantize_rows_bf16 of rows [2, 9) is the fp32 dequantization rounded
+  // to bf16 (nearest even, as at::BFloat16), bit for bit.
+  for (const auto format : kFormats) {
+    const auto m = llm::quantize(test_weights(11, 96, 9), format);
+    auto tile = torch::empty({7, 96}, torch::kBFloat16);
+    llm::dequantize_rows_bf16(m, 2, 9, tile.data_ptr<at::BFloat16>());
+    const auto expected = reference_dequant(m).narrow(0, 2, 7).to(torch::kFloat32).to(torch::kBFloat16);
+    EXPECT_TRUE(torch::equal(tile, expected)) << llm::quant_format_name(format);
+  }
+}
