@@ -53,7 +53,11 @@ torch::Tensor take(const io::TensorMap& tensors, const std::string& key, const S
     throw InputError(fmt::format("{}: tensor '{}' has shape {}, expected {} from the config", source, key,
                                  shape_text(t.sizes()), shape_text(shape)));
   used.insert(key);
-  return t.to(dtype).contiguous();
+  auto out = t.to(dtype).contiguous();
+  // A vector kept in its stored dtype (the fp32 norms) would alias the checkpoint's memory map
+  // and keep the whole mapped file resident after its matrices were converted: copy it (it is small).
+  if (shape.size() == 1 && out.is_alias_of(t)) out = out.clone();
+  return out;
 }
 
 // Tensors that HF checkpoints may carry but that are recomputed here.
