@@ -14,6 +14,8 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+
+#include "llm/simd_x86.h"
 #define IADGPT_MATVEC_X86 1
 #endif
 
@@ -51,13 +53,6 @@ __attribute__((target("avx2,fma"))) inline __m256 load8_bf16_as_f32(const uint16
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 
-__attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // One row against x already widened to fp32: four accumulators over 32-column steps (hiding the
 // FMA latency), then 8-column steps, then a scalar tail for the last < 8 columns.
 __attribute__((target("avx2,fma"))) float dot_row_avx2(const uint16_t* w, const float* x, int64_t cols) {
@@ -70,7 +65,7 @@ __attribute__((target("avx2,fma"))) float dot_row_avx2(const uint16_t* w, const 
     a3 = _mm256_fmadd_ps(load8_bf16_as_f32(w + c + 24), _mm256_loadu_ps(x + c + 24), a3);
   }
   for (; c + 8 <= cols; c += 8) a0 = _mm256_fmadd_ps(load8_bf16_as_f32(w + c), _mm256_loadu_ps(x + c), a0);
-  float s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+  float s = simd::hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
   for (; c < cols; ++c) s += bf16_to_float(w[c]) * x[c];
   return s;
 }
@@ -93,17 +88,6 @@ __attribute__((target("avx2,fma"))) void matvec_rows_avx2(const uint16_t* w, con
 
 // ---- AVX-512 BF16: vdpbf16ps multiplies 32 bf16 pairs exactly and adds pairs into 16 fp32 lanes. ----
 
-// Horizontal sum of 16 fp32 lanes, through memory: GCC 12's _mm512_reduce_add_ps and
-// _mm512_extractf64x4_pd warn about an uninitialised temporary inside its own header. Once a row.
-__attribute__((target("avx512f"))) inline float hsum16(__m512 v) {
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, v);
-  const __m256 halves = _mm256_add_ps(_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8));
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline __m512 dot32_bf16(__m512 acc, const uint16_t* w,
                                                                                const uint16_t* x) {
@@ -129,7 +113,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) float dot_row_avx512bf16(
     a1 = _mm512_dpbf16_ps(a1, reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(tail, w + c)),
                           reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(tail, x + c)));
   }
-  return hsum16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  return simd::hsum16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void matvec_rows_avx512bf16(const uint16_t* w, const uint16_t* x,

@@ -14,6 +14,8 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+
+#include "llm/simd_x86.h"
 #define IADGPT_QUANT_X86 1
 #endif
 
@@ -53,13 +55,6 @@ float dot_row_q4_scalar(const uint8_t* q, const c10::Half* scale, const Quantize
 // ---- AVX2: 32 weights a step; vpmaddubsw (u8 × s8 pairs → s16, no saturation here: at most
 // 2·128·127) then vpmaddwd by ones (→ 8 int32). q8 uses |w| and x with w's sign (vpsignb). ----
 
-__attribute__((target("avx2,fma"))) inline float hsum8_q(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 __attribute__((target("avx2,fma"))) float dot_row_q8_avx2(const uint8_t* q, const c10::Half* scale,
                                                           const QuantizedInput& x, int64_t nb) {
   const __m256i ones = _mm256_set1_epi16(1);
@@ -71,7 +66,7 @@ __attribute__((target("avx2,fma"))) float dot_row_q8_avx2(const uint8_t* q, cons
     const __m256 d = _mm256_set1_ps(static_cast<float>(scale[b]) * x.scale[b]);
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc);
   }
-  return hsum8_q(acc);
+  return simd::hsum8(acc);
 }
 
 // q4: the nibbles are q + 8 (unsigned, as vpmaddubsw wants); 8 · Σ x.q · d is subtracted at the end.
@@ -90,7 +85,7 @@ __attribute__((target("avx2,fma"))) float dot_row_q4_avx2(const uint8_t* q, cons
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d), acc);
     offset += d * x.offset[b];
   }
-  return hsum8_q(acc) - offset;
+  return simd::hsum8(acc) - offset;
 }
 
 // ---- AVX-512 VNNI: 64 weights (two blocks) a step; vpdpbusd (u8 × s8, four products summed into
@@ -98,15 +93,6 @@ __attribute__((target("avx2,fma"))) float dot_row_q4_avx2(const uint8_t* q, cons
 // q + 128 (q8) or q + 8 (q4); the per-block offset · Σx is subtracted once per 16 blocks. The scales of 16 blocks are
 // converted at once; vpermps spreads the two blocks' scales over their lanes. ----
 
-__attribute__((target("avx512f"))) inline float hsum16_q(__m512 v) {
-  alignas(64) float lanes[16];  // through memory: see hsum16 in matvec.cpp (a GCC 12 warning)
-  _mm512_store_ps(lanes, v);
-  const __m256 halves = _mm256_add_ps(_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8));
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // The maskz_ forms with full masks below: GCC 12's plain forms warn (-Wmaybe-uninitialized) about
 // an undefined temporary inside its own header; same instructions.
@@ -165,7 +151,7 @@ IADGPT_VNNI_TARGET float dot_row_avx512(const uint8_t* q, const c10::Half* scale
       }
     }
   }
-  return hsum16_q(_mm512_sub_ps(_mm512_add_ps(acc0, acc1), offset));
+  return simd::hsum16(_mm512_sub_ps(_mm512_add_ps(acc0, acc1), offset));
 }
 
 #endif  // IADGPT_QUANT_X86

@@ -25,13 +25,6 @@ using nlohmann::json;
 
 namespace {
 
-serve::ServerOptions small_options() {
-  serve::ServerOptions o;
-  o.workers = 1;
-  o.queue = 4;
-  return o;
-}
-
 std::string data_uri(const std::string& bytes) { return "data:image/jpeg;base64," + serve::base64_encode(bytes); }
 
 json image_part(const std::string& url) { return {{"type", "image_url"}, {"image_url", {{"url", url}}}}; }

@@ -134,13 +134,6 @@ Exposition parse_exposition(const std::string& text) {
   return e;
 }
 
-serve::ServerOptions small_options() {
-  serve::ServerOptions o;
-  o.workers = 1;
-  o.queue = 4;
-  return o;
-}
-
 httplib::Headers bearer(const std::string& key) { return {{"Authorization", "Bearer " + key}}; }
 
 Exposition scrape(httplib::Client& c, const httplib::Headers& headers = {}) {

@@ -107,6 +107,14 @@ class TestServer {
   std::thread thread_;
 };
 
+// One worker, four waiting jobs: queue limits are reached with a handful of requests.
+inline serve::ServerOptions small_options() {
+  serve::ServerOptions o;
+  o.workers = 1;
+  o.queue = 4;
+  return o;
+}
+
 inline std::string read_bytes(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;

@@ -13,13 +13,6 @@ using nlohmann::json;
 
 namespace {
 
-serve::ServerOptions small_options() {
-  serve::ServerOptions o;
-  o.workers = 1;
-  o.queue = 4;
-  return o;
-}
-
 std::string data_uri(const std::string& bytes, const std::string& type = "image/jpeg") {
   return "data:" + type + ";base64," + serve::base64_encode(bytes);
 }

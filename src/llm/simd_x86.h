@@ -1,0 +1,29 @@
+// x86 SIMD helpers shared by the matrix-vector kernels (matvec.cpp, quant_matvec.cpp). Include
+// only where <immintrin.h> exists (the kernels' IADGPT_*_X86 blocks); each function carries its
+// own target attribute, so the build stays generic x86-64.
+#pragma once
+#include <immintrin.h>
+
+namespace iadgpt::llm::simd {
+
+// Horizontal sum of 8 fp32 lanes.
+__attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Horizontal sum of 16 fp32 lanes, through memory: GCC 12's _mm512_reduce_add_ps and
+// _mm512_extractf64x4_pd warn about an uninitialised temporary inside its own header. Once a row.
+__attribute__((target("avx512f"))) inline float hsum16(__m512 v) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  const __m256 halves = _mm256_add_ps(_mm256_load_ps(lanes), _mm256_load_ps(lanes + 8));
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+}  // namespace iadgpt::llm::simd
