@@ -484,13 +484,17 @@ TEST(GracefulShutdown, SigtermFinishesAcceptedRequestsThenExitsZero) {
       return r ? r->status : 0;
     }));
   }
-  // SIGTERM once every client's request was accepted (a request still on its way would rightly get
-  // 503) and at least two are still to answer (so there is a drain to probe).
+  // SIGTERM while at least two requests wait or run (so there is a drain to probe). Clients still
+  // on their way then rightly get 503, but every request the server had accepted by the signal
+  // (answered, running or queued in the snapshot) must be answered. Waiting for all twelve to be
+  // accepted first raced on a fast machine: the early ones could finish before the last arrived.
+  int accepted_at_signal = 0;
   ASSERT_TRUE(eventually([&] {
     const auto h = body_json(c.Get("/v1/health"));
     if (!h.contains("busy")) return false;
     const int waiting = h["busy"].get<int>() + h["queued"].get<int>();
-    return waiting >= 2 && waiting + h["completed"].get<int>() - completed_before == kClients;
+    accepted_at_signal = waiting + h["completed"].get<int>() - completed_before;
+    return waiting >= 2;
   }, 60)) << "the requests never queued; health: " << c.Get("/v1/health")->body << " log: " << server.slurp_log();
   server.signal(SIGTERM);
   ASSERT_TRUE(eventually([&] {
@@ -503,7 +507,14 @@ TEST(GracefulShutdown, SigtermFinishesAcceptedRequestsThenExitsZero) {
   const auto code = server.wait_exit(120);
   ASSERT_TRUE(code.has_value()) << "did not exit after draining; log: " << server.slurp_log();
   EXPECT_EQ(*code, 0) << server.slurp_log();
-  for (auto& f : clients) EXPECT_EQ(f.get(), 200);  // every accepted request was answered
+  int answered = 0;
+  for (auto& f : clients) {
+    const int status = f.get();
+    answered += status == 200;
+    // 503: arrived while draining; 0: never connected before the listener closed.
+    EXPECT_TRUE(status == 200 || status == 503 || status == 0) << status;
+  }
+  EXPECT_GE(answered, accepted_at_signal) << "an accepted request lost its answer; log: " << server.slurp_log();
   EXPECT_NE(server.slurp_log().find("every request answered"), std::string::npos) << server.slurp_log();
 }
 
