@@ -51,6 +51,9 @@ struct Bundle {                         // <dir>/iadgpt.json; relative paths res
   // the heads what they were trained on.
   bool rotations = false;
   std::string dtype = "f32";            // | "bf16"
+  // Where the model runs: "cpu", "cuda" or "cuda:N" (nn/device.h); `--device` overrides it, so a
+  // bundle written on a GPU machine still runs on a CPU one.
+  std::string device = "cpu";
   double threshold = 0.5;               // map threshold for regions / decision fallback
   // Per class: log-odds added to "Yes" against "No" at the decision token (a class not listed: 0,
   // the LLM's own decision). Fitted on labelled validation parts of the class
