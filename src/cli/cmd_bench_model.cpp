@@ -53,7 +53,7 @@ double mean_skip_first(const std::vector<double>& v) {
 
 Stages bench_bundle(const Opts& o) {
   auto bundle = model::read_bundle(o.model);
-  o.device.apply(bundle);
+  o.device.apply(bundle.device);
   model::IadGpt m(bundle);
   m.set_class(o.class_name);
   cv::Mat img;

@@ -53,7 +53,7 @@ void run_bundle_chat(const std::filesystem::path& dir, const std::string& image_
                      const DeviceFlag& device) {
   if (image_path.empty()) throw InputError("chat with a model bundle needs --image");
   auto bundle = model::read_bundle(dir);
-  device.apply(bundle);
+  device.apply(bundle.device);
   model::IadGpt m(bundle);
   m.set_class(class_name);
   if (!references.empty()) {

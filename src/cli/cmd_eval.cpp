@@ -61,7 +61,7 @@ void run_eval_model(const EvalFlags& f) {
   p.max_tokens = f.max_tokens;
   p.pro_fpr = f.pro_fpr;
   auto bundle = model::read_bundle(f.model);
-  f.detector.device.apply(bundle);
+  f.detector.device.apply(bundle.device);
   model::IadGpt iadgpt(bundle);
   std::optional<Progress> progress;
   auto r = eval::run_model_protocol(iadgpt, p, [&](int64_t done, int64_t total) {

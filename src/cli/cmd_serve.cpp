@@ -62,7 +62,7 @@ void add_serve(CLI::App& app) {
     if (!o->api_key_file.empty()) o->server.api_keys = serve::read_api_keys(o->api_key_file);
     serve::validate(o->server);  // before the model loads: a bad flag fails at once
     auto bundle = model::read_bundle(o->model);
-    o->device.apply(bundle);
+    o->device.apply(bundle.device);
     // --threads (all cores by default) is the total: the workers share it.
     o->server.threads_per_worker = std::max(1, torch::get_num_threads() / std::max(1, o->server.workers));
     // Signals are taken by one thread with sigwait (stop() is not async-signal-safe); block

@@ -6,7 +6,6 @@
 
 #include <string>
 
-#include "model/bundle.h"
 #include "nn/device.h"
 
 namespace iadgpt::cli {
@@ -21,10 +20,10 @@ struct DeviceFlag {
   }
   // InputError (exit 2) for an unknown name, or CUDA on a build or machine without it.
   torch::Device device() const { return nn::parse_device(name.empty() ? "cpu" : name); }
-  // The flag overrides the bundle's field; checked at once, before anything loads.
-  void apply(model::Bundle& bundle) const {
-    if (!name.empty()) bundle.device = name;
-    nn::parse_device(bundle.device, name.empty() ? "bundle device" : "--device");
+  // The flag overrides a bundle's `device` field; checked at once, before anything loads.
+  void apply(std::string& bundle_device) const {
+    if (!name.empty()) bundle_device = name;
+    nn::parse_device(bundle_device, name.empty() ? "bundle device" : "--device");
   }
 };
 
