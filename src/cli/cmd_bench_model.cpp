@@ -24,11 +24,13 @@ namespace iadgpt::cli {
 namespace {
 
 
-int64_t vm_hwm_bytes() {
+// A field of /proc/self/status in bytes ("VmHWM", "VmRSS"); -1 without /proc.
+int64_t proc_status_bytes(std::string_view field) {
   std::ifstream in("/proc/self/status");
   std::string line;
+  const auto prefix = std::string(field) + ":";
   while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+    if (line.rfind(prefix, 0) == 0) return std::stoll(line.substr(prefix.size())) * 1024;
   return -1;
 }
 
@@ -41,6 +43,9 @@ struct Opts {
 
 struct Stages {
   std::vector<double> encode, maps, prefill, generate;
+  // --model only: what a user waits for from the files on disk to the first answer.
+  double load_s = -1, first_answer_s = -1;
+  int64_t rss_after_load = -1;
 };
 
 double mean_skip_first(const std::vector<double>& v) {
@@ -52,10 +57,14 @@ double mean_skip_first(const std::vector<double>& v) {
 }
 
 Stages bench_bundle(const Opts& o) {
+  Stages st;
+  const auto t_load = Clock::now();
   auto bundle = model::read_bundle(o.model);
   o.device.apply(bundle.device);
   model::IadGpt m(bundle);
   m.set_class(o.class_name);
+  st.load_s = since(t_load);
+  st.rss_after_load = proc_status_bytes("VmRSS");
   cv::Mat img;
   if (!o.image.empty()) {
     img = image::decode_file(o.image);
@@ -63,11 +72,12 @@ Stages bench_bundle(const Opts& o) {
     img = cv::Mat(224, 224, CV_8UC3);
     cv::randu(img, 0, 255);
   }
-  Stages st;
   for (int64_t i = 0; i < o.iters; ++i) {
     model::InspectOptions opt;
     opt.max_tokens = o.tokens;
+    const auto t_answer = Clock::now();
     const auto r = m.inspect(img, opt);
+    if (i == 0) st.first_answer_s = since(t_answer);
     st.encode.push_back(r.timings.encode);
     st.maps.push_back(r.timings.maps);
     st.prefill.push_back(r.timings.prefill);
@@ -154,7 +164,9 @@ void add_bench_model(CLI::App& bench) {
   auto o = std::make_shared<Opts>();
   auto* cmd = bench.add_subcommand("model", "IAD-GPT per-image latency (encode / maps / prefill / generate) and peak RSS");
   cmd->add_option("--arch", o->arch, "VISION+LLM presets with random weights, e.g. imagebind-huge+llama-7b")->capture_default_str();
-  cmd->add_option("--model", o->model, "A model bundle instead of --arch");
+  cmd->add_option("--model", o->model,
+                  "A model bundle instead of --arch: also times the load from its files and the first answer (e.g. "
+                  "a bundle made by `bundle create --vision imagebind_huge.pth --llm vicuna-7b/ --init-random 0`)");
   cmd->add_option("--image", o->image, "Image for --model (default: random pixels)");
   cmd->add_option("--class", o->class_name, "Object class for --model");
   cmd->add_option("--dtype", o->dtype, "weights for --arch: bf16 | f32")->capture_default_str();
@@ -167,7 +179,10 @@ void add_bench_model(CLI::App& bench) {
     const auto st = o->model.empty() ? bench_arch(*o) : bench_bundle(*o);
     const double enc = mean_skip_first(st.encode), maps = mean_skip_first(st.maps), pre = mean_skip_first(st.prefill),
                  gen = mean_skip_first(st.generate);
-    const int64_t peak = vm_hwm_bytes();
+    const int64_t peak = proc_status_bytes("VmHWM");
+    if (st.load_s >= 0)
+      std::cerr << fmt::format("from the files: load {:.2f} s (RSS {:.2f} GiB after it) | first answer {:.2f} s\n",
+                               st.load_s, st.rss_after_load / double(1 << 30), st.first_answer_s);
     std::cerr << fmt::format("per image: encode {:.1f} ms | maps+adapters {:.1f} ms | prefill {:.1f} ms | generate {} tokens "
                              "{:.1f} ms ({:.1f} ms/token) | total {:.1f} ms | peak RSS {:.2f} GiB\n",
                              enc * 1e3, maps * 1e3, pre * 1e3, o->tokens, gen * 1e3, gen * 1e3 / o->tokens,
@@ -176,6 +191,11 @@ void add_bench_model(CLI::App& bench) {
       nlohmann::json j{{"arch", o->model.empty() ? o->arch : o->model}, {"dtype", o->dtype}, {"threads", torch::get_num_threads()},
                        {"iters", o->iters}, {"tokens", o->tokens}, {"encode_ms", enc * 1e3}, {"maps_ms", maps * 1e3},
                        {"prefill_ms", pre * 1e3}, {"generate_ms", gen * 1e3}, {"peak_rss_bytes", peak}};
+      if (st.load_s >= 0) {
+        j["load_ms"] = st.load_s * 1e3;
+        j["rss_after_load_bytes"] = st.rss_after_load;
+        j["first_answer_ms"] = st.first_answer_s * 1e3;
+      }
       std::cout << j.dump() << "\n";
     }
   });

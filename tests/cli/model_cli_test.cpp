@@ -129,10 +129,13 @@ TEST(BenchCli, ModelBundleReportsTheFourStages) {
   auto r = run_iadgpt({"bench", "model", "--model", cli_bundle().string(), "--iters", "2", "--tokens", "3", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = nlohmann::json::parse(r.out);
-  for (const char* k : {"encode_ms", "maps_ms", "prefill_ms", "generate_ms", "peak_rss_bytes"}) {
+  for (const char* k : {"encode_ms", "maps_ms", "prefill_ms", "generate_ms", "peak_rss_bytes", "load_ms",
+                        "first_answer_ms", "rss_after_load_bytes"}) {
     ASSERT_TRUE(j.contains(k)) << k;
     EXPECT_GT(j[k].get<double>(), 0.0) << k;
   }
+  // The resident set after loading cannot exceed the run's high-water mark.
+  EXPECT_LE(j["rss_after_load_bytes"].get<int64_t>(), j["peak_rss_bytes"].get<int64_t>());
 }
 
 // --device (issue 16) -------------------------------------------------------------------------
