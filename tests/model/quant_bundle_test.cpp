@@ -77,7 +77,9 @@ TEST(QuantBundle, QuantFieldIsValidatedAgainstTheStoredLlm) {
   auto edit = [&](const std::string& name, const std::function<void(nlohmann::json&)>& change) {
     const auto dir = test::scratch("quant-bundle-fields") / name;
     fs::create_directories(dir);
-    auto j = model::bundle_to_json(q8);
+    auto moved = q8;
+    moved.dir = dir;  // paths outside the new directory are written absolute
+    auto j = model::bundle_to_json(moved);
     change(j);
     std::ofstream(dir / "iadgpt.json") << j.dump();
     return bundle_error(dir);
