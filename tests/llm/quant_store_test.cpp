@@ -3,6 +3,8 @@
 // layout read back independently of the library, and the loader's errors on damaged files.
 #include <gtest/gtest.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <cmath>
 #include <fstream>
 
@@ -29,27 +31,57 @@ torch::Tensor block_then_step(const llm::LlamaModel& m) {
   return torch::cat({block, step});
 }
 
-// One stored quantized copy of llama_tiny per format, written once per binary.
+// llama_tiny's fixture values are bf16-exact (its README), so a quantizer that rounded them to
+// bf16 first would go unnoticed: this fp32 copy moves every value by a relative ±1e-3 (seeded),
+// off the bf16 grid, as real fp32 checkpoints are.
+const fs::path& fp32_source() {
+  static const fs::path dir = [] {
+    auto d = t::scratch("quant-store-src") / "llm";
+    auto tensors = io::load_safetensors(t::llama_tiny("model.safetensors"));
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+    for (auto& [k, v] : tensors) v = v.mul(1 + 1e-3 * torch::randn(v.sizes(), gen));
+    fs::create_directories(d);
+    io::save_safetensors(d / "model.safetensors", tensors, {{"format", "pt"}});
+    fs::copy_file(t::llama_tiny("config.json"), d / "config.json");
+    return d;
+  }();
+  return dir;
+}
+
+// One stored quantized copy of it per format, written once per binary.
 const fs::path& stored(llm::QuantFormat f) {
   static const fs::path q8 = [] {
     auto d = t::scratch("quant-store-q8") / "llm";
-    llm::quantize_checkpoint(t::llama_tiny(), llm::QuantFormat::Q8, d);
+    llm::quantize_checkpoint(fp32_source(), llm::QuantFormat::Q8, d);
     return d;
   }();
   static const fs::path q4 = [] {
     auto d = t::scratch("quant-store-q4") / "llm";
-    llm::quantize_checkpoint(t::llama_tiny(), llm::QuantFormat::Q4, d);
+    llm::quantize_checkpoint(fp32_source(), llm::QuantFormat::Q4, d);
     return d;
   }();
   return f == llm::QuantFormat::Q8 ? q8 : q4;
 }
 
-bool mapped(const fs::path& file) {
+// Address ranges at which `file` is memory-mapped by this process now.
+std::vector<std::pair<uintptr_t, uintptr_t>> mappings(const fs::path& file) {
   std::ifstream maps("/proc/self/maps");
   const auto name = fs::canonical(file).string();
+  std::vector<std::pair<uintptr_t, uintptr_t>> out;
   std::string line;
   while (std::getline(maps, line))
-    if (line.size() >= name.size() && line.compare(line.size() - name.size(), name.size(), name) == 0) return true;
+    if (line.size() >= name.size() && line.compare(line.size() - name.size(), name.size(), name) == 0) {
+      const auto dash = line.find('-'), space = line.find(' ');
+      out.emplace_back(std::stoull(line.substr(0, dash), nullptr, 16),
+                       std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16));
+    }
+  return out;
+}
+
+bool inside(const torch::Tensor& t, const std::vector<std::pair<uintptr_t, uintptr_t>>& ranges) {
+  const auto p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  for (const auto& [a, b] : ranges)
+    if (p >= a && p < b) return true;
   return false;
 }
 
@@ -79,7 +111,7 @@ std::string load_error(const fs::path& dir, llm::LoadOptions options = {.dtype =
 
 TEST(QuantStore, StoredCheckpointGivesTheSameLogitsAsQuantizingAtLoadBitForBit) {
   for (auto f : {llm::QuantFormat::Q8, llm::QuantFormat::Q4}) {
-    const auto at_load = llm::load_model(t::llama_tiny(), {.dtype = torch::kBFloat16, .quant = f});
+    const auto at_load = llm::load_model(fp32_source(), {.dtype = torch::kBFloat16, .quant = f});
     const auto from_file = llm::load_model(stored(f), {.dtype = torch::kBFloat16});
     ASSERT_EQ(from_file.weights.quant, f);
     ASSERT_TRUE(from_file.weights.q_lm_head.defined());
@@ -97,9 +129,17 @@ TEST(QuantStore, QuantizedWeightsAreReadFromTheMapNotCopied) {
   const auto file = stored(llm::QuantFormat::Q4) / "model.safetensors";
   {
     const auto m = llm::load_model(stored(llm::QuantFormat::Q4), {.dtype = torch::kBFloat16});
-    EXPECT_TRUE(mapped(file));
+    const auto ranges = mappings(file);
+    ASSERT_FALSE(ranges.empty());
+    for (const auto& L : m.weights.layers)
+      for (const auto* q : {&L.q_wq, &L.q_wk, &L.q_wv, &L.q_wo, &L.q_gate, &L.q_up}) {
+        EXPECT_TRUE(inside(q->q, ranges));
+        EXPECT_TRUE(inside(q->scale, ranges));
+      }
+    EXPECT_TRUE(inside(m.weights.q_lm_head.q, ranges));
+    EXPECT_FALSE(inside(m.weights.norm, ranges));  // copied at load (loader_test): the check can fail
   }
-  EXPECT_FALSE(mapped(file));  // and released with the model (the check can fail both ways)
+  EXPECT_TRUE(mappings(file).empty());  // released with the model
 }
 
 TEST(QuantStore, StoredLayoutMatchesTheDocumentedFormat) {
@@ -107,7 +147,7 @@ TEST(QuantStore, StoredLayoutMatchesTheDocumentedFormat) {
   // with llm::dequantize): every weight within the documented round-trip bound of the fixture's
   // fp32 value. q8: |w − s·q| ≤ |s|/2; q4: ≤ |s| (the clamp at +7). Slack 1e-6·|s| for the fp32
   // product s·q.
-  const auto ref = io::load_safetensors(t::llama_tiny("model.safetensors"));
+  const auto ref = io::load_safetensors(fp32_source() / "model.safetensors");
   for (auto f : {llm::QuantFormat::Q8, llm::QuantFormat::Q4}) {
     std::map<std::string, std::string> meta;
     const auto got = io::load_safetensors(stored(f) / "model.safetensors", &meta);
@@ -191,10 +231,10 @@ TEST(QuantStore, StoredCheckpointRefusesOtherDtypesFormatsAndRequantization) {
 
 TEST(QuantStore, QuantizeModelInMemoryEqualsQuantizingAtLoad) {
   // quantize_model on the fp32 model (what `iadgpt quantize` does after merging) = LoadOptions::quant.
-  auto m = llm::load_model(t::llama_tiny());
+  auto m = llm::load_model(fp32_source());
   llm::quantize_model(m, llm::QuantFormat::Q4);
   EXPECT_EQ(m.weights.embed.scalar_type(), torch::kBFloat16);
   EXPECT_EQ(m.weights.layers[0].w_down.scalar_type(), torch::kBFloat16);
-  const auto at_load = llm::load_model(t::llama_tiny(), {.dtype = torch::kBFloat16, .quant = llm::QuantFormat::Q4});
+  const auto at_load = llm::load_model(fp32_source(), {.dtype = torch::kBFloat16, .quant = llm::QuantFormat::Q4});
   EXPECT_TRUE(torch::equal(block_then_step(m), block_then_step(at_load)));
 }
