@@ -7,6 +7,7 @@
 #include "image/preprocess.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
+#include "nn/device.h"
 #include "nn/transformer.h"
 #include "text/clip_tokenizer.h"
 #include "text/text_tower.h"
@@ -59,6 +60,7 @@ struct Detector::State {
     text_options.dtype = options.dtype;
     text_options.config = options.config;
     text_tower = text::load_text_tower(path, text_options);
+    text::move_text_tower(*text_tower, options.device);
     auto vocab = options.vocab.value_or(text::ClipTokenizer::find_beside(path));
     if (vocab.empty()) {
       throw InputError(fmt::format("no CLIP BPE vocabulary beside {}; give --vocab bpe_simple_vocab_16e6.txt.gz",
@@ -76,7 +78,7 @@ struct Detector::State {
   std::vector<torch::Tensor> encode(const torch::Tensor& pixels) { return forward(pixels).taps; }
   vision::VitOutput forward(const torch::Tensor& pixels) {
     torch::NoGradGuard no_grad;
-    return vision::vit_forward(vision.weights, vision.config, pixels.to(options.dtype), taps);
+    return vision::vit_forward(vision.weights, vision.config, pixels.to(options.device, options.dtype), taps);
   }
 
   // The family's own final norm + projection applied to patch tokens (METHOD §1.6).
@@ -98,6 +100,7 @@ Detector::Detector(const DetectorOptions& options) : state_(std::make_unique<Sta
   vision_options.dtype = options.dtype;
   s.vision = options.vision_model ? *options.vision_model : vision::load_vision(options.vision, vision_options);
   s.options.vision_model.reset();  // held once, in s.vision
+  vision::move_weights(s.vision.weights, options.device);
   s.taps = options.taps.empty() ? s.vision.config.default_taps() : options.taps;
   for (auto t : s.taps) {
     if (t < 0 || t >= s.vision.config.layers) {
@@ -118,6 +121,7 @@ Detector::Detector(const DetectorOptions& options) : state_(std::make_unique<Sta
     s.decoder.emplace(VisualDecoder(s.vision.config.width, s.vision.config.embed_dim,
                                     static_cast<int64_t>(s.taps.size())));
     load_decoder(*s.decoder, ckpt.tensors, options.decoder->string());
+    (*s.decoder)->to(options.device);
     (*s.decoder)->eval();
   }
   const auto mode = options.mode;
@@ -176,6 +180,9 @@ void Detector::set_class(std::string_view class_name) {
   } else {
     s.features = encode_prompts(prompts, encode);
   }
+  // The cache reads to host memory; the maps compare on the towers' device.
+  for (auto* t : {&s.features->normal_sentences, &s.features->abnormal_sentences, &s.features->f_text})
+    nn::to_device(*t, s.options.device);
   if (s.features->f_text.size(1) != s.vision.config.embed_dim) {
     throw InputError(fmt::format("text embeddings are {} wide but the vision tower projects to {}",
                                  s.features->f_text.size(1), s.vision.config.embed_dim));
@@ -285,7 +292,7 @@ std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) {
       for (const auto& m : text_maps.layers) layers.push_back(m[b][1]);
       d.layer_maps = torch::stack(layers);
     } else {
-      d.layer_maps = torch::zeros({static_cast<int64_t>(s.taps.size()), s.size, s.size});
+      d.layer_maps = torch::zeros({static_cast<int64_t>(s.taps.size()), s.size, s.size}, fused.options().dtype(torch::kFloat32));
     }
     if (few_shot.defined()) d.few_shot = few_shot[b][0].contiguous();
     d.score = scores[b].item<float>();
@@ -296,6 +303,11 @@ std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) {
     out.push_back(std::move(d));
   }
   return out;
+}
+
+void to_host(Detection& d) {
+  for (auto* t : {&d.map, &d.layer_maps, &d.few_shot, &d.embedding, &d.patch_features})
+    nn::to_device(*t, torch::kCPU);
 }
 
 torch::Tensor resize_map(const torch::Tensor& map, int64_t height, int64_t width) {

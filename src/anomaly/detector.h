@@ -54,10 +54,13 @@ struct DetectorOptions {
   bool rotations = false;                       // add 90/180/270° views of the references
   int64_t top_k = 0;                            // image score: 0 = max, else top-k mean
   torch::Dtype dtype = torch::kFloat32;         // tower compute dtype
+  torch::Device device = torch::kCPU;           // where the towers, decoder and bank live (nn/device.h)
   std::optional<std::filesystem::path> cache_dir;  // prompt-embedding cache
   bool features = false;                        // also return e and the patch features (IAD-GPT, model::IadGpt)
 };
 
+// Every tensor on the detector's device (DetectorOptions::device): the IAD-GPT heads read them
+// there. A caller that writes or measures the maps copies them with to_host first.
 struct Detection {
   torch::Tensor map;         // [S, S] float in [0, 1]
   torch::Tensor layer_maps;  // [L, S, S] per-tap abnormal maps (zeros for few-shot only)
@@ -69,6 +72,10 @@ struct Detection {
   torch::Tensor embedding, patch_features;
   double encode_seconds = 0, map_seconds = 0;  // of the whole batch
 };
+
+// The maps (and e, the patch features) copied to host memory: where a detection leaves the model
+// (PNG, safetensors, metrics). No copy on the CPU.
+void to_host(Detection& detection);
 
 class Detector {
  public:

@@ -138,7 +138,7 @@ torch::Tensor MemoryBank::query(const std::vector<torch::Tensor>& taps, int64_t 
     throw InputError(fmt::format("memory bank holds {} layers but the query has {}", bank_.size(), taps.size()));
   }
   const int64_t batch = taps[0].size(0), patches = taps[0].size(1) - 1;
-  auto similarity = torch::zeros({batch * patches}, torch::kFloat32);
+  auto similarity = torch::zeros({batch * patches}, taps[0].options().dtype(torch::kFloat32));
   for (size_t l = 0; l < taps.size(); ++l) {
     auto q = F::normalize(taps[l].slice(1, 1).to(torch::kFloat32).reshape({batch * patches, -1}),
                           F::NormalizeFuncOptions().dim(-1))

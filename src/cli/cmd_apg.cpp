@@ -8,6 +8,7 @@
 
 #include "anomaly/apg.h"
 #include "cli/commands.h"
+#include "cli/device_flag.h"
 #include "io/error.h"
 #include "llm/options.h"
 #include "llm/sampler.h"
@@ -17,6 +18,7 @@ namespace iadgpt::cli {
 void add_apg(CLI::App& app) {
   struct Opts {
     std::string llm, lora, dtype = "auto", chat_template = "vicuna_v0", out;
+    DeviceFlag device;
     std::vector<std::string> classes;
     double lora_alpha = 32;
     bool builtin = false, list = false;
@@ -28,6 +30,7 @@ void add_apg(CLI::App& app) {
   cmd->add_option("--lora", o->lora, "PEFT adapter directory or PandaGPT-style delta file, merged");
   cmd->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha for delta files")->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "LLM weights: f32 | bf16 | auto")->capture_default_str();
+  o->device.add_to(*cmd);
   cmd->add_option("--template", o->chat_template, "chat template: vicuna_v0 | vicuna_v1.1 | llama2 | plain")
       ->capture_default_str();
   cmd->add_option("--class", o->classes, "object class (repeatable), e.g. hazelnut, metal_nut, pcb1");
@@ -39,6 +42,7 @@ void add_apg(CLI::App& app) {
   cmd->add_flag("--list", o->list, "list the classes the built-in library covers and exit");
   cmd->add_option("--out", o->out, "prompts file to write (JSON)");
   cmd->callback([o] {
+    const auto device = o->device.device();  // checked before anything loads
     if (o->list) {
       for (const auto& name : anomaly::builtin_classes()) std::cout << name << "\n";
       return;
@@ -60,6 +64,7 @@ void add_apg(CLI::App& app) {
       llm::Sampler check(llm::SamplingParams{.temperature = o->apg.temperature, .top_p = o->apg.top_p});
       auto tokenizer = llm::Tokenizer::from_path(o->llm);
       auto model = llm::load_model_with_lora(o->llm, llm::resolve_dtype(o->dtype, o->llm), o->lora, o->lora_alpha);
+      llm::move_model(model, device);
       for (const auto& name : o->classes) {
         std::cerr << fmt::format("apg: {} ...\n", name);
         result[name] = anomaly::generate_prompts(model, tokenizer, name, o->apg);

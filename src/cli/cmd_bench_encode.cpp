@@ -9,6 +9,7 @@
 #include <malloc.h>
 
 #include "cli/commands.h"
+#include "cli/device_flag.h"
 #include "io/error.h"
 #include "vision/vit.h"
 
@@ -40,31 +41,36 @@ void reset_peak_rss() {
 }
 
 // A square GEMM of the same dtype: what this CPU can do at best on the same threads.
-double gemm_gflops(torch::Dtype dtype, int64_t n = 2048, int reps = 3) {
+double gemm_gflops(torch::Dtype dtype, const torch::Device& device, int64_t n = 2048, int reps = 3) {
   torch::NoGradGuard ng;
-  auto a = torch::randn({n, n}).to(dtype), b = torch::randn({n, n}).to(dtype);
+  auto a = torch::randn({n, n}).to(device, dtype), b = torch::randn({n, n}).to(device, dtype);
   auto c = torch::matmul(a, b);  // warm-up (oneDNN/OpenBLAS set-up)
+  nn::synchronize(device);
   const auto t0 = clock_type::now();
   for (int i = 0; i < reps; ++i) c = torch::matmul(a, b);
+  nn::synchronize(device);
   return 2.0 * n * n * n * reps / seconds_since(t0) / 1e9;
 }
 
-void bench_one(const std::string& arch, torch::Dtype dtype, int iters, int batch) {
+void bench_one(const std::string& arch, torch::Dtype dtype, int iters, int batch, const torch::Device& device) {
   const auto cfg = vision::vit_preset(arch);
   reset_peak_rss();
   const double rss0 = peak_rss_mib();
   auto t0 = clock_type::now();
-  const auto weights = vision::random_weights(cfg, dtype, 0);
+  auto weights = vision::random_weights(cfg, dtype, 0);
+  vision::move_weights(weights, device);
   const double init_s = seconds_since(t0);
-  const auto pixels = torch::randn({batch, 3, cfg.image_size, cfg.image_size});
+  const auto pixels = torch::randn({batch, 3, cfg.image_size, cfg.image_size}).to(device);
   const std::vector<int64_t> taps = cfg.default_taps();
   vision::vit_forward(weights, cfg, pixels, taps);  // warm-up: first-touch of activation memory
+  nn::synchronize(device);
   t0 = clock_type::now();
   for (int i = 0; i < iters; ++i) vision::vit_forward(weights, cfg, pixels, taps);
+  nn::synchronize(device);
   const double per_batch = seconds_since(t0) / iters;
   const double rss = peak_rss_mib();
   const double gflops = cfg.flops_per_image() * batch / per_batch / 1e9;
-  const double peak = gemm_gflops(dtype);
+  const double peak = gemm_gflops(dtype, device);
   std::cout << fmt::format(
       "{} {:>4}: {} params, {:.1f} GFLOP/image, init {:.1f} s | {:.1f} ms/image (batch {}, {} iters) | "
       "{:.1f} GFLOP/s vs GEMM peak {:.1f} GFLOP/s ({:.0f}%) | peak RSS {:.0f} MiB (start {:.0f} MiB) | {} threads\n",
@@ -79,6 +85,7 @@ void add_bench_encode(CLI::App& bench) {
   struct Opts {
     std::string arch = "imagebind-huge", dtype = "both";
     int iters = 3, batch = 1;
+    DeviceFlag device;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = bench.add_subcommand("encode", "Time a real-size vision tower (random weights) in fp32 and bf16");
@@ -86,15 +93,17 @@ void add_bench_encode(CLI::App& bench) {
   cmd->add_option("--dtype", o->dtype, "f32, bf16 or both")->capture_default_str();
   cmd->add_option("--iters", o->iters, "Timed forwards after one warm-up")->capture_default_str();
   cmd->add_option("--batch", o->batch, "Images per forward")->capture_default_str();
+  o->device.add_to(*cmd);
   cmd->callback([o] {
+    const auto device = o->device.device();
     vision::vit_preset(o->arch);  // validates the name before any allocation
     if (o->iters < 1 || o->batch < 1) throw InputError("--iters and --batch must be at least 1");
     if (o->dtype != "f32" && o->dtype != "bf16" && o->dtype != "both") {
       throw InputError(fmt::format("--dtype: '{}' (expected f32, bf16 or both)", o->dtype));
     }
     // bf16 first: its peak RSS is then not inflated by fp32 pages the allocator keeps.
-    if (o->dtype != "f32") bench_one(o->arch, torch::kBFloat16, o->iters, o->batch);
-    if (o->dtype != "bf16") bench_one(o->arch, torch::kFloat32, o->iters, o->batch);
+    if (o->dtype != "f32") bench_one(o->arch, torch::kBFloat16, o->iters, o->batch, device);
+    if (o->dtype != "bf16") bench_one(o->arch, torch::kFloat32, o->iters, o->batch, device);
   });
 }
 

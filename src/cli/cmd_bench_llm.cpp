@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/device_flag.h"
 #include "cli/progress.h"
 #include "io/error.h"
 #include "llm/export.h"
@@ -47,6 +48,7 @@ void add_bench_llm(CLI::App& bench) {
     uint64_t seed = 0;
     bool json = false;
     std::string write_hf;
+    DeviceFlag device;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = bench.add_subcommand("llm", "Decoder speed and memory at real size (random weights)");
@@ -61,8 +63,10 @@ void add_bench_llm(CLI::App& bench) {
   cmd->add_option("--write-hf", o->write_hf,
                   "also write the random weights as a Hugging Face directory (config.json + model.safetensors), "
                   "e.g. for llama.cpp's convert_hf_to_gguf.py: docs/LLAMA_CPP_COMPARISON.md");
+  o->device.add_to(*cmd, "cpu; the bandwidth limit and GEMM peak are always the CPU's");
   cmd->callback([o] {
     if (o->prefill < 1 || o->decode < 1) throw InputError("--prefill and --decode must be >= 1");
+    const auto device = o->device.device();
     const auto config = llm::LlamaConfig::preset(o->arch);
     const auto dtype = llm::resolve_dtype(o->dtype, "");
     const auto quant = llm::parse_quant_format(o->quant, "--quant");
@@ -87,6 +91,7 @@ void add_bench_llm(CLI::App& bench) {
     }
     llm::quantize_weights(weights, quant);  // matrix by matrix, each bf16 source freed at once
     llm::LlamaModel model(config, std::move(weights), dtype, o->arch);
+    llm::move_model(model, device);
     const double init_s = since(t0);
     const int64_t bytes = llm::weight_bytes(model.weights);
     std::cerr << fmt::format("weights: {:.2f} GB created{} in {:.1f} s\n", bytes / 1e9,
@@ -110,6 +115,7 @@ void add_bench_llm(CLI::App& bench) {
     std::vector<int64_t> prompt(prompt_t.data_ptr<int64_t>(), prompt_t.data_ptr<int64_t>() + o->prefill);
     t0 = Clock::now();
     auto logits = llm::forward_tokens(model, cache, prompt, llm::Logits::Last);
+    nn::synchronize(device);
     const double prefill_s = since(t0);
     // The GEMM rate at a large bf16/f32 shape of this model (the widest matrix, 512 rows): what
     // prefill could reach if all of it were GEMM.
@@ -125,6 +131,7 @@ void add_bench_llm(CLI::App& bench) {
       const int64_t next[] = {logits.argmax().item<int64_t>()};
       t0 = Clock::now();
       logits = llm::forward_tokens(model, cache, next, llm::Logits::Last);
+      nn::synchronize(device);
       steps.push_back(since(t0));
     }
     // The first step also faults in the decode buffers; report the mean of the rest when possible.

@@ -7,6 +7,7 @@
 
 #include "anomaly/maps.h"
 #include "cli/commands.h"
+#include "cli/device_flag.h"
 #include "io/error.h"
 #include "vision/vit.h"
 
@@ -27,6 +28,7 @@ void add_bench_maps(CLI::App& bench) {
     std::string arch = "imagebind-huge", dtype = "bf16";
     int shots = 4, iters = 3;
     bool rotations = true;
+    DeviceFlag device;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = bench.add_subcommand("maps", "Time the few-shot map against the encode of one image (real size)");
@@ -35,27 +37,36 @@ void add_bench_maps(CLI::App& bench) {
   cmd->add_option("--shots", o->shots, "Reference images in the memory bank")->capture_default_str();
   cmd->add_option("--rotations", o->rotations, "Add the 3 rotations of each reference")->capture_default_str();
   cmd->add_option("--iters", o->iters, "Timed repetitions")->capture_default_str();
+  o->device.add_to(*cmd);
   cmd->callback([o] {
+    const auto device = o->device.device();
     const auto cfg = vision::vit_preset(o->arch);
     if (o->shots < 1 || o->iters < 1) throw InputError("--shots and --iters must be at least 1");
     if (o->dtype != "f32" && o->dtype != "bf16") throw InputError("--dtype must be f32 or bf16");
     const auto dtype = o->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
     torch::NoGradGuard no_grad;
-    const auto weights = vision::random_weights(cfg, dtype, 0);
+    auto weights = vision::random_weights(cfg, dtype, 0);
+    vision::move_weights(weights, device);
     const auto taps = cfg.default_taps();
-    auto pixels = torch::randn({1, 3, cfg.image_size, cfg.image_size}).to(dtype);
+    auto pixels = torch::randn({1, 3, cfg.image_size, cfg.image_size}).to(device, dtype);
     vision::VitOutput query;
-    const double encode_s = seconds_of([&] { query = vision::vit_forward(weights, cfg, pixels, taps); }, o->iters);
+    const double encode_s = seconds_of([&] {
+      query = vision::vit_forward(weights, cfg, pixels, taps);
+      nn::synchronize(device);
+    }, o->iters);
 
     // The bank holds the taps of shots × (1 or 4) views; random tokens stand in for them at the
     // real shapes (the map's cost depends on shapes only).
     const int64_t views = o->shots * (o->rotations ? 4 : 1);
     std::vector<torch::Tensor> bank_taps;
-    for (size_t l = 0; l < taps.size(); ++l) bank_taps.push_back(torch::randn({views, cfg.tokens(), cfg.width}));
+    for (size_t l = 0; l < taps.size(); ++l) bank_taps.push_back(torch::randn({views, cfg.tokens(), cfg.width}).to(device));
     anomaly::MemoryBank bank(1024, dtype);  // the bank keeps the encoder's precision
     bank.add(bank_taps);
     torch::Tensor map;
-    const double map_s = seconds_of([&] { map = bank.query(query.taps, cfg.image_size); }, o->iters);
+    const double map_s = seconds_of([&] {
+      map = bank.query(query.taps, cfg.image_size);
+      nn::synchronize(device);
+    }, o->iters);
     std::cout << fmt::format(
         "{} {}: encode {:.1f} ms/image | few-shot map {:.2f} ms/image ({} references{}, bank {} patches × {} layers) "
         "= {:.2f}% of the encode (goal < 5%) | {} threads\n",

@@ -10,6 +10,7 @@
 
 #include "anomaly/maps.h"
 #include "cli/commands.h"
+#include "cli/device_flag.h"
 #include "cli/progress.h"
 #include "image/decode.h"
 #include "io/error.h"
@@ -36,6 +37,7 @@ struct Opts {
   std::string arch = "imagebind-huge+llama-7b", model, image, dtype = "bf16", class_name, quant = "none";
   int64_t iters = 3, tokens = 16;
   bool json = false;
+  DeviceFlag device;
 };
 
 struct Stages {
@@ -55,6 +57,7 @@ Stages bench_bundle(const Opts& o) {
   // --quant overrides the bundle's field: its LLM is then quantized at load (after its LoRAs are
   // merged); a stored quantized LLM only runs in its own format (load_bundle_llm says so).
   if (o.quant != "none") bundle.quant = o.quant;
+  o.device.apply(bundle.device);
   model::IadGpt m(bundle);
   m.set_class(o.class_name);
   cv::Mat img;
@@ -86,13 +89,16 @@ Stages bench_arch(const Opts& o) {
   std::cerr << fmt::format("bench model: {} ({:.2f} B vision + {:.2f} B LLM parameters), {} weights, LLM quant {}, {} threads\n",
                            o.arch, vcfg.parameter_count() / 1e9, lcfg.parameter_count() / 1e9, o.dtype, o.quant,
                            torch::get_num_threads());
+  const auto device = o.device.device();
   auto t0 = Clock::now();
-  const auto vweights = vision::random_weights(vcfg, dtype, 0);
+  auto vweights = vision::random_weights(vcfg, dtype, 0);
+  vision::move_weights(vweights, device);
   const auto quant = llm::parse_quant_format(o.quant, "--quant");
   if (quant != llm::QuantFormat::None && dtype != torch::kBFloat16)
     throw InputError("--quant q8|q4 needs --dtype bf16 (embeddings and the KV cache stay bf16)");
   llm::LlamaModel llm_model(lcfg, llm::random_weights(lcfg, dtype, 1), dtype, o.arch);
   llm::quantize_weights(llm_model.weights, quant);  // matrix by matrix, each bf16 source freed at once
+  llm::move_model(llm_model, device);  // quantized weights: CPU only (move_model says so)
   torch::manual_seed(2);
   model::Heads heads;
   heads.decoder = anomaly::VisualDecoder(vcfg.width, vcfg.embed_dim, 4);
@@ -103,8 +109,10 @@ Stages bench_arch(const Opts& o) {
     m->eval();
     for (auto& p : m->parameters()) p.set_requires_grad(false);
   }
+  model::move_heads(heads, device);
   auto unit = [&](int64_t n) {
-    return torch::nn::functional::normalize(torch::randn({n, vcfg.embed_dim}), torch::nn::functional::NormalizeFuncOptions().dim(-1));
+    return torch::nn::functional::normalize(torch::randn({n, vcfg.embed_dim}).to(device),
+                                            torch::nn::functional::NormalizeFuncOptions().dim(-1));
   };
   // AnomalyGPT's ensemble sizes: 7 normal and 5 abnormal states × 2 templates.
   anomaly::TextFeatures text = anomaly::reduce_text_features(unit(14), unit(10));
@@ -119,13 +127,18 @@ Stages bench_arch(const Opts& o) {
   Stages st;
   for (int64_t i = 0; i < o.iters; ++i) {
     torch::NoGradGuard no_grad;
-    auto pixels = torch::randn({1, 3, vcfg.image_size, vcfg.image_size});
+    auto pixels = torch::randn({1, 3, vcfg.image_size, vcfg.image_size}).to(device);
+    // Each stage's clock is read after the device finished it (nn::synchronize; nothing on the CPU).
+    auto done = [&] {
+      nn::synchronize(device);
+      return since(t0);
+    };
     t0 = Clock::now();
     auto out = vision::vit_forward(vweights, vcfg, pixels.to(dtype), taps);
-    st.encode.push_back(since(t0));
+    st.encode.push_back(done());
     t0 = Clock::now();
     auto h = model::run_heads(heads, out.taps, out.embedding, {}, text, vcfg.image_size);
-    st.maps.push_back(since(t0));
+    st.maps.push_back(done());
     std::vector<llm::Segment> segs{llm::Segment::tokens({ids.begin(), ids.begin() + 8}), llm::Segment::rows(h.image_token),
                                    llm::Segment::tokens({ids.begin() + 8, ids.begin() + 12}),
                                    llm::Segment::rows(h.expert_tokens[0]),
@@ -133,13 +146,13 @@ Stages bench_arch(const Opts& o) {
     cache.clear();
     t0 = Clock::now();
     auto logits = llm::forward(llm_model, cache, llm::embed_segments(llm_model, segs), llm::Logits::Last);
-    st.prefill.push_back(since(t0));
+    st.prefill.push_back(done());
     t0 = Clock::now();
     for (int64_t k = 0; k < o.tokens; ++k) {
       const int64_t next[] = {logits.argmax().item<int64_t>()};
       logits = llm::forward_tokens(llm_model, cache, next, llm::Logits::Last);
     }
-    st.generate.push_back(since(t0));
+    st.generate.push_back(done());
   }
   return st;
 }
@@ -161,6 +174,7 @@ void add_bench_model(CLI::App& bench) {
   cmd->add_option("--iters", o->iters, "images (the first is a warm-up when there are several)")->capture_default_str();
   cmd->add_option("--tokens", o->tokens, "generated tokens per image")->capture_default_str();
   cmd->add_flag("--json", o->json, "print the figures as JSON");
+  o->device.add_to(*cmd, "cpu, or the bundle's with --model");
   cmd->callback([o] {
     if (o->iters < 1 || o->tokens < 1) throw InputError("--iters and --tokens must be >= 1");
     llm::parse_quant_format(o->quant, "--quant");  // before any loading: a typo fails at once

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/device_flag.h"
 #include "io/error.h"
 #include "llm/chat.h"
 #include "llm/generate.h"
@@ -48,9 +49,11 @@ struct Lines {
 // first message goes after the class description (METHOD §1.9), later ones are plain turns; the
 // image tokens, the history and the KV cache are kept between turns.
 void run_bundle_chat(const std::filesystem::path& dir, const std::string& image_path, const std::vector<std::string>& references,
-                     const std::string& class_name, Lines lines, int64_t max_tokens, const llm::SamplingParams& sampling) {
+                     const std::string& class_name, Lines lines, int64_t max_tokens, const llm::SamplingParams& sampling,
+                     const DeviceFlag& device) {
   if (image_path.empty()) throw InputError("chat with a model bundle needs --image");
-  const auto bundle = model::read_bundle(dir);
+  auto bundle = model::read_bundle(dir);
+  device.apply(bundle.device);
   model::IadGpt m(bundle);
   m.set_class(class_name);
   if (!references.empty()) {
@@ -106,6 +109,7 @@ void add_chat(CLI::App& app) {
     double lora_alpha = 32;
     int64_t max_tokens = 512, ctx = 2048;
     llm::SamplingParams sampling{.temperature = 0.0};
+    DeviceFlag device;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("chat", "Interactive multi-turn chat with the LLM (streaming)");
@@ -127,18 +131,21 @@ void add_chat(CLI::App& app) {
   cmd->add_option("--top-p", o->sampling.top_p, "1 = off")->capture_default_str();
   cmd->add_option("--repeat-penalty", o->sampling.repetition_penalty, "1 = off")->capture_default_str();
   cmd->add_option("--seed", o->sampling.seed, "sampling seed")->capture_default_str();
+  o->device.add_to(*cmd, "cpu, or the bundle's");
   cmd->callback([o, cmd] {
     Lines lines{o->messages, 0, o->messages.empty() && isatty(STDIN_FILENO)};
     if (std::filesystem::exists(std::filesystem::path(o->model) / "iadgpt.json")) {
       llm::Sampler check(o->sampling);
-      return run_bundle_chat(o->model, o->image, o->references, o->class_name, lines, o->max_tokens, o->sampling);
+      return run_bundle_chat(o->model, o->image, o->references, o->class_name, lines, o->max_tokens, o->sampling, o->device);
     }
     if (!o->image.empty()) throw InputError(fmt::format("--image needs a model bundle; {} has no iadgpt.json", o->model));
     const auto tmpl = llm::parse_chat_template(o->tmpl);
     const std::string system = cmd->count("--system") ? o->system : llm::default_system_prompt(tmpl);
     llm::Sampler check(o->sampling);
     auto tok = llm::Tokenizer::from_path(o->tokenizer.empty() ? std::filesystem::path(o->model) : std::filesystem::path(o->tokenizer));
-    const auto model = llm::load_model_with_lora(o->model, llm::resolve_dtype(o->dtype, o->model), o->lora, o->lora_alpha);
+    const auto device = o->device.device();
+    auto model = llm::load_model_with_lora(o->model, llm::resolve_dtype(o->dtype, o->model), o->lora, o->lora_alpha);
+    llm::move_model(model, device);
     llm::KvCache cache(model, o->ctx);
     std::vector<int64_t> cached;  // ids whose keys/values the cache holds
     std::vector<llm::Turn> history;

@@ -71,6 +71,7 @@ std::optional<eval::PostProcessor> load_post(const std::string& path, const std:
 void run_detect_model(const DetectFlags& f) {
   if (!f.post.empty()) throw InputError("--post applies to the map pipeline; with --model the LLM decides the label");
   auto bundle = model::read_bundle(f.model);
+  f.detector.device.apply(bundle.device);
   if (f.threshold_set) bundle.threshold = f.threshold;
   const auto images = collect_images(f.inputs);
   const std::filesystem::path out_dir(f.out);
@@ -198,6 +199,7 @@ void run_detect(const DetectFlags& f) {
     }
     if (batch.empty()) continue;
     auto detections = detector.detect(batch);
+    for (auto& d : detections) anomaly::to_host(d);  // written as PNG and safetensors
     for (size_t b = 0; b < batch.size(); ++b) {
       const auto& d = detections[b];
       const auto stem = unique_stem(paths[b], used);

@@ -60,7 +60,9 @@ void run_eval_model(const EvalFlags& f) {
   p.fast = f.fast;
   p.max_tokens = f.max_tokens;
   p.pro_fpr = f.pro_fpr;
-  model::IadGpt iadgpt(model::read_bundle(f.model));
+  auto bundle = model::read_bundle(f.model);
+  f.detector.device.apply(bundle.device);
+  model::IadGpt iadgpt(bundle);
   std::optional<Progress> progress;
   auto r = eval::run_model_protocol(iadgpt, p, [&](int64_t done, int64_t total) {
     if (!progress) progress.emplace("eval", total);

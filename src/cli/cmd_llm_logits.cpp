@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/device_flag.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
 #include "llm/model.h"
@@ -18,6 +19,7 @@ void add_llm_logits(CLI::App& app) {
     std::string model, lora, dtype = "f32", tokens, out;
     double lora_alpha = 32;
     int64_t chunk = 0;
+    DeviceFlag device;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("llm-logits", "Write the LLM's logits [T, V] for a token sequence");
@@ -30,12 +32,15 @@ void add_llm_logits(CLI::App& app) {
   cmd->add_option("--chunk", o->chunk, "feed N tokens first, then the rest through the KV cache (0 = one pass)")
       ->capture_default_str();
   cmd->add_option("--out", o->out, "output .safetensors (tensor `logits`)")->required();
+  o->device.add_to(*cmd);
   cmd->callback([o] {
+    const auto device = o->device.device();
     const auto ids = llm::parse_ids(o->tokens);
     if (o->chunk < 0 || o->chunk > static_cast<int64_t>(ids.size()))
       throw InputError(fmt::format("--chunk {} must be between 0 and the number of tokens ({})", o->chunk, ids.size()));
     auto t0 = std::chrono::steady_clock::now();
-    const auto model = llm::load_model_with_lora(o->model, llm::resolve_dtype(o->dtype, o->model), o->lora, o->lora_alpha);
+    auto model = llm::load_model_with_lora(o->model, llm::resolve_dtype(o->dtype, o->model), o->lora, o->lora_alpha);
+    llm::move_model(model, device);
     auto t1 = std::chrono::steady_clock::now();
     llm::KvCache cache(model, static_cast<int64_t>(ids.size()));
     std::span<const int64_t> all(ids);

@@ -12,6 +12,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/device_flag.h"
 #include "io/error.h"
 #include "train/config.h"
 #include "train/distributed.h"
@@ -30,6 +31,7 @@ struct Flags {
   int64_t world_size = 1, rank = 0;
   std::string master = "127.0.0.1:29500";
   bool quiet = false;
+  cli::DeviceFlag device;
 };
 
 std::string eta_string(double s) {
@@ -41,6 +43,8 @@ std::string eta_string(double s) {
 void run(const Flags& f) {
   // Everything is validated before any work: config fields, dataset layouts, distributed flags.
   auto cfg = train::read_train_config(f.config);
+  if (!f.device.name.empty()) cfg.device = f.device.name;
+  train::training_device(cfg.device);
   if (f.world_size < 1) throw InputError(fmt::format("--world-size must be ≥ 1 (got {})", f.world_size));
   if (f.rank < 0 || f.rank >= f.world_size)
     throw InputError(fmt::format("--rank must be in [0, {}) (got {})", f.world_size, f.rank));
@@ -100,6 +104,7 @@ void add_train(CLI::App& app) {
   cmd->add_option("--world-size", flags->world_size, "data-parallel processes")->capture_default_str();
   cmd->add_option("--rank", flags->rank, "this process's rank (0 writes checkpoints and the bundle)")->capture_default_str();
   cmd->add_option("--master", flags->master, "HOST:PORT of rank 0's rendezvous (TCPStore)")->capture_default_str();
+  flags->device.add_to(*cmd, "the config's 'device', else cpu");
   cmd->add_flag("--quiet", flags->quiet, "no progress output");
   cmd->callback([flags] { run(*flags); });
 }

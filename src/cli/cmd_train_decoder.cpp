@@ -9,10 +9,12 @@
 
 #include "anomaly/detector.h"
 #include "cli/commands.h"
+#include "cli/device_flag.h"
 #include "data/dataset.h"
 #include "image/decode.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
+#include "train/config.h"
 #include "train/decoder_training.h"
 #include "vision/loader.h"
 
@@ -26,9 +28,11 @@ struct TrainFlags {
   int64_t per_image = 40, loss_size = 56;
   double jitter = 0.5;
   train::DecoderTrainingOptions options{.steps = 2000, .batch_size = 8, .log_every = 100};
+  cli::DeviceFlag device;
 };
 
 void run_train_decoder(const TrainFlags& f) {
+  train::training_device(f.device.name.empty() ? "cpu" : f.device.name);
   const auto colon = f.dataset.find(':');
   if (colon == std::string::npos) throw InputError("--dataset must be KIND:DIR (mvtec, visa, mvtec3d, folder)");
   const auto kind = data::parse_kind(f.dataset.substr(0, colon));
@@ -106,6 +110,7 @@ void add_train_decoder(CLI::App& app) {
   cmd->add_option("--jitter", f->jitter, "CutPaste colour jitter")->capture_default_str();
   cmd->add_option("--loss-size", f->loss_size, "Map side the loss is taken on (0 = full map size)")->capture_default_str();
   cmd->add_option("--out", f->out, "decoder.safetensors")->required();
+  f->device.add_to(*cmd);
   cmd->callback([f] { run_train_decoder(*f); });
 }
 

@@ -31,7 +31,4 @@ void add_bench_llm(CLI::App& bench);     // cmd_bench_llm.cpp (under `iadgpt ben
 void add_bench_maps(CLI::App& bench);    // cmd_bench_maps.cpp (under `iadgpt bench`)
 void add_bench_model(CLI::App& bench);   // cmd_bench_model.cpp (under `iadgpt bench`)
 
-// Sets libtorch's intra-op thread count (libtorch starts with 1 thread here); 0 = all cores.
-void configure_threads(int threads);
-
 }  // namespace iadgpt::cli

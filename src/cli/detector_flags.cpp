@@ -23,6 +23,7 @@ void DetectorFlags::add_to(CLI::App& cmd) {
   cmd.add_flag("--rotations", rotations, "Add 90/180/270-degree views of the references to the memory bank");
   cmd.add_option("--dtype", dtype, "Tower compute dtype: f32 or bf16")->capture_default_str();
   cmd.add_option("--cache", cache_dir, "Directory caching prompt embeddings per model, class and prompt set");
+  device.add_to(cmd, "cpu, or the bundle's with --model");
 }
 
 anomaly::DetectorOptions DetectorFlags::options() const {
@@ -54,6 +55,7 @@ anomaly::DetectorOptions DetectorFlags::options() const {
   else if (dtype == "bf16") opt.dtype = torch::kBFloat16;
   else throw InputError(fmt::format("--dtype must be f32 or bf16, got '{}'", dtype));
   if (size < 0 || top_k < 0) throw InputError("--size and --top-k must not be negative");
+  opt.device = device.device();
   return opt;
 }
 

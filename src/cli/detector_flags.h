@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "anomaly/detector.h"
+#include "cli/device_flag.h"
 
 namespace iadgpt::cli {
 
@@ -15,6 +16,7 @@ struct DetectorFlags {
   std::vector<int64_t> taps;
   int64_t size = 0, top_k = 0;
   bool rotations = false;
+  DeviceFlag device;  // with --model it overrides the bundle's device
 
   void add_to(CLI::App& cmd);
   anomaly::DetectorOptions options() const;  // InputError on bad values or missing files

@@ -71,6 +71,7 @@ Collected run_category(anomaly::Detector& detector, const std::vector<data::Samp
     std::vector<cv::Mat> images;
     for (size_t i = start; i < end; ++i) images.push_back(image::decode_file(test[i].image));
     auto detections = detector.detect(images);
+    for (auto& d : detections) anomaly::to_host(d);  // the metrics read host memory
     for (size_t i = start; i < end; ++i) {
       const auto& d = detections[i - start];
       const auto& img = images[i - start];
@@ -141,6 +142,7 @@ Calibration calibrate(anomaly::Detector& detector, const std::vector<data::Sampl
   std::vector<torch::Tensor> maps_s, masks_s;
   for (size_t i = 0; i < images.size(); ++i) {
     auto d = detector.detect({images[i]});
+    anomaly::to_host(d[0]);
     scores.push_back(d[0].score);
     maps_s.push_back(d[0].map);
     masks_s.push_back(resize_mask_nearest(masks[i], detector.size()));

@@ -108,7 +108,8 @@ CandidateProbs first_token_probs(const LlamaModel& model, KvCache& cache, std::s
   for (int64_t id : candidates)
     if (id < 0 || id >= model.config.vocab_size)
       throw InputError(fmt::format("candidate token id {} is outside the vocabulary", id));
-  auto logits = forward(model, cache, embed_segments(model, prompt), Logits::Last).reshape({-1});
+  // The decision leaves the model here: the last row's logits in host memory.
+  auto logits = forward(model, cache, embed_segments(model, prompt), Logits::Last).reshape({-1}).cpu();
   auto index = torch::tensor(std::vector<int64_t>(candidates.begin(), candidates.end()), torch::kInt64);
   auto full = torch::softmax(logits.to(torch::kFloat64), 0).index_select(0, index);
   auto picked = logits.to(torch::kFloat64).index_select(0, index);

@@ -9,6 +9,7 @@
 #include "io/error.h"
 #include "llm/decode.h"
 #include "llm/ops.h"
+#include "nn/device.h"
 
 namespace iadgpt::llm {
 namespace {
@@ -69,7 +70,7 @@ torch::Tensor LlamaModel::embed(std::span<const int64_t> ids) const {
   for (int64_t id : ids)
     if (id < 0 || id >= config.vocab_size)
       throw InputError(fmt::format("token id {} is outside the vocabulary [0, {})", id, config.vocab_size));
-  auto index = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64);
+  auto index = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).to(device());
   return weights.embed.index_select(0, index).to(torch::kFloat32);
 }
 
@@ -122,11 +123,32 @@ void quantize_model(LlamaModel& model, QuantFormat format) {
   model.dtype = torch::kBFloat16;
 }
 
+void move_model(LlamaModel& model, const torch::Device& device) {
+  auto& w = model.weights;
+  if (!device.is_cpu() && w.quant != QuantFormat::None)
+    throw InputError(fmt::format("{}: {} weights run on the CPU only (their kernels are CPU kernels); load bf16 "
+                                 "weights for {}", model.source.string(), quant_format_name(w.quant),
+                                 nn::device_name(device)));
+  const bool tied = w.lm_head.defined() && w.lm_head.is_same(w.embed);
+  for (auto* t : {&w.embed, &w.norm, &model.rope_cos, &model.rope_sin}) nn::to_device(*t, device);
+  if (tied) w.lm_head = w.embed;  // still one tensor
+  else nn::to_device(w.lm_head, device);
+  for (auto& L : w.layers) {
+    for (auto* t : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_norm, &L.w_gate, &L.w_up, &L.w_down})
+      nn::to_device(*t, device);
+    for (auto* p : {&L.lora_q, &L.lora_k, &L.lora_v, &L.lora_o, &L.lora_gate, &L.lora_up, &L.lora_down}) {
+      if (!p->defined()) continue;
+      p->a = p->a.to(device);
+      p->b = p->b.to(device);
+    }
+  }
+}
+
 KvCache::KvCache(const LlamaModel& m, int64_t capacity) {
   const auto& c = m.config;
   capacity = std::min(capacity, m.max_positions());
   // torch::empty: pages are touched only as positions fill, so a large capacity costs nothing up front.
-  auto opts = torch::TensorOptions().dtype(m.dtype);
+  auto opts = torch::TensorOptions().dtype(m.dtype).device(m.device());
   k = torch::empty({c.num_layers, c.num_kv_heads, capacity, c.head_dim()}, opts);
   v = torch::empty({c.num_layers, c.num_kv_heads, capacity, c.head_dim()}, opts);
 }
@@ -156,7 +178,9 @@ torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tens
   const int64_t H = c.num_heads, KV = c.num_kv_heads, hd = c.head_dim(), group = H / KV;
   if (S > cache.capacity())
     throw InputError(fmt::format("context full: {} positions requested, the KV cache holds {}", S, cache.capacity()));
-  if (T == 1 && model.dtype == torch::kBFloat16 && cache.k.scalar_type() == torch::kBFloat16)
+  // The hand-written decode kernels read host memory; on another device every step is the
+  // general forward below.
+  if (T == 1 && model.dtype == torch::kBFloat16 && cache.k.scalar_type() == torch::kBFloat16 && cache.k.is_cpu())
     return decode_step_bf16(model, cache, input);
 
   const auto cos = model.rope_cos.narrow(0, pos, T), sin = model.rope_sin.narrow(0, pos, T);
@@ -164,9 +188,10 @@ torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tens
   // Causal mask for the new queries against all S keys: query t sits at position pos+t.
   torch::Tensor mask;
   if (T > 1) {
-    auto q_pos = torch::arange(pos, S, torch::kInt64).unsqueeze(1);
-    auto k_pos = torch::arange(0, S, torch::kInt64).unsqueeze(0);
-    mask = torch::zeros({T, S}, torch::kFloat32).masked_fill_(k_pos > q_pos, -INFINITY);
+    const auto on = torch::TensorOptions().device(cache.k.device());
+    auto q_pos = torch::arange(pos, S, on.dtype(torch::kInt64)).unsqueeze(1);
+    auto k_pos = torch::arange(0, S, on.dtype(torch::kInt64)).unsqueeze(0);
+    mask = torch::zeros({T, S}, on.dtype(torch::kFloat32)).masked_fill_(k_pos > q_pos, -INFINITY);
   }
 
   torch::Tensor x = input.to(torch::kFloat32);

@@ -34,7 +34,12 @@ struct LlamaModel {
   // Token embeddings as fp32 rows [ids.size(), D]; ids are range-checked.
   torch::Tensor embed(std::span<const int64_t> ids) const;
   int64_t max_positions() const { return rope_cos.size(0); }
+  torch::Device device() const { return weights.embed.device(); }
 };
+
+// Moves the weights (LoRA pairs included) and RoPE tables to `device`, once after loading; the
+// KvCache is made where the model is. Quantized weights run on the CPU only (InputError).
+void move_model(LlamaModel& model, const torch::Device& device);
 
 // Reads `dir/config.json` and the weights beside it (model.safetensors, sharded safetensors with an
 // index, or pytorch_model*.bin), validated against the config. A stored quantized checkpoint

@@ -17,7 +17,8 @@ Sampler::Sampler(SamplingParams p) : params_(p), rng_(p.seed) {
 }
 
 int64_t Sampler::sample(const torch::Tensor& logits_in, std::span<const int64_t> context) {
-  auto logits = logits_in.reshape({-1}).to(torch::kFloat32).contiguous().clone();
+  // The one host copy of a decode step (nn/device.h): the logits row the token is drawn from.
+  auto logits = logits_in.reshape({-1}).to(torch::kCPU, torch::kFloat32).contiguous().clone();
   const int64_t V = logits.numel();
   float* l = logits.data_ptr<float>();
   if (params_.repetition_penalty != 1.0) {

@@ -14,6 +14,7 @@
 #include "llm/export.h"
 #include "llm/lora.h"
 #include "llm/options.h"
+#include "nn/device.h"
 #include "nn/weights.h"
 #include "vision/loader.h"
 
@@ -28,7 +29,7 @@ constexpr int kVersion = 1;
 const std::set<std::string> kFields = {
     "format", "version", "vision", "text", "vocab", "vision_config", "llm", "tokenizer", "lora", "delta", "anomalygpt",
     "lora_alpha", "decoder", "tge", "mmf", "expert", "prompts", "image_size", "taps", "mode", "map", "rotations",
-    "dtype", "threshold", "decision_bias", "quant"};
+    "dtype", "device", "threshold", "decision_bias", "quant"};
 
 fs::path delta_name(const Bundle& b) { return b.anomalygpt ? *b.anomalygpt : *b.delta; }
 
@@ -145,6 +146,7 @@ Bundle bundle_from_json(const nlohmann::json& j, const fs::path& dir) {
   if (j.contains("rotations")) b.rotations = field<bool>(j, "rotations", dir, "true or false");
   if (j.contains("dtype")) b.dtype = field<std::string>(j, "dtype", dir, "a string");
   if (j.contains("quant")) b.quant = field<std::string>(j, "quant", dir, "a string");
+  if (j.contains("device")) b.device = field<std::string>(j, "device", dir, "a string");
   if (j.contains("image_size")) b.image_size = field<int64_t>(j, "image_size", dir, "an integer");
   if (j.contains("taps")) b.taps = field<std::vector<int64_t>>(j, "taps", dir, "a list of integers");
   if (j.contains("threshold")) b.threshold = field<double>(j, "threshold", dir, "a number");
@@ -162,6 +164,8 @@ Bundle bundle_from_json(const nlohmann::json& j, const fs::path& dir) {
   if (b.dtype != "f32" && b.dtype != "bf16")
     throw InputError(fmt::format("{}: field 'dtype': unknown dtype '{}' (expected f32 or bf16)", where(dir), b.dtype));
   llm::parse_quant_format(b.quant, fmt::format("{}: field 'quant'", where(dir)));
+  if (!nn::is_device_name(b.device))
+    throw InputError(fmt::format("{}: field 'device': unknown device '{}' (expected cpu, cuda or cuda:N)", where(dir), b.device));
   if (b.image_size <= 0) throw InputError(fmt::format("{}: field 'image_size' must be positive, found {}", where(dir), b.image_size));
   if (!(b.threshold > 0 && b.threshold < 1))
     throw InputError(fmt::format("{}: field 'threshold' must lie in (0, 1), found {}", where(dir), b.threshold));
@@ -206,6 +210,7 @@ nlohmann::json bundle_to_json(const Bundle& b) {
   if (b.rotations) j["rotations"] = true;
   j["dtype"] = b.dtype;
   if (b.quant != "none") j["quant"] = b.quant;
+  if (b.device != "cpu") j["device"] = b.device;
   j["threshold"] = b.threshold;
   if (!b.decision_bias.empty()) j["decision_bias"] = b.decision_bias;
   return j;

@@ -52,6 +52,9 @@ struct Bundle {                         // <dir>/iadgpt.json; relative paths res
   // the heads what they were trained on.
   bool rotations = false;
   std::string dtype = "f32";            // | "bf16"
+  // Where the model runs: "cpu", "cuda" or "cuda:N" (nn/device.h); `--device` overrides it, so a
+  // bundle written on a GPU machine still runs on a CPU one.
+  std::string device = "cpu";
   // Weight-only quantization of the LLM (llm/quant.h): "none" | "q8" | "q4". When `llm` is a stored
   // quantized checkpoint (`iadgpt quantize`), this must name its format, and every LoRA (the
   // delta's, `lora`) is already merged into it: none is merged again and field `lora` is refused.

@@ -140,4 +140,11 @@ Heads load_heads(const Bundle& bundle, const BundleSources& sources, int64_t emb
   return heads;
 }
 
+void move_heads(Heads& heads, const torch::Device& device) {
+  if (heads.decoder) heads.decoder->to(device);
+  if (heads.tge) heads.tge->to(device);
+  if (heads.mmf) heads.mmf->to(device);
+  if (heads.prompt_learner) heads.prompt_learner->to(device);
+}
+
 }  // namespace iadgpt::model

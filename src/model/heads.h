@@ -76,5 +76,7 @@ HeadOutputs run_heads(Heads& heads, const std::vector<torch::Tensor>& taps, cons
 // (PandaGPT's); the TGE pathways and gate only from our file (none: zero pathways, i.e. PandaGPT's
 // E_img exactly). InputError names the missing key and the files searched.
 Heads load_heads(const Bundle& bundle, const BundleSources& sources, int64_t embed_dim, int64_t hidden);
+// Moves every head's parameters to `device` (nn/device.h), once after loading.
+void move_heads(Heads& heads, const torch::Device& device);
 
 }  // namespace iadgpt::model

@@ -18,6 +18,7 @@
 #include "llm/model.h"
 #include "llm/tokenizer.h"
 #include "model/class_prompts.h"
+#include "nn/device.h"
 #include "nn/weights.h"
 
 namespace iadgpt::model {
@@ -176,6 +177,7 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   auto& s = *state_;
   s.bundle = bundle;
   const auto dtype = bundle.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  const auto device = nn::parse_device(bundle.device, "bundle device");
   auto sources = resolve_sources(bundle);
 
   anomaly::DetectorOptions dopt;
@@ -187,6 +189,7 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   dopt.taps = bundle.taps;
   dopt.size = bundle.image_size;
   dopt.dtype = dtype;
+  dopt.device = device;
   dopt.features = true;
   dopt.rotations = bundle.rotations;
   // The detector computes every map the heads read; which one is drawn is chosen in inspect.
@@ -194,6 +197,7 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   s.detector.emplace(dopt);
 
   s.llm = load_bundle_llm(bundle, sources, dtype);
+  llm::move_model(s.llm, device);  // merged (and quantized) on the host first: one copy of the weights on the device
   s.tokenizer.emplace(llm::Tokenizer::from_path(bundle.tokenizer.value_or(bundle.llm)));
   const int64_t hidden = s.llm.config.hidden_size;
   s.cache = llm::KvCache(s.llm, std::min<int64_t>(s.llm.max_positions(), 2048));
@@ -203,6 +207,7 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   const int64_t embed_dim = s.detector->text_features().f_text.size(1);
 
   s.heads = load_heads(bundle, sources, embed_dim, hidden);
+  move_heads(s.heads, device);
 
   const auto decision = decision_tokens(*s.tokenizer);
   s.answer_prefix = decision.prefix;
@@ -326,13 +331,15 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
     d.score = anomaly::image_scores(d.few_shot.unsqueeze(0)).item<float>();
   }
   r.score = d.score;
-  r.map = anomaly::resize_map(d.map, rgb8.rows, rgb8.cols);
+  // The map leaves the model here (regions, PNG, JSON): resized where it is, then to the host.
+  r.map = anomaly::resize_map(d.map, rgb8.rows, rgb8.cols).cpu();
   r.regions = anomaly::find_regions(r.map, s.bundle.threshold);
   r.position = position_words(r.regions);
   if (!r.regions.empty() && s.keyword_embeddings.defined() && d.patch_features.defined()) {
     // Defect type: mean P_l over the largest region's patches vs the APG keyword embeddings.
-    auto region = largest_component(d.map, s.bundle.threshold);
+    auto region = largest_component(d.map.cpu(), s.bundle.threshold);
     if (region.defined()) {
+      region = region.to(d.patch_features.device());
       const int64_t g = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(d.patch_features.size(1)))));
       auto weights = F::adaptive_avg_pool2d(region.reshape({1, 1, region.size(0), region.size(1)}),
                                             F::AdaptiveAvgPool2dFuncOptions({g, g}))

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "nn/device.h"
+
 namespace iadgpt::nn {
 
 torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& weight,
@@ -54,11 +56,18 @@ torch::Tensor block_forward(const torch::Tensor& x, const BlockWeights& w, const
   return h + torch::linear(activation(mlp_hidden, cfg.activation), w.fc2_weight, w.fc2_bias);
 }
 
+std::array<torch::Tensor*, 12> block_tensors(BlockWeights& w) {
+  return {&w.ln1_weight, &w.ln1_bias, &w.qkv_weight, &w.qkv_bias, &w.out_weight, &w.out_bias,
+          &w.ln2_weight, &w.ln2_bias, &w.fc1_weight, &w.fc1_bias, &w.fc2_weight, &w.fc2_bias};
+}
+
 void convert_block(BlockWeights& w, torch::Dtype dtype) {
-  for (auto* t : {&w.ln1_weight, &w.ln1_bias, &w.qkv_weight, &w.qkv_bias, &w.out_weight, &w.out_bias,
-                  &w.ln2_weight, &w.ln2_bias, &w.fc1_weight, &w.fc1_bias, &w.fc2_weight, &w.fc2_bias}) {
+  for (auto* t : block_tensors(w))
     if (t->defined()) *t = t->to(dtype).contiguous();
-  }
+}
+
+void move_block(BlockWeights& w, const torch::Device& device) {
+  for (auto* t : block_tensors(w)) to_device(*t, device);
 }
 
 }  // namespace iadgpt::nn

@@ -7,6 +7,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <array>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -50,5 +52,8 @@ torch::Tensor block_forward(const torch::Tensor& x, const BlockWeights& w, const
 
 // Casts every tensor of a block (e.g. to bf16 for the fast path).
 void convert_block(BlockWeights& w, torch::Dtype dtype);
+// Every tensor of the block, for a move or a cast written once (convert_block, move_block).
+std::array<torch::Tensor*, 12> block_tensors(BlockWeights& w);
+void move_block(BlockWeights& w, const torch::Device& device);
 
 }  // namespace iadgpt::nn

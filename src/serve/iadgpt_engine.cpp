@@ -2,6 +2,7 @@
 
 #include "io/error.h"
 #include "model/pipeline.h"
+#include "nn/device.h"
 #include "serve/map_engine.h"
 
 namespace iadgpt::serve {
@@ -200,6 +201,7 @@ anomaly::DetectorOptions map_engine_options(const model::Bundle& b) {
   o.decoder = b.decoder ? b.decoder : b.delta;  // an AnomalyGPT delta carries the decoder too
   o.taps = b.taps;
   o.dtype = b.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  o.device = nn::parse_device(b.device, "bundle device");
   return o;
 }
 

@@ -25,6 +25,7 @@ DetectOutput MapEngine::detect(const DetectInput& input) {
   }
   detector_.set_references(input.references);
   auto detection = detector_.detect({input.image}).at(0);
+  anomaly::to_host(detection);
   DetectOutput out;
   out.map = anomaly::resize_map(detection.map, input.image.rows, input.image.cols);
   out.pred_score = detection.score;

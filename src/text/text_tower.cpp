@@ -3,14 +3,15 @@
 #include <fmt/format.h>
 
 #include "io/error.h"
+#include "nn/device.h"
 #include "nn/weights.h"
 
 namespace iadgpt::text {
 namespace {
 
 // Additive causal mask: token i attends to tokens 0..i (openai/CLIP build_attention_mask).
-torch::Tensor causal_mask(int64_t length) {
-  return torch::full({length, length}, -INFINITY, torch::kFloat32).triu(1);
+torch::Tensor causal_mask(int64_t length, const torch::Device& device) {
+  return torch::full({length, length}, -INFINITY, torch::TensorOptions(torch::kFloat32).device(device)).triu(1);
 }
 
 torch::Tensor checked_ids(const TextConfig& c, const torch::Tensor& ids) {
@@ -50,7 +51,9 @@ TextOutput encode_text(const TextTower& tower, const torch::Tensor& ids_in) {
   // token cannot change any output: run only up to it (prompts use ~10 of the 77 slots).
   const auto pos = pooling_positions(c, all_ids);
   const int64_t length = pos.max().item<int64_t>() + 1;
-  const auto ids = all_ids.slice(1, 0, length);
+  // The ids are checked on the host; the tower runs where its weights are (nn/device.h).
+  const auto device = w.token_embedding.device();
+  const auto ids = all_ids.slice(1, 0, length).to(device);
 
   // 1. token embedding + positions.
   auto x = w.token_embedding.index_select(0, ids.flatten()).view({n, length, c.width});
@@ -58,14 +61,14 @@ TextOutput encode_text(const TextTower& tower, const torch::Tensor& ids_in) {
 
   // 2. pre-norm blocks under the causal mask.
   const auto mask = w.mask.defined() ? w.mask.slice(0, 0, length).slice(1, 0, length)
-                                     : causal_mask(length);
+                                     : causal_mask(length, device);
   const nn::BlockConfig block{.width = c.width, .heads = c.heads, .eps = c.eps,
                               .activation = c.activation};
   for (const auto& b : w.blocks) x = nn::block_forward(x, b, block, mask);
 
   // 3. the pooled token (EOT) -> LayerNorm -> projection. LayerNorm is per token, so pooling
   // first equals CLIP's ln_final over all tokens followed by pooling.
-  auto pooled = x.index({torch::arange(n), pos});  // [n, W]
+  auto pooled = x.index({torch::arange(n, torch::TensorOptions(torch::kInt64).device(device)), pos.to(device)});  // [n, W]
   pooled = nn::layer_norm(pooled, w.final_ln_weight, w.final_ln_bias, c.eps);
   auto head = torch::linear(pooled, w.projection).to(torch::kFloat32);
 
@@ -81,6 +84,14 @@ TextOutput encode_text(const TextTower& tower, const torch::Tensor& ids_in) {
     out.embedding_raw = head;  // CLIP encode_text / HF get_text_features
   }
   return out;
+}
+
+void move_text_tower(TextTower& tower, const torch::Device& device) {
+  auto& w = tower.weights;
+  for (auto* t : {&w.token_embedding, &w.pos_embedding, &w.mask, &w.final_ln_weight, &w.final_ln_bias,
+                  &w.projection, &w.log_logit_scale})
+    nn::to_device(*t, device);
+  for (auto& b : w.blocks) nn::move_block(b, device);
 }
 
 }  // namespace iadgpt::text

@@ -82,6 +82,8 @@ std::optional<TextFamily> detect_text_family(const io::TensorMap& tensors);
 // `options.config`; errors are InputError naming the file and the key.
 TextTower load_text_tower(const io::Checkpoint& checkpoint, const TextLoadOptions& options = {});
 TextTower load_text_tower(const std::filesystem::path& path, const TextLoadOptions& options = {});
+// Moves every tensor of the tower to `device` (nn/device.h), once after loading.
+void move_text_tower(TextTower& tower, const torch::Device& device);
 
 struct TextOutput {
   torch::Tensor head;           // [n, D] projection output, before normalisation

@@ -10,6 +10,7 @@
 #include "data/dataset.h"
 #include "data/synthesis.h"
 #include "io/error.h"
+#include "nn/device.h"
 
 namespace iadgpt::train {
 namespace {
@@ -317,9 +318,20 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   c.log_every = f.integer("log_every", 1, 1, INT64_MAX);
   c.resume = f.boolean("resume", true);
   c.bf16_autocast = f.boolean("bf16_autocast", false);
+  c.device = f.string("device", "cpu");
+  if (!nn::is_device_name(c.device)) f.fail("device", "cpu, cuda or cuda:N", c.device);
   c.stop_after = f.integer("stop_after", 0, 0, INT64_MAX);
   f.reject_unknown();
   return c;
+}
+
+torch::Device training_device(std::string_view name) {
+  const auto device = nn::parse_device(name, "training device");
+  if (!device.is_cpu())
+    throw InputError(fmt::format("training device {}: training runs on the CPU only so far (its CUDA path, "
+                                 "issue 16, is not built); use --device cpu",
+                                 name));
+  return device;
 }
 
 TrainConfig read_train_config(const fs::path& file) {

@@ -106,6 +106,9 @@ struct TrainConfig {
   int64_t grad_accum = 1;           // must divide the per-rank batch; gradients accumulate per example anyway
   double warmup = 0.1, weight_decay = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
   bool bf16_autocast = false;       // forward + backward under CPU autocast (bf16 matmuls/convs); weights stay fp32
+  // Where the run trains: "cpu", "cuda" or "cuda:N" (`train --device` overrides it). Not part of
+  // the trajectory in to_json: a run may resume on another device.
+  std::string device = "cpu";
   uint64_t seed = 0;
   // Bookkeeping.
   int64_t checkpoint_every = 50;    // steps; 0 = only at the end of each stage and on a signal
@@ -121,5 +124,10 @@ struct TrainConfig {
 
 TrainConfig parse_train_config(const nlohmann::json& j, const std::filesystem::path& source);
 TrainConfig read_train_config(const std::filesystem::path& file);
+
+// The training device named `name` (TrainConfig::device, `--device`), checked (nn::parse_device).
+// The trainers (train, train-decoder) are CPU-only so far (issue 16): another device is refused
+// with an InputError that says so.
+torch::Device training_device(std::string_view name);
 
 }  // namespace iadgpt::train

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "io/error.h"
+#include "nn/device.h"
 
 namespace iadgpt::vision {
 
@@ -86,12 +87,22 @@ VitOutput vit_forward(const VitWeights& w, const VitConfig& cfg, const torch::Te
   return out;
 }
 
+namespace {
+std::array<torch::Tensor*, 8> stem_and_head_tensors(VitWeights& w) {
+  return {&w.patch_weight, &w.cls_token, &w.pos_embed, &w.pre_ln_weight, &w.pre_ln_bias,
+          &w.head_ln_weight, &w.head_ln_bias, &w.proj};
+}
+}  // namespace
+
 void convert_weights(VitWeights& w, torch::Dtype dtype) {
-  for (auto* t : {&w.patch_weight, &w.cls_token, &w.pos_embed, &w.pre_ln_weight, &w.pre_ln_bias,
-                  &w.head_ln_weight, &w.head_ln_bias, &w.proj}) {
+  for (auto* t : stem_and_head_tensors(w))
     if (t->defined()) *t = t->to(dtype);
-  }
   for (auto& b : w.blocks) nn::convert_block(b, dtype);
+}
+
+void move_weights(VitWeights& w, const torch::Device& device) {
+  for (auto* t : stem_and_head_tensors(w)) nn::to_device(*t, device);
+  for (auto& b : w.blocks) nn::move_block(b, device);
 }
 
 VitConfig vit_preset(std::string_view arch) {

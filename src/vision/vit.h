@@ -69,6 +69,8 @@ VitOutput vit_forward(const VitWeights& w, const VitConfig& cfg, const torch::Te
 
 // Casts every tensor (bf16 fast path).
 void convert_weights(VitWeights& w, torch::Dtype dtype);
+// Moves every tensor to `device` (nn/device.h), once after loading.
+void move_weights(VitWeights& w, const torch::Device& device);
 
 // Real-size architectures for `iadgpt bench encode` ("imagebind-huge", "clip-vit-l-14-336").
 VitConfig vit_preset(std::string_view arch);

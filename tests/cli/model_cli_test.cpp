@@ -2,6 +2,7 @@
 // end to end with the tiny fixtures, exit codes included.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include "common/run.h"
@@ -132,4 +133,98 @@ TEST(BenchCli, ModelBundleReportsTheFourStages) {
     ASSERT_TRUE(j.contains(k)) << k;
     EXPECT_GT(j[k].get<double>(), 0.0) << k;
   }
+}
+
+// --device (issue 16) -------------------------------------------------------------------------
+
+namespace {
+
+// A copy of the CLI bundle whose iadgpt.json says `"device": device`.
+fs::path bundle_on(const std::string& device) {
+  const auto dir = test::scratch("cli-device-bundle-" + device) / "bundle";
+  fs::create_directories(dir);
+  for (const auto& e : fs::directory_iterator(cli_bundle()))
+    fs::copy(e.path(), dir / e.path().filename(), fs::copy_options::overwrite_existing | fs::copy_options::recursive);
+  // Every file is copied, so the manifest's relative paths still resolve.
+  auto j = nlohmann::json::parse(std::ifstream(cli_bundle() / "iadgpt.json"));
+  j["device"] = device;
+  std::ofstream(dir / "iadgpt.json") << j.dump(1);
+  return dir;
+}
+
+}  // namespace
+
+TEST(DeviceCli, EveryModelCommandRefusesCudaOnThisBuildWithOneLine) {
+#ifdef IADGPT_WITH_CUDA
+  GTEST_SKIP() << "a CUDA build: scripts/gpu-check.sh runs --device cuda there";
+#endif
+  const auto out = test::scratch("cli-device-refused");
+  const std::string vision = test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string();
+  const std::string config = test::fixture("imagebind_tiny/config.json").string();
+  const std::string vocab = test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string();
+  const std::string toy = "mvtec:" + test::data("hazelnut_toy").string();
+  const std::string bundle = cli_bundle().string();
+  const std::vector<std::vector<std::string>> commands = {
+      {"detect", "--vision", vision, "--config", config, "--vocab", vocab, "--out", (out / "d").string(), grid_png("000.png")},
+      {"detect", "--model", bundle, "--out", (out / "m").string(), grid_png("000.png")},
+      {"eval", "--model", bundle, "--dataset", toy, "--out", (out / "e").string()},
+      {"chat", "--model", bundle, "--image", grid_png("000.png"), "--message", "hi"},
+      {"chat", "--model", test::fixture("llama_tiny").string(), "--tokenizer",
+       test::fixture("stories260K/tokenizer.model").string(), "--message", "hi"},
+      {"serve", "--model", bundle, "--port", "0"},
+      {"train-decoder", "--vision", vision, "--config", config, "--dataset", toy, "--category", "hazelnut", "--out",
+       (out / "dec.safetensors").string()},
+      {"apg", "--llm", test::fixture("llama_tiny").string(), "--class", "hazelnut", "--out", (out / "p.json").string()},
+      {"bench", "encode", "--arch", "clip-vit-l-14-336", "--iters", "1"},
+      {"bench", "llm", "--decode", "1", "--prefill", "1"},
+      {"bench", "maps", "--iters", "1"},
+      {"bench", "model", "--model", bundle, "--iters", "1", "--tokens", "1"},
+  };
+  for (auto args : commands) {
+    args.insert(args.end(), {"--device", "cuda"});
+    const auto r = run_iadgpt(args);
+    const std::string what = args[0] + " " + args[1];
+    EXPECT_EQ(r.exit_code, 2) << what << ": " << r.err;
+    EXPECT_NE(r.err.find("CUDA is not available in this build"), std::string::npos) << what << ": " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << what << ": " << r.err;
+  }
+  const auto r = run_iadgpt({"detect", "--model", bundle, "--out", (out / "g").string(), "--device", "gpu", grid_png("000.png")});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--device gpu: unknown device"), std::string::npos) << r.err;
+}
+
+TEST(DeviceCli, ExplicitCpuOverridesABundleWrittenForCuda) {
+#ifdef IADGPT_WITH_CUDA
+  GTEST_SKIP() << "a CUDA build: the bundle's cuda would run there";
+#endif
+  const auto cuda_bundle = bundle_on("cuda").string();
+  const auto out = test::scratch("cli-device-cpu");
+  // Without the flag the bundle's device is used, and refused here, naming where it came from.
+  auto r = run_iadgpt({"detect", "--model", cuda_bundle, "--out", (out / "refused").string(), grid_png("000.png")});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("bundle device cuda: CUDA is not available in this build"), std::string::npos) << r.err;
+
+  // detect and chat with --device cpu given explicitly: they run, and answer as the plain bundle does.
+  r = run_iadgpt({"detect", "--model", cuda_bundle, "--device", "cpu", "--class", "grid", "--max-tokens", "4", "--out",
+                  (out / "cpu").string(), grid_png("000.png")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto plain = run_iadgpt({"detect", "--model", cli_bundle().string(), "--class", "grid", "--max-tokens", "4", "--out",
+                           (out / "plain").string(), grid_png("000.png")});
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  const auto a = nlohmann::json::parse(std::ifstream(out / "cpu" / "000.json"));
+  const auto b = nlohmann::json::parse(std::ifstream(out / "plain" / "000.json"));
+  EXPECT_EQ(a["p_yes"], b["p_yes"]);
+  EXPECT_EQ(a["answer"], b["answer"]);
+
+  r = run_iadgpt({"chat", "--model", cuda_bundle, "--device", "cpu", "--image", grid_png("000.png"), "--class", "grid",
+                  "--max-tokens", "4", "--message", "Is there any anomaly in the image?"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("p_yes"), std::string::npos) << r.err;
+}
+
+TEST(DeviceCli, MisspelledBundleDeviceIsABadBundle) {
+  const auto dir = bundle_on("tpu");
+  auto r = run_iadgpt({"bundle", "check", dir.string()});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("field 'device': unknown device 'tpu'"), std::string::npos) << r.err;
 }

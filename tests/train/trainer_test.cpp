@@ -563,3 +563,32 @@ TEST(TrainCli, BadConfigsFailAtStartWithASpecificError) {
   EXPECT_NE(r.err.find("expected HOST:PORT"), std::string::npos) << r.err;
 }
 
+
+// Issue 16: a config written for CUDA trains on the CPU when `--device cpu` is given, one step.
+TEST(TrainerCli, ExplicitCpuDeviceOverridesTheConfigAndTrainsOneStep) {
+#ifdef IADGPT_WITH_CUDA
+  GTEST_SKIP() << "a CUDA build: the config's cuda is a real device there";
+#endif
+  const auto dir = test::scratch("train-device");
+  fs::remove_all(dir);
+  auto cfg = small_config(dir / "out");
+  cfg["device"] = "cuda";
+  cfg["stages"] = {{{"stage", 1}, {"steps", 1}}};
+  cfg["checkpoint_every"] = 0;
+  const auto file = write_config(dir, cfg);
+  auto refused = test::run_iadgpt({"--threads", "2", "train", "--quiet", "--config", file.string()});
+  EXPECT_EQ(refused.exit_code, 2) << refused.err;
+  EXPECT_NE(refused.err.find("training device cuda: CUDA is not available in this build"), std::string::npos)
+      << refused.err;
+  EXPECT_FALSE(fs::exists(dir / "out" / "iadgpt.json"));  // refused before any work
+
+  auto r = test::run_iadgpt({"--threads", "2", "train", "--quiet", "--device", "cpu", "--config", file.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["steps"], 1) << r.out;
+  EXPECT_TRUE(fs::exists(dir / "out" / "iadgpt.json"));
+
+  cfg["device"] = "tpu";
+  auto bad = test::run_iadgpt({"train", "--quiet", "--config", write_config(dir, cfg, "bad.json").string()});
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;
+  EXPECT_NE(bad.err.find("'device'"), std::string::npos) << bad.err;
+}

@@ -1,0 +1,74 @@
+#include "nn/device.h"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <optional>
+
+#include "io/error.h"
+
+namespace iadgpt::nn {
+
+bool built_with_cuda() {
+#ifdef IADGPT_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+// The CUDA index of "cuda" (0) or "cuda:N"; nullopt for "cpu"; InputError for anything else.
+std::optional<int> cuda_index(std::string_view name, std::string_view what) {
+  if (name == "cpu") return std::nullopt;
+  if (name == "cuda") return 0;
+  if (!name.starts_with("cuda:"))
+    throw InputError(fmt::format("{} {}: unknown device (expected cpu, cuda or cuda:N)", what, name));
+  const auto digits = name.substr(5);
+  int index = -1;
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), index);
+  if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size() || index < 0 || index > 255)
+    throw InputError(fmt::format("{} {}: expected cpu, cuda or cuda:N with N a device number", what, name));
+  return index;
+}
+
+}  // namespace
+
+bool is_device_name(std::string_view name) {
+  try {
+    cuda_index(name, "");
+    return true;
+  } catch (const InputError&) {
+    return false;
+  }
+}
+
+torch::Device parse_device(std::string_view name, std::string_view what) {
+  const auto index = cuda_index(name, what);
+  if (!index) return torch::Device(torch::kCPU);
+  if (!built_with_cuda())
+    throw InputError(fmt::format("{} {}: CUDA is not available in this build (it was built against a "
+                                 "CPU-only libtorch; scripts/gpu-check.sh builds against a CUDA one)", what, name));
+  const auto count = static_cast<int>(torch::cuda::device_count());
+  if (*index >= count)
+    throw InputError(fmt::format("{} {}: {} CUDA device(s) visible{}", what, name, count,
+                                 count == 0 ? " (no driver, or CUDA_VISIBLE_DEVICES hides them)" : ""));
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(*index));
+}
+
+std::string device_name(const torch::Device& device) {
+  if (device.is_cpu()) return "cpu";
+  return fmt::format("{}:{}", device.is_cuda() ? "cuda" : c10::DeviceTypeName(device.type(), true),
+                     device.has_index() ? device.index() : 0);
+}
+
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+void to_device(torch::Tensor& t, const torch::Device& device) {
+  if (t.defined() && t.device() != device) t = t.to(device);
+}
+
+}  // namespace iadgpt::nn

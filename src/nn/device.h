@@ -1,0 +1,43 @@
+// Where the tensors of a model live (issue 16): `--device cpu|cuda|cuda:N` parsed and checked
+// once, so that every command gives the same error for a device it cannot use.
+//
+//   const auto device = nn::parse_device("cuda:1");  // InputError on this CPU build:
+//                                                     // "--device cuda:1: CUDA is not available in this build"
+//   nn::to_device(weights.embed, device);             // once, after loading
+//
+// The program is device-generic: weights move once after loading, buffers (KV cache, RoPE
+// tables, masks, scratch) are made with the options of the tensors they serve, and host copies
+// happen only where a result leaves the model (the sampled token, the map for the PNG, JSON).
+// The hand-written CPU kernels (bf16/q8/q4 matvec) are used only when the weights are on the CPU.
+#pragma once
+#include <torch/torch.h>
+
+#include <string>
+#include <string_view>
+
+namespace iadgpt::nn {
+
+// "cpu", "cuda" (= cuda:0) or "cuda:N". InputError naming the flag value when the name is not
+// one of those, when this build has no CUDA ("CUDA is not available in this build"), or when
+// the build has CUDA but device N is not visible (naming how many are).
+// `what` names where the value came from in the message ("--device", "bundle field 'device'").
+torch::Device parse_device(std::string_view name, std::string_view what = "--device");
+
+// Whether `name` is spelled as a device (cpu, cuda, cuda:N), whatever this build can run: a
+// bundle written on a GPU machine stays readable on a CPU one (its device is overridden there).
+bool is_device_name(std::string_view name);
+
+// Whether this program was built against a libtorch with CUDA (CMake: TORCH_CUDA_LIBRARIES).
+bool built_with_cuda();
+
+// "cpu", "cuda:0": the canonical name written to bundles, configs and logs.
+std::string device_name(const torch::Device& device);
+
+// t = t.to(device) for a defined tensor (undefined ones stay undefined); no copy when it is there.
+void to_device(torch::Tensor& t, const torch::Device& device);
+
+// Waits for the device's queued work (CUDA runs asynchronously): a timer reads the clock after
+// it. Nothing to wait for on the CPU.
+void synchronize(const torch::Device& device);
+
+}  // namespace iadgpt::nn
