@@ -17,6 +17,7 @@
 #include "llm/chat.h"
 #include "llm/model.h"
 #include "llm/options.h"
+#include "llm/quant.h"
 #include "model/pipeline.h"
 #include "vision/vit.h"
 
@@ -35,7 +36,7 @@ int64_t proc_status_bytes(std::string_view field) {
 }
 
 struct Opts {
-  std::string arch = "imagebind-huge+llama-7b", model, image, dtype = "bf16", class_name;
+  std::string arch = "imagebind-huge+llama-7b", model, image, dtype = "bf16", class_name, quant = "none";
   int64_t iters = 3, tokens = 16;
   bool json = false;
   DeviceFlag device;
@@ -60,6 +61,9 @@ Stages bench_bundle(const Opts& o) {
   Stages st;
   const auto t_load = Clock::now();
   auto bundle = model::read_bundle(o.model);
+  // --quant overrides the bundle's field: its LLM is then quantized at load (after its LoRAs are
+  // merged); a stored quantized LLM only runs in its own format (load_bundle_llm says so).
+  if (o.quant != "none") bundle.quant = o.quant;
   o.device.apply(bundle.device);
   model::IadGpt m(bundle);
   m.set_class(o.class_name);
@@ -92,14 +96,19 @@ Stages bench_arch(const Opts& o) {
   const auto vcfg = vision::vit_preset(o.arch.substr(0, plus));
   const auto lcfg = llm::LlamaConfig::preset(o.arch.substr(plus + 1));
   const auto dtype = llm::resolve_dtype(o.dtype, "");
-  std::cerr << fmt::format("bench model: {} ({:.2f} B vision + {:.2f} B LLM parameters), {} weights, {} threads\n", o.arch,
-                           vcfg.parameter_count() / 1e9, lcfg.parameter_count() / 1e9, o.dtype, torch::get_num_threads());
+  std::cerr << fmt::format("bench model: {} ({:.2f} B vision + {:.2f} B LLM parameters), {} weights, LLM quant {}, {} threads\n",
+                           o.arch, vcfg.parameter_count() / 1e9, lcfg.parameter_count() / 1e9, o.dtype, o.quant,
+                           torch::get_num_threads());
   const auto device = o.device.device();
   auto t0 = Clock::now();
   auto vweights = vision::random_weights(vcfg, dtype, 0);
   vision::move_weights(vweights, device);
+  const auto quant = llm::parse_quant_format(o.quant, "--quant");
+  if (quant != llm::QuantFormat::None && dtype != torch::kBFloat16)
+    throw InputError("--quant q8|q4 needs --dtype bf16 (embeddings and the KV cache stay bf16)");
   llm::LlamaModel llm_model(lcfg, llm::random_weights(lcfg, dtype, 1), dtype, o.arch);
-  llm::move_model(llm_model, device);
+  llm::quantize_weights(llm_model.weights, quant);  // matrix by matrix, each bf16 source freed at once
+  llm::move_model(llm_model, device);  // quantized weights: CPU only (move_model says so)
   torch::manual_seed(2);
   model::Heads heads;
   heads.decoder = anomaly::VisualDecoder(vcfg.width, vcfg.embed_dim, 4);
@@ -170,12 +179,17 @@ void add_bench_model(CLI::App& bench) {
   cmd->add_option("--image", o->image, "Image for --model (default: random pixels)");
   cmd->add_option("--class", o->class_name, "Object class for --model");
   cmd->add_option("--dtype", o->dtype, "weights for --arch: bf16 | f32")->capture_default_str();
+  cmd->add_option("--quant", o->quant,
+                  "LLM projections quantized: none | q8 | q4 (head q8; --arch needs bf16; --model: quantized at load "
+                  "after its LoRAs are merged, or a stored quantized bundle's own format)")
+      ->capture_default_str();
   cmd->add_option("--iters", o->iters, "images (the first is a warm-up when there are several)")->capture_default_str();
   cmd->add_option("--tokens", o->tokens, "generated tokens per image")->capture_default_str();
   cmd->add_flag("--json", o->json, "print the figures as JSON");
   o->device.add_to(*cmd, "cpu, or the bundle's with --model");
   cmd->callback([o] {
     if (o->iters < 1 || o->tokens < 1) throw InputError("--iters and --tokens must be >= 1");
+    llm::parse_quant_format(o->quant, "--quant");  // before any loading: a typo fails at once
     const auto st = o->model.empty() ? bench_arch(*o) : bench_bundle(*o);
     const double enc = mean_skip_first(st.encode), maps = mean_skip_first(st.maps), pre = mean_skip_first(st.prefill),
                  gen = mean_skip_first(st.generate);
@@ -188,7 +202,8 @@ void add_bench_model(CLI::App& bench) {
                              enc * 1e3, maps * 1e3, pre * 1e3, o->tokens, gen * 1e3, gen * 1e3 / o->tokens,
                              (enc + maps + pre + gen) * 1e3, peak / double(1 << 30));
     if (o->json) {
-      nlohmann::json j{{"arch", o->model.empty() ? o->arch : o->model}, {"dtype", o->dtype}, {"threads", torch::get_num_threads()},
+      nlohmann::json j{{"arch", o->model.empty() ? o->arch : o->model}, {"dtype", o->dtype}, {"quant", o->quant},
+                       {"threads", torch::get_num_threads()},
                        {"iters", o->iters}, {"tokens", o->tokens}, {"encode_ms", enc * 1e3}, {"maps_ms", maps * 1e3},
                        {"prefill_ms", pre * 1e3}, {"generate_ms", gen * 1e3}, {"peak_rss_bytes", peak}};
       if (st.load_s >= 0) {

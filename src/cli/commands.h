@@ -8,6 +8,7 @@ namespace iadgpt::cli {
 
 void add_info(CLI::App& app);          // cmd_info.cpp
 void add_convert(CLI::App& app);       // cmd_convert.cpp
+void add_quantize(CLI::App& app);      // cmd_quantize.cpp
 void add_encode_image(CLI::App& app);  // cmd_encode_image.cpp
 void add_encode_text(CLI::App& app);   // cmd_encode_text.cpp
 void add_tokenize(CLI::App& app);      // cmd_tokenize.cpp

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
 
   add_info(app);
   add_convert(app);
+  add_quantize(app);
   add_encode_image(app);
   add_encode_text(app);
   add_tokenize(app);

@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "llm/config.h"
+#include "llm/quant.h"
 #include "llm/weights.h"
 
 namespace iadgpt::llm {
@@ -19,5 +20,18 @@ namespace iadgpt::llm {
 // `torch_dtype` names the dtype of the matrices. A tied head (lm_head is embed) is written once.
 void save_hf_checkpoint(const std::filesystem::path& dir, const LlamaConfig& config, const LlamaWeights& weights,
                         const nlohmann::json& extra = nlohmann::json::object());
+
+// Writes a quantized model (quantize_model) as our stored quantized checkpoint (README "Stored
+// quantized checkpoints"): config.json as above plus `iadgpt_quant` and torch_dtype bfloat16, and
+// model.safetensors with quantized_tensors' layout and `iadgpt_quant` in its __metadata__.
+// load_model reads it back without re-quantizing. Unquantized weights → InputError.
+void save_quantized_checkpoint(const std::filesystem::path& dir, const LlamaConfig& config, const LlamaWeights& weights,
+                               const nlohmann::json& extra = nlohmann::json::object());
+
+// `iadgpt quantize` on a Hugging Face LLaMA directory: loads `in` in a dtype that holds its values
+// exactly, quantizes (quantize_model), writes `out` (save_quantized_checkpoint) and copies
+// tokenizer.model when `in` has one. The result equals load_model(in, {bf16, format}) bit for bit.
+// An input that is already quantized, or format none → InputError.
+void quantize_checkpoint(const std::filesystem::path& in, QuantFormat format, const std::filesystem::path& out);
 
 }  // namespace iadgpt::llm

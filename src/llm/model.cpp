@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <fstream>
 
 #include "io/checkpoint.h"
 #include "io/error.h"
@@ -84,9 +85,42 @@ LlamaModel load_model(const std::filesystem::path& path, const LoadOptions& opti
     throw InputError(fmt::format("{}: quantized weights ({}) need the bf16 dtype for the rest of the model",
                                  path.string(), quant_format_name(options.quant)));
   auto config = LlamaConfig::from_file(config_file);
+  const auto stored = stored_quant_format(config_file);
   auto ckpt = io::load_checkpoint(path);
-  auto weights = weights_from_tensors(ckpt.tensors, config, path.string(), options.dtype, options.quant);
+  // The weights file says what it holds too: a config.json copied beside other weights must not
+  // reinterpret them.
+  const auto meta = ckpt.metadata.find(kQuantKey);
+  const std::string file_says = meta == ckpt.metadata.end() ? "none" : meta->second;
+  if (file_says != quant_format_name(stored))
+    throw InputError(fmt::format("{}: config.json says '{}' is {}, the weights' metadata says {}", path.string(), kQuantKey,
+                                 quant_format_name(stored), file_says));
+  auto weights = weights_from_tensors(ckpt.tensors, config, path.string(), options.dtype, options.quant, stored);
   return LlamaModel(std::move(config), std::move(weights), options.dtype, path);
+}
+
+QuantFormat stored_quant_format(const std::filesystem::path& config_file) {
+  std::ifstream in(config_file);
+  if (!in) throw InputError(fmt::format("{}: cannot open", config_file.string()));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(fmt::format("{}: invalid JSON: {}", config_file.string(), e.what()));
+  }
+  if (!j.is_object() || !j.contains(kQuantKey)) return QuantFormat::None;
+  if (!j.at(kQuantKey).is_string())
+    throw InputError(fmt::format("{}: field '{}' must be a string (q8 or q4), found {}", config_file.string(), kQuantKey,
+                                 j.at(kQuantKey).dump()));
+  const auto f = parse_quant_format(j.at(kQuantKey).get<std::string>(), fmt::format("{}: field '{}'", config_file.string(), kQuantKey));
+  if (f == QuantFormat::None)
+    throw InputError(fmt::format("{}: field '{}' is 'none'; leave it out for unquantized weights", config_file.string(), kQuantKey));
+  return f;
+}
+
+void quantize_model(LlamaModel& model, QuantFormat format) {
+  quantize_weights(model.weights, format);
+  finish_quantized(model.weights);
+  model.dtype = torch::kBFloat16;
 }
 
 void move_model(LlamaModel& model, const torch::Device& device) {

@@ -42,8 +42,22 @@ struct LlamaModel {
 void move_model(LlamaModel& model, const torch::Device& device);
 
 // Reads `dir/config.json` and the weights beside it (model.safetensors, sharded safetensors with an
-// index, or pytorch_model*.bin), validated against the config.
+// index, or pytorch_model*.bin), validated against the config. A stored quantized checkpoint
+// (config.json `iadgpt_quant`, README "Stored quantized checkpoints") is read as stored: needs
+// dtype bf16; options.quant none or the stored format.
 LlamaModel load_model(const std::filesystem::path& dir, const LoadOptions& options = {});
+
+// The config.json field naming a stored quantized checkpoint's format (also in the safetensors
+// `__metadata__`, which must agree).
+inline constexpr const char* kQuantKey = "iadgpt_quant";
+
+// The format config.json's `iadgpt_quant` names; none when absent. Anything but q8/q4 → InputError
+// naming the file and the field.
+QuantFormat stored_quant_format(const std::filesystem::path& config_file);
+
+// Quantizes a loaded model in place (quantize_weights from the current values, then
+// finish_quantized): the model then runs as if loaded with {bf16, format}. LoRA must be merged first.
+void quantize_model(LlamaModel& model, QuantFormat format);
 
 // Keys and values for every layer, allocated once for `capacity` positions (no per-token allocation).
 struct KvCache {

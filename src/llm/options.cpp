@@ -26,6 +26,18 @@ torch::Dtype resolve_dtype(std::string_view name, const std::filesystem::path& m
   }
 }
 
+torch::Dtype source_dtype(const std::filesystem::path& model_dir) {
+  const auto cfg = std::filesystem::is_directory(model_dir) ? model_dir / "config.json" : model_dir.parent_path() / "config.json";
+  std::ifstream in(cfg);
+  if (!in) return torch::kFloat32;
+  try {
+    const auto j = nlohmann::json::parse(in);
+    return j.value("torch_dtype", std::string()) == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
+  } catch (const nlohmann::json::exception&) {
+    return torch::kFloat32;  // load_model reports the broken config with its own message
+  }
+}
+
 std::vector<int64_t> parse_ids(std::string_view text) {
   std::vector<int64_t> ids;
   size_t start = 0;

@@ -17,6 +17,10 @@ namespace iadgpt::llm {
 // "f32" | "bf16" | "auto" (bf16 unless config.json says torch_dtype float32). InputError otherwise.
 torch::Dtype resolve_dtype(std::string_view name, const std::filesystem::path& model_dir);
 
+// The dtype that holds a checkpoint's values exactly, from config.json's torch_dtype: bf16 for
+// bfloat16 checkpoints, f32 otherwise (float32, float16, absent). What quantization reads from.
+torch::Dtype source_dtype(const std::filesystem::path& model_dir);
+
 // "1,2,3" (spaces allowed) -> ids. InputError naming the bad item.
 std::vector<int64_t> parse_ids(std::string_view text);
 

@@ -60,13 +60,35 @@ torch::Tensor take(const io::TensorMap& tensors, const std::string& key, const S
   return out;
 }
 
+// A projection stored quantized (README "Stored quantized checkpoints"): `<key>.q` and
+// `<key>.scale`, validated against the shape the config implies; errors name the key.
+QuantMatrix take_quant(const io::TensorMap& tensors, const std::string& key, const Shape& shape, QuantFormat format,
+                       const std::string& source, std::set<std::string>& used) {
+  const auto q_key = key + ".q", s_key = key + ".scale";
+  for (const auto& k : {q_key, s_key})
+    if (!tensors.count(k))
+      throw InputError(fmt::format("{}: missing tensor '{}' (the checkpoint is stored quantized, {}; weight shape {})",
+                                   source, k, quant_format_name(format), shape_text(shape)));
+  try {
+    auto m = quant_matrix_from_tensors(format, tensors.at(q_key), tensors.at(s_key), shape[0], shape[1], key);
+    used.insert(q_key);
+    used.insert(s_key);
+    return m;
+  } catch (const InputError& e) {
+    throw InputError(fmt::format("{}: {}", source, e.what()));
+  }
+}
+
 // Tensors that HF checkpoints may carry but that are recomputed here.
 bool ignorable(const std::string& key) { return key.ends_with(".rotary_emb.inv_freq"); }
 
 }  // namespace
 
 LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfig& c, const std::string& source,
-                                  torch::Dtype dtype, QuantFormat quant) {
+                                  torch::Dtype dtype, QuantFormat quant, QuantFormat stored) {
+  if (stored != QuantFormat::None && (dtype != torch::kBFloat16 || (quant != QuantFormat::None && quant != stored)))
+    throw InputError(fmt::format("{}: the weights are stored quantized ({}); load them with dtype bf16 and no other format",
+                                 source, quant_format_name(stored)));
   // Shapes are validated for every key before any conversion work is done.
   LlamaWeights w;
   std::set<std::string> used;
@@ -75,8 +97,13 @@ LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfi
   for (int64_t l = 0; l < c.num_layers; ++l) {
     for (const auto& row : kHfLayerKeys) {
       const auto key = fmt::format("model.layers.{}.{}", l, row.name);
+      const bool divisible = !row.is_norm && row.shape(c)[1] % kQuantBlock == 0;
+      if (stored != QuantFormat::None && divisible) {
+        w.layers[l].*row.quant = take_quant(tensors, key, row.shape(c), stored, source, used);
+        continue;
+      }
       // Quantized projections are quantized from an fp32 copy of one matrix at a time.
-      const bool quantized = quant != QuantFormat::None && !row.is_norm && row.shape(c)[1] % kQuantBlock == 0;
+      const bool quantized = quant != QuantFormat::None && divisible;
       auto t = take(tensors, key, row.shape(c), source, row.is_norm || quantized ? torch::kFloat32 : dtype, used);
       if (quantized) w.layers[l].*row.quant = quantize(t, quant);
       else w.layers[l].*row.field = std::move(t);
@@ -92,16 +119,19 @@ LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfi
         throw InputError(fmt::format("{}: config.json has tie_word_embeddings true but tensor '{}' differs from '{}'",
                                      source, kHeadKey, kEmbedKey));
     }
+  } else if (stored != QuantFormat::None) {
+    w.q_lm_head = take_quant(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, QuantFormat::Q8, source, used);
   } else {
     w.lm_head = take(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, source, quant != QuantFormat::None ? torch::kFloat32 : dtype, used);
     if (quant != QuantFormat::None) w.q_lm_head = quantize(w.lm_head, QuantFormat::Q8), w.lm_head = torch::Tensor();
   }
-  w.quant = quant;
+  w.quant = stored != QuantFormat::None ? stored : quant;
   for (const auto& [key, t] : tensors) {
     if (used.count(key) || ignorable(key)) continue;
     throw InputError(fmt::format(
-        "{}: unexpected tensor '{}' {} (config: {} layers, hidden_size {}); config.json and the weights disagree",
-        source, key, shape_text(t.sizes()), c.num_layers, c.hidden_size));
+        "{}: unexpected tensor '{}' {} (config: {} layers, hidden_size {}{}); config.json and the weights disagree",
+        source, key, shape_text(t.sizes()), c.num_layers, c.hidden_size,
+        stored == QuantFormat::None ? "" : fmt::format(", stored {}", quant_format_name(stored))));
   }
   return w;
 }
@@ -167,6 +197,39 @@ void quantize_weights(LlamaWeights& w, QuantFormat format) {
     w.lm_head = torch::Tensor();
   }
   w.quant = format;
+}
+
+io::TensorMap quantized_tensors(const LlamaConfig& c, const LlamaWeights& w) {
+  if (w.quant == QuantFormat::None) throw InputError("quantized_tensors: the weights are not quantized");
+  auto bf16 = [](const torch::Tensor& t) { return t.to(torch::kBFloat16).contiguous(); };
+  io::TensorMap out{{kEmbedKey, bf16(w.embed)}, {kNormKey, w.norm.to(torch::kFloat32).contiguous()}};
+  auto put_quant = [&](const std::string& key, const QuantMatrix& m) {
+    out[key + ".q"] = m.q;
+    out[key + ".scale"] = m.scale;
+  };
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const auto& L = w.layers[l];
+    for (const auto& row : kHfLayerKeys) {
+      const auto key = fmt::format("model.layers.{}.{}", l, row.name);
+      if (row.is_norm) out[key] = (L.*row.field).to(torch::kFloat32).contiguous();
+      else if ((L.*row.quant).defined()) put_quant(key, L.*row.quant);
+      else out[key] = bf16(L.*row.field);
+    }
+  }
+  if (!c.tie_word_embeddings) {
+    if (!w.q_lm_head.defined()) throw InputError("quantized_tensors: the untied head is not quantized");
+    put_quant(kHeadKey, w.q_lm_head);
+  }
+  return out;
+}
+
+void finish_quantized(LlamaWeights& w) {
+  const bool tied = w.lm_head.defined() && w.lm_head.is_same(w.embed);
+  w.embed = w.embed.to(torch::kBFloat16).contiguous();
+  if (tied) w.lm_head = w.embed;
+  for (auto& L : w.layers)
+    for (const auto& row : kHfLayerKeys)
+      if (!row.is_norm && (L.*row.field).defined()) L.*row.field = (L.*row.field).to(torch::kBFloat16).contiguous();
 }
 
 int64_t weight_bytes(const LlamaWeights& w) {

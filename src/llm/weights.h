@@ -67,9 +67,23 @@ struct LoadOptions {
 // Fills LlamaWeights from HF-named tensors. Every expected key must be present with the shape the
 // config implies; unknown keys are rejected (they mean config and weights disagree).
 // With `quant`, the projections (and an untied head, q8) are quantized from the checkpoint's values.
+// With `stored` (a checkpoint written by save_quantized_checkpoint, README "Stored quantized
+// checkpoints"), they are read as stored (`<key>.q`, `<key>.scale`, views of the memory map, no
+// re-quantization), each validated against the config; `dtype` must then be bf16 and `quant`
+// none or the same format.
 LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfig& config,
                                   const std::string& source, torch::Dtype dtype,
-                                  QuantFormat quant = QuantFormat::None);
+                                  QuantFormat quant = QuantFormat::None, QuantFormat stored = QuantFormat::None);
+
+// The tensors of a stored quantized checkpoint (the layout weights_from_tensors reads with
+// `stored`): quantized projections and untied head as `<key>.q` / `<key>.scale`, the other
+// matrices bf16, norms fp32. Unquantized weights → InputError.
+io::TensorMap quantized_tensors(const LlamaConfig& config, const LlamaWeights& weights);
+
+// After quantize_weights on weights of any dtype: the matrices left unquantized (embedding, a
+// tied head, projections whose input size is not a multiple of 32) rounded to bf16, as the
+// quantized runtime expects (the tied head stays the same tensor as the embedding).
+void finish_quantized(LlamaWeights& weights);
 
 // Replaces the projections (and an untied head) by their quantized form, one matrix at a time,
 // freeing each source matrix as it goes. The head is quantized to q8 for both formats: it is the

@@ -9,12 +9,13 @@
 //   {"format": "iadgpt-bundle", "version": 1, "vision": "imagebind_huge.pth", "llm": "vicuna-7b",
 //    "delta": "anomalygpt/pytorch_model.pt", "decoder": "decoder.safetensors", "tge": "tge.safetensors",
 //    "mmf": "mmf.safetensors", "expert": "mmf", "mode": "self-supervised", "dtype": "bf16",
-//    "image_size": 224, "taps": [7, 15, 23, 31], "threshold": 0.5,
+//    "image_size": 224, "taps": [7, 15, 23, 31], "threshold": 0.5, "quant": "none",
 //    "decision_bias": {"bottle": 1.5}}
 #pragma once
 #include <nlohmann/json.hpp>
 
 #include "io/aten.h"
+#include "llm/model.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -54,6 +55,12 @@ struct Bundle {                         // <dir>/iadgpt.json; relative paths res
   // Where the model runs: "cpu", "cuda" or "cuda:N" (nn/device.h); `--device` overrides it, so a
   // bundle written on a GPU machine still runs on a CPU one.
   std::string device = "cpu";
+  // Weight-only quantization of the LLM (llm/quant.h): "none" | "q8" | "q4". When `llm` is a stored
+  // quantized checkpoint (`iadgpt quantize`), this must name its format, and every LoRA (the
+  // delta's, `lora`) is already merged into it: none is merged again and field `lora` is refused.
+  // Otherwise the LLM is loaded, its LoRAs merged, and quantized at load. The LLM's unquantized
+  // matrices are then bf16 whatever `dtype` says (`dtype` still sets the vision side).
+  std::string quant = "none";
   double threshold = 0.5;               // map threshold for regions / decision fallback
   // Per class: log-odds added to "Yes" against "No" at the decision token (a class not listed: 0,
   // the LLM's own decision). Fitted on labelled validation parts of the class
@@ -97,6 +104,18 @@ BundleSources resolve_sources(const Bundle& bundle);
 // for a seed (it seeds torch's global generator). `parts` picks which: "decoder", "tge", "mmf".
 void init_random_adapters(Bundle& bundle, uint64_t seed,
                           const std::vector<std::string>& parts = {"decoder", "tge", "mmf"});
+
+// The bundle's LLM as inference runs it: loaded in `dtype`, the delta's LoRA then `lora` merged
+// (BundleSources::lora_delta), and quantized when `quant` says so (merged first, then quantized
+// from the checkpoint's own precision); a stored quantized LLM is read as stored.
+llm::LlamaModel load_bundle_llm(const Bundle& bundle, const BundleSources& sources, torch::Dtype dtype);
+
+// `iadgpt quantize` on a bundle: its LLM with every LoRA merged, quantized to `format`, written to
+// <out>/llm (llm::save_quantized_checkpoint, with tokenizer.model when the LLM dir has one), and
+// <out>/iadgpt.json: the same bundle with `llm` → that directory, `quant` → format, `lora` dropped
+// (merged); other files stay where they are (absolute paths). Returns the new bundle, read back.
+// A bundle that is already quantized, or format none → InputError.
+Bundle quantize_bundle(const Bundle& bundle, llm::QuantFormat format, const std::filesystem::path& out);
 
 // Writes <dir>/iadgpt.json atomically (temp file + rename); creates dir.
 void write_bundle(const Bundle& bundle, const std::filesystem::path& dir);

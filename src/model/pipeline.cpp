@@ -196,11 +196,8 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   if (bundle.map == "blend") dopt.mode = anomaly::MapMode::Blend;
   s.detector.emplace(dopt);
 
-  s.llm = llm::load_model(bundle.llm, {.dtype = dtype});
-  // The released LoRA first, then one trained on top of it (train/config.h `delta`).
-  if (sources.lora_delta) llm::merge_lora(s.llm, llm::load_pandagpt_delta(*sources.lora_delta, bundle.lora_alpha));
-  if (bundle.lora) llm::merge_lora(s.llm, llm::load_lora(*bundle.lora));
-  llm::move_model(s.llm, device);  // merged on the host first: one copy of the weights on the device
+  s.llm = load_bundle_llm(bundle, sources, dtype);
+  llm::move_model(s.llm, device);  // merged (and quantized) on the host first: one copy of the weights on the device
   s.tokenizer.emplace(llm::Tokenizer::from_path(bundle.tokenizer.value_or(bundle.llm)));
   const int64_t hidden = s.llm.config.hidden_size;
   s.cache = llm::KvCache(s.llm, std::min<int64_t>(s.llm.max_positions(), 2048));

@@ -1,0 +1,101 @@
+// `iadgpt quantize` end to end: an HF LLaMA dir and a bundle in, a stored quantized LLM / bundle
+// out that the other commands load; bad input → exit 2 with one line naming the problem.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "common/run.h"
+#include "common/shared.h"
+
+using namespace iadgpt;
+using test::run_iadgpt;
+namespace fs = std::filesystem;
+
+namespace {
+
+nlohmann::json read_json(const fs::path& p) {
+  std::ifstream in(p);
+  return nlohmann::json::parse(in);
+}
+
+// One line on stderr, starting with the program's prefix.
+void expect_one_line_naming(const test::RunResult& r, const std::string& what) {
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find(what), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+}  // namespace
+
+TEST(QuantizeCli, HfDirectoryIsWrittenQuantizedAndLoadsInOtherCommands) {
+  const auto out = test::scratch("cli-quantize") / "q4";
+  auto r = run_iadgpt({"quantize", "--in", test::fixture("llama_tiny").string(), "--format", "q4", "--out", out.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("wrote LLM"), std::string::npos) << r.out;
+  EXPECT_EQ(read_json(out / "config.json").at("iadgpt_quant"), "q4");
+  const auto logits = test::scratch("cli-quantize") / "logits.safetensors";
+  r = run_iadgpt({"llm-logits", "--model", out.string(), "--dtype", "auto", "--tokens", "1,15,230", "--out", logits.string()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  // Asking for f32 from a stored quantized LLM is bad input, said in one line.
+  r = run_iadgpt({"llm-logits", "--model", out.string(), "--dtype", "f32", "--tokens", "1", "--out", logits.string()});
+  expect_one_line_naming(r, "stored quantized (q4)");
+}
+
+TEST(QuantizeCli, BundleIsWrittenWithItsLlmQuantizedAndTheQuantField) {
+  const auto dir = test::scratch("cli-quantize-bundle");
+  auto r = run_iadgpt({"bundle", "create", "--vision", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string(),
+                       "--vision-config", test::fixture("imagebind_tiny/config.json").string(), "--vocab",
+                       test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string(), "--llm",
+                       test::fixture("llama_tiny").string(), "--tokenizer", test::fixture("stories260K/tokenizer.model").string(),
+                       "--init-random", "3", "--out", (dir / "bundle").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_iadgpt({"quantize", "--in", (dir / "bundle").string(), "--format", "q8", "--out", (dir / "q8").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("wrote bundle"), std::string::npos) << r.out;
+  EXPECT_EQ(read_json(dir / "q8" / "iadgpt.json").at("quant"), "q8");
+  r = run_iadgpt({"bundle", "check", (dir / "q8").string()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = run_iadgpt({"detect", "--model", (dir / "q8").string(), "--class", "grid", "--no-generate", "--out",
+                  (dir / "detect").string(), test::data("mvtec_ad/grid/train/good/000.png").string()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  // bench model --quant on a stored q8 bundle: another format is refused, naming both.
+  r = run_iadgpt({"bench", "model", "--model", (dir / "q8").string(), "--quant", "q4", "--iters", "1", "--tokens", "1"});
+  expect_one_line_naming(r, "stored quantized as q8");
+  r = run_iadgpt({"bench", "model", "--model", (dir / "bundle").string(), "--quant", "q4", "--iters", "1", "--tokens", "1"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  // Quantizing a quantized bundle again is refused.
+  r = run_iadgpt({"quantize", "--in", (dir / "q8").string(), "--format", "q4", "--out", (dir / "again").string()});
+  expect_one_line_naming(r, "already quantized (q8)");
+}
+
+TEST(QuantizeCli, BadInputExitsTwoNamingTheProblem) {
+  const auto dir = test::scratch("cli-quantize-bad");
+  const auto tiny = test::fixture("llama_tiny").string();
+  expect_one_line_naming(run_iadgpt({"quantize", "--in", (dir / "nope").string(), "--format", "q8", "--out", (dir / "o").string()}),
+                         "nope: no such directory");
+  expect_one_line_naming(run_iadgpt({"quantize", "--in", tiny, "--format", "q5", "--out", (dir / "o").string()}),
+                         "--format: unknown quantization format 'q5'");
+  expect_one_line_naming(run_iadgpt({"quantize", "--in", tiny, "--format", "none", "--out", (dir / "o").string()}),
+                         "--format: expected q8 or q4");
+  expect_one_line_naming(run_iadgpt({"quantize", "--in", dir.string(), "--format", "q8", "--out", (dir / "o").string()}),
+                         "config.json not found");
+  // A corrupt weights file: the loader names it.
+  const auto corrupt = dir / "corrupt";
+  fs::create_directories(corrupt);
+  fs::copy_file(test::fixture("llama_tiny/config.json"), corrupt / "config.json", fs::copy_options::overwrite_existing);
+  std::ofstream(corrupt / "model.safetensors") << "not a safetensors file at all";
+  expect_one_line_naming(run_iadgpt({"quantize", "--in", corrupt.string(), "--format", "q8", "--out", (dir / "o").string()}),
+                         "model.safetensors");
+  // A stored quantized file with one tensor damaged: loading it names the key.
+  const auto q8 = dir / "q8";
+  ASSERT_EQ(run_iadgpt({"quantize", "--in", tiny, "--format", "q8", "--out", q8.string()}).exit_code, 0);
+  auto cfg = read_json(q8 / "config.json");
+  cfg["iadgpt_quant"] = "q4";  // the q8 quants read as q4: the metadata disagrees
+  std::ofstream(q8 / "config.json") << cfg.dump();
+  expect_one_line_naming(run_iadgpt({"llm-logits", "--model", q8.string(), "--dtype", "auto", "--tokens", "1", "--out",
+                                     (dir / "l.safetensors").string()}),
+                         "the weights' metadata says q8");
+  expect_one_line_naming(run_iadgpt({"quantize", "--in", tiny, "--format", "q8", "--out", tiny}), "must differ from --in");
+}
