@@ -256,9 +256,9 @@ Detector::Encoded Detector::encode(const std::vector<cv::Mat>& rgb8) {
   return encoded;
 }
 
-std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) { return detect(encode(rgb8)); }
+std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) { return detect_encoded(encode(rgb8)); }
 
-std::vector<Detection> Detector::detect(const Encoded& encoded) {
+std::vector<Detection> Detector::detect_encoded(const Encoded& encoded) {
   auto& s = *state_;
   const auto mode = effective_mode();
   if (s.needs_text(mode) && !s.features) set_class("");

@@ -118,11 +118,11 @@ class Detector {
   // What `detect` runs the tower for: encode_images with DetectorOptions::features, else the map
   // view's taps only. Class- and reference-independent, so a server encodes the images of
   // several requests (different classes, references) in one forward, then maps each with
-  // detect(Encoded) on its own worker's detector.
+  // detect_encoded on its own worker's detector.
   Encoded encode(const std::vector<cv::Mat>& rgb8);
   // The maps of images encoded before (by this detector or a share() of it): detect(rgb8) is
-  // detect(encode(rgb8)). Encoded::seconds becomes each Detection's encode_seconds.
-  std::vector<Detection> detect(const Encoded& encoded);
+  // detect_encoded(encode(rgb8)). Encoded::seconds becomes each Detection's encode_seconds.
+  std::vector<Detection> detect_encoded(const Encoded& encoded);
   // The taps `set_references` puts in the memory bank: the map views of `rgb8`, followed by their
   // 90/180/270° rotations (torch::rot90 of the S×S view) with DetectorOptions::rotations.
   std::vector<torch::Tensor> reference_taps(const std::vector<cv::Mat>& rgb8);

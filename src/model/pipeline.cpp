@@ -323,7 +323,7 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const anomaly::Detector::Encoded
   if (encoded.batch() != 1)
     throw InputError(fmt::format("inspect: the encoded input holds {} images, not the one inspected", encoded.batch()));
   Inspection r;
-  auto d = std::move(s.detector->detect(encoded)[0]);
+  auto d = std::move(s.detector->detect_encoded(encoded)[0]);
   r.timings.encode = d.encode_seconds;
   r.timings.maps = d.map_seconds;
 

@@ -49,7 +49,7 @@ DetectOutput MapEngine::detect(const DetectInput& input, const anomaly::Detector
     class_ = class_name;
   }
   detector_.set_references(input.references);
-  auto detection = detector_.detect(encoded).at(0);
+  auto detection = detector_.detect_encoded(encoded).at(0);
   DetectOutput out;
   out.map = anomaly::resize_map(detection.map, input.image.rows, input.image.cols);
   out.pred_score = detection.score;

@@ -76,7 +76,7 @@ TEST(DecodeBatch, EachRowIsBitForBitItsSequencesOwnStep) {
   for (int step = 0; step < 2; ++step) {
     const auto logits = llm::decode_batch(m, pointers, m.embed(next));
     for (size_t i = 0; i < next.size(); ++i) {
-      const auto want = llm::decode_step_bf16(m, alone[i], m.embed({next[i]}));
+      const auto want = llm::decode_step_bf16(m, alone[i], m.embed(std::vector<int64_t>{next[i]}));
       EXPECT_TRUE(torch::equal(logits[static_cast<int64_t>(i)], want[0])) << "step " << step << " row " << i;
       EXPECT_EQ(batched[i].pos, alone[i].pos);
     }
@@ -84,7 +84,7 @@ TEST(DecodeBatch, EachRowIsBitForBitItsSequencesOwnStep) {
   }
   // One cache twice in a step would append two tokens at one position.
   std::vector<llm::KvCache*> twice = {&batched[0], &batched[0]};
-  EXPECT_THROW(llm::decode_batch(m, twice, m.embed({1, 2})), iadgpt::InputError);
+  EXPECT_THROW(llm::decode_batch(m, twice, m.embed(std::vector<int64_t>{1, 2})), iadgpt::InputError);
 }
 
 namespace {
@@ -112,23 +112,24 @@ llm::Generation alone(const llm::LlamaModel& m, const Request& r) {
   return llm::generate(m, tok(), cache, segs, r.options);
 }
 
-// Request 0 runs in the loop first; its stream holds the loop (on the loop's thread) until the
+// Request 0 starts first. Its stream's second piece is written on the loop's thread (the first
+// on the caller's, generate() samples the first token there); the test holds it there until the
 // other two are waiting to join, so all three surely share steps whatever the machine's speed.
 void expect_loop_equals_alone(const llm::LlamaModel& m) {
   llm::DecodeLoop loop(m, 4);
   auto reqs = requests();
-  std::atomic<bool> held{false};
+  std::atomic<int> pieces{0};
   reqs[0].options.on_text = [&](std::string_view) {
-    if (held.exchange(true)) return true;
+    if (++pieces != 2) return true;
     for (int i = 0; i < 60'000 && loop.stats().waiting < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     return true;
   };
   std::vector<std::future<llm::Generation>> got;
   std::vector<std::unique_ptr<llm::KvCache>> caches;
+  for (size_t i = 0; i < reqs.size(); ++i) caches.push_back(std::make_unique<llm::KvCache>(m, 128));
   for (size_t i = 0; i < reqs.size(); ++i) {
-    caches.push_back(std::make_unique<llm::KvCache>(m, 128));
     if (i == 1) {  // the others join once request 0 is in the loop
-      for (int k = 0; k < 60'000 && !held; ++k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      for (int k = 0; k < 60'000 && pieces == 0; ++k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     got.push_back(std::async(std::launch::async, [&, i] {
       torch::NoGradGuard no_grad;
