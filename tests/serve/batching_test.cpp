@@ -323,7 +323,7 @@ TEST(Batching, ServeWithBatchFourAnswersAsBatchOne) {
   for (const char* name : {"test/colour/00.jpg", "test/good/04.jpg", "test/colour/03.jpg", "test/good/04.jpg"})
     images.push_back(hazelnut(name));
   const std::vector<std::string> classes = {"hazelnut", "screw", "bottle", "hazelnut"};
-  const std::string question = "Where is the defect?";
+  const std::string question = "Where?";
   // Four clients at once; the answers, then a chat turn on the first session (not the batch's
   // last: its conversation is replayed on the worker).
   auto run = [&](const std::vector<std::string>& extra, json& health) {
@@ -333,7 +333,9 @@ TEST(Batching, ServeWithBatchFourAnswersAsBatchOne) {
       replies.push_back(std::async(std::launch::async, [&, i] {
         httplib::Client c("127.0.0.1", server.port());
         c.set_read_timeout(120, 0);
-        auto r = c.Post("/v1/detect", detect_form(images[i], classes[i]));
+        auto form = detect_form(images[i], classes[i]);
+        form.push_back({"max_tokens", "8", "", ""});  // room for a follow-up in the tiny LLM's 256 positions
+        auto r = c.Post("/v1/detect", form);
         EXPECT_TRUE(r && r->status == 200) << (r ? r->body : "no response");
         return body_json(r);
       }));
@@ -342,7 +344,7 @@ TEST(Batching, ServeWithBatchFourAnswersAsBatchOne) {
     for (auto& f : replies) out.push_back(f.get());
     httplib::Client c("127.0.0.1", server.port());
     c.set_read_timeout(120, 0);
-    auto chat = c.Post("/v1/chat", json{{"session_id", out[0]["session_id"]}, {"message", question}}.dump(),
+    auto chat = c.Post("/v1/chat", json{{"session_id", out[0]["session_id"]}, {"message", question}, {"max_tokens", 8}}.dump(),
                        "application/json");
     EXPECT_TRUE(chat && chat->status == 200) << (chat ? chat->body : "no response");
     out.push_back(body_json(chat));
