@@ -106,8 +106,9 @@ EngineFactory shared_weights_factory(const model::Bundle& bundle, bool maps_only
     }
     if (worker > 0 && first->full) return first->full->share();
     auto engine = std::make_unique<IadGptEngine>(bundle);
-    if (decode_batch > 1)
-      engine->start_decode_loop(decode_batch, decode_threads);
+    // Only bf16 (and quantized) LLMs share weight reads between sequences (llm::decode_batch);
+    // an fp32 one would step them one by one anyway, with a hand-over to the loop per token.
+    if (decode_batch > 1 && bundle.dtype == "bf16") engine->start_decode_loop(decode_batch, decode_threads);
     first->full = engine.get();
     return engine;
   };
@@ -165,12 +166,12 @@ std::vector<DetectResult> IadGptEngine::detect_concurrently(std::span<const Dete
     helpers_.back()->loop_ = loop_;
   }
   std::vector<DetectResult> results(n);
-  const int threads = torch::get_num_threads();
   std::vector<std::thread> running;
   for (size_t i = 0; i + 1 < n; ++i) {
     running.emplace_back([&, i] {
       torch::NoGradGuard no_grad;  // per thread, as the pool's workers
-      torch::set_num_threads(threads);
+      // The requests run side by side: one torch thread each, or n × --threads would share the cores.
+      torch::set_num_threads(1);
       results[i] = helpers_[i]->detect_encoded(*inputs[i], encoded.image(static_cast<int64_t>(i)));
     });
   }

@@ -4,7 +4,7 @@
 //   IADGPT_SHARED=/work/shared IADGPT_BIN=$PWD/iadgpt ./test_serve --gtest_also_run_disabled_tests \
 //       --gtest_filter='BatchLoad.*'
 //
-// `iadgpt serve --workers 1` with batching off (--batch 1) and on (--batch 16 --batch-wait 20),
+// `iadgpt serve --workers 1` with batching off (--batch 1) and on (--batch 16, --batch-wait 0 and 20),
 // 1, 4 and 16 concurrent clients each sending multipart detects of 256 px parts; parts/minute
 // and p50 latency per run, printed and written to <build>/serve_batch_load.json.
 // Environment: IADGPT_LOAD_BUNDLE=DIR serves that bundle instead of the tiny fixture one;
@@ -92,7 +92,8 @@ TEST(BatchLoad, DISABLED_PartsPerMinuteWithBatchingOffAndOn) {
   const auto images = parts_256();
   const std::vector<std::pair<std::string, std::vector<std::string>>> configs = {
       {"off", {"--workers", "1", "--queue", "64", "--batch", "1"}},
-      {"on", {"--workers", "1", "--queue", "64", "--batch", "16", "--batch-wait", "20"}}};
+      {"on", {"--workers", "1", "--queue", "64", "--batch", "16", "--batch-wait", "0"}},
+      {"on+wait", {"--workers", "1", "--queue", "64", "--batch", "16", "--batch-wait", "20"}}};
   json report = {{"bundle", bundle_dir.string()}, {"requests_per_run", requests}, {"runs", json::array()}};
   for (const auto& [name, args] : configs) {
     ServeProcess server(bundle_dir, args);
@@ -104,7 +105,7 @@ TEST(BatchLoad, DISABLED_PartsPerMinuteWithBatchingOffAndOn) {
       run["batching"] = name;
       run["server"] = fmt::format("{}", fmt::join(args, " "));
       run["health"] = body_json(warm.Get("/v1/health"));
-      std::cout << fmt::format("batching {:3} clients {:2}: {:7.1f} parts/min, p50 {:7.0f} ms ({} ok, {} failed)\n", name,
+      std::cout << fmt::format("batching {:7} clients {:2}: {:7.1f} parts/min, p50 {:7.0f} ms ({} ok, {} failed)\n", name,
                                clients, run["parts_per_minute"].get<double>(), run["p50_ms"].get<double>(),
                                run["ok"].get<int>(), run["failed"].get<int>())
                 << std::flush;

@@ -310,6 +310,23 @@ TEST(Batching, IadGptEngineBatchEqualsEachInspectionAlone) {
   EXPECT_EQ(got, alone->ask(question, 12));
 }
 
+TEST(Batching, IadGptEngineWithADecodeLoopRunsTheBatchAtOnceWithTheSameResults) {
+  // The server starts the loop for bf16 LLMs only; started here on the fp32 fixture, it runs the
+  // same code path (the inspections on shares, their answers through the loop).
+  const auto bundle = tiny_bundle("batching-loop");
+  auto factory = serve::shared_weights_factory(bundle, false);
+  auto first = factory(0), alone = factory(1);
+  auto& batched = dynamic_cast<serve::IadGptEngine&>(*first);
+  batched.start_decode_loop(4, 0);
+  expect_batch_equals_alone<serve::Engine>(batched, *alone);
+  EXPECT_EQ(batched.shared_stats()["decode_sequences"], 4);  // every answer went through the loop
+  const auto last = mixed_inputs().back();
+  const std::string question = "What does the part look like?";
+  const auto got = batched.ask(question, 12);
+  alone->detect(last);
+  EXPECT_EQ(got, alone->ask(question, 12));
+}
+
 TEST(Batching, MapEngineBatchEqualsEachInspectionAlone) {
   const auto bundle = tiny_bundle("batching-maps");
   auto factory = serve::shared_weights_factory(bundle, true);
