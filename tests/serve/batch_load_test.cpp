@@ -9,7 +9,8 @@
 // and p50 latency per run, printed and written to <build>/serve_batch_load.json.
 // Environment: IADGPT_LOAD_BUNDLE=DIR serves that bundle instead of the tiny fixture one;
 // IADGPT_LOAD_BF16=1 makes the fixture bundle bf16 (the bf16 decode kernels, as a real bundle);
-// IADGPT_LOAD_REQUESTS=N requests per run (default 32).
+// IADGPT_LOAD_REQUESTS=N requests per run (default 32); IADGPT_LOAD_ARGS="--answer-tokens 32 ..."
+// more server flags for every configuration.
 #include <fmt/format.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -19,6 +20,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <mutex>
+#include <sstream>
 
 #include "model/tiny_bundle.h"
 #include "serve_process.h"
@@ -94,8 +96,14 @@ TEST(BatchLoad, DISABLED_PartsPerMinuteWithBatchingOffAndOn) {
       {"off", {"--workers", "1", "--queue", "64", "--batch", "1"}},
       {"on", {"--workers", "1", "--queue", "64", "--batch", "16", "--batch-wait", "0"}},
       {"on+wait", {"--workers", "1", "--queue", "64", "--batch", "16", "--batch-wait", "20"}}};
+  std::vector<std::string> extra;
+  if (const char* a = std::getenv("IADGPT_LOAD_ARGS")) {
+    std::istringstream words(a);
+    for (std::string w; words >> w;) extra.push_back(w);
+  }
   json report = {{"bundle", bundle_dir.string()}, {"requests_per_run", requests}, {"runs", json::array()}};
-  for (const auto& [name, args] : configs) {
+  for (auto [name, args] : configs) {
+    args.insert(args.end(), extra.begin(), extra.end());
     ServeProcess server(bundle_dir, args);
     httplib::Client warm("127.0.0.1", server.port());
     warm.set_read_timeout(600, 0);
