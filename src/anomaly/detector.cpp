@@ -220,37 +220,64 @@ void Detector::set_references(const std::vector<cv::Mat>& rgb8) {
   s.bank.add(reference_taps(rgb8));
 }
 
-Detector::Encoded Detector::encode_images(const std::vector<cv::Mat>& rgb8) {
-  auto& s = *state_;
-  auto out = s.forward(map_view(rgb8));
-  bool square = true;
-  for (const auto& img : rgb8) square = square && img.rows == img.cols;
-  if (square) return {std::move(out.taps), out.embedding};
-  // METHOD §1.1: e comes from the encoder view (short side resized, centre crop).
-  std::vector<torch::Tensor> views;
-  for (const auto& img : rgb8) views.push_back(image::clip_encoder_view(img, static_cast<int>(s.size)));
-  return {std::move(out.taps), s.forward(torch::stack(views)).embedding};
+Detector::Encoded Detector::Encoded::image(int64_t i) const {
+  Encoded one;
+  for (const auto& t : taps) one.taps.push_back(t.slice(0, i, i + 1));
+  if (embedding.defined()) one.embedding = embedding.slice(0, i, i + 1);
+  one.seconds = seconds;
+  return one;
 }
 
-std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) {
+Detector::Encoded Detector::encode_images(const std::vector<cv::Mat>& rgb8) {
+  auto& s = *state_;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto out = s.forward(map_view(rgb8));
+  Encoded encoded{std::move(out.taps), out.embedding};
+  // METHOD §1.1: e comes from the encoder view (short side resized, centre crop).
+  std::vector<torch::Tensor> views;
+  std::vector<int64_t> rows;
+  for (size_t i = 0; i < rgb8.size(); ++i) {
+    if (rgb8[i].rows == rgb8[i].cols) continue;
+    views.push_back(image::clip_encoder_view(rgb8[i], static_cast<int>(s.size)));
+    rows.push_back(static_cast<int64_t>(i));
+  }
+  if (!views.empty()) {
+    auto e = s.forward(torch::stack(views)).embedding;
+    if (rows.size() == rgb8.size()) {
+      encoded.embedding = e;
+    } else {
+      encoded.embedding = encoded.embedding.clone();
+      encoded.embedding.index_copy_(0, torch::tensor(rows, torch::kLong), e);
+    }
+  }
+  encoded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return encoded;
+}
+
+Detector::Encoded Detector::encode(const std::vector<cv::Mat>& rgb8) {
+  auto& s = *state_;
+  if (s.options.features) return encode_images(rgb8);
+  const auto t0 = std::chrono::steady_clock::now();
+  Encoded encoded{s.forward(map_view(rgb8)).taps, {}};
+  encoded.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return encoded;
+}
+
+std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) { return detect_encoded(encode(rgb8)); }
+
+std::vector<Detection> Detector::detect_encoded(const Encoded& encoded) {
   auto& s = *state_;
   const auto mode = effective_mode();
   if (s.needs_text(mode) && !s.features) set_class("");
   if ((mode == MapMode::FewShot || mode == MapMode::Blend) && s.bank.empty()) {
     throw InputError(fmt::format("map mode '{}' needs reference images", map_mode_name(mode)));
   }
+  if (s.options.features && !encoded.embedding.defined())
+    throw InputError("detect: the encoded images carry no embedding e (encode them with features on)");
   using clock = std::chrono::steady_clock;
-  const auto t0 = clock::now();
-  torch::Tensor embeddings;  // [B, D] e, from the encoder view (METHOD §1.1)
-  std::vector<torch::Tensor> taps;
-  if (s.options.features) {
-    auto encoded = encode_images(rgb8);
-    taps = std::move(encoded.taps);
-    embeddings = encoded.embedding;
-  } else {
-    taps = s.forward(map_view(rgb8)).taps;
-  }
   const auto t1 = clock::now();
+  const auto& taps = encoded.taps;
+  const torch::Tensor& embeddings = encoded.embedding;  // [B, D] e, from the encoder view (METHOD §1.1)
   torch::NoGradGuard no_grad;
   LayerMaps text_maps;
   if (mode == MapMode::ZeroShot) {
@@ -280,10 +307,10 @@ std::vector<Detection> Detector::detect(const std::vector<cv::Mat>& rgb8) {
                                                       torch::nn::functional::NormalizeFuncOptions().dim(-1));
   }
   auto scores = image_scores(fused, s.options.top_k);
-  const double encode_seconds = std::chrono::duration<double>(t1 - t0).count();
+  const double encode_seconds = encoded.seconds;
   const double map_seconds = std::chrono::duration<double>(clock::now() - t1).count();
   std::vector<Detection> out;
-  const int64_t batch = static_cast<int64_t>(rgb8.size());
+  const int64_t batch = encoded.batch();
   for (int64_t b = 0; b < batch; ++b) {
     Detection d;
     d.map = fused[b][0].contiguous();

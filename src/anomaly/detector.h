@@ -113,8 +113,23 @@ class Detector {
   struct Encoded {
     std::vector<torch::Tensor> taps;
     torch::Tensor embedding;
+    double seconds = 0;  // of the tower forwards that made it
+    // Image i alone ([1, ...] slices, sharing storage): what encoding it by itself gives, up to
+    // the summation order of the batched GEMMs.
+    Encoded image(int64_t i) const;
+    int64_t batch() const { return taps.empty() ? 0 : taps.front().size(0); }
   };
+  // Each image's e from its own view: the map view when square, else the encoder view (those
+  // forwarded together), so an image gets the same e alone or in any batch.
   Encoded encode_images(const std::vector<cv::Mat>& rgb8);
+  // What `detect` runs the tower for: encode_images with DetectorOptions::features, else the map
+  // view's taps only. Class- and reference-independent, so a server encodes the images of
+  // several requests (different classes, references) in one forward, then maps each with
+  // detect_encoded on its own worker's detector.
+  Encoded encode(const std::vector<cv::Mat>& rgb8);
+  // The maps of images encoded before (by this detector or a share() of it): detect(rgb8) is
+  // detect_encoded(encode(rgb8)). Encoded::seconds becomes each Detection's encode_seconds.
+  std::vector<Detection> detect_encoded(const Encoded& encoded);
   // The taps `set_references` puts in the memory bank: the map views of `rgb8`, followed by their
   // 90/180/270° rotations (torch::rot90 of the S×S view) with DetectorOptions::rotations.
   std::vector<torch::Tensor> reference_taps(const std::vector<cv::Mat>& rgb8);

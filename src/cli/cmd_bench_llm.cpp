@@ -39,12 +39,36 @@ int64_t decode_bytes_per_token(const llm::LlamaWeights& w) {
   return all - w.embed.numel() * w.embed.element_size() + w.embed.size(1) * w.embed.element_size();
 }
 
+// Decode of `batch` sequences stepped together (llm::decode_batch, serve --batch): each a copy of
+// `cache` (so each attends over as many positions as the single-sequence measurement did), `steps`
+// steps; the mean ms per step after the first (which faults in the sequences' decode buffers).
+double batched_decode_ms(const llm::LlamaModel& model, const llm::KvCache& cache, int64_t batch, int64_t steps) {
+  std::vector<llm::KvCache> caches;
+  for (int64_t i = 0; i < batch; ++i) {
+    caches.emplace_back(model, cache.capacity());
+    caches.back().k.copy_(cache.k);
+    caches.back().v.copy_(cache.v);
+    caches.back().pos = cache.pos;
+  }
+  std::vector<llm::KvCache*> pointers;
+  for (auto& c : caches) pointers.push_back(&c);
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < batch; ++i) ids.push_back(3 + i);
+  double total = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    const auto t0 = Clock::now();
+    llm::decode_batch(model, pointers, model.embed(ids));
+    if (s > 0 || steps == 1) total += since(t0);
+  }
+  return total / static_cast<double>(steps > 1 ? steps - 1 : 1) * 1e3;
+}
+
 }  // namespace
 
 void add_bench_llm(CLI::App& bench) {
   struct Opts {
     std::string arch = "tinyllama-1.1b", dtype = "bf16", quant = "none";
-    int64_t prefill = 64, decode = 16;
+    int64_t prefill = 64, decode = 16, batch = 1;
     uint64_t seed = 0;
     bool json = false;
     std::string write_hf;
@@ -58,6 +82,10 @@ void add_bench_llm(CLI::App& bench) {
       ->capture_default_str();
   cmd->add_option("--prefill", o->prefill, "prompt tokens for the prefill measurement")->capture_default_str();
   cmd->add_option("--decode", o->decode, "tokens to decode after the prefill")->capture_default_str();
+  cmd->add_option("--batch", o->batch,
+                  "also decode this many sequences together (continuous batching, serve --batch): ms per step "
+                  "and tokens/s of all of them")
+      ->capture_default_str();
   cmd->add_option("--seed", o->seed, "seed of the random weights and prompt")->capture_default_str();
   cmd->add_flag("--json", o->json, "print the figures as JSON");
   cmd->add_option("--write-hf", o->write_hf,
@@ -67,6 +95,9 @@ void add_bench_llm(CLI::App& bench) {
   cmd->callback([o] {
     if (o->prefill < 1 || o->decode < 1) throw InputError("--prefill and --decode must be >= 1");
     const auto device = o->device.device();
+    if (o->batch < 1 || o->batch > 256) throw InputError(fmt::format("--batch must be in [1, 256], got {}", o->batch));
+    if (o->batch > 1 && !device.is_cpu())
+      throw InputError("--batch measures the shared decode step of the CPU kernels: use it with --device cpu");
     const auto config = llm::LlamaConfig::preset(o->arch);
     const auto dtype = llm::resolve_dtype(o->dtype, "");
     const auto quant = llm::parse_quant_format(o->quant, "--quant");
@@ -109,7 +140,7 @@ void add_bench_llm(CLI::App& bench) {
         probe_bytes >> 20, torch::get_num_threads(), llm::matvec_isa_name(isa), bandwidth / 1e9, token_bytes / 1e9,
         limit_ms, kernels);
 
-    llm::KvCache cache(model, o->prefill + o->decode);
+    llm::KvCache cache(model, o->prefill + 2 * o->decode);  // room for the batched steps' copies
     torch::manual_seed(o->seed);
     auto prompt_t = torch::randint(3, config.vocab_size, {o->prefill}, torch::kInt64);
     std::vector<int64_t> prompt(prompt_t.data_ptr<int64_t>(), prompt_t.data_ptr<int64_t>() + o->prefill);
@@ -143,6 +174,12 @@ void add_bench_llm(CLI::App& bench) {
     std::cerr << fmt::format("decode: {:.1f} ms/token = {:.2f} tok/s (limit {:.1f} ms/token = {:.2f} tok/s; {:.0f}% of limit)\n",
                              decode_ms, 1e3 / decode_ms, limit_ms, 1e3 / limit_ms, 100.0 * limit_ms / decode_ms);
     std::cerr << fmt::format("peak RSS (VmHWM): {:.2f} GiB\n", peak / double(1 << 30));
+    double batch_ms = decode_ms;
+    if (o->batch > 1) {
+      batch_ms = batched_decode_ms(model, cache, o->batch, o->decode);
+      std::cerr << fmt::format("batched decode: {} sequences: {:.1f} ms/step = {:.2f} tok/s ({:.2f}x one sequence's)\n",
+                               o->batch, batch_ms, 1e3 * o->batch / batch_ms, decode_ms * o->batch / batch_ms);
+    }
     nlohmann::json j{{"arch", o->arch},
                      {"dtype", o->dtype},
                      {"threads", torch::get_num_threads()},
@@ -161,7 +198,10 @@ void add_bench_llm(CLI::App& bench) {
                      {"decode_ms_per_token", decode_ms},
                      {"decode_tok_s", 1e3 / decode_ms},
                      {"decode_limit_ms_per_token", limit_ms},
-                     {"peak_rss_bytes", peak}};
+                     {"peak_rss_bytes", peak},
+                     {"batch", o->batch},
+                     {"batch_decode_ms_per_step", batch_ms},
+                     {"batch_decode_tok_s", 1e3 * o->batch / batch_ms}};
     if (o->json) std::cout << j.dump() << "\n";
   });
 }

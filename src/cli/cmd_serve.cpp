@@ -47,6 +47,15 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--port", o->server.port, "TCP port (0 = any free port; the chosen one is printed)")->capture_default_str();
   cmd->add_option("--workers", o->server.workers, "model workers (one copy of the weights for all; each has its own KV cache and scratch)")->capture_default_str();
   cmd->add_option("--queue", o->server.queue, "requests that may wait for a worker; more get HTTP 429")->capture_default_str();
+  cmd->add_option("--batch", o->server.batch,
+                  "inspections (POST /v1/detect) a worker runs through one vision tower forward: it takes up to this "
+                  "many queued requests at once, and up to this many answers (of all workers) are decoded together, "
+                  "each weight read once per step for all (1 = each alone, as without batching)")
+      ->capture_default_str();
+  cmd->add_option("--batch-wait", o->server.batch_wait_ms,
+                  "milliseconds a worker holding fewer than --batch inspections waits for more to arrive before it runs "
+                  "them (0 = run what is queued at once)")
+      ->capture_default_str();
   cmd->add_option("--max-body", o->server.max_body_mb, "request body limit in MB (HTTP 413 above)")->capture_default_str();
   cmd->add_option("--timeout", o->server.timeout_s, "socket read/write timeout in seconds")->capture_default_str();
   cmd->add_option("--session-ttl", o->server.session_ttl_s, "chat sessions expire after this many idle seconds")->capture_default_str();
@@ -76,15 +85,17 @@ void add_serve(CLI::App& app) {
       std::cerr << fmt::format("serve: warning: --insecure: listening on {} makes the API reachable from other "
                                "machines without authentication\n", o->server.host);
     }
-    serve::EngineFactory factory = [&, engines = serve::shared_weights_factory(bundle, o->maps_only)](int worker) {
+    // --batch > 1 also decodes the workers' answers together, on one thread with all of --threads.
+    auto engines = serve::shared_weights_factory(bundle, o->maps_only, o->server.batch, torch::get_num_threads());
+    serve::EngineFactory factory = [&, engines](int worker) {
       std::cerr << (worker == 0 ? fmt::format("serve: loading the model for {} worker(s)\n", o->server.workers)
                                 : fmt::format("serve: worker {} of {} shares the weights\n", worker + 1, o->server.workers));
       return engines(worker);
     };
     serve::Server server(o->server, factory);
     const int port = server.bind();
-    std::cout << fmt::format("iadgpt serve: listening on http://{}:{} ({} worker(s), queue {})", o->server.host,
-                             port, o->server.workers, o->server.queue)
+    std::cout << fmt::format("iadgpt serve: listening on http://{}:{} ({} worker(s), queue {}, batch {})", o->server.host,
+                             port, o->server.workers, o->server.queue, o->server.batch)
               << std::endl;
     std::atomic<bool> running{true};
     std::thread stopper([&] {

@@ -126,6 +126,79 @@ void attend_row(const LlamaModel& model, const KvCache& cache, int64_t layer, in
   });
 }
 
+// The projection of every sequence's row: one pass over W for all of them (matvec_bf16_multi)
+// when W is plain bf16 without an unmerged adapter, else project_row on each (the q8/q4 kernels
+// quantize each input row; an adapter's update is per row anyway).
+void project_rows(const torch::Tensor& w, const QuantMatrix& qw, const LoraPair& lora, std::span<const bf16* const> xs,
+                  std::span<float* const> ys, MatvecIsa isa, std::span<const DecodeBuffers> b) {
+  if (qw.defined() || lora.defined() || xs.size() == 1) {
+    for (size_t i = 0; i < xs.size(); ++i) project_row(w, qw, lora, xs[i], ys[i], isa, b[i]);
+    return;
+  }
+  const auto wc = w.contiguous();
+  matvec_bf16_multi(wc.data_ptr<bf16>(), xs, ys, wc.size(0), wc.size(1), isa);
+}
+
+// Appends row `b.k`, `b.v` (after RoPE) at position `pos` of layer `l` of `cache`.
+void append_kv(const LlamaModel& model, KvCache& cache, int64_t l, int64_t pos, const DecodeBuffers& b) {
+  const auto& c = model.config;
+  const int64_t KV = c.num_kv_heads, hd = c.head_dim(), cap = cache.capacity();
+  bf16* k_cache = cache.k.data_ptr<bf16>() + l * KV * cap * hd;
+  bf16* v_cache = cache.v.data_ptr<bf16>() + l * KV * cap * hd;
+  for (int64_t kv = 0; kv < KV; ++kv)
+    for (int64_t d = 0; d < hd; ++d) {
+      k_cache[(kv * cap + pos) * hd + d] = bf16(b.k[kv * hd + d]);
+      v_cache[(kv * cap + pos) * hd + d] = bf16(b.v[kv * hd + d]);
+    }
+}
+
+// One field of every sequence's buffers, as the span project_rows takes.
+template <class T>
+std::vector<T> field(std::span<const DecodeBuffers> b, T DecodeBuffers::*member) {
+  std::vector<T> out;
+  for (const auto& one : b) out.push_back(one.*member);
+  return out;
+}
+
+// One layer of the batched step: decode_step_bf16's layer body with each projection shared.
+void layer_batch(const LlamaModel& model, std::span<KvCache* const> caches, int64_t l, std::span<const DecodeBuffers> b,
+                 MatvecIsa isa) {
+  const auto& c = model.config;
+  const auto& L = model.weights.layers[l];
+  const int64_t D = c.hidden_size, F = c.intermediate_size, H = c.num_heads, KV = c.num_kv_heads;
+  const int64_t hd = c.head_dim(), qd = c.q_dim(), n = static_cast<int64_t>(b.size());
+  std::vector<const bf16*> in;
+  for (const auto& one : b) in.push_back(one.in);
+  for (int64_t i = 0; i < n; ++i) rms_norm_row_to_bf16(b[i].x, L.attn_norm, D, c.rms_norm_eps, b[i].in);
+  project_rows(L.wq, L.q_wq, L.lora_q, in, field(b, &DecodeBuffers::q), isa, b);
+  project_rows(L.wk, L.q_wk, L.lora_k, in, field(b, &DecodeBuffers::k), isa, b);
+  project_rows(L.wv, L.q_wv, L.lora_v, in, field(b, &DecodeBuffers::v), isa, b);
+  for (int64_t i = 0; i < n; ++i) {
+    // Each sequence at its own position, over its own cache.
+    const int64_t pos = caches[i]->pos;
+    const float* cos = model.rope_cos.data_ptr<float>() + pos * (hd / 2);
+    const float* sin = model.rope_sin.data_ptr<float>() + pos * (hd / 2);
+    rope_row_inplace(b[i].q, H, hd, cos, sin);
+    rope_row_inplace(b[i].k, KV, hd, cos, sin);
+    append_kv(model, *caches[i], l, pos, b[i]);
+    for (int64_t j = 0; j < qd; ++j) b[i].q16[j] = bf16(b[i].q[j]);
+    attend_row(model, *caches[i], l, pos + 1, b[i], isa);
+    for (int64_t j = 0; j < qd; ++j) b[i].in[j] = bf16(b[i].attn[j]);
+  }
+  project_rows(L.wo, L.q_wo, L.lora_o, in, field(b, &DecodeBuffers::proj), isa, b);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < D; ++j) b[i].x[j] += b[i].proj[j];
+    rms_norm_row_to_bf16(b[i].x, L.ffn_norm, D, c.rms_norm_eps, b[i].in);
+  }
+  project_rows(L.w_gate, L.q_gate, L.lora_gate, in, field(b, &DecodeBuffers::gate), isa, b);
+  project_rows(L.w_up, L.q_up, L.lora_up, in, field(b, &DecodeBuffers::up), isa, b);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < F; ++j) b[i].in[j] = bf16(b[i].gate[j] / (1.0f + std::exp(-b[i].gate[j])) * b[i].up[j]);
+  project_rows(L.w_down, L.q_down, L.lora_down, in, field(b, &DecodeBuffers::proj), isa, b);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < D; ++j) b[i].x[j] += b[i].proj[j];
+}
+
 }  // namespace
 
 torch::Tensor decode_step_bf16(const LlamaModel& model, KvCache& cache, const torch::Tensor& input) {
@@ -177,6 +250,43 @@ torch::Tensor decode_step_bf16(const LlamaModel& model, KvCache& cache, const to
   rms_norm_row_to_bf16(b.x, W.norm, D, c.rms_norm_eps, b.in);
   auto logits = torch::empty({1, c.vocab_size}, torch::kFloat32);  // returned: the caller keeps it
   project_row(W.lm_head, W.q_lm_head, LoraPair{}, b.in, logits.data_ptr<float>(), isa, b);
+  return logits;
+}
+
+}  // namespace iadgpt::llm
+
+namespace iadgpt::llm {
+
+torch::Tensor decode_step_bf16_batch(const LlamaModel& model, std::span<KvCache* const> caches, const torch::Tensor& input) {
+  torch::NoGradGuard no_grad;
+  const auto& c = model.config;
+  const int64_t D = c.hidden_size, n = static_cast<int64_t>(caches.size());
+  if (input.dim() != 2 || input.size(0) != n || input.size(1) != D)
+    throw InputError(fmt::format("batched decode step: input has shape {}, expected [{}, {}]", shape_text(input.sizes()), n, D));
+  for (int64_t i = 0; i < n; ++i) {
+    if (caches[i]->pos >= caches[i]->capacity())
+      throw InputError(fmt::format("context full: sequence {} holds {} positions, its KV cache {}", i, caches[i]->pos,
+                                   caches[i]->capacity()));
+    for (int64_t j = 0; j < i; ++j)
+      if (caches[j]->k.data_ptr() == caches[i]->k.data_ptr())
+        throw InputError(fmt::format("batched decode step: sequences {} and {} share one KV cache", j, i));
+  }
+  const MatvecIsa isa = best_matvec_isa();
+  std::vector<DecodeBuffers> b;
+  for (auto* cache : caches) b.push_back(decode_buffers(model, *cache));
+  const auto x_in = input.to(torch::kFloat32).contiguous();
+  for (int64_t i = 0; i < n; ++i) std::copy_n(x_in.data_ptr<float>() + i * D, D, b[i].x);
+  for (int64_t l = 0; l < c.num_layers; ++l) layer_batch(model, caches, l, b, isa);
+  for (auto* cache : caches) ++cache->pos;
+  auto logits = torch::empty({n, c.vocab_size}, torch::kFloat32);
+  std::vector<const bf16*> in;
+  std::vector<float*> out;
+  for (int64_t i = 0; i < n; ++i) {
+    rms_norm_row_to_bf16(b[i].x, model.weights.norm, D, c.rms_norm_eps, b[i].in);
+    in.push_back(b[i].in);
+    out.push_back(logits.data_ptr<float>() + i * c.vocab_size);
+  }
+  project_rows(model.weights.lm_head, model.weights.q_lm_head, LoraPair{}, in, out, isa, b);
   return logits;
 }
 

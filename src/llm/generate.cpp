@@ -29,77 +29,105 @@ size_t held_back(std::string_view text, const std::vector<std::string>& stops) {
 
 }  // namespace
 
-Generation generate(const LlamaModel& model, const Tokenizer& tokenizer, KvCache& cache,
-                    std::span<const Segment> prompt, const GenerateOptions& options) {
+Prefilled prefill(const LlamaModel& model, KvCache& cache, std::span<const Segment> prompt, const GenerateOptions& options) {
   for (const auto& s : options.stop)
     if (s.empty()) throw InputError("a stop string must not be empty");
-  Generation out;
-  Sampler sampler(options.sampling);
-  std::vector<int64_t> context;  // ids the repetition penalty sees
-  for (const auto& seg : prompt) context.insert(context.end(), seg.ids.begin(), seg.ids.end());
-
-  auto t0 = std::chrono::steady_clock::now();
+  Prefilled p;
+  for (const auto& seg : prompt) p.context.insert(p.context.end(), seg.ids.begin(), seg.ids.end());
+  const auto t0 = std::chrono::steady_clock::now();
   const auto x = embed_segments(model, prompt);
-  out.prompt_tokens = x.size(0);
-  auto logits = forward(model, cache, x, Logits::Last);
-  out.prefill_seconds = seconds_since(t0);
+  p.prompt_tokens = x.size(0);
+  p.logits = forward(model, cache, x, Logits::Last);
+  p.seconds = seconds_since(t0);
   if (!options.first_token_bias.empty()) {
-    logits = logits.reshape({-1}).clone();
+    p.logits = p.logits.reshape({-1}).clone();
     for (const auto& [id, bias] : options.first_token_bias) {
-      if (id < 0 || id >= logits.size(0))
-        throw InputError(fmt::format("first_token_bias: token id {} is outside the vocabulary ({})", id, logits.size(0)));
-      logits[id] += bias;
+      if (id < 0 || id >= p.logits.size(0))
+        throw InputError(fmt::format("first_token_bias: token id {} is outside the vocabulary ({})", id, p.logits.size(0)));
+      p.logits[id] += bias;
     }
   }
+  return p;
+}
 
-  t0 = std::chrono::steady_clock::now();
-  StreamDecoder decoder(tokenizer);
-  size_t emitted = 0;
-  const auto& eos = model.config.eos_token_ids;
-  out.stop_reason = "length";
-  for (int64_t step = 0; step < options.max_tokens; ++step) {
-    const int64_t id = sampler.sample(logits, context);
-    out.tokens.push_back(id);
-    context.push_back(id);
-    if (options.stop_at_eos && (std::find(eos.begin(), eos.end(), id) != eos.end() || id == tokenizer.eos_id())) {
-      out.stop_reason = "eos";
-      break;
-    }
-    decoder.push(id);
-    const std::string& text = decoder.text();
-    size_t cut = std::string::npos;
-    for (const auto& s : options.stop)
-      if (auto at = text.find(s); at != std::string::npos) cut = std::min(cut, at);
-    const size_t final_end = cut != std::string::npos ? cut : text.size() - held_back(text, options.stop);
-    if (options.on_text && final_end > emitted) {
-      if (!options.on_text(std::string_view(text).substr(emitted, final_end - emitted))) out.stop_reason = "callback";
-      emitted = final_end;
-    }
-    if (cut != std::string::npos) {
-      out.stop_reason = "stop";
-      break;
-    }
-    if (out.stop_reason == "callback") break;
-    if (step + 1 == options.max_tokens) break;  // no forward for a token nobody will read
-    if (cache.pos >= cache.capacity()) {
-      out.stop_reason = "context";
-      break;
-    }
-    const int64_t one[] = {id};
-    logits = forward_tokens(model, cache, one, Logits::Last);
+Sequence::Sequence(const LlamaModel& model, const Tokenizer& tokenizer, KvCache& cache, GenerateOptions options,
+                   Prefilled prefilled)
+    : tokenizer_(tokenizer),
+      cache_(cache),
+      options_(std::move(options)),
+      eos_(model.config.eos_token_ids),
+      sampler_(options_.sampling),
+      decoder_(tokenizer),
+      context_(std::move(prefilled.context)),
+      first_logits_(std::move(prefilled.logits)),
+      start_(std::chrono::steady_clock::now()) {
+  out_.prompt_tokens = prefilled.prompt_tokens;
+  out_.prefill_seconds = prefilled.seconds;
+  out_.stop_reason = "length";
+}
+
+bool Sequence::done() {
+  finished_ = true;
+  return false;
+}
+
+bool Sequence::step(const torch::Tensor& logits) {
+  if (finished_ || steps_ >= options_.max_tokens) return done();
+  const int64_t id = sampler_.sample(logits, context_);
+  ++steps_;
+  out_.tokens.push_back(id);
+  context_.push_back(id);
+  if (options_.stop_at_eos && (std::find(eos_.begin(), eos_.end(), id) != eos_.end() || id == tokenizer_.eos_id())) {
+    out_.stop_reason = "eos";
+    return done();
   }
+  decoder_.push(id);
+  const std::string& text = decoder_.text();
+  size_t cut = std::string::npos;
+  for (const auto& s : options_.stop)
+    if (auto at = text.find(s); at != std::string::npos) cut = std::min(cut, at);
+  const size_t final_end = cut != std::string::npos ? cut : text.size() - held_back(text, options_.stop);
+  if (options_.on_text && final_end > emitted_) {
+    if (!options_.on_text(std::string_view(text).substr(emitted_, final_end - emitted_))) out_.stop_reason = "callback";
+    emitted_ = final_end;
+  }
+  if (cut != std::string::npos) {
+    out_.stop_reason = "stop";
+    return done();
+  }
+  if (out_.stop_reason == "callback") return done();
+  if (steps_ == options_.max_tokens) return done();  // no forward for a token nobody will read
+  if (cache_.pos >= cache_.capacity()) {
+    out_.stop_reason = "context";
+    return done();
+  }
+  next_ = id;
+  return true;
+}
+
+Generation Sequence::finish() {
   // Text the stream held back (a partial stop string or UTF-8 sequence) is final now.
-  decoder.flush();
-  std::string text = decoder.text();
-  if (out.stop_reason == "stop") {
+  decoder_.flush();
+  std::string text = decoder_.text();
+  if (out_.stop_reason == "stop") {
     size_t cut = std::string::npos;
-    for (const auto& s : options.stop) cut = std::min(cut, text.find(s));
+    for (const auto& s : options_.stop) cut = std::min(cut, text.find(s));
     text.resize(cut);
   }
-  if (options.on_text && text.size() > emitted) options.on_text(std::string_view(text).substr(emitted));
-  out.text = std::move(text);
-  out.decode_seconds = seconds_since(t0);
-  return out;
+  if (options_.on_text && text.size() > emitted_) options_.on_text(std::string_view(text).substr(emitted_));
+  out_.text = std::move(text);
+  out_.decode_seconds = seconds_since(start_);
+  return std::move(out_);
+}
+
+Generation generate(const LlamaModel& model, const Tokenizer& tokenizer, KvCache& cache,
+                    std::span<const Segment> prompt, const GenerateOptions& options) {
+  Sequence seq(model, tokenizer, cache, options, prefill(model, cache, prompt, options));
+  for (bool more = seq.step(seq.first_logits()); more;) {
+    const int64_t one[] = {seq.next_token()};
+    more = seq.step(forward_tokens(model, cache, one, Logits::Last));
+  }
+  return seq.finish();
 }
 
 CandidateProbs first_token_probs(const LlamaModel& model, KvCache& cache, std::span<const Segment> prompt,

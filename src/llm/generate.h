@@ -9,6 +9,7 @@
 //   // Fast Yes/No decision (METHOD §1.10): one prefill, probabilities of candidate first tokens.
 //   auto p = llm::first_token_probs(model, cache, prompt_segments, {yes_id, no_id});
 #pragma once
+#include <chrono>
 #include <functional>
 #include <span>
 #include <string>
@@ -45,6 +46,53 @@ struct Generation {
 // Runs the prompt starting at cache.pos (so a conversation can continue in the same cache).
 Generation generate(const LlamaModel& model, const Tokenizer& tokenizer, KvCache& cache,
                     std::span<const Segment> prompt, const GenerateOptions& options);
+
+// generate() in two halves, for a caller that steps several sequences together (DecodeLoop,
+// batch.h): the prefill of one prompt, then a Sequence fed the logits of each decode step.
+struct Prefilled {
+  torch::Tensor logits;          // [1, V] at the last prompt position, GenerateOptions::first_token_bias added
+  std::vector<int64_t> context;  // the prompt's ids (what the repetition penalty sees)
+  int64_t prompt_tokens = 0;
+  double seconds = 0;
+};
+Prefilled prefill(const LlamaModel& model, KvCache& cache, std::span<const Segment> prompt, const GenerateOptions& options);
+
+// One sequence being generated: sampling, stop strings, EOS, max_tokens, the context limit and
+// the text stream of generate(), one token per step(). `cache` holds the prompt; the sequence
+// appends to it through the decode steps its driver runs.
+//
+//   Sequence seq(model, tokenizer, cache, options, prefill(model, cache, prompt, options));
+//   for (bool more = seq.step(seq.first_logits()); more; more = seq.step(<logits of seq.next_token()>)) {}
+//   Generation g = seq.finish();
+class Sequence {
+ public:
+  Sequence(const LlamaModel& model, const Tokenizer& tokenizer, KvCache& cache, GenerateOptions options, Prefilled prefilled);
+  const torch::Tensor& first_logits() const { return first_logits_; }
+  // Samples the next token from `logits` ([V] or [1, V]) and streams the text that became final.
+  // True: another step is wanted, with next_token() as its input at position cache().pos; false:
+  // finished (EOS, stop string, max_tokens, the context, or the stream's callback said stop).
+  bool step(const torch::Tensor& logits);
+  int64_t next_token() const { return next_; }
+  KvCache& cache() { return cache_; }
+  // The result, once step() has returned false: the held-back text flushed (and streamed).
+  Generation finish();
+
+ private:
+  bool done();
+  const Tokenizer& tokenizer_;
+  KvCache& cache_;
+  GenerateOptions options_;
+  std::vector<int64_t> eos_;
+  Sampler sampler_;
+  StreamDecoder decoder_;
+  std::vector<int64_t> context_;
+  torch::Tensor first_logits_;
+  Generation out_;
+  size_t emitted_ = 0;
+  int64_t steps_ = 0, next_ = -1;
+  bool finished_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
 
 struct CandidateProbs {
   std::vector<double> probs;       // softmax over the whole vocabulary, at each candidate

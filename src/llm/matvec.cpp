@@ -234,6 +234,29 @@ void matvec_bf16(const at::BFloat16* w_bf16, const at::BFloat16* x_bf16, float* 
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) { rows_fn(w, x, y, r0, r1, cols); });
 }
 
+void matvec_bf16_multi(const at::BFloat16* w_bf16, std::span<const at::BFloat16* const> xs, std::span<float* const> ys,
+                       int64_t rows, int64_t cols, MatvecIsa isa) {
+  if (xs.size() != ys.size())
+    throw InputError(fmt::format("matvec_bf16_multi: {} inputs for {} outputs", xs.size(), ys.size()));
+  const auto* w = reinterpret_cast<const uint16_t*>(w_bf16);
+  auto rows_fn = &matvec_rows_scalar;
+#ifdef IADGPT_MATVEC_X86
+  if (isa == MatvecIsa::Avx512Bf16) rows_fn = &matvec_rows_avx512bf16;
+  if (isa == MatvecIsa::Avx2) rows_fn = &matvec_rows_avx2;
+#endif
+  // Blocks of ~64 KiB of weights stay in L2 while every vector passes over them; the thread split
+  // is matvec_bf16's (each row is one kernel call's work either way, so results do not depend on it).
+  const int64_t block = std::max<int64_t>(1, (int64_t{64} << 10) / std::max<int64_t>(1, 2 * cols));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{32} << 10) / std::max<int64_t>(1, cols));
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {
+      const int64_t b1 = std::min(r1, b0 + block);
+      for (size_t i = 0; i < xs.size(); ++i)
+        rows_fn(w, reinterpret_cast<const uint16_t*>(xs[i]), ys[i], b0, b1, cols);
+    }
+  });
+}
+
 void matvec_bf16(const torch::Tensor& w, const torch::Tensor& x, torch::Tensor& y, MatvecIsa isa) {
   if (w.scalar_type() != torch::kBFloat16 || x.scalar_type() != torch::kBFloat16 || y.scalar_type() != torch::kFloat32)
     throw InputError(fmt::format("matvec_bf16: expected bf16 weights, bf16 x and fp32 y, got {}, {}, {}",

@@ -17,6 +17,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <span>
 
 namespace iadgpt::llm {
 
@@ -37,6 +38,14 @@ MatvecIsa best_matvec_isa();
 // y[r] = Σ_c w[r, c] · x[c], fp32 accumulation; rows [0, rows) split over intra-op threads (a
 // call inside a parallel region runs on the calling thread). Raw-pointer form for the decode step.
 void matvec_bf16(const at::BFloat16* w, const at::BFloat16* x, float* y, int64_t rows, int64_t cols, MatvecIsa isa);
+
+// Several vectors against one matrix (a batched decode step: one row per sequence):
+// ys[b] = W xs[b], each exactly as matvec_bf16(w, xs[b], ys[b]) computes it (the same kernel,
+// row by row), but W is read from memory once for all of them: rows are taken in blocks of
+// about 64 KiB, and each block is applied to every vector while it is in cache. Decode is bound
+// by reading the weights, so n sequences cost little more than one.
+void matvec_bf16_multi(const at::BFloat16* w, std::span<const at::BFloat16* const> xs, std::span<float* const> ys,
+                       int64_t rows, int64_t cols, MatvecIsa isa);
 
 // Tensor form: w [rows, cols] bf16 contiguous, x [cols] bf16 contiguous, y [rows] fp32 contiguous
 // (preallocated). Wrong dtypes or shapes → InputError; an unsupported `isa` → InputError.

@@ -229,6 +229,18 @@ torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tens
   return torch::linear(x, gemm_weight(W.lm_head, W.q_lm_head, cache)).to(torch::kFloat32);
 }
 
+torch::Tensor decode_batch(const LlamaModel& model, std::span<KvCache* const> caches, const torch::Tensor& x) {
+  if (x.dim() != 2 || x.size(0) != static_cast<int64_t>(caches.size()))
+    throw InputError(fmt::format("decode_batch: {} input rows for {} sequences", x.dim() == 2 ? x.size(0) : -1, caches.size()));
+  bool bf16 = model.dtype == torch::kBFloat16;
+  for (auto* cache : caches) bf16 = bf16 && cache->k.scalar_type() == torch::kBFloat16;
+  if (bf16 && caches.size() > 1) return decode_step_bf16_batch(model, caches, x);
+  std::vector<torch::Tensor> rows;
+  for (size_t i = 0; i < caches.size(); ++i)
+    rows.push_back(forward(model, *caches[i], x.narrow(0, static_cast<int64_t>(i), 1), Logits::Last));
+  return torch::cat(rows, 0);
+}
+
 torch::Tensor forward_tokens(const LlamaModel& model, KvCache& cache, std::span<const int64_t> ids, Logits which) {
   if (ids.empty()) throw InputError("no tokens to run");
   return forward(model, cache, model.embed(ids), which);

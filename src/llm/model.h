@@ -99,6 +99,12 @@ enum class Logits { All, Last };
 // matrices dequantized to bf16 first).
 torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tensor& x, Logits which);
 
+// One decode step of several sequences, each one token at its own position in its own cache:
+// x [n, D] → fp32 logits [n, V]. bf16 (and quantized) models share each weight read among the
+// rows (decode.h decode_step_bf16_batch: bit for bit each row's own step); other models run
+// forward() on each row in turn.
+torch::Tensor decode_batch(const LlamaModel& model, std::span<KvCache* const> caches, const torch::Tensor& x);
+
 // Convenience: embeds `ids` and runs forward.
 torch::Tensor forward_tokens(const LlamaModel& model, KvCache& cache, std::span<const int64_t> ids, Logits which);
 

@@ -12,6 +12,7 @@
 #include "anomaly/detector.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
+#include "llm/batch.h"
 #include "llm/chat.h"
 #include "llm/generate.h"
 #include "llm/lora.h"
@@ -160,6 +161,7 @@ struct IadGpt::State {
   bool have_references = false;
   std::vector<int64_t> yes_no;         // decision tokens
   std::vector<int64_t> answer_prefix;  // pieces "Yes" and "No" share (empty for LLaMA's vocabulary)
+  std::shared_ptr<llm::DecodeLoop> loop;  // set: decode steps shared with other sequences (set_decode_loop)
 
   // The last inspected image and the conversation about it.
   ImageTokens tokens;
@@ -167,6 +169,11 @@ struct IadGpt::State {
   std::vector<int64_t> prefix_ids;  // what the cache holds after the image prefix (token ids only)
   int64_t prefix_length = 0;        // cache positions of [BOS … E_expert]
   bool have_image = false;
+
+  // The answer from `tail` on: through the shared decode loop when there is one (the same tokens).
+  llm::Generation generate(std::span<const llm::Segment> tail, const llm::GenerateOptions& gen) {
+    return loop ? loop->generate(*tokenizer, cache, tail, gen) : llm::generate(llm, *tokenizer, cache, tail, gen);
+  }
 
   std::vector<llm::Segment> prompt(std::span<const llm::Turn> hist, std::string_view question) const {
     return anomalygpt_prompt(*tokenizer, tokens.image_token, tokens.expert_tokens[0], hist, question);
@@ -227,6 +234,7 @@ IadGpt IadGpt::share() {
   copy->heads = s.heads;  // module holders: the same TGE/MMF modules, used in eval mode only
   copy->yes_no = s.yes_no;
   copy->answer_prefix = s.answer_prefix;
+  copy->loop = s.loop;
   IadGpt shared(std::move(copy));
   shared.set_class("");  // as the constructor leaves it
   return shared;
@@ -237,6 +245,11 @@ IadGpt::IadGpt(IadGpt&&) noexcept = default;
 IadGpt& IadGpt::operator=(IadGpt&&) noexcept = default;
 
 const Bundle& IadGpt::bundle() const { return state_->bundle; }
+void IadGpt::set_decode_loop(std::shared_ptr<llm::DecodeLoop> loop) {
+  if (loop && loop->model_weights() != state_->llm.weights.embed.data_ptr())
+    throw InputError("set_decode_loop: the loop runs another language model than this pipeline's");
+  state_->loop = std::move(loop);
+}
 const ImageTokens& IadGpt::image_tokens() const {
   if (!state_->have_image) throw InputError("no image inspected yet");
   return state_->tokens;
@@ -297,12 +310,22 @@ void IadGpt::reset_conversation() {
   s.cache.clear();
 }
 
+anomaly::Detector::Encoded IadGpt::encode(const std::vector<cv::Mat>& rgb8) { return state_->detector->encode(rgb8); }
+
 Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
+  if (state_->bundle.mode == "few-shot" && !state_->have_references)
+    throw InputError("the bundle's mode is few-shot: give reference images (set_references / --reference)");
+  return inspect(rgb8, encode({rgb8}), options);
+}
+
+Inspection IadGpt::inspect(const cv::Mat& rgb8, const anomaly::Detector::Encoded& encoded, const InspectOptions& options) {
   auto& s = *state_;
   if (s.bundle.mode == "few-shot" && !s.have_references)
     throw InputError("the bundle's mode is few-shot: give reference images (set_references / --reference)");
+  if (encoded.batch() != 1)
+    throw InputError(fmt::format("inspect: the encoded input holds {} images, not the one inspected", encoded.batch()));
   Inspection r;
-  auto d = std::move(s.detector->detect({rgb8})[0]);
+  auto d = std::move(s.detector->detect_encoded(encoded)[0]);
   r.timings.encode = d.encode_seconds;
   r.timings.maps = d.map_seconds;
 
@@ -384,7 +407,7 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const InspectOptions& options) {
       gen.first_token_bias = {{s.yes_no[0], static_cast<float>(0.5 * bias)}, {s.yes_no[1], static_cast<float>(-0.5 * bias)}};
     const auto t_gen = Clock::now();
     std::vector<llm::Segment> tail{llm::Segment::tokens({last_ids.back()})};
-    auto out = llm::generate(s.llm, *s.tokenizer, s.cache, tail, gen);
+    auto out = s.generate(tail, gen);
     r.timings.generate = seconds_since(t_gen);
     r.generated_tokens = static_cast<int64_t>(out.tokens.size());
     r.stop_reason = out.stop_reason;
@@ -431,7 +454,7 @@ Reply IadGpt::reply(std::string_view message, const InspectOptions& options) {
   auto gen = generate_options(options);
   gen.max_tokens = std::min(gen.max_tokens, room);
   std::vector<llm::Segment> tail{llm::Segment::tokens(fresh)};
-  auto out = llm::generate(s.llm, *s.tokenizer, s.cache, tail, gen);
+  auto out = s.generate(tail, gen);
   s.prefix_ids.insert(s.prefix_ids.end(), fresh.begin(), fresh.end());
   if (!out.tokens.empty()) s.prefix_ids.insert(s.prefix_ids.end(), out.tokens.begin(), out.tokens.end() - 1);
   Reply r;

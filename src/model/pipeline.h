@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "anomaly/detector.h"
 #include "anomaly/maps.h"
 #include "anomaly/position.h"
 #include "anomaly/prompts.h"
@@ -33,6 +34,9 @@
 
 namespace iadgpt::anomaly {
 struct AbnormalPrompts;  // anomaly/apg.h
+}
+namespace iadgpt::llm {
+class DecodeLoop;  // llm/batch.h
 }
 
 
@@ -98,6 +102,13 @@ class IadGpt {  // not thread-safe: one per worker, the workers' copies made by 
   void set_class(std::string_view class_name);
   void set_references(const std::vector<cv::Mat>& rgb8);   // {} clears
   Inspection inspect(const cv::Mat& rgb8, const InspectOptions& options = {});
+  // The vision tower over several images in one forward (serve's --batch): independent of the
+  // class and references, so images of different requests share it; each is then inspected by
+  // inspect(rgb8[i], encoded.image(i), ...) on any share() of this pipeline. The same result as
+  // inspect(rgb8[i]) up to the summation order of the batched GEMMs.
+  anomaly::Detector::Encoded encode(const std::vector<cv::Mat>& rgb8);
+  // inspect() of an image encoded before (`encoded` holds that image alone).
+  Inspection inspect(const cv::Mat& rgb8, const anomaly::Detector::Encoded& encoded, const InspectOptions& options);
   // multi-turn chat about the last inspected image (keeps image tokens + history + KV cache).
   // inspect and ask cut the answer at the room the prompt leaves in the context (max_tokens is
   // clamped, as llama.cpp does); InputError naming the token counts when the prompt itself
@@ -109,6 +120,10 @@ class IadGpt {  // not thread-safe: one per worker, the workers' copies made by 
   // continues from them; the image prefix of the KV cache is kept.
   void set_history(std::vector<llm::Turn> turns);
   void reset_conversation();
+  // Answers are generated through `loop` (llm/batch.h; it must run this pipeline's language
+  // model): their decode steps are shared with other sequences, e.g. the other workers' of a
+  // server. The tokens are the same as without it. share() passes it on; nullptr: on its own.
+  void set_decode_loop(std::shared_ptr<llm::DecodeLoop> loop);
   const Bundle& bundle() const;
   // The calibration of the Yes/No decision for a class (Bundle::decision_bias: log-odds added to
   // "Yes" against "No"); fit it with fit_decision_bias on labelled parts the model will not inspect.

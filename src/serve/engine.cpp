@@ -2,6 +2,18 @@
 
 namespace iadgpt::serve {
 
+std::vector<DetectResult> Engine::detect_batch(std::span<const DetectInput* const> inputs) {
+  std::vector<DetectResult> results(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    try {
+      results[i].output = detect(*inputs[i]);
+    } catch (...) {
+      results[i].error = std::current_exception();
+    }
+  }
+  return results;
+}
+
 Completion Engine::complete(const CompletionInput& in, const TextSink& sink) {
   Completion c;
   DetectInput first = in.detect;

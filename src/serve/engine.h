@@ -13,7 +13,9 @@
 #include <opencv2/core.hpp>
 
 #include <functional>
+#include <exception>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -80,11 +82,23 @@ struct Completion {
   Reply reply;
 };
 
+// One inspection of a batch: the output, or what detect() would have thrown for that input.
+struct DetectResult {
+  DetectOutput output;
+  std::exception_ptr error;
+};
+
 class Engine {
  public:
   virtual ~Engine() = default;
   // Inspects one image and starts a new conversation about it.
   virtual DetectOutput detect(const DetectInput& input) = 0;
+  // Several inspections at once (serve --batch): engines with a vision tower run it once on all
+  // the images; result i is detect(*inputs[i]) up to the batched GEMMs' summation order, and the
+  // conversation held afterwards is the last input's. An input's own error lands in its result;
+  // an exception thrown out of the call fails the whole batch (the pool then runs each alone).
+  // The default: detect() on each in turn.
+  virtual std::vector<DetectResult> detect_batch(std::span<const DetectInput* const> inputs);
   // A follow-up turn about the last detected image (InputError before any detect).
   virtual std::string ask(std::string_view message, int64_t max_tokens) = 0;
   // The conversation `in`, answering its last question through `sink` as it is generated. The
@@ -95,6 +109,9 @@ class Engine {
   virtual Reply reply(std::string_view message, const GenerationParams& params, const TextSink& sink);
   // What GET /v1/model shows: names and settings, never server-side paths.
   virtual nlohmann::json describe() const = 0;
+  // Counters of machinery the engines share (the decode loop), for GET /v1/health; called from
+  // the server's threads while the engine works, so it must be thread-safe. Default: none.
+  virtual nlohmann::json shared_stats() const { return nlohmann::json::object(); }
 };
 
 // Builds the engine of worker `worker` (0-based); called once per worker before serving.

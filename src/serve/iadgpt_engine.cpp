@@ -1,6 +1,9 @@
 #include "serve/iadgpt_engine.h"
 
+#include <thread>
+
 #include "io/error.h"
+#include "llm/batch.h"
 #include "model/pipeline.h"
 #include "nn/device.h"
 #include "serve/map_engine.h"
@@ -56,6 +59,13 @@ model::InspectOptions inspect_options(const GenerationParams& p) {
   return o;
 }
 
+model::InspectOptions detect_options(const DetectInput& input) {
+  model::InspectOptions options;
+  options.question = input.question;
+  options.max_tokens = input.max_tokens;
+  return options;
+}
+
 DetectOutput detect_output(const model::Inspection& r) {
   DetectOutput out;
   out.pred_score = r.score;
@@ -76,15 +86,19 @@ DetectOutput detect_output(const model::Inspection& r) {
 
 IadGptEngine::IadGptEngine(const model::Bundle& bundle) : model_(std::make_unique<model::IadGpt>(bundle)) {}
 IadGptEngine::IadGptEngine(model::IadGpt model) : model_(std::make_unique<model::IadGpt>(std::move(model))) {}
-std::unique_ptr<IadGptEngine> IadGptEngine::share() { return std::make_unique<IadGptEngine>(model_->share()); }
+std::unique_ptr<IadGptEngine> IadGptEngine::share() {
+  auto engine = std::make_unique<IadGptEngine>(model_->share());  // the model's share keeps the loop
+  engine->loop_ = loop_;
+  return engine;
+}
 
-EngineFactory shared_weights_factory(const model::Bundle& bundle, bool maps_only) {
+EngineFactory shared_weights_factory(const model::Bundle& bundle, bool maps_only, int decode_batch, int decode_threads) {
   struct First {
     IadGptEngine* full = nullptr;
     MapEngine* maps = nullptr;
   };
   auto first = std::make_shared<First>();
-  return [bundle, maps_only, first](int worker) -> std::unique_ptr<Engine> {
+  return [bundle, maps_only, first, decode_batch, decode_threads](int worker) -> std::unique_ptr<Engine> {
     if (maps_only) {
       if (worker > 0 && first->maps) return first->maps->share();
       auto engine = std::make_unique<MapEngine>(map_engine_options(bundle), bundle.threshold);
@@ -93,6 +107,11 @@ EngineFactory shared_weights_factory(const model::Bundle& bundle, bool maps_only
     }
     if (worker > 0 && first->full) return first->full->share();
     auto engine = std::make_unique<IadGptEngine>(bundle);
+    // Only bf16 (and quantized) LLMs share weight reads between sequences (llm::decode_batch);
+    // an fp32 one would step them one by one anyway, with a hand-over to the loop per token. The
+    // shared step runs the CPU kernels: a model on another device decodes each sequence alone.
+    const bool on_cpu = nn::parse_device(bundle.device, "bundle device").is_cpu();
+    if (decode_batch > 1 && bundle.dtype == "bf16" && on_cpu) engine->start_decode_loop(decode_batch, decode_threads);
     first->full = engine.get();
     return engine;
   };
@@ -113,12 +132,66 @@ void IadGptEngine::prepare(const DetectInput& input) {
 
 DetectOutput IadGptEngine::detect(const DetectInput& input) {
   prepare(input);
-  model::InspectOptions options;
-  options.question = input.question;
-  options.max_tokens = input.max_tokens;
-  auto r = model_->inspect(input.image, options);
+  auto r = model_->inspect(input.image, detect_options(input));
   inspected_ = true;
   return detect_output(r);
+}
+
+std::vector<DetectResult> IadGptEngine::detect_batch(std::span<const DetectInput* const> inputs) {
+  std::vector<cv::Mat> images;
+  for (const auto* in : inputs) images.push_back(in->image);
+  const auto encoded = model_->encode(images);  // class- and reference-independent
+  if (loop_ && inputs.size() > 1) return detect_concurrently(inputs, encoded);
+  std::vector<DetectResult> results;
+  for (size_t i = 0; i < inputs.size(); ++i) results.push_back(detect_encoded(*inputs[i], encoded.image(static_cast<int64_t>(i))));
+  return results;
+}
+
+DetectResult IadGptEngine::detect_encoded(const DetectInput& input, const anomaly::Detector::Encoded& encoded) {
+  DetectResult result;
+  try {
+    prepare(input);
+    inspected_ = false;
+    const auto r = model_->inspect(input.image, encoded, detect_options(input));
+    inspected_ = true;
+    result.output = detect_output(r);
+  } catch (...) {
+    result.error = std::current_exception();
+  }
+  return result;
+}
+
+std::vector<DetectResult> IadGptEngine::detect_concurrently(std::span<const DetectInput* const> inputs,
+                                                            const anomaly::Detector::Encoded& encoded) {
+  const size_t n = inputs.size();
+  while (helpers_.size() + 1 < n) {
+    helpers_.push_back(share());
+    helpers_.back()->loop_ = loop_;
+  }
+  std::vector<DetectResult> results(n);
+  std::vector<std::thread> running;
+  for (size_t i = 0; i + 1 < n; ++i) {
+    running.emplace_back([&, i] {
+      torch::NoGradGuard no_grad;  // per thread, as the pool's workers
+      // The requests run side by side: one torch thread each, or n × --threads would share the cores.
+      torch::set_num_threads(1);
+      results[i] = helpers_[i]->detect_encoded(*inputs[i], encoded.image(static_cast<int64_t>(i)));
+    });
+  }
+  // The last on this engine: the conversation it holds afterwards is the last input's.
+  results[n - 1] = detect_encoded(*inputs[n - 1], encoded.image(static_cast<int64_t>(n - 1)));
+  for (auto& t : running) t.join();
+  return results;
+}
+
+void IadGptEngine::start_decode_loop(int max_batch, int threads) {
+  set_decode_loop(std::make_shared<llm::DecodeLoop>(model_->llm(), max_batch, threads));
+}
+
+void IadGptEngine::set_decode_loop(std::shared_ptr<llm::DecodeLoop> loop) {
+  model_->set_decode_loop(loop);
+  loop_ = std::move(loop);
+  for (auto& h : helpers_) h->set_decode_loop(loop_);
 }
 
 Completion IadGptEngine::complete(const CompletionInput& in, const TextSink& sink) {
@@ -184,6 +257,13 @@ nlohmann::json bundle_summary(const model::Bundle& b) {
           {"image_size", b.image_size},
           {"taps", b.taps},
           {"threshold", b.threshold}};
+}
+
+nlohmann::json IadGptEngine::shared_stats() const {
+  if (!loop_) return nlohmann::json::object();
+  const auto s = loop_->stats();
+  return {{"decode_batch", loop_->max_batch()}, {"decode_steps", s.steps}, {"decode_rows", s.rows},
+          {"decode_sequences", s.sequences}, {"decode_max_seen", s.max_seen}};
 }
 
 nlohmann::json IadGptEngine::describe() const {

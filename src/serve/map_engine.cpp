@@ -18,13 +18,38 @@ std::unique_ptr<MapEngine> MapEngine::share() {
 
 DetectOutput MapEngine::detect(const DetectInput& input) {
   const auto start = std::chrono::steady_clock::now();
+  auto out = detect(input, detector_.encode({input.image}));
+  out.timings["maps"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+std::vector<DetectResult> MapEngine::detect_batch(std::span<const DetectInput* const> inputs) {
+  std::vector<cv::Mat> images;
+  for (const auto* in : inputs) images.push_back(in->image);
+  const auto encoded = detector_.encode(images);  // class- and reference-independent
+  std::vector<DetectResult> results(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    try {
+      const auto start = std::chrono::steady_clock::now();
+      results[i].output = detect(*inputs[i], encoded.image(static_cast<int64_t>(i)));
+      // The batch's encode is every image's: it waited for it.
+      results[i].output.timings["maps"] =
+          encoded.seconds + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    } catch (...) {
+      results[i].error = std::current_exception();
+    }
+  }
+  return results;
+}
+
+DetectOutput MapEngine::detect(const DetectInput& input, const anomaly::Detector::Encoded& encoded) {
   const std::string class_name = input.class_name.empty() ? "object" : input.class_name;
   if (class_ != class_name) {
     detector_.set_class(class_name);
     class_ = class_name;
   }
   detector_.set_references(input.references);
-  auto detection = detector_.detect({input.image}).at(0);
+  auto detection = detector_.detect_encoded(encoded).at(0);
   anomaly::to_host(detection);
   DetectOutput out;
   out.map = anomaly::resize_map(detection.map, input.image.rows, input.image.cols);
@@ -34,7 +59,6 @@ DetectOutput MapEngine::detect(const DetectInput& input) {
   if (out.pred_label) out.regions = anomaly::find_regions(out.map, threshold_, 16);
   out.answer = anomaly::describe(out.regions);
   if (!out.regions.empty()) out.position = out.regions.front().position;
-  out.timings["maps"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   last_answer_ = out.answer;
   return out;
 }

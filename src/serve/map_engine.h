@@ -16,11 +16,14 @@ class MapEngine : public Engine {
   // An engine on the same towers and decoder (anomaly::Detector::share): its own class and bank.
   std::unique_ptr<MapEngine> share();
   DetectOutput detect(const DetectInput& input) override;
+  std::vector<DetectResult> detect_batch(std::span<const DetectInput* const> inputs) override;  // one tower forward
   std::string ask(std::string_view message, int64_t max_tokens) override;
   nlohmann::json describe() const override;
 
  private:
   MapEngine(anomaly::Detector detector, std::string vision_name, double threshold);
+  // detect() of an image the tower has already encoded (alone: `encoded` holds that image only).
+  DetectOutput detect(const DetectInput& input, const anomaly::Detector::Encoded& encoded);
   anomaly::Detector detector_;
   std::string vision_name_;
   double threshold_;

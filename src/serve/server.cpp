@@ -171,7 +171,8 @@ struct Server::Impl {
 
   Impl(const ServerOptions& o, const EngineFactory& factory)
       : options(o),
-        pool(o.workers, static_cast<size_t>(std::max(0, o.queue)), factory, o.threads_per_worker),
+        pool(o.workers, static_cast<size_t>(std::max(0, o.queue)), factory, o.threads_per_worker,
+             BatchPolicy{o.batch, std::chrono::milliseconds(o.batch_wait_ms)}),
         sessions(std::chrono::seconds(o.session_ttl_s), o.max_sessions, o.session_memory_mb * 1024 * 1024),
         keys(o.api_keys) {
     model_info = json::object();
@@ -338,15 +339,21 @@ struct Server::Impl {
     auto room = sessions.reserve(session_bytes(in), SessionStore::Purpose::new_session);
     DetectOutput out;
     std::string overlay, session_id;
-    run_job([&](Worker& w) {
-      w.session.clear();
-      out = w.engine->detect(in);
-      record(out);
-      overlay = encode_png(image::heatmap_overlay(in.image, out.map));
-      auto session = sessions.create(std::move(room), w.index, in);
-      w.session = session->id;
-      session_id = session->id;
-    });
+    // The inspection itself may share a tower forward with other requests (--batch); the rest
+    // runs on the worker that holds the conversation (or will replay it: pool.h).
+    std::future<void> done;
+    try {
+      done = pool.submit_detect(in, out, [&](Worker& w) {
+        record(out);
+        overlay = encode_png(image::heatmap_overlay(in.image, out.map));
+        auto session = sessions.create(std::move(room), w.index, in);
+        w.session = session->id;
+        session_id = session->id;
+      });
+    } catch (const QueueFull& e) {
+      throw HttpError(429, e.what());
+    }
+    done.get();
     send_json(res, 200, detect_json(in, out, overlay, session_id, seconds_since(t0)));
   }
 
@@ -568,6 +575,11 @@ struct Server::Impl {
             {"queue_capacity", s.capacity},
             {"completed", s.completed},
             {"rejected", s.rejected},
+            {"batch", options.batch},
+            {"batch_wait_ms", options.batch_wait_ms},
+            {"batches", s.batches},
+            {"batched", s.batched},
+            {"engine", pool.shared_stats()},
             {"sessions", sessions.size()},
             {"session_bytes", sessions.bytes()},
             {"session_budget_bytes", sessions.budget()},
@@ -728,7 +740,8 @@ struct Server::Impl {
     });
     http.Get("/v1/model", [this](const httplib::Request&, httplib::Response& res) {
       json j = model_info;
-      j["server"] = {{"workers", options.workers}, {"queue", options.queue}, {"max_body_mb", options.max_body_mb},
+      j["server"] = {{"workers", options.workers}, {"queue", options.queue}, {"batch", options.batch},
+                     {"batch_wait_ms", options.batch_wait_ms}, {"max_body_mb", options.max_body_mb},
                      {"timeout_s", options.timeout_s}, {"session_ttl_s", options.session_ttl_s},
                      {"session_memory_mb", options.session_memory_mb}, {"max_sessions", options.max_sessions},
                      {"max_references", options.max_references}, {"max_tokens", options.max_tokens},
@@ -749,6 +762,9 @@ struct Server::Impl {
 
 void validate(const ServerOptions& options) {
   if (options.queue < 0) throw InputError("--queue must be >= 0");
+  if (options.batch < 1 || options.batch > 64) throw InputError(fmt::format("--batch must be in [1, 64], got {}", options.batch));
+  if (options.batch_wait_ms < 0 || options.batch_wait_ms > 10'000)
+    throw InputError(fmt::format("--batch-wait must be in [0, 10000] (ms), got {}", options.batch_wait_ms));
   if (options.max_body_mb < 1) throw InputError("--max-body must be >= 1 (MB)");
   if (options.timeout_s < 1) throw InputError("--timeout must be >= 1 (seconds)");
   if (options.session_ttl_s < 1) throw InputError("--session-ttl must be >= 1 (seconds)");

@@ -35,6 +35,11 @@ struct ServerOptions {
   int workers = 1;                 // engines (one model copy each)
   int threads_per_worker = 0;      // torch threads of each worker (0 = leave as set)
   int queue = 16;                  // requests allowed to wait for a worker before 429
+  // Detect batching (pool.h BatchPolicy): a worker runs up to `batch` queued inspections through
+  // one vision tower forward, waiting up to `batch_wait_ms` for more while it has fewer.
+  // 1 = each inspection alone (as before batching existed).
+  int batch = 1;
+  int batch_wait_ms = 0;
   int64_t max_body_mb = 32;        // request body limit (413 above it)
   int timeout_s = 30;              // socket read/write timeout
   int session_ttl_s = 600;         // chat sessions expire this long after their last use

@@ -1,0 +1,177 @@
+// Continuous batching (batch.h, decode_step_bf16_batch, matvec_bf16_multi): several sequences
+// stepped together give each exactly what it gets alone.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <future>
+#include <thread>
+
+#include "io/error.h"
+#include "llm/batch.h"
+#include "llm/decode.h"
+#include "llm/generate.h"
+#include "llm/matvec.h"
+#include "llm_test_util.h"
+
+namespace llm = iadgpt::llm;
+namespace t = iadgpt::test;
+
+namespace {
+
+const llm::LlamaModel& stories_bf16() {
+  static const auto m = llm::load_model(t::fixture("stories260K"), {.dtype = torch::kBFloat16});
+  return m;
+}
+const llm::Tokenizer& tok() {
+  static const auto tk = llm::Tokenizer::from_path(t::fixture("stories260K"));
+  return tk;
+}
+
+// Three prompts of different lengths: the sequences sit at different positions in their caches.
+const std::vector<std::vector<int64_t>> kPrompts = {{1}, {1, 403, 407, 261}, {1, 32, 400, 268, 261, 500, 341}};
+
+}  // namespace
+
+TEST(MatvecMulti, EachVectorIsBitForBitItsOwnMatvec) {
+  torch::manual_seed(3);
+  // 300 rows of 1000 columns: several 64 KiB row blocks, a tail block, and columns off every vector width.
+  const int64_t rows = 300, cols = 1000;
+  auto w = torch::randn({rows, cols}).to(torch::kBFloat16);
+  std::vector<torch::Tensor> xs, ys;
+  for (int i = 0; i < 3; ++i) {
+    xs.push_back(torch::randn({cols}).to(torch::kBFloat16));
+    ys.push_back(torch::empty({rows}, torch::kFloat32));
+  }
+  for (auto isa : {llm::MatvecIsa::Scalar, llm::MatvecIsa::Avx2, llm::MatvecIsa::Avx512Bf16}) {
+    if (!llm::matvec_isa_supported(isa)) continue;
+    std::vector<const at::BFloat16*> in;
+    std::vector<float*> out;
+    for (int i = 0; i < 3; ++i) in.push_back(xs[i].data_ptr<at::BFloat16>()), out.push_back(ys[i].data_ptr<float>());
+    llm::matvec_bf16_multi(w.data_ptr<at::BFloat16>(), in, out, rows, cols, isa);
+    for (int i = 0; i < 3; ++i) {
+      auto want = torch::empty({rows}, torch::kFloat32);
+      llm::matvec_bf16(w, xs[i], want, isa);
+      EXPECT_TRUE(torch::equal(ys[i], want)) << llm::matvec_isa_name(isa) << " vector " << i;
+    }
+    // Different inputs, different outputs: not every vector answered with the first one's result.
+    EXPECT_FALSE(torch::equal(ys[0], ys[1]));
+  }
+}
+
+TEST(DecodeBatch, EachRowIsBitForBitItsSequencesOwnStep) {
+  const auto& m = stories_bf16();
+  auto prefilled = [&] {
+    std::vector<llm::KvCache> caches;
+    for (const auto& p : kPrompts) {
+      caches.emplace_back(m, 64);
+      llm::forward_tokens(m, caches.back(), p, llm::Logits::Last);
+    }
+    return caches;
+  };
+  auto batched = prefilled(), alone = prefilled();
+  const std::vector<int64_t> next = {300, 301, 302};
+  std::vector<llm::KvCache*> pointers;
+  for (auto& c : batched) pointers.push_back(&c);
+  // Two steps: the second runs on what the first appended to each cache.
+  for (int step = 0; step < 2; ++step) {
+    const auto logits = llm::decode_batch(m, pointers, m.embed(next));
+    for (size_t i = 0; i < next.size(); ++i) {
+      const auto want = llm::decode_step_bf16(m, alone[i], m.embed(std::vector<int64_t>{next[i]}));
+      EXPECT_TRUE(torch::equal(logits[static_cast<int64_t>(i)], want[0])) << "step " << step << " row " << i;
+      EXPECT_EQ(batched[i].pos, alone[i].pos);
+    }
+    EXPECT_FALSE(torch::equal(logits[0], logits[1]));
+  }
+  // One cache twice in a step would append two tokens at one position.
+  std::vector<llm::KvCache*> twice = {&batched[0], &batched[0]};
+  EXPECT_THROW(llm::decode_batch(m, twice, m.embed(std::vector<int64_t>{1, 2})), iadgpt::InputError);
+}
+
+namespace {
+
+struct Request {
+  std::vector<int64_t> prompt;
+  llm::GenerateOptions options;
+};
+
+std::vector<Request> requests() {
+  std::vector<Request> r(3);
+  for (size_t i = 0; i < r.size(); ++i) r[i].prompt = kPrompts[i];
+  r[0].options.max_tokens = 48;
+  r[0].options.stop_at_eos = false;
+  r[1].options.max_tokens = 20;
+  r[1].options.stop = {"."};                        // stops early, mid-batch
+  r[2].options.max_tokens = 30;
+  r[2].options.sampling = {.temperature = 0.9, .top_p = 0.9, .seed = 11};  // its own sampler
+  return r;
+}
+
+llm::Generation alone(const llm::LlamaModel& m, const Request& r) {
+  llm::KvCache cache(m, 128);
+  std::vector<llm::Segment> segs{llm::Segment::tokens(r.prompt)};
+  return llm::generate(m, tok(), cache, segs, r.options);
+}
+
+// Request 0 starts first. Its stream's second piece is written on the loop's thread (the first
+// on the caller's, generate() samples the first token there); the test holds it there until the
+// other two are waiting to join, so all three surely share steps whatever the machine's speed.
+void expect_loop_equals_alone(const llm::LlamaModel& m) {
+  llm::DecodeLoop loop(m, 4);
+  auto reqs = requests();
+  std::atomic<int> pieces{0};
+  reqs[0].options.on_text = [&](std::string_view) {
+    if (++pieces != 2) return true;
+    for (int i = 0; i < 60'000 && loop.stats().waiting < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return true;
+  };
+  std::vector<std::future<llm::Generation>> got;
+  std::vector<std::unique_ptr<llm::KvCache>> caches;
+  for (size_t i = 0; i < reqs.size(); ++i) caches.push_back(std::make_unique<llm::KvCache>(m, 128));
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (i == 1) {  // the others join once request 0 is in the loop
+      for (int k = 0; k < 60'000 && pieces == 0; ++k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    got.push_back(std::async(std::launch::async, [&, i] {
+      torch::NoGradGuard no_grad;
+      std::vector<llm::Segment> segs{llm::Segment::tokens(reqs[i].prompt)};
+      return loop.generate(tok(), *caches[i], segs, reqs[i].options);
+    }));
+  }
+  auto plain = requests();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const auto g = got[i].get();
+    const auto want = alone(m, plain[i]);
+    EXPECT_EQ(g.tokens, want.tokens) << "request " << i;
+    EXPECT_EQ(g.text, want.text) << "request " << i;
+    EXPECT_EQ(g.stop_reason, want.stop_reason) << "request " << i;
+    EXPECT_EQ(g.prompt_tokens, want.prompt_tokens) << "request " << i;
+  }
+  const auto stats = loop.stats();
+  EXPECT_EQ(stats.max_seen, 3) << "the three sequences never stepped together";
+  EXPECT_EQ(stats.sequences, 3u);
+  EXPECT_LT(stats.steps, stats.rows);  // shared steps
+  // The requests end differently, so equal results are not all of them being one sequence.
+  EXPECT_NE(alone(m, plain[0]).text, alone(m, plain[1]).text);
+}
+
+}  // namespace
+
+TEST(DecodeLoop, SequencesThatShareStepsGenerateWhatTheyGenerateAloneBf16) { expect_loop_equals_alone(stories_bf16()); }
+
+TEST(DecodeLoop, SequencesThatShareStepsGenerateWhatTheyGenerateAloneF32) { expect_loop_equals_alone(t::stories_model()); }
+
+TEST(DecodeLoop, AStreamThatSaysStopLeavesTheBatch) {
+  const auto& m = stories_bf16();
+  llm::DecodeLoop loop(m, 4);
+  llm::KvCache cache(m, 128);
+  llm::GenerateOptions o;
+  o.max_tokens = 40;
+  o.stop_at_eos = false;
+  int pieces = 0;
+  o.on_text = [&](std::string_view) { return ++pieces < 3; };
+  std::vector<llm::Segment> segs{llm::Segment::tokens({1})};
+  const auto g = loop.generate(tok(), cache, segs, o);
+  EXPECT_EQ(g.stop_reason, "callback");
+  EXPECT_LT(g.tokens.size(), 40u);
+  EXPECT_THROW(llm::DecodeLoop(m, 0), iadgpt::InputError);
+}
