@@ -6,11 +6,7 @@
 
 namespace iadgpt::nn {
 
-std::string shape_string(at::IntArrayRef shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
-  return out + "]";
-}
+std::string shape_string(at::IntArrayRef shape) { return fmt::format("[{}]", fmt::join(shape, ",")); }
 
 bool has(const io::TensorMap& tensors, const std::string& key) { return tensors.count(key) != 0; }
 
