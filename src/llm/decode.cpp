@@ -206,7 +206,7 @@ torch::Tensor decode_step_bf16(const LlamaModel& model, KvCache& cache, const to
   const auto& c = model.config;
   const auto& W = model.weights;
   const int64_t D = c.hidden_size, F = c.intermediate_size, H = c.num_heads, KV = c.num_kv_heads;
-  const int64_t hd = c.head_dim(), qd = c.q_dim(), pos = cache.pos, cap = cache.capacity();
+  const int64_t hd = c.head_dim(), qd = c.q_dim(), pos = cache.pos;
   const MatvecIsa isa = best_matvec_isa();
   const DecodeBuffers b = decode_buffers(model, cache);
   if (input.numel() != D)
@@ -225,13 +225,7 @@ torch::Tensor decode_step_bf16(const LlamaModel& model, KvCache& cache, const to
     project_row(L.wv, L.q_wv, L.lora_v, b.in, b.v, isa, b);
     rope_row_inplace(b.q, H, hd, cos, sin);
     rope_row_inplace(b.k, KV, hd, cos, sin);
-    bf16* k_cache = cache.k.data_ptr<bf16>() + l * KV * cap * hd;
-    bf16* v_cache = cache.v.data_ptr<bf16>() + l * KV * cap * hd;
-    for (int64_t kv = 0; kv < KV; ++kv)
-      for (int64_t d = 0; d < hd; ++d) {
-        k_cache[(kv * cap + pos) * hd + d] = bf16(b.k[kv * hd + d]);
-        v_cache[(kv * cap + pos) * hd + d] = bf16(b.v[kv * hd + d]);
-      }
+    append_kv(model, cache, l, pos, b);
     for (int64_t i = 0; i < qd; ++i) b.q16[i] = bf16(b.q[i]);
     attend_row(model, cache, l, pos + 1, b, isa);
     for (int64_t i = 0; i < qd; ++i) b.in[i] = bf16(b.attn[i]);
