@@ -299,6 +299,7 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   }
   c.batch_size = f.integer("batch_size", 16, 1, 1'000'000);
   c.grad_accum = f.integer("grad_accum", 1, 1, 1'000'000);
+  if (f.has("gradients")) c.gradients = f.string("gradients", std::nullopt, {"per_example", "batched"});
   c.warmup = f.number("warmup", 0.1, 0, 1);
   c.weight_decay = f.number("weight_decay", 1e-3, 0, 1);
   if (f.has("betas")) {
@@ -323,6 +324,10 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   c.stop_after = f.integer("stop_after", 0, 0, INT64_MAX);
   f.reject_unknown();
   return c;
+}
+
+bool uses_batched_gradients(const TrainConfig& config, const torch::Device& device) {
+  return config.gradients.empty() ? !device.is_cpu() : config.gradients == "batched";
 }
 
 torch::Device training_device(std::string_view name) {
@@ -352,7 +357,7 @@ nlohmann::json TrainConfig::to_json() const {
   json ds = json::array();
   for (const auto& d : datasets) ds.push_back({{"kind", d.kind}, {"root", d.root.string()}, {"categories", d.categories}});
   // What decides the trajectory (not the bookkeeping): a resumed run must have the same.
-  return {{"vision", vision.string()}, {"taps", taps}, {"image_size", image_size}, {"llm", llm.string()},
+  json j = {{"vision", vision.string()}, {"taps", taps}, {"image_size", image_size}, {"llm", llm.string()},
           {"delta", delta ? delta->string() : ""}, {"anomalygpt", anomalygpt ? anomalygpt->string() : ""},
           {"delta_lora_alpha", delta_lora_alpha}, {"llm_tuning", llm_tuning}, {"lora", {c10::str(lora.rank), lora.alpha, lora.dropout}}, {"llm_lr", llm_lr},
           {"datasets", ds}, {"synthesis", synthesis}, {"per_image", per_image}, {"holdout", holdout},
@@ -362,6 +367,9 @@ nlohmann::json TrainConfig::to_json() const {
           {"map_warmup", {map_warmup.steps, map_warmup.per_image, map_warmup.batch_size, map_warmup.lr, map_warmup.loss_size}},
           {"batch_size", batch_size}, {"grad_accum", grad_accum}, {"warmup", warmup}, {"weight_decay", weight_decay},
           {"betas", {beta1, beta2}}, {"eps", eps}, {"clip", clip}, {"seed", seed}};
+  // Only when set, so that checkpoints written before the key existed still resume.
+  if (!gradients.empty()) j["gradients"] = gradients;
+  return j;
 }
 
 }  // namespace iadgpt::train

@@ -103,7 +103,12 @@ struct TrainConfig {
   MapWarmupConfig map_warmup;
   std::vector<StageConfig> stages;
   int64_t batch_size = 16;          // global batch (all ranks, all accumulation steps)
-  int64_t grad_accum = 1;           // must divide the per-rank batch; gradients accumulate per example anyway
+  int64_t grad_accum = 1;           // must divide the per-rank batch; "batched": micro-batches per rank
+  // "per_example": one forward + backward per example, summed as a balanced tree (bitwise equal
+  // across rank counts; the CPU default). "batched": one forward + backward per micro-batch of
+  // the rank's share (per-rank batch / grad_accum examples; the default on other devices).
+  // Empty: the device decides (`uses_batched_gradients`).
+  std::string gradients;
   double warmup = 0.1, weight_decay = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
   bool bf16_autocast = false;       // forward + backward under CPU autocast (bf16 matmuls/convs); weights stay fp32
   // Where the run trains: "cpu", "cuda" or "cuda:N" (`train --device` overrides it). Not part of
@@ -124,6 +129,10 @@ struct TrainConfig {
 
 TrainConfig parse_train_config(const nlohmann::json& j, const std::filesystem::path& source);
 TrainConfig read_train_config(const std::filesystem::path& file);
+
+// Whether a run computes its gradients batched: the config's `gradients`, else batched on any
+// device but the CPU.
+bool uses_batched_gradients(const TrainConfig& config, const torch::Device& device);
 
 // The training device named `name` (TrainConfig::device, `--device`), checked (nn::parse_device).
 // The trainers (train, train-decoder) are CPU-only so far (issue 16): another device is refused

@@ -115,8 +115,9 @@ model::HeadOutputs Runner::heads_of(int64_t category, const std::vector<int64_t>
 }
 
 BatchOut Runner::run(const std::vector<int64_t>& idx, const std::vector<bool>& substitute,
-                     const std::vector<uint64_t>& seeds, bool map_loss_on, bool keep_maps) {
+                     const std::vector<uint64_t>& seeds, const std::vector<bool>& map_rows, bool keep_maps) {
   const int64_t n = static_cast<int64_t>(idx.size());
+  auto map_row = [&](int64_t j) { return !map_rows.empty() && map_rows[j]; };
   std::vector<torch::Tensor> image_token(n), expert(n), text_map(n);
   std::vector<std::vector<torch::Tensor>> probs(n);
   // Heads per category (F_text differs), results put back in batch order.
@@ -133,7 +134,7 @@ BatchOut Runner::run(const std::vector<int64_t>& idx, const std::vector<bool>& s
       image_token[j] = out.image_token[k].unsqueeze(0);
       expert[j] = out.expert_tokens[k];
       if (keep_maps) text_map[j] = out.text_map[k].detach();
-      if (map_loss_on)
+      if (map_row(j))
         for (const auto& lp : out.layer_probs) probs[j].push_back(lp[k]);
     }
   }
@@ -168,17 +169,21 @@ BatchOut Runner::run(const std::vector<int64_t>& idx, const std::vector<bool>& s
       out.predicted.push_back(row[decision.yes].item<float>() > row[decision.no].item<float>() ? 1 : 0);
     }
   }
-  if (map_loss_on) {
+  std::vector<int64_t> with_map;
+  for (int64_t j = 0; j < n; ++j)
+    if (map_row(j)) with_map.push_back(j);
+  if (!with_map.empty()) {
     std::vector<torch::Tensor> layers;
-    for (size_t l = 0; l < probs[0].size(); ++l) {
+    for (size_t l = 0; l < probs[with_map[0]].size(); ++l) {
       std::vector<torch::Tensor> rows;
-      for (int64_t j = 0; j < n; ++j) rows.push_back(probs[j][l]);
+      for (auto j : with_map) rows.push_back(probs[j][l]);
       layers.push_back(torch::stack(rows));
     }
     std::vector<torch::Tensor> m;
-    for (auto i : idx) m.push_back(pool.masks[i]);
+    for (auto j : with_map) m.push_back(pool.masks[idx[j]]);
     auto ml = map_loss(layers, binarize_mask(torch::stack(m)));
     out.map_total = ml.total;
+    out.map_rows = static_cast<int64_t>(with_map.size());
     out.focal = ml.focal.item<double>();
     out.dice = ml.dice.item<double>();
   }

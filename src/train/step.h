@@ -3,7 +3,7 @@
 //
 //   Runner runner{cfg, pools.train, pools.cats, tok, trainable, cfg.image_size, decision};
 //   runner.cache_frozen(stage);                          // what the stage keeps frozen, computed once
-//   auto out = runner.run({i}, {with_references}, {dropout_seed}, /*map_loss_on=*/stage == 2, false);
+//   auto out = runner.run({i}, {with_references}, {dropout_seed}, /*map_rows=*/{stage == 2}, false);
 //   out.ce.sum().backward();
 //
 // Internal to the train module.
@@ -24,7 +24,8 @@ namespace iadgpt::train {
 struct BatchOut {
   torch::Tensor ce;          // [n] per-example answer CE
   torch::Tensor decision_ce; // [n] CE of the Yes/No token alone (decision_weight > 0), else undefined
-  torch::Tensor map_total;   // scalar, mean over the n examples (stage 2), else undefined
+  torch::Tensor map_total;   // scalar, mean over the map rows (stage 2), else undefined
+  int64_t map_rows = 0;      // rows in map_total (focal and dice are means over them too)
   double focal = 0, dice = 0;
   std::vector<int> predicted;  // 1 = "Yes" won over "No" at the first answer position
   torch::Tensor text_map;    // [n, S, S] (eval)
@@ -44,9 +45,10 @@ struct Runner {
   torch::Tensor cached_expert;      // [P, 2, 18, H]: without / with the few-shot map
 
   void cache_frozen(int64_t stage);
-  // `idx` pool indices; `substitute[j]`: use the few-shot map; dropout seeds per row (empty: no dropout).
+  // `idx` pool indices; `substitute[j]`: use the few-shot map; dropout seeds per row (empty: no
+  // dropout); `map_rows[j]`: row j takes the map loss (empty: no row does).
   BatchOut run(const std::vector<int64_t>& idx, const std::vector<bool>& substitute, const std::vector<uint64_t>& seeds,
-               bool map_loss_on, bool keep_maps);
+               const std::vector<bool>& map_rows, bool keep_maps);
 
  private:
   // E_img, E_expert and (stage 2) the layer probabilities of the examples `rows` of one category.
