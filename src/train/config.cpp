@@ -299,6 +299,7 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   }
   c.batch_size = f.integer("batch_size", 16, 1, 1'000'000);
   c.grad_accum = f.integer("grad_accum", 1, 1, 1'000'000);
+  c.gradient_checkpointing = f.boolean("gradient_checkpointing", false);
   if (f.has("gradients")) c.gradients = f.string("gradients", std::nullopt, {"per_example", "batched"});
   c.warmup = f.number("warmup", 0.1, 0, 1);
   c.weight_decay = f.number("weight_decay", 1e-3, 0, 1);

@@ -109,6 +109,10 @@ struct TrainConfig {
   // the rank's share (per-rank batch / grad_accum examples; the default on other devices).
   // Empty: the device decides (`uses_batched_gradients`).
   std::string gradients;
+  // Gradient checkpointing of the LLM's decoder layers (llm::TrainForwardOptions): activations of
+  // one layer at a time for one more decoder forward per step. The same gradients (tested), so
+  // not part of the trajectory in to_json.
+  bool gradient_checkpointing = false;
   double warmup = 0.1, weight_decay = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
   bool bf16_autocast = false;       // forward + backward under CPU autocast (bf16 matmuls/convs); weights stay fp32
   // Where the run trains: "cpu", "cuda" or "cuda:N" (`train --device` overrides it). Not part of

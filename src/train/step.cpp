@@ -140,6 +140,7 @@ BatchOut Runner::run(const std::vector<int64_t>& idx, const std::vector<bool>& s
   }
   auto seq = build_sequences(*this, idx, image_token, expert);
   llm::TrainForwardOptions fo;
+  fo.checkpoint_layers = cfg.gradient_checkpointing;
   if (!seeds.empty() && model.lora) {
     fo.lora_dropout = model.lora->spec.dropout;
     fo.dropout_seeds = seeds;

@@ -50,8 +50,10 @@ struct Run {
   io::TensorMap mmf, decoder;
 };
 
-Run train_with(const fs::path& dir, const std::string& gradients, int64_t grad_accum = 1) {
-  auto cfg = train::parse_train_config(stage2_config(dir / "out", gradients, grad_accum), dir / "train.json");
+Run train_with(const fs::path& dir, const std::string& gradients, int64_t grad_accum = 1, bool checkpointing = false) {
+  auto j = stage2_config(dir / "out", gradients, grad_accum);
+  j["gradient_checkpointing"] = checkpointing;
+  auto cfg = train::parse_train_config(j, dir / "train.json");
   train::Distributed one;
   train::TrainHooks hooks;
   Run run;
@@ -107,6 +109,22 @@ TEST(BatchedGradients, EqualThePerExampleSumAndTrainTheSameParameters) {
                 static_cast<long long>(close), static_cast<long long>(total), worst);
     EXPECT_LE(worst, 4e-3);
     EXPECT_GE(static_cast<double>(close), 0.99 * static_cast<double>(total));
+  }
+}
+
+// Config `gradient_checkpointing` in a batched stage-2 step: the recompute reproduces the forward
+// (tests/llm/gradient_checkpointing_test.cpp), so the step's gradients are the plain ones up to a
+// reordering of fp32 sums: 1e-6 of the largest component (measured: bitwise equal).
+TEST(BatchedGradients, GradientCheckpointingGivesTheSameStep) {
+  const auto dir = test::scratch("train-checkpointing");
+  const auto plain = train_with(dir / "plain", "batched");
+  const auto ckpt = train_with(dir / "checkpointed", "batched", 1, /*checkpointing=*/true);
+  for (const int64_t step : {1, 2}) {
+    const auto& a = plain.gradients.at(step);
+    const auto& b = ckpt.gradients.at(step);
+    const double rel = (a - b).abs().max().item<double>() / a.abs().max().item<double>();
+    std::printf("step %lld: max |g_ckpt - g| / max |g| = %.3g\n", static_cast<long long>(step), rel);
+    EXPECT_LE(rel, 1e-6) << "step " << step;
   }
 }
 
