@@ -42,7 +42,9 @@ torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const Lora
     }
     xin = x * torch::stack(keep).to(x.device()).to(x.scalar_type()).div(1.0 - dc.p);
   }
-  return y + torch::linear(torch::linear(xin, lora.a), lora.b).mul(lora.scale);
+  // fp32 pairs on a bf16 base: the pair computes in fp32 (autocast, when on, casts to bf16 anyway);
+  // on an fp32 base both casts are no-ops.
+  return y + torch::linear(torch::linear(xin.to(lora.a.scalar_type()), lora.a), lora.b).mul(lora.scale).to(y.scalar_type());
 }
 
 // Walks every weight with its HF name (fixed order, shared by make_trainable/named_weights).
@@ -88,7 +90,7 @@ void require_fp32(const LlamaModel& model, const char* what) {
 }  // namespace
 
 TrainableLora add_trainable_lora(LlamaModel& model, const LoraSpec& spec, uint64_t seed) {
-  require_fp32(model, "LoRA training");
+  // The base may be bf16 (frozen): `project` runs the fp32 pairs on its input and casts back.
   if (spec.rank <= 0) throw InputError(fmt::format("LoRA rank must be positive (got {})", spec.rank));
   if (spec.dropout < 0 || spec.dropout >= 1)
     throw InputError(fmt::format("LoRA dropout must be in [0, 1) (got {})", spec.dropout));
@@ -100,8 +102,9 @@ TrainableLora add_trainable_lora(LlamaModel& model, const LoraSpec& spec, uint64
       const auto& w = L.*site.weight;
       // PEFT: kaiming_uniform_(A, a=√5) → U(±1/√in); B = 0 so the first step starts at the base model.
       const double bound = 1.0 / std::sqrt(static_cast<double>(w.size(1)));
-      auto a = (at::rand({spec.rank, w.size(1)}, gen, torch::kFloat32) * 2 - 1).mul_(bound).requires_grad_();
-      auto b = torch::zeros({w.size(0), spec.rank}, torch::kFloat32).requires_grad_();
+      // Drawn on the host (the same pairs on every device), then leaves on the weight's device.
+      auto a = (at::rand({spec.rank, w.size(1)}, gen, torch::kFloat32) * 2 - 1).mul_(bound).to(w.device()).requires_grad_();
+      auto b = torch::zeros({w.size(0), spec.rank}, torch::dtype(torch::kFloat32).device(w.device())).requires_grad_();
       L.*site.pair = LoraPair{a, b, scale};
       out.parameters.push_back(a);
       out.parameters.push_back(b);

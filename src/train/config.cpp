@@ -203,6 +203,8 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   if (f.has("anomalygpt")) c.anomalygpt = f.path("anomalygpt", base, true);
   c.delta_lora_alpha = f.number("delta_lora_alpha", 32, 0, 1e6, true);
   c.llm_tuning = f.string("llm_tuning", "lora", {"frozen", "lora", "full"});
+  c.llm_dtype = f.string("llm_dtype", "f32", {"f32", "bf16"});
+  if (c.llm_dtype != "f32" && c.llm_tuning == "full") f.fail("llm_dtype", "f32 with llm_tuning full", c.llm_dtype);
   if (f.has("lora")) {
     Fields l(f.at("lora"), file, "lora.");
     c.lora.rank = l.integer("rank", 32, 1, 4096);
@@ -331,14 +333,7 @@ bool uses_batched_gradients(const TrainConfig& config, const torch::Device& devi
   return config.gradients.empty() ? !device.is_cpu() : config.gradients == "batched";
 }
 
-torch::Device training_device(std::string_view name) {
-  const auto device = nn::parse_device(name, "training device");
-  if (!device.is_cpu())
-    throw InputError(fmt::format("training device {}: training runs on the CPU only so far (its CUDA path, "
-                                 "issue 16, is not built); use --device cpu",
-                                 name));
-  return device;
-}
+torch::Device training_device(std::string_view name) { return nn::parse_device(name, "training device"); }
 
 TrainConfig read_train_config(const fs::path& file) {
   std::ifstream in(file);
@@ -370,6 +365,7 @@ nlohmann::json TrainConfig::to_json() const {
           {"betas", {beta1, beta2}}, {"eps", eps}, {"clip", clip}, {"seed", seed}};
   // Only when set, so that checkpoints written before the key existed still resume.
   if (!gradients.empty()) j["gradients"] = gradients;
+  if (llm_dtype != "f32") j["llm_dtype"] = llm_dtype;
   return j;
 }
 

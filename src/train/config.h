@@ -75,6 +75,9 @@ struct TrainConfig {
   std::optional<std::filesystem::path> delta, anomalygpt;
   double delta_lora_alpha = 32;
   std::string llm_tuning = "lora";  // "frozen" | "lora" | "full"
+  // The LLM's frozen weights: "f32" or "bf16" (half the memory: the 7B recipe on a 24 GB card,
+  // docs/GPU_MEMORY.md); trainable LoRA pairs stay fp32. "full" needs f32.
+  std::string llm_dtype = "f32";
   llm::LoraSpec lora;
   double llm_lr = 1e-4;             // LoRA / full fine-tune learning rate
   // Data.
@@ -138,9 +141,8 @@ TrainConfig read_train_config(const std::filesystem::path& file);
 // device but the CPU.
 bool uses_batched_gradients(const TrainConfig& config, const torch::Device& device);
 
-// The training device named `name` (TrainConfig::device, `--device`), checked (nn::parse_device).
-// The trainers (train, train-decoder) are CPU-only so far (issue 16): another device is refused
-// with an InputError that says so.
+// The training device named `name` (TrainConfig::device, `--device`), checked by nn::parse_device
+// ("training device cuda: CUDA is not available in this build" on a CPU-only build).
 torch::Device training_device(std::string_view name);
 
 }  // namespace iadgpt::train

@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <map>
 #include <vector>
 
 #include "llm/tokenizer.h"
@@ -39,10 +40,12 @@ struct Runner {
   Trainable& model;
   int64_t size;
   model::DecisionTokens decision;  // the answer's forced prefix, then the token that says Yes or No
+  torch::Device device{torch::kCPU};  // where `model` is; the pools stay in host memory
   // Caches of frozen parts (the encoder side never changes; the decoder is frozen in stages 1
   // and 3, the MMF in stage 1): the step then runs only what trains.
   torch::Tensor cached_layer_maps;  // [P, 4, S, S] abnormal channels
   torch::Tensor cached_expert;      // [P, 2, 18, H]: without / with the few-shot map
+  std::map<int64_t, anomaly::TextFeatures> device_text;  // the categories' text features on `device`
 
   void cache_frozen(int64_t stage);
   // `idx` pool indices; `substitute[j]`: use the few-shot map; dropout seeds per row (empty: no
@@ -53,19 +56,23 @@ struct Runner {
  private:
   // E_img, E_expert and (stage 2) the layer probabilities of the examples `rows` of one category.
   model::HeadOutputs heads_of(int64_t category, const std::vector<int64_t>& pidx, const std::vector<bool>& substitute);
+  // A category's text features on `device` (moved once).
+  const anomaly::TextFeatures& text_of(int64_t category);
 };
 
-// CPU autocast for one step's forward and backward (config `bf16_autocast`): matmuls and convs in
-// bf16 (oneDNN), reductions and the optimiser in fp32 on fp32 weights. Off: nothing changes.
-class CpuAutocast {
+// Autocast for one step's forward and backward (config `bf16_autocast`) on the training device:
+// matmuls and convs in bf16 (oneDNN on the CPU, cuBLAS/cuDNN on CUDA), reductions and the
+// optimiser in fp32 on fp32 weights. Off: nothing changes.
+class Autocast {
  public:
-  explicit CpuAutocast(bool on);
-  ~CpuAutocast();
-  CpuAutocast(const CpuAutocast&) = delete;
-  CpuAutocast& operator=(const CpuAutocast&) = delete;
+  Autocast(bool on, const torch::Device& device);
+  ~Autocast();
+  Autocast(const Autocast&) = delete;
+  Autocast& operator=(const Autocast&) = delete;
 
  private:
   bool on_;
+  bool cuda_;
 };
 
 }  // namespace iadgpt::train

@@ -80,13 +80,13 @@ struct Slot {
 class Loop {
  public:
   Loop(const TrainConfig& cfg, Distributed& dist, const TrainHooks& hooks, const llm::Tokenizer& tok, Pools& pools,
-       Trainable& trained, const model::DecisionTokens& decision)
+       Trainable& trained, const model::DecisionTokens& decision, const torch::Device& device)
       : cfg_(cfg), dist_(dist), hooks_(hooks), pools_(pools), named_(trained.named()),
         store_(cfg.out / "checkpoints", cfg.keep), config_text_(cfg.to_json().dump()),
-        runner_{cfg, pools.train, pools.cats, tok, trained, cfg.image_size, decision},
-        held_out_{cfg, pools.eval, pools.cats, tok, trained, cfg.image_size, decision},
-        validation_{cfg, pools.val, pools.cats, tok, trained, cfg.image_size, decision},
-        batched_(uses_batched_gradients(cfg, torch::Device(cfg.device))) {
+        runner_{cfg, pools.train, pools.cats, tok, trained, cfg.image_size, decision, device},
+        held_out_{cfg, pools.eval, pools.cats, tok, trained, cfg.image_size, decision, device},
+        validation_{cfg, pools.val, pools.cats, tok, trained, cfg.image_size, decision, device},
+        device_(device), batched_(uses_batched_gradients(cfg, device)) {
     for (const auto& s : cfg.stages) total_steps_ += s.steps;
   }
 
@@ -125,6 +125,7 @@ class Loop {
   Progress at_;
   std::ofstream log_;
   int64_t total_steps_ = 0;
+  torch::Device device_;  // the trained parts'; the pools stay in host memory
   bool batched_ = false;  // config `gradients`
 };
 
@@ -175,6 +176,7 @@ void Loop::save_checkpoint(const Optimiser* opt) {
   io::TensorMap tensors;
   for (auto& [name, t] : named_) tensors.emplace("param." + name, t.detach().clone());
   if (opt) opt->save(tensors);
+  for (auto& [key, t] : tensors) t = t.to(torch::kCPU);  // written from host memory
   store_.save(at_.global, tensors,
               {{"config", config_text_}, {"stage_index", std::to_string(at_.stage_index)},
                {"stage_step", std::to_string(at_.stage_step)}, {"global_step", std::to_string(at_.global)},
@@ -263,7 +265,7 @@ torch::Tensor Loop::take_gradients(const Optimiser& opt, const std::vector<float
     parts.push_back(p.grad().defined() ? p.grad().reshape({-1}).clone() : torch::zeros({p.numel()}, p.options()));
     p.mutable_grad().reset();
   }
-  parts.push_back(torch::tensor(stats, torch::kFloat32));
+  parts.push_back(torch::tensor(stats, torch::kFloat32).to(device_));
   return torch::cat(parts);
 }
 
@@ -273,7 +275,7 @@ torch::Tensor Loop::example_gradients(const StageConfig& st, int64_t g_index,
                                       const std::function<int64_t(int64_t)>& example_at, const Optimiser& opt) {
   std::vector<float> stats(kStats, 0.0f);
   {
-    CpuAutocast autocast(cfg_.bf16_autocast);
+    Autocast autocast(cfg_.bf16_autocast, device_);
     weighted_loss(st, {slot(g_index, example_at)}, stats).backward();
   }
   return take_gradients(opt, stats);
@@ -288,7 +290,7 @@ torch::Tensor Loop::batched_gradients(const StageConfig& st, int64_t lo, int64_t
   for (int64_t start = lo; start < hi; start += micro) {
     std::vector<Slot> slots;
     for (int64_t g = start; g < start + micro; ++g) slots.push_back(slot(g, example_at));
-    CpuAutocast autocast(cfg_.bf16_autocast);
+    Autocast autocast(cfg_.bf16_autocast, device_);
     weighted_loss(st, slots, stats).backward();
   }
   return take_gradients(opt, stats);
@@ -348,7 +350,7 @@ bool Loop::step(const StageConfig& st, Optimiser& opt, const std::function<int64
     p.mutable_grad() = flat.narrow(0, off, p.numel()).view_as(p).clone();
     off += p.numel();
   }
-  auto stats = flat.narrow(0, off, kStats);
+  auto stats = flat.narrow(0, off, kStats).to(torch::kCPU);  // the step's few scalars, to the host once
   const double norm = opt.clip(cfg_.clip);
   const double sched = learning_rate(at_.stage_step, st.steps, 1.0, cfg_.warmup);
   opt.step(st.lr * sched, cfg_.llm_lr * sched);
@@ -414,6 +416,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
     throw InputError(fmt::format("{}: 'batch_size' {} must be a multiple of world size × grad_accum = {}",
                                  cfg.source.string(), cfg.batch_size, dist.world_size() * cfg.grad_accum));
 
+  const auto device = training_device(cfg.device);
   auto frozen = load_frozen(cfg);
   auto tok = llm::Tokenizer::from_path(cfg.tokenizer.value_or(cfg.llm));
   const auto decision = model::decision_tokens(tok);  // the token that says Yes or No, after its forced prefix
@@ -424,8 +427,8 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
                   pools.train_images.size()));
 
   // Trainable parts (fixed seeds; a resume overwrites them from the checkpoint).
-  auto trained = make_trainable(cfg, pools.train.embedding.size(1), frozen.encoder.width());
-  Loop loop(cfg, dist, hooks, tok, pools, trained, decision);
+  auto trained = make_trainable(cfg, pools.train.embedding.size(1), frozen.encoder.width(), device);
+  Loop loop(cfg, dist, hooks, tok, pools, trained, decision, device);
   TrainResult result;
   const bool resumed = loop.resume(result).has_value();
   if (!resumed && cfg.map_warmup.steps > 0) {  // a checkpoint already holds the warmed decoder
@@ -445,6 +448,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
   result.interrupted = !finished && result.steps_done < loop.total_steps();
   if (!result.interrupted && dist.is_main()) {
     result.final_eval = loop.evaluate_and_log();
+    move_trainable(trained, torch::kCPU);  // the bundle is written from host memory
     write_trained_bundle(cfg, trained, frozen.encoder.taps);
   }
   dist.barrier();
