@@ -7,6 +7,10 @@
 
 #include "io/error.h"
 
+#ifdef IADGPT_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
 namespace iadgpt::nn {
 
 bool built_with_cuda() {
@@ -65,6 +69,24 @@ std::string device_name(const torch::Device& device) {
 
 void synchronize(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+// libtorch 1.13 and 2.x: getDeviceStats / resetPeakStats under c10::cuda::CUDACachingAllocator,
+// the aggregate statistic first in each array (StatType::AGGREGATE = 0).
+int64_t peak_device_bytes(const torch::Device& device) {
+#ifdef IADGPT_WITH_CUDA
+  if (device.is_cuda())
+    return c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0).allocated_bytes[0].peak;
+#endif
+  (void)device;
+  return -1;
+}
+
+void reset_peak_device_bytes(const torch::Device& device) {
+#ifdef IADGPT_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);
+#endif
+  (void)device;
 }
 
 void to_device(torch::Tensor& t, const torch::Device& device) {

@@ -36,6 +36,11 @@ std::string device_name(const torch::Device& device);
 // t = t.to(device) for a defined tensor (undefined ones stay undefined); no copy when it is there.
 void to_device(torch::Tensor& t, const torch::Device& device);
 
+// The caching allocator's peak of allocated bytes on a CUDA device since the last reset; -1 on
+// the CPU (no allocator statistics there) or in a build without CUDA.
+int64_t peak_device_bytes(const torch::Device& device);
+void reset_peak_device_bytes(const torch::Device& device);
+
 // Waits for the device's queued work (CUDA runs asynchronously): a timer reads the clock after
 // it. Nothing to wait for on the CPU.
 void synchronize(const torch::Device& device);

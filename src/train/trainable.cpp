@@ -106,8 +106,15 @@ bool Trainable::trains(const std::string& name, int64_t stage) {
 }
 
 Trainable make_trainable(const TrainConfig& cfg, int64_t embed_dim, int64_t vision_width, const torch::Device& device) {
+  return make_trainable(cfg, embed_dim, vision_width,
+                        llm::load_model(cfg.llm, {.dtype = cfg.llm_dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32}),
+                        device);
+}
+
+Trainable make_trainable(const TrainConfig& cfg, int64_t embed_dim, int64_t vision_width, llm::LlamaModel llm,
+                         const torch::Device& device) {
   Trainable m;
-  m.llm = llm::load_model(cfg.llm, {.dtype = cfg.llm_dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32});
+  m.llm = std::move(llm);
   const int64_t hidden = m.llm.config.hidden_size;
   m.heads.decoder = initial_decoder(vision_width, embed_dim, 4, mix({cfg.seed, 11}));
   m.heads.tge = model::TextGuidedEnhancer(embed_dim, hidden);

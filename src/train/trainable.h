@@ -43,6 +43,9 @@ struct Trainable {
 // before the LLM's trainable tensors are made, so that they are leaves there.
 Trainable make_trainable(const TrainConfig& cfg, int64_t embed_dim, int64_t vision_width,
                          const torch::Device& device = torch::kCPU);
+// The same around an LLM already in memory (bench train: random weights at a real size).
+Trainable make_trainable(const TrainConfig& cfg, int64_t embed_dim, int64_t vision_width, llm::LlamaModel llm,
+                         const torch::Device& device);
 // The heads and the LLM (its LoRA included) to `device`, after training (no gradients follow).
 void move_trainable(Trainable& trained, const torch::Device& device);
 
