@@ -2,6 +2,9 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
+#ifdef IADGPT_WITH_CUDA
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#endif
 #include <torch/csrc/autograd/custom_function.h>
 #include <fmt/format.h>
 
@@ -24,6 +27,22 @@ struct DropoutContext {
   double p;
 };
 
+// The generator of one row's dropout mask at one site. On CUDA a Philox generator on the device
+// (a mask drawn on the host would cost a host RNG pass and a copy per site and row): the masks
+// then differ from the CPU's, but a seed still gives the same mask every time (the checkpointed
+// recompute relies on it). Elsewhere the CPU generator, and the mask is drawn on the host.
+at::Generator row_generator(uint64_t seed, const torch::Device& device) {
+#ifdef IADGPT_WITH_CUDA
+  if (device.is_cuda()) {
+    auto gen = at::cuda::detail::createCUDAGenerator(device.has_index() ? device.index() : -1);
+    gen.set_current_seed(seed);
+    return gen;
+  }
+#endif
+  (void)device;
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
+
 // y = x Wᵀ + scale · B A dropout(x). x: [B, T, in]. The dropout mask of row b is drawn from its
 // own generator (seed mixed with the layer/projection id), so it is independent of the batch.
 torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const LoraPair& lora, const DropoutContext& dc,
@@ -36,9 +55,8 @@ torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const Lora
     std::vector<torch::Tensor> keep;
     keep.reserve(B);
     for (int64_t b = 0; b < B; ++b) {
-      auto gen = at::make_generator<at::CPUGeneratorImpl>(mix(dc.options->dropout_seeds[b] ^ mix(site)));
-      // Drawn on the host whatever the device (the same masks on every device; a planned copy).
-      keep.push_back(at::rand(x.sizes().slice(1), gen, x.options().device(torch::kCPU).requires_grad(false)).ge(dc.p));
+      auto gen = row_generator(mix(dc.options->dropout_seeds[b] ^ mix(site)), x.device());
+      keep.push_back(at::rand(x.sizes().slice(1), gen, x.options().device(gen.device()).requires_grad(false)).ge(dc.p));
     }
     xin = x * torch::stack(keep).to(x.device()).to(x.scalar_type()).div(1.0 - dc.p);
   }
