@@ -2,6 +2,8 @@
 // synthetic batch falls), checkpointing gives the same steps, bad options are InputErrors.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "io/error.h"
 #include "train/bench.h"
 
@@ -56,4 +58,16 @@ TEST(BenchTrain, BadOptionsAreInputErrors) {
   o = tiny(1);
   o.steps = 0;
   EXPECT_THROW(train::bench_training(o), InputError);
+}
+
+// The GPU configuration on the CPU: a bf16 frozen base (fp32 LoRA pairs, cast around the base's
+// projections) under bf16 autocast still trains the batch.
+TEST(BenchTrain, ABf16BaseUnderAutocastTrainsToo) {
+  auto o = tiny(2);
+  o.llm_dtype = "bf16";
+  o.bf16_autocast = true;
+  const auto r = train::bench_training(o);
+  std::printf("bf16 base, autocast: loss %.6f -> %.6f\n", r.losses.front(), r.losses.back());
+  EXPECT_TRUE(std::isfinite(r.losses.back()));
+  EXPECT_LT(r.losses.back(), r.losses.front());
 }
