@@ -152,6 +152,17 @@ if [ $full = 0 ]; then row "IAD-GPT per image (7B)" "skipped" "bench model needs
 elif log=$(run_check "bench model" "$bin" bench model --device cuda --arch imagebind-huge+llama-7b --iters 3 --tokens 16); then
   row "IAD-GPT per image (7B)" "ran" "$(grep -o 'total [0-9.]* ms' "$log" | head -1)"
 else row "IAD-GPT per image (7B)" "FAIL" "$log"; fi
+# The counting mode (issue 16, item 1): the timed encode and decode loops under c10's sync-debug
+# mode set to error; only the sampled token's copy (and the timer's wait) is planned. A FAIL row
+# names the first unplanned copy or synchronisation (c10's message).
+sync_row() {  # name, command...
+  local name="$1"; shift
+  if log=$(run_check "$name" "$@"); then row "$name" "pass" "no unplanned device-host copy"
+  else row "$name" "FAIL" "$(grep -m1 -i 'synchroniz' "$log" || tail -1 "$log")"; fi
+}
+sync_row "encode loop, unplanned host syncs" "$bin" bench encode --device cuda --arch imagebind-huge --dtype bf16 --iters 2 --sync-check
+sync_row "decode loop, unplanned host syncs" "$bin" bench llm --device cuda --arch llama-7b --prefill 16 --decode 8 --sync-check
+
 # Training at real size (random weights, train/bench.h): 20 steps of each stage, ImageBind-Huge's
 # taps + Vicuna-7B shapes with LoRA r 32, bf16 frozen base, bf16 autocast; stage 2 once more with
 # gradient checkpointing at the 24 GB plan's batch (docs/GPU_MEMORY.md). Step time: the median

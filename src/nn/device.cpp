@@ -9,6 +9,7 @@
 
 #ifdef IADGPT_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #endif
 
 namespace iadgpt::nn {
@@ -88,6 +89,36 @@ void reset_peak_device_bytes(const torch::Device& device) {
 #endif
   (void)device;
 }
+
+namespace {
+
+// c10::cuda::warning_state()'s mode as an int (0 off, 1 warn, 2 error: SyncDebugMode's values in
+// libtorch 1.13 and 2.x); sets `mode` and returns the previous one. 0 without CUDA.
+int exchange_sync_mode(int mode) {
+#ifdef IADGPT_WITH_CUDA
+  auto& state = c10::cuda::warning_state();
+  const int previous = static_cast<int>(state.get_sync_debug_mode());
+  state.set_sync_debug_mode(static_cast<c10::cuda::SyncDebugMode>(mode));
+  return previous;
+#else
+  (void)mode;
+  return 0;
+#endif
+}
+
+}  // namespace
+
+SyncCheck::SyncCheck(bool on) : on_(on) {
+  if (on_) previous_ = exchange_sync_mode(2);
+}
+
+SyncCheck::~SyncCheck() {
+  if (on_) exchange_sync_mode(previous_);
+}
+
+PlannedSync::PlannedSync() : previous_(exchange_sync_mode(0)) {}
+
+PlannedSync::~PlannedSync() { exchange_sync_mode(previous_); }
 
 void to_device(torch::Tensor& t, const torch::Device& device) {
   if (t.defined() && t.device() != device) t = t.to(device);
