@@ -15,6 +15,7 @@
 #include "io/error.h"
 #include "io/splitmix.h"
 #include "llm/ops.h"
+#include "nn/device.h"
 
 namespace iadgpt::llm {
 namespace {
@@ -256,8 +257,8 @@ std::vector<torch::Tensor> trained_tensors(const LayerWeights& L) {
 class AutocastAs {
  public:
   explicit AutocastAs(const LayerCall& call)
-      : cpu_(at::autocast::is_cpu_enabled()), cuda_(at::autocast::is_enabled()),
-        cpu_dtype_(at::autocast::get_autocast_cpu_dtype()), cuda_dtype_(at::autocast::get_autocast_gpu_dtype()) {
+      : cpu_(nn::autocast_enabled(c10::DeviceType::CPU)), cuda_(nn::autocast_enabled(c10::DeviceType::CUDA)),
+        cpu_dtype_(nn::autocast_dtype(c10::DeviceType::CPU)), cuda_dtype_(nn::autocast_dtype(c10::DeviceType::CUDA)) {
     set(call.autocast_cpu, call.autocast_cpu_dtype, call.autocast_cuda, call.autocast_cuda_dtype);
   }
   ~AutocastAs() { set(cpu_, cpu_dtype_, cuda_, cuda_dtype_); }
@@ -266,10 +267,8 @@ class AutocastAs {
 
  private:
   static void set(bool cpu, at::ScalarType cpu_dtype, bool cuda, at::ScalarType cuda_dtype) {
-    at::autocast::set_autocast_cpu_dtype(cpu_dtype);
-    at::autocast::set_cpu_enabled(cpu);
-    at::autocast::set_autocast_gpu_dtype(cuda_dtype);
-    at::autocast::set_enabled(cuda);
+    nn::set_autocast(c10::DeviceType::CPU, cpu, cpu_dtype);
+    nn::set_autocast(c10::DeviceType::CUDA, cuda, cuda_dtype);
   }
   bool cpu_, cuda_;
   at::ScalarType cpu_dtype_, cuda_dtype_;
@@ -355,10 +354,10 @@ torch::Tensor forward_train(const LlamaModel& model, const torch::Tensor& input,
   auto allowed = causal.unsqueeze(0).logical_and(mask.unsqueeze(1)).logical_or(torch::eye(T, bools).unsqueeze(0));
   call->bias = torch::zeros({B, 1, T, T}, torch::dtype(torch::kFloat32).device(device))
                    .masked_fill(allowed.logical_not().unsqueeze(1), -INFINITY);
-  call->autocast_cpu = at::autocast::is_cpu_enabled();
-  call->autocast_cpu_dtype = at::autocast::get_autocast_cpu_dtype();
-  call->autocast_cuda = at::autocast::is_enabled();
-  call->autocast_cuda_dtype = at::autocast::get_autocast_gpu_dtype();
+  call->autocast_cpu = nn::autocast_enabled(c10::DeviceType::CPU);
+  call->autocast_cpu_dtype = nn::autocast_dtype(c10::DeviceType::CPU);
+  call->autocast_cuda = nn::autocast_enabled(c10::DeviceType::CUDA);
+  call->autocast_cuda_dtype = nn::autocast_dtype(c10::DeviceType::CUDA);
 
   torch::Tensor x = input.to(torch::kFloat32);
   for (int64_t l = 0; l < c.num_layers; ++l) {

@@ -41,6 +41,13 @@ void to_device(torch::Tensor& t, const torch::Device& device);
 int64_t peak_device_bytes(const torch::Device& device);
 void reset_peak_device_bytes(const torch::Device& device);
 
+// Autocast's switch and lower-precision dtype for one device type (kCPU or kCUDA), the thread's.
+// One spelling for libtorch 1.13 to 2.3 (set_cpu_enabled / set_enabled and their dtype setters)
+// and 2.4+ (set_autocast_enabled(device_type, …), where the old names are deprecated).
+bool autocast_enabled(c10::DeviceType type);
+at::ScalarType autocast_dtype(c10::DeviceType type);
+void set_autocast(c10::DeviceType type, bool enabled, at::ScalarType dtype);
+
 // Counting mode for the GPU check (issue 16): while a SyncCheck that is on lives, every CUDA
 // operation that makes the host wait for the device — a device→host copy (`.item()`, `.to(cpu)`),
 // a blocking host→device copy, a synchronisation — throws (c10's sync-debug mode set to error),

@@ -208,26 +208,17 @@ BatchOut Runner::run(const std::vector<int64_t>& idx, const std::vector<bool>& s
   return out;
 }
 
-// libtorch 1.13 to 2.x: set_cpu_enabled / set_enabled (CUDA) and their dtype setters exist in
-// every version (deprecated from 2.4 in favour of set_autocast_enabled(device_type, …), which
-// 1.13 lacks), so one spelling serves both.
 Autocast::Autocast(bool on, const torch::Device& device) : on_(on), cuda_(device.is_cuda()) {
   if (!on_) return;
-  if (cuda_) {
-    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-    at::autocast::set_enabled(true);
-  } else {
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    at::autocast::set_cpu_enabled(true);
-  }
+  nn::set_autocast(cuda_ ? c10::DeviceType::CUDA : c10::DeviceType::CPU, true, at::kBFloat16);
   at::autocast::increment_nesting();
 }
 
 Autocast::~Autocast() {
   if (!on_) return;
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  if (cuda_) at::autocast::set_enabled(false);
-  else at::autocast::set_cpu_enabled(false);
+  const auto type = cuda_ ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  nn::set_autocast(type, false, nn::autocast_dtype(type));
 }
 
 }  // namespace iadgpt::train
