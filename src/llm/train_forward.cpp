@@ -286,7 +286,20 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     ctx->save_for_backward(saved);
     ctx->saved_data["call"] = c10::IValue::make_capsule(call);
     ctx->saved_data["layer"] = l;
-    return decoder_layer(*call, l, x);  // grad mode is off here: nothing is kept
+    // Grad mode is off here: nothing is kept. Nor may autocast cache its casts of the fp32 LoRA
+    // pairs: made without grad, they would be handed to the recompute, whose graph would then
+    // stop short of the pairs (their gradients lost; tested).
+    const bool cache = at::autocast::is_autocast_cache_enabled();
+    at::autocast::set_autocast_cache_enabled(false);
+    torch::Tensor y;
+    try {
+      y = decoder_layer(*call, l, x);
+    } catch (...) {
+      at::autocast::set_autocast_cache_enabled(cache);
+      throw;
+    }
+    at::autocast::set_autocast_cache_enabled(cache);
+    return y;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
