@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check of issue 16: builds iadgpt against the CUDA libtorch of a PyTorch
-# installation and runs, with --device cuda, the fixture parity checks and the real-size benches;
-# prints one table. For a Linux machine with an NVIDIA GPU, CUDA, CMake, ninja and a CUDA PyTorch.
+# installation and runs, with --device cuda, the fixture parity checks, the real-size inference
+# benches and 20 training steps of each stage at real size; prints one table. For a Linux machine with an NVIDIA GPU, CUDA, CMake, ninja and a CUDA PyTorch.
 #
 #   bash scripts/gpu-check.sh [OUT_DIR]        # default OUT_DIR: gpu-check-out
 #   bash scripts/gpu-check.sh --pack           # on a machine with the Debian packages: copy the
@@ -152,7 +152,43 @@ if [ $full = 0 ]; then row "IAD-GPT per image (7B)" "skipped" "bench model needs
 elif log=$(run_check "bench model" "$bin" bench model --device cuda --arch imagebind-huge+llama-7b --iters 3 --tokens 16); then
   row "IAD-GPT per image (7B)" "ran" "$(grep -o 'total [0-9.]* ms' "$log" | head -1)"
 else row "IAD-GPT per image (7B)" "FAIL" "$log"; fi
-row "training steps on cuda" "not built" "the trainer refuses --device cuda (issue 16)"
+# The counting mode (issue 16, item 1): the timed encode and decode loops under c10's sync-debug
+# mode set to error; only the sampled token's copy (and the timer's wait) is planned. A FAIL row
+# names the first unplanned copy or synchronisation (c10's message).
+sync_row() {  # name, command...
+  local name="$1"; shift
+  if log=$(run_check "$name" "$@"); then row "$name" "pass" "no unplanned device-host copy"
+  else row "$name" "FAIL" "$(grep -m1 -i 'synchroniz' "$log" || tail -1 "$log")"; fi
+}
+sync_row "encode loop, unplanned host syncs" "$bin" bench encode --device cuda --arch imagebind-huge --dtype bf16 --iters 2 --sync-check
+sync_row "decode loop, unplanned host syncs" "$bin" bench llm --device cuda --arch llama-7b --prefill 16 --decode 8 --sync-check
+
+# Training at real size (random weights, train/bench.h): 20 steps of each stage, ImageBind-Huge's
+# taps + Vicuna-7B shapes with LoRA r 32, bf16 frozen base, bf16 autocast; stage 2 once more with
+# gradient checkpointing at the 24 GB plan's batch (docs/GPU_MEMORY.md). Step time: the median
+# after the first step; peak: the CUDA caching allocator's.
+train_figures() {  # LOG: the last JSON line of bench train -> "step … ms, peak … GiB, loss … -> …"
+  "$python" - "$1" <<'PY'
+import json, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith("{")]
+j = json.loads(lines[-1])
+peak = j["peak_device_bytes"] / 2**30
+print("step %.0f ms (%d x %d tokens), peak %.1f GiB, loss %.3f -> %.3f"
+      % (j["step_ms"], j["batch"], j["tokens"], peak, j["losses"][0], j["losses"][-1]))
+PY
+}
+if [ $full = 0 ]; then row "7B training steps" "skipped" "bench train needs the whole program (OpenCV)"
+else
+  for spec in "1 4" "2 4" "3 4" "2 16 --gradient-checkpointing"; do
+    set -- $spec
+    stage=$1 batch=$2; shift 2
+    name="7B LoRA training, stage $stage, batch $batch${1:+, checkpointing}"
+    if log=$(run_check "train stage $stage $batch $*" "$bin" bench train --device cuda --arch imagebind-huge+llama-7b \
+        --stage "$stage" --steps 20 --batch "$batch" --json "$@"); then
+      row "$name" "ran" "$(train_figures "$log" 2>&1)"
+    else row "$name" "FAIL" "$log"; fi
+  done
+fi
 
 echo "| check | result | figures |"
 echo "| --- | --- | --- |"

@@ -52,7 +52,8 @@ double gemm_gflops(torch::Dtype dtype, const torch::Device& device, int64_t n = 
   return 2.0 * n * n * n * reps / seconds_since(t0) / 1e9;
 }
 
-void bench_one(const std::string& arch, torch::Dtype dtype, int iters, int batch, const torch::Device& device) {
+void bench_one(const std::string& arch, torch::Dtype dtype, int iters, int batch, const torch::Device& device,
+               bool sync_check) {
   const auto cfg = vision::vit_preset(arch);
   reset_peak_rss();
   const double rss0 = peak_rss_mib();
@@ -65,8 +66,12 @@ void bench_one(const std::string& arch, torch::Dtype dtype, int iters, int batch
   vision::vit_forward(weights, cfg, pixels, taps);  // warm-up: first-touch of activation memory
   nn::synchronize(device);
   t0 = clock_type::now();
-  for (int i = 0; i < iters; ++i) vision::vit_forward(weights, cfg, pixels, taps);
-  nn::synchronize(device);
+  {
+    nn::SyncCheck check(sync_check);  // --sync-check: the encode loop makes no host copy at all
+    for (int i = 0; i < iters; ++i) vision::vit_forward(weights, cfg, pixels, taps);
+    nn::PlannedSync planned;
+    nn::synchronize(device);
+  }
   const double per_batch = seconds_since(t0) / iters;
   const double rss = peak_rss_mib();
   const double gflops = cfg.flops_per_image() * batch / per_batch / 1e9;
@@ -85,6 +90,7 @@ void add_bench_encode(CLI::App& bench) {
   struct Opts {
     std::string arch = "imagebind-huge", dtype = "both";
     int iters = 3, batch = 1;
+    bool sync_check = false;
     DeviceFlag device;
   };
   auto o = std::make_shared<Opts>();
@@ -93,6 +99,9 @@ void add_bench_encode(CLI::App& bench) {
   cmd->add_option("--dtype", o->dtype, "f32, bf16 or both")->capture_default_str();
   cmd->add_option("--iters", o->iters, "Timed forwards after one warm-up")->capture_default_str();
   cmd->add_option("--batch", o->batch, "Images per forward")->capture_default_str();
+  cmd->add_flag("--sync-check", o->sync_check,
+                "on CUDA: fail on any device-host copy or synchronisation inside the timed encode loop (c10's "
+                "sync-debug mode; nothing on the CPU)");
   o->device.add_to(*cmd);
   cmd->callback([o] {
     const auto device = o->device.device();
@@ -102,8 +111,8 @@ void add_bench_encode(CLI::App& bench) {
       throw InputError(fmt::format("--dtype: '{}' (expected f32, bf16 or both)", o->dtype));
     }
     // bf16 first: its peak RSS is then not inflated by fp32 pages the allocator keeps.
-    if (o->dtype != "f32") bench_one(o->arch, torch::kBFloat16, o->iters, o->batch, device);
-    if (o->dtype != "bf16") bench_one(o->arch, torch::kFloat32, o->iters, o->batch, device);
+    if (o->dtype != "f32") bench_one(o->arch, torch::kBFloat16, o->iters, o->batch, device, o->sync_check);
+    if (o->dtype != "bf16") bench_one(o->arch, torch::kFloat32, o->iters, o->batch, device, o->sync_check);
   });
 }
 

@@ -70,7 +70,7 @@ void add_bench_llm(CLI::App& bench) {
     std::string arch = "tinyllama-1.1b", dtype = "bf16", quant = "none";
     int64_t prefill = 64, decode = 16, batch = 1;
     uint64_t seed = 0;
-    bool json = false;
+    bool json = false, sync_check = false;
     std::string write_hf;
     DeviceFlag device;
   };
@@ -88,6 +88,9 @@ void add_bench_llm(CLI::App& bench) {
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "seed of the random weights and prompt")->capture_default_str();
   cmd->add_flag("--json", o->json, "print the figures as JSON");
+  cmd->add_flag("--sync-check", o->sync_check,
+                "on CUDA: fail on any device-host copy or synchronisation in the decode loop but the sampled token's "
+                "(c10's sync-debug mode; nothing on the CPU)");
   cmd->add_option("--write-hf", o->write_hf,
                   "also write the random weights as a Hugging Face directory (config.json + model.safetensors), "
                   "e.g. for llama.cpp's convert_hf_to_gguf.py: docs/LLAMA_CPP_COMPARISON.md");
@@ -158,12 +161,21 @@ void add_bench_llm(CLI::App& bench) {
                              config.hidden_size, config.intermediate_size, 100.0 * prefill_rate / gemm_peak);
 
     std::vector<double> steps;
-    for (int64_t i = 0; i < o->decode; ++i) {
-      const int64_t next[] = {logits.argmax().item<int64_t>()};
-      t0 = Clock::now();
-      logits = llm::forward_tokens(model, cache, next, llm::Logits::Last);
-      nn::synchronize(device);
-      steps.push_back(since(t0));
+    {
+      // --sync-check: the token is the loop's one planned device→host copy (and the timer's wait).
+      nn::SyncCheck check(o->sync_check);
+      for (int64_t i = 0; i < o->decode; ++i) {
+        int64_t next[1];
+        {
+          nn::PlannedSync planned;
+          next[0] = logits.argmax().item<int64_t>();
+        }
+        t0 = Clock::now();
+        logits = llm::forward_tokens(model, cache, next, llm::Logits::Last);
+        nn::PlannedSync planned;
+        nn::synchronize(device);
+        steps.push_back(since(t0));
+      }
     }
     // The first step also faults in the decode buffers; report the mean of the rest when possible.
     const size_t skip = steps.size() > 2 ? 1 : 0;

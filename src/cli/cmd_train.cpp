@@ -55,7 +55,8 @@ void run(const Flags& f) {
 
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
-  train::Distributed dist({.world_size = f.world_size, .rank = f.rank, .master = f.master});
+  train::Distributed dist({.world_size = f.world_size, .rank = f.rank, .master = f.master,
+                           .device = train::training_device(cfg.device)});
 
   const bool tty = isatty(STDERR_FILENO) != 0;
   double elapsed = 0;

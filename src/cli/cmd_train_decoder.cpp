@@ -32,7 +32,10 @@ struct TrainFlags {
 };
 
 void run_train_decoder(const TrainFlags& f) {
-  train::training_device(f.device.name.empty() ? "cpu" : f.device.name);
+  // The decoder's own training (train/decoder_training.h) has no device path yet; `train` does.
+  if (!train::training_device(f.device.name.empty() ? "cpu" : f.device.name).is_cpu())
+    throw InputError(fmt::format("train-decoder --device {}: the decoder-only trainer runs on the CPU so far "
+                                 "(`iadgpt train` trains on CUDA); use --device cpu", f.device.name));
   const auto colon = f.dataset.find(':');
   if (colon == std::string::npos) throw InputError("--dataset must be KIND:DIR (mvtec, visa, mvtec3d, folder)");
   const auto kind = data::parse_kind(f.dataset.substr(0, colon));

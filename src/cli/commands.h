@@ -30,5 +30,6 @@ void add_bench_encode(CLI::App& bench);  // cmd_bench_encode.cpp (under `iadgpt 
 void add_bench_llm(CLI::App& bench);     // cmd_bench_llm.cpp (under `iadgpt bench`)
 void add_bench_maps(CLI::App& bench);    // cmd_bench_maps.cpp (under `iadgpt bench`)
 void add_bench_model(CLI::App& bench);   // cmd_bench_model.cpp (under `iadgpt bench`)
+void add_bench_train(CLI::App& bench);   // cmd_bench_train.cpp (under `iadgpt bench`)
 
 }  // namespace iadgpt::cli

@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
   add_bench_llm(*bench);
   add_bench_maps(*bench);
   add_bench_model(*bench);
+  add_bench_train(*bench);
 
   return run_app(app, argc, argv);
 }

@@ -98,8 +98,11 @@ LlamaConfig LlamaConfig::preset(const std::string& name) {
   } else if (name == "tinyllama-1.1b") {
     c.vocab_size = 32000, c.hidden_size = 2048, c.intermediate_size = 5632, c.num_layers = 22;
     c.num_heads = 32, c.num_kv_heads = 4, c.max_position_embeddings = 2048, c.rms_norm_eps = 1e-5;
+  } else if (name == "llama-tiny") {  // tests: the shapes of a LLaMA at CPU-test size
+    c.vocab_size = 512, c.hidden_size = 64, c.intermediate_size = 128, c.num_layers = 2;
+    c.num_heads = 4, c.num_kv_heads = 2, c.max_position_embeddings = 512;
   } else {
-    throw InputError(fmt::format("unknown architecture '{}' (expected llama-7b or tinyllama-1.1b)", name));
+    throw InputError(fmt::format("unknown architecture '{}' (expected llama-7b, tinyllama-1.1b or llama-tiny)", name));
   }
   return c;
 }

@@ -87,7 +87,11 @@ torch::Tensor LlamaModel::embed(std::span<const int64_t> ids) const {
   for (int64_t id : ids)
     if (id < 0 || id >= config.vocab_size)
       throw InputError(fmt::format("token id {} is outside the vocabulary [0, {})", id, config.vocab_size));
-  auto index = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).to(device());
+  torch::Tensor index;
+  {
+    nn::PlannedSync planned;  // the ids' upload: a decode step's one planned host→device copy (nn::SyncCheck)
+    index = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).to(device());
+  }
   return weights.embed.index_select(0, index).to(torch::kFloat32);
 }
 

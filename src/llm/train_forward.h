@@ -13,6 +13,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -57,6 +58,11 @@ struct TrainForwardOptions {
   // batch (data-parallel runs equal single-process ones).
   double lora_dropout = 0;
   std::vector<uint64_t> dropout_seeds;
+  // Gradient checkpointing: each decoder layer keeps only its input for the backward, which runs
+  // the layer again (one more forward of the decoder per step, activations of one layer at a time).
+  bool checkpoint_layers = false;
+  // Tests: incremented by every decoder-layer forward, recomputes included (must outlive the backward).
+  std::atomic<int64_t>* layer_forwards = nullptr;
 };
 
 // x: [B, T, D] input embeddings (fp32; may require grad); attention_mask: [B, T] (1 = token,

@@ -36,6 +36,53 @@ std::string device_name(const torch::Device& device);
 // t = t.to(device) for a defined tensor (undefined ones stay undefined); no copy when it is there.
 void to_device(torch::Tensor& t, const torch::Device& device);
 
+// The caching allocator's peak of allocated bytes on a CUDA device since the last reset; -1 on
+// the CPU (no allocator statistics there) or in a build without CUDA.
+int64_t peak_device_bytes(const torch::Device& device);
+void reset_peak_device_bytes(const torch::Device& device);
+
+// Autocast's switch and lower-precision dtype for one device type (kCPU or kCUDA), the thread's.
+// One spelling for libtorch 1.13 to 2.3 (set_cpu_enabled / set_enabled and their dtype setters)
+// and 2.4+ (set_autocast_enabled(device_type, …), where the old names are deprecated).
+bool autocast_enabled(c10::DeviceType type);
+at::ScalarType autocast_dtype(c10::DeviceType type);
+void set_autocast(c10::DeviceType type, bool enabled, at::ScalarType dtype);
+
+// Counting mode for the GPU check (issue 16): while a SyncCheck that is on lives, every CUDA
+// operation that makes the host wait for the device — a device→host copy (`.item()`, `.to(cpu)`),
+// a blocking host→device copy, a synchronisation — throws (c10's sync-debug mode set to error),
+// except inside a PlannedSync: the copies a loop means to make (the sampled token, a timer's
+// synchronize). The mode is c10's, process-wide; both guards restore what they found. No-ops in a
+// build without CUDA.
+//
+//   nn::SyncCheck check(flags.sync_check);
+//   for (…) {
+//     { nn::PlannedSync planned; next = logits.argmax().item<int64_t>(); }
+//     logits = llm::forward_tokens(model, cache, {next});   // an unplanned copy in here throws
+//   }
+class SyncCheck {
+ public:
+  explicit SyncCheck(bool on);
+  ~SyncCheck();
+  SyncCheck(const SyncCheck&) = delete;
+  SyncCheck& operator=(const SyncCheck&) = delete;
+
+ private:
+  bool on_;
+  int previous_ = 0;
+};
+
+class PlannedSync {
+ public:
+  PlannedSync();
+  ~PlannedSync();
+  PlannedSync(const PlannedSync&) = delete;
+  PlannedSync& operator=(const PlannedSync&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
 // Waits for the device's queued work (CUDA runs asynchronously): a timer reads the clock after
 // it. Nothing to wait for on the CPU.
 void synchronize(const torch::Device& device);

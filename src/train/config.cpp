@@ -203,6 +203,8 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   if (f.has("anomalygpt")) c.anomalygpt = f.path("anomalygpt", base, true);
   c.delta_lora_alpha = f.number("delta_lora_alpha", 32, 0, 1e6, true);
   c.llm_tuning = f.string("llm_tuning", "lora", {"frozen", "lora", "full"});
+  c.llm_dtype = f.string("llm_dtype", "f32", {"f32", "bf16"});
+  if (c.llm_dtype != "f32" && c.llm_tuning == "full") f.fail("llm_dtype", "f32 with llm_tuning full", c.llm_dtype);
   if (f.has("lora")) {
     Fields l(f.at("lora"), file, "lora.");
     c.lora.rank = l.integer("rank", 32, 1, 4096);
@@ -299,6 +301,8 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   }
   c.batch_size = f.integer("batch_size", 16, 1, 1'000'000);
   c.grad_accum = f.integer("grad_accum", 1, 1, 1'000'000);
+  c.gradient_checkpointing = f.boolean("gradient_checkpointing", false);
+  if (f.has("gradients")) c.gradients = f.string("gradients", std::nullopt, {"per_example", "batched"});
   c.warmup = f.number("warmup", 0.1, 0, 1);
   c.weight_decay = f.number("weight_decay", 1e-3, 0, 1);
   if (f.has("betas")) {
@@ -325,14 +329,11 @@ TrainConfig parse_train_config(const json& j, const fs::path& source) {
   return c;
 }
 
-torch::Device training_device(std::string_view name) {
-  const auto device = nn::parse_device(name, "training device");
-  if (!device.is_cpu())
-    throw InputError(fmt::format("training device {}: training runs on the CPU only so far (its CUDA path, "
-                                 "issue 16, is not built); use --device cpu",
-                                 name));
-  return device;
+bool uses_batched_gradients(const TrainConfig& config, const torch::Device& device) {
+  return config.gradients.empty() ? !device.is_cpu() : config.gradients == "batched";
 }
+
+torch::Device training_device(std::string_view name) { return nn::parse_device(name, "training device"); }
 
 TrainConfig read_train_config(const fs::path& file) {
   std::ifstream in(file);
@@ -352,7 +353,7 @@ nlohmann::json TrainConfig::to_json() const {
   json ds = json::array();
   for (const auto& d : datasets) ds.push_back({{"kind", d.kind}, {"root", d.root.string()}, {"categories", d.categories}});
   // What decides the trajectory (not the bookkeeping): a resumed run must have the same.
-  return {{"vision", vision.string()}, {"taps", taps}, {"image_size", image_size}, {"llm", llm.string()},
+  json j = {{"vision", vision.string()}, {"taps", taps}, {"image_size", image_size}, {"llm", llm.string()},
           {"delta", delta ? delta->string() : ""}, {"anomalygpt", anomalygpt ? anomalygpt->string() : ""},
           {"delta_lora_alpha", delta_lora_alpha}, {"llm_tuning", llm_tuning}, {"lora", {c10::str(lora.rank), lora.alpha, lora.dropout}}, {"llm_lr", llm_lr},
           {"datasets", ds}, {"synthesis", synthesis}, {"per_image", per_image}, {"holdout", holdout},
@@ -362,6 +363,10 @@ nlohmann::json TrainConfig::to_json() const {
           {"map_warmup", {map_warmup.steps, map_warmup.per_image, map_warmup.batch_size, map_warmup.lr, map_warmup.loss_size}},
           {"batch_size", batch_size}, {"grad_accum", grad_accum}, {"warmup", warmup}, {"weight_decay", weight_decay},
           {"betas", {beta1, beta2}}, {"eps", eps}, {"clip", clip}, {"seed", seed}};
+  // Only when set, so that checkpoints written before the key existed still resume.
+  if (!gradients.empty()) j["gradients"] = gradients;
+  if (llm_dtype != "f32") j["llm_dtype"] = llm_dtype;
+  return j;
 }
 
 }  // namespace iadgpt::train

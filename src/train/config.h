@@ -75,6 +75,9 @@ struct TrainConfig {
   std::optional<std::filesystem::path> delta, anomalygpt;
   double delta_lora_alpha = 32;
   std::string llm_tuning = "lora";  // "frozen" | "lora" | "full"
+  // The LLM's frozen weights: "f32" or "bf16" (half the memory: the 7B recipe on a 24 GB card,
+  // docs/GPU_MEMORY.md); trainable LoRA pairs stay fp32. "full" needs f32.
+  std::string llm_dtype = "f32";
   llm::LoraSpec lora;
   double llm_lr = 1e-4;             // LoRA / full fine-tune learning rate
   // Data.
@@ -103,7 +106,16 @@ struct TrainConfig {
   MapWarmupConfig map_warmup;
   std::vector<StageConfig> stages;
   int64_t batch_size = 16;          // global batch (all ranks, all accumulation steps)
-  int64_t grad_accum = 1;           // must divide the per-rank batch; gradients accumulate per example anyway
+  int64_t grad_accum = 1;           // must divide the per-rank batch; "batched": micro-batches per rank
+  // "per_example": one forward + backward per example, summed as a balanced tree (bitwise equal
+  // across rank counts; the CPU default). "batched": one forward + backward per micro-batch of
+  // the rank's share (per-rank batch / grad_accum examples; the default on other devices).
+  // Empty: the device decides (`uses_batched_gradients`).
+  std::string gradients;
+  // Gradient checkpointing of the LLM's decoder layers (llm::TrainForwardOptions): activations of
+  // one layer at a time for one more decoder forward per step. The same gradients (tested), so
+  // not part of the trajectory in to_json.
+  bool gradient_checkpointing = false;
   double warmup = 0.1, weight_decay = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
   bool bf16_autocast = false;       // forward + backward under CPU autocast (bf16 matmuls/convs); weights stay fp32
   // Where the run trains: "cpu", "cuda" or "cuda:N" (`train --device` overrides it). Not part of
@@ -125,9 +137,12 @@ struct TrainConfig {
 TrainConfig parse_train_config(const nlohmann::json& j, const std::filesystem::path& source);
 TrainConfig read_train_config(const std::filesystem::path& file);
 
-// The training device named `name` (TrainConfig::device, `--device`), checked (nn::parse_device).
-// The trainers (train, train-decoder) are CPU-only so far (issue 16): another device is refused
-// with an InputError that says so.
+// Whether a run computes its gradients batched: the config's `gradients`, else batched on any
+// device but the CPU.
+bool uses_batched_gradients(const TrainConfig& config, const torch::Device& device);
+
+// The training device named `name` (TrainConfig::device, `--device`), checked by nn::parse_device
+// ("training device cuda: CUDA is not available in this build" on a CPU-only build).
 torch::Device training_device(std::string_view name);
 
 }  // namespace iadgpt::train

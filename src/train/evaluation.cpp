@@ -24,8 +24,8 @@ void evaluate_pairs(Runner& runner, EvalResult& r) {
   double ce = 0;
   for (int64_t start = 0; start < pool.size(); start += 8) {
     const auto idx = range(start, std::min(pool.size(), start + 8));
-    auto o = runner.run(idx, std::vector<bool>(idx.size(), false), {}, false, true);
-    auto f = runner.run(idx, std::vector<bool>(idx.size(), true), {}, false, false);
+    auto o = runner.run(idx, std::vector<bool>(idx.size(), false), {}, {}, true);
+    auto f = runner.run(idx, std::vector<bool>(idx.size(), true), {}, {}, false);
     predicted.insert(predicted.end(), o.predicted.begin(), o.predicted.end());
     predicted_fs.insert(predicted_fs.end(), f.predicted.begin(), f.predicted.end());
     ce += o.ce.sum().item<double>();
@@ -53,8 +53,8 @@ void evaluate_validation(Runner& runner, EvalResult& r) {
   r.validation_parts = pool.size();
   for (int64_t start = 0; start < pool.size(); start += 8) {
     const auto idx = range(start, std::min(pool.size(), start + 8));
-    auto o = runner.run(idx, std::vector<bool>(idx.size(), false), {}, false, false);
-    auto f = runner.run(idx, std::vector<bool>(idx.size(), true), {}, false, false);
+    auto o = runner.run(idx, std::vector<bool>(idx.size(), false), {}, {}, false);
+    auto f = runner.run(idx, std::vector<bool>(idx.size(), true), {}, {}, false);
     for (size_t j = 0; j < idx.size(); ++j) {
       r.validation_accuracy += o.predicted[j] == pool.label[idx[j]];
       r.validation_accuracy_few_shot += f.predicted[j] == pool.label[idx[j]];

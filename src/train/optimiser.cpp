@@ -82,7 +82,7 @@ void Optimiser::load(const io::TensorMap& in, int64_t steps, const std::string& 
     if (it->second.sizes() != like.sizes())
       throw InputError(fmt::format("{}: tensor '{}' has shape {}, expected {}", source, key,
                                    nn::shape_string(it->second.sizes()), nn::shape_string(like.sizes())));
-    return it->second.to(like.scalar_type()).clone();
+    return it->second.to(like.device(), like.scalar_type()).clone();
   };
   if (!adamw_) return;
   for (size_t i = 0; i < params_.size(); ++i) {

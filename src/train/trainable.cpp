@@ -105,9 +105,16 @@ bool Trainable::trains(const std::string& name, int64_t stage) {
   return false;
 }
 
-Trainable make_trainable(const TrainConfig& cfg, int64_t embed_dim, int64_t vision_width) {
+Trainable make_trainable(const TrainConfig& cfg, int64_t embed_dim, int64_t vision_width, const torch::Device& device) {
+  return make_trainable(cfg, embed_dim, vision_width,
+                        llm::load_model(cfg.llm, {.dtype = cfg.llm_dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32}),
+                        device);
+}
+
+Trainable make_trainable(const TrainConfig& cfg, int64_t embed_dim, int64_t vision_width, llm::LlamaModel llm,
+                         const torch::Device& device) {
   Trainable m;
-  m.llm = llm::load_model(cfg.llm);
+  m.llm = std::move(llm);
   const int64_t hidden = m.llm.config.hidden_size;
   m.heads.decoder = initial_decoder(vision_width, embed_dim, 4, mix({cfg.seed, 11}));
   m.heads.tge = model::TextGuidedEnhancer(embed_dim, hidden);
@@ -121,9 +128,17 @@ Trainable make_trainable(const TrainConfig& cfg, int64_t embed_dim, int64_t visi
     m.heads.mmf->base_tokens.normal_(0, 1, gen);
   }
   load_released(cfg, m);  // over the fresh parts, before a trainable LoRA goes on top
+  model::move_heads(m.heads, device);  // Module::to keeps the parameters leaves
+  llm::move_model(m.llm, device);
   if (cfg.llm_tuning == "lora") m.lora = llm::add_trainable_lora(m.llm, cfg.lora, mix({cfg.seed, 15}));
   else if (cfg.llm_tuning == "full") m.full = llm::make_trainable(m.llm);
   return m;
+}
+
+void move_trainable(Trainable& trained, const torch::Device& device) {
+  torch::NoGradGuard g;
+  model::move_heads(trained.heads, device);
+  llm::move_model(trained.llm, device);
 }
 
 }  // namespace iadgpt::train

@@ -39,6 +39,14 @@ struct Trainable {
 // A fresh run's parts from cfg.seed: the decoder (train::initial_decoder), the TGE's llama_proj
 // (torch's defaults), the MMF (config `mmf_init`) and its base tokens N(0, 1), the LLM from cfg.llm
 // with a trainable LoRA (or every weight trainable, or frozen) per `llm_tuning`.
-Trainable make_trainable(const TrainConfig& cfg, int64_t embed_dim, int64_t vision_width);
+// Everything is made on the host (the same values on every device), then moved to `device`
+// before the LLM's trainable tensors are made, so that they are leaves there.
+Trainable make_trainable(const TrainConfig& cfg, int64_t embed_dim, int64_t vision_width,
+                         const torch::Device& device = torch::kCPU);
+// The same around an LLM already in memory (bench train: random weights at a real size).
+Trainable make_trainable(const TrainConfig& cfg, int64_t embed_dim, int64_t vision_width, llm::LlamaModel llm,
+                         const torch::Device& device);
+// The heads and the LLM (its LoRA included) to `device`, after training (no gradients follow).
+void move_trainable(Trainable& trained, const torch::Device& device);
 
 }  // namespace iadgpt::train

@@ -68,17 +68,25 @@ struct Progress {
 // The step's statistics, summed over the global batch with the gradients (one all-reduce).
 enum Stat { kCe, kFocal, kDice, kCorrect, kLabelled, kInstruction, kStop, kStats };
 
+// One slot of a step's global batch: the example and its draws (seed, stage, step, slot).
+struct Slot {
+  int64_t example = 0;
+  bool instruction = false, labelled = false, substitute = false;
+  uint64_t dropout_seed = 0;
+};
+
 // The run after its setup: the schedule of the stages, each step's gradients over the global
 // batch, evaluation, checkpoints and the JSONL log.
 class Loop {
  public:
   Loop(const TrainConfig& cfg, Distributed& dist, const TrainHooks& hooks, const llm::Tokenizer& tok, Pools& pools,
-       Trainable& trained, const model::DecisionTokens& decision)
+       Trainable& trained, const model::DecisionTokens& decision, const torch::Device& device)
       : cfg_(cfg), dist_(dist), hooks_(hooks), pools_(pools), named_(trained.named()),
         store_(cfg.out / "checkpoints", cfg.keep), config_text_(cfg.to_json().dump()),
-        runner_{cfg, pools.train, pools.cats, tok, trained, cfg.image_size, decision},
-        held_out_{cfg, pools.eval, pools.cats, tok, trained, cfg.image_size, decision},
-        validation_{cfg, pools.val, pools.cats, tok, trained, cfg.image_size, decision} {
+        runner_{cfg, pools.train, pools.cats, tok, trained, cfg.image_size, decision, device},
+        held_out_{cfg, pools.eval, pools.cats, tok, trained, cfg.image_size, decision, device},
+        validation_{cfg, pools.val, pools.cats, tok, trained, cfg.image_size, decision, device},
+        device_(device), batched_(uses_batched_gradients(cfg, device)) {
     for (const auto& s : cfg.stages) total_steps_ += s.steps;
   }
 
@@ -94,8 +102,13 @@ class Loop {
     if (hooks_.on_message && dist_.is_main()) hooks_.on_message(m);
   }
   Optimiser stage_optimiser(const StageConfig& st);
+  Slot slot(int64_t g_index, const std::function<int64_t(int64_t)>& example_at) const;
+  torch::Tensor weighted_loss(const StageConfig& st, const std::vector<Slot>& slots, std::vector<float>& stats);
+  torch::Tensor take_gradients(const Optimiser& opt, const std::vector<float>& stats);
   torch::Tensor example_gradients(const StageConfig& st, int64_t g_index, const std::function<int64_t(int64_t)>& example_at,
                                   const Optimiser& opt);
+  torch::Tensor batched_gradients(const StageConfig& st, int64_t lo, int64_t hi,
+                                  const std::function<int64_t(int64_t)>& example_at, const Optimiser& opt);
   bool step(const StageConfig& st, Optimiser& opt, const std::function<int64_t(int64_t)>& example_at);
   void log_step(const StageConfig& st, const torch::Tensor& stats, double norm, double lr, double seconds);
   void save_checkpoint(const Optimiser* opt);
@@ -112,6 +125,8 @@ class Loop {
   Progress at_;
   std::ofstream log_;
   int64_t total_steps_ = 0;
+  torch::Device device_;  // the trained parts'; the pools stay in host memory
+  bool batched_ = false;  // config `gradients`
 };
 
 std::optional<LoadedCheckpoint> Loop::resume(TrainResult& result) {
@@ -161,6 +176,7 @@ void Loop::save_checkpoint(const Optimiser* opt) {
   io::TensorMap tensors;
   for (auto& [name, t] : named_) tensors.emplace("param." + name, t.detach().clone());
   if (opt) opt->save(tensors);
+  for (auto& [key, t] : tensors) t = t.to(torch::kCPU);  // written from host memory
   store_.save(at_.global, tensors,
               {{"config", config_text_}, {"stage_index", std::to_string(at_.stage_index)},
                {"stage_step", std::to_string(at_.stage_step)}, {"global_step", std::to_string(at_.global)},
@@ -183,45 +199,101 @@ Optimiser Loop::stage_optimiser(const StageConfig& st) {
   return opt;
 }
 
-// One slot of the global batch: its example's gradients (flattened, in the optimiser's order)
-// followed by the step's statistics. Gradients are computed example by example: forward values
-// never depend on which examples share a batch.
-torch::Tensor Loop::example_gradients(const StageConfig& st, int64_t g_index,
-                                      const std::function<int64_t(int64_t)>& example_at, const Optimiser& opt) {
+// Slot g_index of the step's global batch: its example and its draws. With probability
+// `instructions.share` the slot takes an instruction example instead.
+Slot Loop::slot(int64_t g_index, const std::function<int64_t(int64_t)>& example_at) const {
   const uint64_t ex = mix({cfg_.seed, 31, static_cast<uint64_t>(at_.stage_index), static_cast<uint64_t>(at_.stage_step),
                            static_cast<uint64_t>(g_index)});
-  // With probability `instructions.share` the slot takes an instruction example instead.
   const auto& instructions = pools_.instruction_items;
-  const bool instruction = !instructions.empty() && unit(ex ^ 3) < cfg_.instructions->share;
-  const int64_t example = instruction ? instructions[mix(ex ^ 4) % instructions.size()]
-                                      : example_at(at_.stage_step * cfg_.batch_size + g_index);
-  const bool labelled = pools_.train.label[example] >= 0;
-  BatchOut o;
-  {
-    CpuAutocast autocast(cfg_.bf16_autocast);
-    o = runner_.run({example}, {labelled && unit(ex ^ 1) < cfg_.few_shot_probability}, {mix(ex ^ 2)},
-                    st.stage == 2 && labelled, false);
-    const double B = static_cast<double>(cfg_.batch_size);
-    auto loss = o.ce.sum().to(torch::kFloat32) / B;
-    if (o.decision_ce.defined() && labelled)
-      loss = loss + o.decision_ce.sum().to(torch::kFloat32) * (cfg_.decision_weight / B);
-    if (o.map_total.defined()) loss = loss + o.map_total.to(torch::kFloat32) / B;
-    loss.backward();
+  Slot s;
+  s.instruction = !instructions.empty() && unit(ex ^ 3) < cfg_.instructions->share;
+  s.example = s.instruction ? instructions[mix(ex ^ 4) % instructions.size()]
+                            : example_at(at_.stage_step * cfg_.batch_size + g_index);
+  s.labelled = pools_.train.label[s.example] >= 0;
+  s.substitute = s.labelled && unit(ex ^ 1) < cfg_.few_shot_probability;
+  s.dropout_seed = mix(ex ^ 2);
+  return s;
+}
+
+// The forward of `slots` as one batch, and its loss weighted by the GLOBAL batch size: summed over
+// every slot of every rank, the gradients are those of the global batch's mean loss. Adds the
+// slots' statistics to `stats`.
+torch::Tensor Loop::weighted_loss(const StageConfig& st, const std::vector<Slot>& slots, std::vector<float>& stats) {
+  std::vector<int64_t> idx;
+  std::vector<bool> substitute, map_rows;
+  std::vector<uint64_t> seeds;
+  int64_t labelled = 0;
+  for (const auto& s : slots) {
+    idx.push_back(s.example);
+    substitute.push_back(s.substitute);
+    seeds.push_back(s.dropout_seed);
+    map_rows.push_back(st.stage == 2 && s.labelled);
+    labelled += s.labelled ? 1 : 0;
   }
+  auto o = runner_.run(idx, substitute, seeds, map_rows, false);
+  const double B = static_cast<double>(cfg_.batch_size);
+  auto loss = o.ce.sum().to(torch::kFloat32) / B;
+  if (o.decision_ce.defined() && labelled > 0) {
+    // Instruction rows have no Yes/No token: their decision CE is masked out.
+    auto d = o.decision_ce;
+    if (labelled < static_cast<int64_t>(slots.size())) {
+      std::vector<float> on;
+      for (const auto& s : slots) on.push_back(s.labelled ? 1.0f : 0.0f);
+      d = d * torch::tensor(on).to(d.device());
+    }
+    loss = loss + d.sum().to(torch::kFloat32) * (cfg_.decision_weight / B);
+  }
+  // map_total is the mean over its rows; × rows (exactly 1 for one example) makes it their sum.
+  if (o.map_total.defined()) loss = loss + o.map_total.to(torch::kFloat32) * static_cast<double>(o.map_rows) / B;
+  stats[kCe] += static_cast<float>(o.ce.sum().item<double>());
+  stats[kFocal] += static_cast<float>(o.focal * static_cast<double>(o.map_rows));
+  stats[kDice] += static_cast<float>(o.dice * static_cast<double>(o.map_rows));
+  for (size_t j = 0; j < slots.size(); ++j) {
+    const auto& s = slots[j];
+    stats[kCorrect] += s.labelled && o.predicted[j] == pools_.train.label[s.example] ? 1.0f : 0.0f;
+    stats[kLabelled] += s.labelled ? 1.0f : 0.0f;
+    stats[kInstruction] += s.instruction ? 1.0f : 0.0f;
+  }
+  return loss;
+}
+
+// The accumulated gradients (flattened, in the optimiser's order; zeros where a parameter got
+// none) followed by the statistics; the gradients are reset.
+torch::Tensor Loop::take_gradients(const Optimiser& opt, const std::vector<float>& stats) {
   std::vector<torch::Tensor> parts;
   for (const auto& p : opt.params()) {
-    parts.push_back(p.grad().defined() ? p.grad().reshape({-1}).clone() : torch::zeros({p.numel()}));
+    parts.push_back(p.grad().defined() ? p.grad().reshape({-1}).clone() : torch::zeros({p.numel()}, p.options()));
     p.mutable_grad().reset();
   }
-  std::vector<float> stats(kStats, 0.0f);
-  stats[kCe] = static_cast<float>(o.ce.sum().item<double>());
-  stats[kFocal] = static_cast<float>(o.focal);
-  stats[kDice] = static_cast<float>(o.dice);
-  stats[kCorrect] = labelled && o.predicted[0] == pools_.train.label[example] ? 1.0f : 0.0f;
-  stats[kLabelled] = labelled ? 1.0f : 0.0f;
-  stats[kInstruction] = instruction ? 1.0f : 0.0f;
-  parts.push_back(torch::tensor(stats, torch::kFloat32));
+  parts.push_back(torch::tensor(stats, torch::kFloat32).to(device_));
   return torch::cat(parts);
+}
+
+// One slot's gradients and statistics (config `gradients` per_example): forward values never
+// depend on which examples share a batch.
+torch::Tensor Loop::example_gradients(const StageConfig& st, int64_t g_index,
+                                      const std::function<int64_t(int64_t)>& example_at, const Optimiser& opt) {
+  std::vector<float> stats(kStats, 0.0f);
+  {
+    Autocast autocast(cfg_.bf16_autocast, device_);
+    weighted_loss(st, {slot(g_index, example_at)}, stats).backward();
+  }
+  return take_gradients(opt, stats);
+}
+
+// The gradients of global slots [lo, hi) (config `gradients` batched): one forward + backward per
+// micro-batch of (hi - lo) / grad_accum slots, accumulated in the parameters' gradients.
+torch::Tensor Loop::batched_gradients(const StageConfig& st, int64_t lo, int64_t hi,
+                                      const std::function<int64_t(int64_t)>& example_at, const Optimiser& opt) {
+  std::vector<float> stats(kStats, 0.0f);
+  const int64_t micro = (hi - lo) / cfg_.grad_accum;
+  for (int64_t start = lo; start < hi; start += micro) {
+    std::vector<Slot> slots;
+    for (int64_t g = start; g < start + micro; ++g) slots.push_back(slot(g, example_at));
+    Autocast autocast(cfg_.bf16_autocast, device_);
+    weighted_loss(st, slots, stats).backward();
+  }
+  return take_gradients(opt, stats);
 }
 
 void Loop::log_step(const StageConfig& st, const torch::Tensor& stats, double norm, double lr, double seconds) {
@@ -266,17 +338,19 @@ bool Loop::step(const StageConfig& st, Optimiser& opt, const std::function<int64
     return example_gradients(st, lo, example_at, opt);
   };
   const int64_t local_batch = cfg_.batch_size / dist_.world_size();
-  auto flat = tree(dist_.rank() * local_batch, (dist_.rank() + 1) * local_batch);
+  const int64_t lo = dist_.rank() * local_batch, hi = lo + local_batch;
+  auto flat = batched_ ? batched_gradients(st, lo, hi, example_at, opt) : tree(lo, hi);
   // One all-reduce for every gradient plus the step's statistics and the stop flag.
   const bool want_stop = (hooks_.stop && hooks_.stop->load()) || (cfg_.stop_after > 0 && at_.global + 1 >= cfg_.stop_after);
   if (want_stop) flat[flat.size(0) - kStats + kStop] += 1.0;
   dist_.all_reduce_sum(flat);
+  if (hooks_.on_gradients) hooks_.on_gradients(at_.global + 1, flat.narrow(0, 0, flat.size(0) - kStats));
   int64_t off = 0;
   for (const auto& p : opt.params()) {
     p.mutable_grad() = flat.narrow(0, off, p.numel()).view_as(p).clone();
     off += p.numel();
   }
-  auto stats = flat.narrow(0, off, kStats);
+  auto stats = flat.narrow(0, off, kStats).to(torch::kCPU);  // the step's few scalars, to the host once
   const double norm = opt.clip(cfg_.clip);
   const double sched = learning_rate(at_.stage_step, st.steps, 1.0, cfg_.warmup);
   opt.step(st.lr * sched, cfg_.llm_lr * sched);
@@ -342,6 +416,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
     throw InputError(fmt::format("{}: 'batch_size' {} must be a multiple of world size × grad_accum = {}",
                                  cfg.source.string(), cfg.batch_size, dist.world_size() * cfg.grad_accum));
 
+  const auto device = training_device(cfg.device);
   auto frozen = load_frozen(cfg);
   auto tok = llm::Tokenizer::from_path(cfg.tokenizer.value_or(cfg.llm));
   const auto decision = model::decision_tokens(tok);  // the token that says Yes or No, after its forced prefix
@@ -352,8 +427,8 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
                   pools.train_images.size()));
 
   // Trainable parts (fixed seeds; a resume overwrites them from the checkpoint).
-  auto trained = make_trainable(cfg, pools.train.embedding.size(1), frozen.encoder.width());
-  Loop loop(cfg, dist, hooks, tok, pools, trained, decision);
+  auto trained = make_trainable(cfg, pools.train.embedding.size(1), frozen.encoder.width(), device);
+  Loop loop(cfg, dist, hooks, tok, pools, trained, decision, device);
   TrainResult result;
   const bool resumed = loop.resume(result).has_value();
   if (!resumed && cfg.map_warmup.steps > 0) {  // a checkpoint already holds the warmed decoder
@@ -373,6 +448,7 @@ TrainResult train(const TrainConfig& cfg, Distributed& dist, const TrainHooks& h
   result.interrupted = !finished && result.steps_done < loop.total_steps();
   if (!result.interrupted && dist.is_main()) {
     result.final_eval = loop.evaluate_and_log();
+    move_trainable(trained, torch::kCPU);  // the bundle is written from host memory
     write_trained_bundle(cfg, trained, frozen.encoder.taps);
   }
   dist.barrier();

@@ -20,6 +20,7 @@
 // process with batch W·b computes.
 #pragma once
 #include <nlohmann/json.hpp>
+#include <torch/torch.h>
 
 #include <atomic>
 #include <cstdint>
@@ -66,6 +67,9 @@ struct TrainHooks {
   std::function<void(const std::string&)> on_message;   // "resumed from …", pool sizes
   const std::atomic<bool>* stop = nullptr;             // set by SIGINT/SIGTERM: save and return
   std::function<void(size_t)> checkpoint_write_hook;   // tests: called while a checkpoint is written
+  // Tests: each step's gradients summed over the global batch (flattened in the optimiser's order)
+  // with the global step they are for, before clipping.
+  std::function<void(int64_t, const torch::Tensor&)> on_gradients;
 };
 
 struct TrainResult {

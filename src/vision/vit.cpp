@@ -115,7 +115,11 @@ VitConfig vit_preset(std::string_view arch) {
     return {.family = Family::OpenAiClip, .image_size = 336, .patch_size = 14, .width = 1024, .layers = 24,
             .heads = 16, .mlp_dim = 4096, .embed_dim = 768, .eps = 1e-5, .activation = nn::Activation::QuickGelu};
   }
-  throw InputError(fmt::format("unknown architecture '{}' (expected imagebind-huge or clip-vit-l-14-336)", arch));
+  if (arch == "vit-tiny") {  // tests: a ViT at CPU-test size (4 blocks for the four taps)
+    return {.family = Family::ImageBind, .image_size = 56, .patch_size = 14, .width = 64, .layers = 4,
+            .heads = 2, .mlp_dim = 128, .embed_dim = 32, .eps = 1e-6, .activation = nn::Activation::Gelu};
+  }
+  throw InputError(fmt::format("unknown architecture '{}' (expected imagebind-huge, clip-vit-l-14-336 or vit-tiny)", arch));
 }
 
 VitWeights random_weights(const VitConfig& cfg, torch::Dtype dtype, uint64_t seed) {

@@ -213,6 +213,7 @@ TEST(DeviceCli, EveryModelCommandRefusesCudaOnThisBuildWithOneLine) {
       {"bench", "llm", "--decode", "1", "--prefill", "1"},
       {"bench", "maps", "--iters", "1"},
       {"bench", "model", "--model", bundle, "--iters", "1", "--tokens", "1"},
+      {"bench", "train", "--arch", "vit-tiny+llama-tiny", "--steps", "1"},
   };
   for (auto args : commands) {
     args.insert(args.end(), {"--device", "cuda"});

@@ -65,3 +65,22 @@ TEST(Device, ToDeviceLeavesUndefinedTensorsUndefinedAndDoesNotCopyInPlace) {
   nn::to_device(t, torch::kCPU);
   EXPECT_EQ(t.data_ptr<float>(), before);  // already there: the same storage
 }
+
+// The counting mode (SyncCheck / PlannedSync): on CUDA a device→host read inside a SyncCheck
+// throws unless a PlannedSync covers it, and the mode is restored afterwards; on the CPU both are
+// no-ops (a read works).
+TEST(SyncCheck, AnUnplannedDeviceReadThrowsAndAPlannedOneDoesNot) {
+  {
+    nn::SyncCheck check(true);
+    EXPECT_EQ(torch::ones({2}).sum().item<float>(), 2.0f);  // CPU tensors never synchronise
+  }
+  if (!nn::built_with_cuda() || torch::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device here";
+  const auto t = torch::ones({2}, torch::Device("cuda:0"));
+  {
+    nn::SyncCheck check(true);
+    EXPECT_THROW(t.sum().item<float>(), c10::Error);
+    nn::PlannedSync planned;
+    EXPECT_EQ(t.sum().item<float>(), 2.0f);
+  }
+  EXPECT_EQ(t.sum().item<float>(), 2.0f);  // the mode was restored
+}

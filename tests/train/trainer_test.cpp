@@ -528,6 +528,11 @@ TEST(TrainCli, BadConfigsFailAtStartWithASpecificError) {
 
       {"eval pairs", [](json& j) { j["eval_per_image"] = 0; }, "'eval_per_image'"},
       {"bf16 flag", [](json& j) { j["bf16_autocast"] = "yes"; }, "'bf16_autocast': expected true or false"},
+      {"gradients", [](json& j) { j["gradients"] = "per-batch"; }, "'gradients': expected one of per_example, batched"},
+      {"checkpointing flag", [](json& j) { j["gradient_checkpointing"] = 1; }, "'gradient_checkpointing': expected true or false"},
+      {"llm dtype", [](json& j) { j["llm_dtype"] = "f16"; }, "'llm_dtype': expected one of f32, bf16"},
+      {"bf16 full fine-tune", [](json& j) { j["llm_dtype"] = "bf16"; j["llm_tuning"] = "full"; },
+       "'llm_dtype': expected f32 with llm_tuning full"},
       {"instruction file", [](json& j) { j["instructions"] = {{"file", "/nonexistent.json"}, {"images", "/tmp"}}; },
        "'instructions.file': expected an existing path"},
       {"instruction entry", [&dir](json& j) {
