@@ -112,11 +112,13 @@ EngineFactory shared_weights_factory(const model::Bundle& bundle, bool maps_only
     }
     if (worker > 0 && first->full) return first->full->share();
     auto engine = std::make_unique<IadGptEngine>(bundle);
-    // Only bf16 (and quantized) LLMs share weight reads between sequences (llm::decode_batch);
+    // Only bf16 (and q8/q4) LLMs share weight reads between sequences (llm::decode_batch);
     // an fp32 one would step them one by one anyway, with a hand-over to the loop per token. The
     // shared step runs the CPU kernels: a model on another device decodes each sequence alone.
     const bool on_cpu = nn::parse_device(bundle.device, "bundle device").is_cpu();
-    if (decode_batch > 1 && bundle.dtype == "bf16" && on_cpu) engine->start_decode_loop(decode_batch, decode_threads);
+    // A quantized LLM (field `quant`) runs on bf16 matrices whatever the bundle's dtype.
+    const bool bf16_llm = bundle.dtype == "bf16" || bundle.quant != "none";
+    if (decode_batch > 1 && bf16_llm && on_cpu) engine->start_decode_loop(decode_batch, decode_threads);
     first->full = engine.get();
     return engine;
   };

@@ -67,7 +67,7 @@ class IadGptEngine : public Engine {
 // caches and scratch. WorkerPool calls it for workers 0..N-1 in order, on one thread, before any
 // worker runs; the factory keeps a pointer to worker 0's engine, so it must not be called after
 // that engine is gone. maps_only: MapEngine (no LLM), shared the same way.
-// decode_batch > 1 (serve --batch) and a bf16 bundle: one llm::DecodeLoop of that many sequences, with
+// decode_batch > 1 (serve --batch) and a bf16 or quantized LLM on the CPU: one llm::DecodeLoop of that many sequences, with
 // decode_threads torch threads, shared by every engine (continuous batching of their answers).
 EngineFactory shared_weights_factory(const model::Bundle& bundle, bool maps_only, int decode_batch = 1,
                                      int decode_threads = 0);

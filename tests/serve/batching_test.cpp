@@ -375,6 +375,32 @@ TEST(Batching, Bf16EngineRunsTheBatchsPrefillsAsOneForward) {
   EXPECT_EQ(stats["decode_sequences"], 4) << stats.dump();
 }
 
+// A q8 bundle (dtype f32: the towers fp32, the LLM's matrices bf16/q8 whatever the dtype) gets the
+// decode loop too, and its batched answers (q8 multi-row kernels) are those decoded alone.
+TEST(Batching, AQuantizedBundleDecodesThroughTheLoop) {
+  auto fields = tiny_bundle_fields("batching-q8");
+  fields.quant = "q8";
+  model::init_random_adapters(fields, 1);
+  model::write_bundle(fields, fields.dir);
+  const auto bundle = model::read_bundle(fields.dir);
+  ASSERT_EQ(bundle.dtype, "f32");
+  auto factory = serve::shared_weights_factory(bundle, false, 4, 0);
+  auto first = factory(0), alone_engine = factory(1);
+  auto& batched = dynamic_cast<serve::IadGptEngine&>(*first);
+  ASSERT_TRUE(batched.decode_loop()) << "no decode loop for a quantized bundle";
+  auto& alone = dynamic_cast<serve::IadGptEngine&>(*alone_engine);
+  alone.set_decode_loop(nullptr);
+  const auto inputs = mixed_inputs();
+  std::vector<const serve::DetectInput*> pointers;
+  for (const auto& in : inputs) pointers.push_back(&in);
+  const auto results = batched.detect_batch(pointers);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    ASSERT_FALSE(results[i].error) << "input " << i;
+    EXPECT_EQ(results[i].output.answer, alone.detect(inputs[i]).answer) << "input " << i;
+  }
+  EXPECT_EQ(batched.shared_stats()["decode_sequences"], 4);
+}
+
 TEST(Batching, MapEngineBatchEqualsEachInspectionAlone) {
   const auto bundle = tiny_bundle("batching-maps");
   auto factory = serve::shared_weights_factory(bundle, true);
