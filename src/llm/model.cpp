@@ -312,7 +312,7 @@ torch::Tensor decode_batch(const LlamaModel& model, std::span<KvCache* const> ca
   std::vector<torch::Tensor> rows;
   for (size_t i = 0; i < caches.size(); ++i)
     rows.push_back(forward(model, *caches[i], x.narrow(0, static_cast<int64_t>(i), 1), Logits::Last));
-  return torch::cat(rows, 0);
+  return rows.size() == 1 ? rows.front() : torch::cat(rows, 0);  // a lone sequence: no copy per step
 }
 
 torch::Tensor forward_tokens(const LlamaModel& model, KvCache& cache, std::span<const int64_t> ids, Logits which) {
