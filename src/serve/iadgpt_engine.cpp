@@ -184,14 +184,22 @@ std::vector<DetectResult> IadGptEngine::detect_concurrently(std::span<const Dete
   // worker's torch threads (the helpers run with one each).
   llm::PrefillBatch prefills(model_->llm(), static_cast<int>(n), at::get_num_threads());
   std::vector<std::thread> running;
-  for (size_t i = 0; i + 1 < n; ++i) {
-    running.emplace_back([&, i] {
-      torch::NoGradGuard no_grad;  // per thread, as the pool's workers
-      // The requests run side by side: one torch thread each, or n × --threads would share the cores.
-      torch::set_num_threads(1);
-      results[i] = helpers_[i]->detect_encoded(*inputs[i], encoded.image(static_cast<int64_t>(i)), &prefills,
-                                               static_cast<int>(i));
-    });
+  try {
+    for (size_t i = 0; i + 1 < n; ++i) {
+      running.emplace_back([&, i] {
+        torch::NoGradGuard no_grad;  // per thread, as the pool's workers
+        // The requests run side by side: one torch thread each, or n × --threads would share the cores.
+        torch::set_num_threads(1);
+        results[i] = helpers_[i]->detect_encoded(*inputs[i], encoded.image(static_cast<int64_t>(i)), &prefills,
+                                                 static_cast<int>(i));
+      });
+    }
+  } catch (...) {
+    // A thread that could not start: the seats without one leave (the started ones must not
+    // wait for them), those started finish; the pool then runs each inspection alone.
+    for (size_t i = running.size(); i < n; ++i) prefills.leave(static_cast<int>(i));
+    for (auto& t : running) t.join();
+    throw;
   }
   // The last on this engine: the conversation it holds afterwards is the last input's.
   results[n - 1] = detect_encoded(*inputs[n - 1], encoded.image(static_cast<int64_t>(n - 1)), &prefills,
