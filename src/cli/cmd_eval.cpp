@@ -49,17 +49,24 @@ void write_text(const std::filesystem::path& path, const std::string& text) {
   out << text;
 }
 
-// --model: P(Yes), answers, maps and positions of the whole model (the papers' tables).
-void run_eval_model(const EvalFlags& f) {
-  eval::ModelProtocol p;
+// The fields both protocols share (dataset, categories, shots and rounds, seed, PRO's FPR limit).
+template <class Protocol>
+Protocol protocol_from_flags(const EvalFlags& f) {
+  Protocol p;
   std::tie(p.kind, p.root) = parse_dataset(f.dataset);
   p.categories = f.categories;
   p.shots = f.shots;
   p.rounds = f.rounds;
   p.seed = f.seed;
+  p.pro_fpr = f.pro_fpr;
+  return p;
+}
+
+// --model: P(Yes), answers, maps and positions of the whole model (the papers' tables).
+void run_eval_model(const EvalFlags& f) {
+  auto p = protocol_from_flags<eval::ModelProtocol>(f);
   p.fast = f.fast;
   p.max_tokens = f.max_tokens;
-  p.pro_fpr = f.pro_fpr;
   auto bundle = model::read_bundle(f.model);
   f.detector.device.apply(bundle.device);
   model::IadGpt iadgpt(bundle);
@@ -86,14 +93,8 @@ void run_eval_model(const EvalFlags& f) {
 void run_eval(const EvalFlags& f) {
   if (!f.model.empty()) return run_eval_model(f);
   if (f.detector.vision.empty()) throw InputError("--vision (the map pipeline) or --model (the whole model) is required");
-  eval::MapProtocol p;
-  std::tie(p.kind, p.root) = parse_dataset(f.dataset);
-  p.categories = f.categories;
-  p.shots = f.shots;
-  p.rounds = f.rounds;
+  auto p = protocol_from_flags<eval::MapProtocol>(f);
   p.batch = f.batch;
-  p.seed = f.seed;
-  p.pro_fpr = f.pro_fpr;
   p.calibrate = f.calibrate;
   p.grids = f.grids;
   p.save_maps = f.save_maps;

@@ -178,7 +178,7 @@ TensorMap load_safetensors(const std::filesystem::path& path, std::map<std::stri
     at::Tensor t;
     if (reinterpret_cast<uintptr_t>(p) % c10::elementSize(e.dtype) == 0 && e.end > e.begin) {
       // Zero-copy: the tensor views the mapping and its deleter keeps the mapping alive.
-      t = at::from_blob(p, e.shape, [file](void*) {}, at::TensorOptions().dtype(e.dtype));
+      t = MappedFile::tensor(file, h.data_start + e.begin, e.shape, e.dtype);
     } else {
       // Misaligned (legal when the writer did not pad the header) or empty: copy.
       t = empty_tensor(e.shape, e.dtype);

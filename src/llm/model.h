@@ -66,8 +66,8 @@ struct KvCache {
   // Buffers of the bf16 single-token decode step (decode.cpp), allocated on its first use and
   // reused for every token. Copies of a KvCache share them (and k/v): one sequence, one thread.
   torch::Tensor decode_f32, decode_bf16, decode_i8;
-  // Quantized weights (quant.h): the bf16 tile a multi-token forward dequantizes each matrix
-  // into before its GEMM; grows to the largest matrix on first use, then reused.
+  // Quantized weights (quant.h): the bf16 tile (about 2 MiB of rows) a multi-token forward
+  // dequantizes each matrix into, a tile at a time, before its GEMM; allocated once, then reused.
   torch::Tensor dequant_bf16;
 
   KvCache() = default;

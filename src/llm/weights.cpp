@@ -6,6 +6,8 @@
 #include <set>
 
 #include "io/error.h"
+#include "io/mapped_file.h"
+#include "nn/weights.h"
 
 namespace iadgpt::llm {
 namespace {
@@ -53,7 +55,7 @@ torch::Tensor take(const io::TensorMap& tensors, const std::string& key, const S
     throw InputError(fmt::format("{}: tensor '{}' has shape {}, expected {} from the config", source, key,
                                  shape_text(t.sizes()), shape_text(shape)));
   used.insert(key);
-  auto out = t.to(dtype).contiguous();
+  auto out = nn::convert_weight(t, dtype);
   // A vector kept in its stored dtype (the fp32 norms) would alias the checkpoint's memory map
   // and keep the whole mapped file resident after its matrices were converted: copy it (it is small).
   if (shape.size() == 1 && out.is_alias_of(t)) out = out.clone();
@@ -189,11 +191,15 @@ void quantize_weights(LlamaWeights& w, QuantFormat format) {
         throw InputError(fmt::format("quantize: '{}' has an unmerged LoRA adapter; merge it first", row.name));
       if ((L.*row.field).size(1) % kQuantBlock != 0) continue;  // stays in the model dtype (header)
       L.*row.quant = quantize(L.*row.field, format);
-      L.*row.field = torch::Tensor();  // frees the source matrix now: peak memory is one matrix more
+      // Frees the source matrix now (or its pages, when it views a mapped checkpoint): peak
+      // memory is one matrix more.
+      io::release_mapped_pages(L.*row.field);
+      L.*row.field = torch::Tensor();
     }
   }
   if (!w.lm_head.is_same(w.embed)) {
     w.q_lm_head = quantize(w.lm_head, QuantFormat::Q8);
+    io::release_mapped_pages(w.lm_head);
     w.lm_head = torch::Tensor();
   }
   w.quant = format;

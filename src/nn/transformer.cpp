@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "nn/device.h"
+#include "nn/weights.h"
 
 namespace iadgpt::nn {
 
@@ -63,7 +64,7 @@ std::array<torch::Tensor*, 12> block_tensors(BlockWeights& w) {
 
 void convert_block(BlockWeights& w, torch::Dtype dtype) {
   for (auto* t : block_tensors(w))
-    if (t->defined()) *t = t->to(dtype).contiguous();
+    if (t->defined()) *t = convert_weight(*t, dtype);
 }
 
 void move_block(BlockWeights& w, const torch::Device& device) {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "io/error.h"
+#include "io/mapped_file.h"
 
 namespace iadgpt::nn {
 
@@ -30,7 +31,13 @@ torch::Tensor take(const io::TensorMap& tensors, const std::string& key,
     throw InputError(fmt::format("{}: tensor '{}' has dtype {}, expected a floating type", source,
                                  key, std::string(c10::toString(tensor.scalar_type()))));
   }
-  return tensor.to(dtype).contiguous();
+  return convert_weight(tensor, dtype);
+}
+
+torch::Tensor convert_weight(const torch::Tensor& t, torch::Dtype dtype) {
+  auto out = t.to(dtype).contiguous();
+  if (!out.is_alias_of(t)) io::release_mapped_pages(t);
+  return out;
 }
 
 }  // namespace iadgpt::nn

@@ -24,4 +24,10 @@ bool has(const io::TensorMap& tensors, const std::string& key);
 
 std::string shape_string(at::IntArrayRef shape);
 
+// `t` as a contiguous tensor of `dtype`, for a loader converting weights once. When that copies
+// a view of a memory-mapped checkpoint, the view's pages are released at once
+// (io::release_mapped_pages): converting a model then never holds the whole source file resident
+// beside the converted copy (an fp32 TinyLlama loaded as bf16 peaked at 3× the model).
+torch::Tensor convert_weight(const torch::Tensor& t, torch::Dtype dtype);
+
 }  // namespace iadgpt::nn

@@ -4,6 +4,7 @@
 
 #include "io/error.h"
 #include "nn/device.h"
+#include "nn/weights.h"
 
 namespace iadgpt::vision {
 
@@ -96,7 +97,7 @@ std::array<torch::Tensor*, 8> stem_and_head_tensors(VitWeights& w) {
 
 void convert_weights(VitWeights& w, torch::Dtype dtype) {
   for (auto* t : stem_and_head_tensors(w))
-    if (t->defined()) *t = t->to(dtype);
+    if (t->defined()) *t = nn::convert_weight(*t, dtype);
   for (auto& b : w.blocks) nn::convert_block(b, dtype);
 }
 

@@ -138,6 +138,37 @@ TEST(BenchCli, ModelBundleReportsTheFourStages) {
   EXPECT_LE(j["rss_after_load_bytes"].get<int64_t>(), j["peak_rss_bytes"].get<int64_t>());
 }
 
+TEST(BenchCli, ModelBundleBuildsTheFewShotMemoryBankFromReferences) {
+  // A few-shot bundle (the CLI bundle with "mode": "few-shot") cannot inspect without references.
+  const auto dir = test::scratch("cli-model") / "few-shot-bundle";
+  fs::remove_all(dir);
+  fs::copy(cli_bundle(), dir, fs::copy_options::recursive);
+  auto bundle = nlohmann::json::parse(std::ifstream(dir / "iadgpt.json"));
+  bundle["mode"] = "few-shot";
+  std::ofstream(dir / "iadgpt.json") << bundle.dump(2);
+  auto r = run_iadgpt({"bench", "model", "--model", dir.string(), "--iters", "1", "--tokens", "1", "--json"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("give reference images"), std::string::npos) << r.err;
+
+  // With two reference files: the bank is built once, timed apart from the load, then each image.
+  r = run_iadgpt({"bench", "model", "--model", dir.string(), "--class", "grid", "--reference", grid_png("000.png"),
+                  "--reference", grid_png("001.png"), "--image", grid_png("002.png"), "--iters", "1", "--tokens", "2",
+                  "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["references"].get<int64_t>(), 2);
+  EXPECT_GT(j["references_ms"].get<double>(), 0.0);
+  EXPECT_NE(r.err.find("few-shot: 2 reference image(s)"), std::string::npos) << r.err;
+
+  // References without a bundle, or a missing file: one clear error, exit 2.
+  r = run_iadgpt({"bench", "model", "--arch", "imagebind-huge+llama-7b", "--reference", grid_png("000.png")});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--reference needs --model"), std::string::npos) << r.err;
+  r = run_iadgpt({"bench", "model", "--model", cli_bundle().string(), "--reference", "no-such-reference.png"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("no-such-reference.png"), std::string::npos) << r.err;
+}
+
 // --device (issue 16) -------------------------------------------------------------------------
 
 namespace {

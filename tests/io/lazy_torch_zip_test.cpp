@@ -4,6 +4,7 @@
 
 #include <fstream>
 
+#include "common/errors.h"
 #include "common/shared.h"
 #include "common/torch_save.h"
 #include "io/checkpoint.h"
@@ -12,6 +13,8 @@ namespace io = iadgpt::io;
 namespace fs = std::filesystem;
 using iadgpt::test::fixture;
 
+using iadgpt::test::input_error_message;
+
 namespace {
 
 std::string read_all(const fs::path& p) {
@@ -19,16 +22,6 @@ std::string read_all(const fs::path& p) {
   return {std::istreambuf_iterator<char>(in), {}};
 }
 void write_all(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
-
-std::string expect_input_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const iadgpt::InputError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no InputError thrown";
-  return "";
-}
 
 bool is_vision(const std::string& k) { return k.find(".vision.") != std::string::npos; }
 
@@ -98,7 +91,7 @@ TEST(LazyTorchZip, CorruptPayloadOfAnUnwantedRecordIsNeverRead) {
   auto headers = io::load_checkpoint(p, {.headers_only = true});  // what `info` reads
   EXPECT_EQ(headers.tensors.at("b").sizes(), (std::vector<int64_t>{4}));
 
-  auto msg = expect_input_error([&] { io::load_checkpoint(p); });
+  auto msg = input_error_message([&] { io::load_checkpoint(p); });
   EXPECT_NE(msg.find("tensor 'b'"), std::string::npos) << msg;
   EXPECT_NE(msg.find("record 'data/1' is corrupt (CRC-32"), std::string::npos) << msg;
 }
@@ -121,7 +114,7 @@ TEST(LazyTorchZip, RecordReachingPastTheEndOfTheFileNamesTheTensor) {
 
   auto only_a = io::load_checkpoint(p, {.keys = [](const std::string& k) { return k == "a"; }});
   EXPECT_EQ(only_a.tensors.size(), 1u);
-  auto msg = expect_input_error([&] { io::load_checkpoint(p, {.float_dtype = torch::kBFloat16}); });
+  auto msg = input_error_message([&] { io::load_checkpoint(p, {.float_dtype = torch::kBFloat16}); });
   EXPECT_NE(msg.find("tensor 'b'"), std::string::npos) << msg;
   EXPECT_NE(msg.find("but the file ends at byte"), std::string::npos) << msg;
 }

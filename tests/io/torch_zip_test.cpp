@@ -6,6 +6,7 @@
 
 #include <fstream>
 
+#include "common/errors.h"
 #include "common/shared.h"
 #include "io/checkpoint.h"
 #include "io/pickle.h"
@@ -13,6 +14,8 @@
 namespace io = iadgpt::io;
 namespace fs = std::filesystem;
 using iadgpt::test::fixture;
+
+using iadgpt::test::input_error_message;
 
 namespace {
 
@@ -35,16 +38,6 @@ fs::path write_archive(const std::string& name, const std::string& pickle,
   for (const auto& [k, v] : records) w.writeRecord(k, v.data(), v.size());
   w.writeEndOfFile();
   return p;
-}
-
-std::string expect_input_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const iadgpt::InputError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no InputError thrown";
-  return "";
 }
 
 // Pickle of {'w': tensor(float32, [2]) on storage '0'} (protocol 2), as torch.save writes it.
@@ -173,49 +166,49 @@ TEST(TorchScript, OpenAiClipArchiveMatchesHfDirectoryWhereNamesCoincide) {
 TEST(TorchZipRejects, ForbiddenGlobalOsSystem) {
   // GLOBAL 'os system', ('echo pwned',), REDUCE: the classic pickle exploit.
   const std::string evil = std::string("\x80\x02") + "cos\nsystem\nX\x0a\x00\x00\x00" + "echo pwned" + "\x85R.";
-  auto msg = expect_input_error([&] { unpickle(evil); });
+  auto msg = input_error_message([&] { unpickle(evil); });
   EXPECT_NE(msg.find("forbidden global 'os.system'"), std::string::npos) << msg;
   EXPECT_NE(msg.find("GLOBAL"), std::string::npos) << msg;
   // The same inside a real archive.
   auto p = write_archive("evil.pth", evil);
-  msg = expect_input_error([&] { io::load_checkpoint(p); });
+  msg = input_error_message([&] { io::load_checkpoint(p); });
   EXPECT_NE(msg.find("forbidden global 'os.system'"), std::string::npos) << msg;
 }
 
 TEST(TorchZipRejects, StackGlobalBuiltinsEval) {
   const std::string evil = std::string("\x80\x04\x8c\x08") + "builtins" + "\x8c\x04" + "eval" + "\x93\x8c\x01x\x85R.";
-  auto msg = expect_input_error([&] { unpickle(evil); });
+  auto msg = input_error_message([&] { unpickle(evil); });
   EXPECT_NE(msg.find("forbidden global 'builtins.eval'"), std::string::npos) << msg;
   EXPECT_NE(msg.find("STACK_GLOBAL"), std::string::npos) << msg;
 }
 
 TEST(TorchZipRejects, CallingAStorageTypeIsNotAllowed) {
   const std::string p = std::string("\x80\x02") + "ctorch\nFloatStorage\n)R.";
-  auto msg = expect_input_error([&] { unpickle(p); });
+  auto msg = input_error_message([&] { unpickle(p); });
   EXPECT_NE(msg.find("REDUCE of 'torch.FloatStorage' is not allowed"), std::string::npos) << msg;
 }
 
 TEST(TorchZipRejects, TensorReadingPastItsStorage) {
   auto bad = kTinyStateDict;
   bad[bad.find("K\x02\x85")+1] = 3;  // size (3,) on a storage of 2 elements
-  auto msg = expect_input_error([&] { unpickle(bad); });
+  auto msg = input_error_message([&] { unpickle(bad); });
   EXPECT_NE(msg.find("reads element 2 of a storage of 2 elements"), std::string::npos) << msg;
 }
 
 TEST(TorchZipRejects, MissingStorageRecord) {
   auto p = write_archive("nostorage.pth", kTinyStateDict);
-  auto msg = expect_input_error([&] { io::load_checkpoint(p); });
+  auto msg = input_error_message([&] { io::load_checkpoint(p); });
   EXPECT_NE(msg.find("storage record 'data/0' is missing"), std::string::npos) << msg;
 }
 
 TEST(TorchZipRejects, StorageRecordTooShort) {
   auto p = write_archive("short.pth", kTinyStateDict, {{"data/0", std::string(4, '\0')}});
-  auto msg = expect_input_error([&] { io::load_checkpoint(p); });
+  auto msg = input_error_message([&] { io::load_checkpoint(p); });
   EXPECT_NE(msg.find("holds 4 bytes, the pickle needs 2 x 4 bytes"), std::string::npos) << msg;
 }
 
 TEST(TorchZipRejects, TruncatedPickle) {
-  auto msg = expect_input_error([&] { unpickle(kTinyStateDict.substr(0, 60)); });
+  auto msg = input_error_message([&] { unpickle(kTinyStateDict.substr(0, 60)); });
   EXPECT_NE(msg.find("truncated"), std::string::npos) << msg;
 }
 
@@ -226,7 +219,7 @@ TEST(TorchZipRejects, LegacyNonZipPickle) {
     std::ofstream out(p, std::ios::binary);
     out << std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.", 15);
   }
-  auto msg = expect_input_error([&] { io::load_checkpoint(p); });
+  auto msg = input_error_message([&] { io::load_checkpoint(p); });
   EXPECT_NE(msg.find("legacy non-zip PyTorch checkpoint; re-save with torch.save(..., _use_new_zipfile_serialization=True)"),
             std::string::npos)
       << msg;
@@ -238,7 +231,7 @@ TEST(TorchZipRejects, CorruptZip) {
     std::ofstream out(p, std::ios::binary);
     out << "PK\x03\x04 this is not really a zip file at all";
   }
-  auto msg = expect_input_error([&] { io::load_checkpoint(p); });
+  auto msg = input_error_message([&] { io::load_checkpoint(p); });
   EXPECT_NE(msg.find("not a readable PyTorch zip archive"), std::string::npos) << msg;
 }
 
@@ -246,7 +239,7 @@ TEST(TorchZipRejects, StrideZeroViewLargerThanItsStorage) {
   auto bad = kTinyStateDict;
   bad[bad.find("K\x02\x85")+1] = 200;                  // size (200,) ...
   bad[bad.find("K\x01\x85")+1] = 0;                    // ... stride (0,) over 2 elements
-  auto msg = expect_input_error([&] { unpickle(bad); });
+  auto msg = input_error_message([&] { unpickle(bad); });
   EXPECT_NE(msg.find("has more elements than its storage (2)"), std::string::npos) << msg;
 }
 

@@ -140,3 +140,47 @@ TEST(QuantModel, QuantizedLoadNeedsBf16AndRefusesLaterLoraMerge) {
   EXPECT_THROW(llm::merge_lora(m, adapter), iadgpt::InputError);
   EXPECT_THROW(llm::quantize_weights(m.weights, llm::QuantFormat::Q8), iadgpt::InputError);  // already quantized
 }
+
+TEST(QuantModel, PrefillThroughSeveralDequantizedTilesEqualsTheWholeMatrixGemm) {
+  // A multi-token forward dequantizes a quantized matrix about 2 MiB of bf16 rows at a time and
+  // multiplies each tile while it is in cache (model.cpp). The head here is 40000 × 64 (q8), three
+  // tiles; the reference is the same model with every quantized matrix dequantized to bf16 up
+  // front and multiplied whole by ATen. Both multiply the same bf16 values with fp32 sums, so they
+  // differ only by the GEMM's summation order and the bf16 rounding of its output: one bf16 step
+  // at |logit| < 4 is 2^-6, bound 0.05. A tile written to the wrong columns or rows moves logits
+  // by O(1).
+  llm::LlamaConfig c;
+  c.vocab_size = 40000;
+  c.hidden_size = 64;
+  c.intermediate_size = 128;
+  c.num_layers = 2;
+  c.num_heads = c.num_kv_heads = 4;
+  c.max_position_embeddings = 64;
+  llm::LlamaModel quantized(c, llm::random_weights(c, torch::kBFloat16, 7), torch::kBFloat16);
+  llm::quantize_model(quantized, llm::QuantFormat::Q4);
+  ASSERT_TRUE(quantized.weights.q_lm_head.defined());
+  ASSERT_GT(quantized.weights.q_lm_head.rows() * quantized.weights.q_lm_head.cols() * 2, int64_t{2} << 20);
+
+  auto whole = quantized.weights;
+  auto expand = [](torch::Tensor& w, llm::QuantMatrix& q) {
+    if (!q.defined()) return;
+    w = llm::dequantize(q).to(torch::kBFloat16);
+    q = {};
+  };
+  expand(whole.lm_head, whole.q_lm_head);
+  for (auto& L : whole.layers) {
+    expand(L.wq, L.q_wq), expand(L.wk, L.q_wk), expand(L.wv, L.q_wv), expand(L.wo, L.q_wo);
+    expand(L.w_gate, L.q_gate), expand(L.w_up, L.q_up), expand(L.w_down, L.q_down);
+  }
+  whole.quant = llm::QuantFormat::None;
+  const llm::LlamaModel reference(c, whole, torch::kBFloat16);
+
+  const std::vector<int64_t> ids{1, 17, 39999, 256, 4096, 12345, 2};
+  llm::KvCache tiled_cache(quantized, 16), whole_cache(reference, 16);
+  const auto tiled = llm::forward_tokens(quantized, tiled_cache, ids, llm::Logits::All);
+  const auto want = llm::forward_tokens(reference, whole_cache, ids, llm::Logits::All);
+  ASSERT_EQ(tiled.sizes(), want.sizes());
+  std::cout << "[ measured ] tiled against whole-matrix prefill: max |Δlogit| " << t::max_abs_diff(tiled, want)
+            << " (|logit| max " << want.abs().max().item<double>() << ")\n";
+  EXPECT_LE(t::max_abs_diff(tiled, want), 0.05);
+}

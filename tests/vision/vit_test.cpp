@@ -153,28 +153,30 @@ TEST(VitEndToEnd, PngThroughPreprocessingMatchesUpstream) {
 // bf16 weights and activations (LayerNorm and softmax in fp32): 8 significant bits per value.
 // Measured on these fixtures (see src/vision/README.md); bounds leave ~2x margin.
 TEST(VitBf16, StaysWithinDocumentedToleranceOfFp32Reference) {
-  {
-    const auto ckpt = io::load_checkpoint(test::fixture("imagebind_tiny/imagebind_tiny.safetensors"));
-    const auto model = load_vision(ckpt, imagebind_options(torch::kBFloat16));
-    EXPECT_EQ(model.weights.blocks[0].qkv_weight.scalar_type(), torch::kBFloat16);
+  struct Case {
+    const char* name;
+    std::string checkpoint;
+    VisionOptions options;
+    const io::TensorMap& ref;
+    const char* embeds_key;
+  };
+  const Case cases[] = {
+      {"imagebind", "imagebind_tiny/imagebind_tiny.safetensors", imagebind_options(torch::kBFloat16), imagebind_ref(),
+       "vision_embeds"},
+      {"openai", "openai_clip_tiny/openai_clip_tiny.pt", {.dtype = torch::kBFloat16}, openai_ref(),
+       "image_embeds_normalized"},
+  };
+  for (const auto& c : cases) {
+    const auto ckpt = io::load_checkpoint(test::fixture(c.checkpoint));
+    const auto model = load_vision(ckpt, c.options);
+    EXPECT_EQ(model.weights.blocks[0].qkv_weight.scalar_type(), torch::kBFloat16) << c.name;
     const std::vector<int64_t> taps = {3};
-    const auto out = vit_forward(model.weights, model.config, imagebind_ref().at("pixel_values"), taps);
-    const double tap = max_abs(out.taps[0], imagebind_ref().at("vision_block3"));
-    const double emb = max_abs(out.embedding, imagebind_ref().at("vision_embeds"));
-    std::printf("imagebind bf16: block3 max-abs %.4g, embeds max-abs %.4g\n", tap, emb);
-    EXPECT_LE(tap, 0.15);
-    EXPECT_LE(emb, 0.02);
-  }
-  {
-    const auto ckpt = io::load_checkpoint(test::fixture("openai_clip_tiny/openai_clip_tiny.pt"));
-    const auto model = load_vision(ckpt, {.dtype = torch::kBFloat16});
-    const std::vector<int64_t> taps = {3};
-    const auto out = vit_forward(model.weights, model.config, openai_ref().at("pixel_values"), taps);
-    const double tap = max_abs(out.taps[0], openai_ref().at("vision_block3"));
-    const double emb = max_abs(out.embedding, openai_ref().at("image_embeds_normalized"));
-    std::printf("openai bf16: block3 max-abs %.4g, embeds max-abs %.4g\n", tap, emb);
-    EXPECT_LE(tap, 0.15);
-    EXPECT_LE(emb, 0.02);
+    const auto out = vit_forward(model.weights, model.config, c.ref.at("pixel_values"), taps);
+    const double tap = max_abs(out.taps[0], c.ref.at("vision_block3"));
+    const double emb = max_abs(out.embedding, c.ref.at(c.embeds_key));
+    std::printf("%s bf16: block3 max-abs %.4g, embeds max-abs %.4g\n", c.name, tap, emb);
+    EXPECT_LE(tap, 0.15) << c.name;
+    EXPECT_LE(emb, 0.02) << c.name;
   }
 }
 
