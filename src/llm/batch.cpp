@@ -1,5 +1,6 @@
 #include "llm/batch.h"
 
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 
 #include "io/error.h"
@@ -99,6 +100,98 @@ void DecodeLoop::run() {
   if (threads_ > 0) torch::set_num_threads(threads_);
   std::vector<std::unique_ptr<Entry>> active;
   while (admit(active)) step(active);
+}
+
+PrefillBatch::PrefillBatch(LlamaModel model, int seats, int threads)
+    : model_(std::move(model)), threads_(threads), open_(seats), seats_(static_cast<size_t>(std::max(seats, 0))) {
+  if (seats < 1) throw InputError(fmt::format("a prefill batch needs >= 1 seat, got {}", seats));
+}
+
+PrefillBatch::Seat& PrefillBatch::seat_at(int seat) {
+  if (seat < 0 || seat >= static_cast<int>(seats_.size()))
+    throw InputError(fmt::format("prefill batch: seat {} of {}", seat, seats_.size()));
+  return seats_[static_cast<size_t>(seat)];
+}
+
+torch::Tensor PrefillBatch::forward(int seat, KvCache& cache, const torch::Tensor& x) {
+  std::unique_lock lock(mutex_);
+  auto& s = seat_at(seat);
+  if (s.state != Seat::State::Open) throw InputError(fmt::format("prefill batch: seat {} has already been used", seat));
+  s.state = Seat::State::Arrived;
+  s.cache = &cache;
+  s.x = x;
+  close_one(lock);
+  done_.wait(lock, [&] { return ran_; });
+  if (s.error) std::rethrow_exception(s.error);
+  return s.logits;
+}
+
+void PrefillBatch::leave(int seat) {
+  std::unique_lock lock(mutex_);
+  auto& s = seat_at(seat);
+  if (s.state != Seat::State::Open) return;
+  s.state = Seat::State::Left;
+  close_one(lock);
+}
+
+int PrefillBatch::batched() const {
+  std::lock_guard lock(mutex_);
+  return batched_;
+}
+
+void PrefillBatch::close_one(std::unique_lock<std::mutex>& lock) {
+  if (--open_ > 0) return;
+  // Every seat has arrived or left: nobody touches the seats until ran_ is set.
+  lock.unlock();
+  const int together = run();
+  lock.lock();
+  batched_ = together;
+  ran_ = true;
+  done_.notify_all();
+}
+
+int PrefillBatch::run() {
+  torch::NoGradGuard no_grad;
+  const int before = at::get_num_threads();
+  if (threads_ > 0) at::set_num_threads(threads_);
+  // A seat's own bad input fails it alone: checked here, before the batch.
+  std::vector<Seat*> ready;
+  for (auto& s : seats_) {
+    if (s.state != Seat::State::Arrived) continue;
+    try {
+      if (s.x.dim() != 2 || s.x.size(0) < 1 || s.x.size(1) != model_.config.hidden_size)
+        throw InputError(fmt::format("prefill: input shape {}, expected [T >= 1, {}]", shape_text(s.x.sizes()),
+                                     model_.config.hidden_size));
+      if (s.cache->pos + s.x.size(0) > s.cache->capacity())
+        throw InputError(fmt::format("context full: {} positions requested, the KV cache holds {}",
+                                     s.cache->pos + s.x.size(0), s.cache->capacity()));
+      ready.push_back(&s);
+    } catch (...) {
+      s.error = std::current_exception();
+    }
+  }
+  bool together = ready.size() > 1;
+  if (together) {
+    std::vector<KvCache*> caches;
+    std::vector<torch::Tensor> inputs;
+    for (auto* s : ready) caches.push_back(s->cache), inputs.push_back(s->x);
+    try {
+      const auto logits = forward_batch(model_, caches, inputs);
+      for (size_t i = 0; i < ready.size(); ++i) ready[i]->logits = logits.narrow(0, static_cast<int64_t>(i), 1);
+    } catch (...) {
+      together = false;  // each alone below, with its own result or error
+    }
+  }
+  if (!together)
+    for (auto* s : ready) {
+      try {
+        s->logits = llm::forward(model_, *s->cache, s->x, Logits::Last);
+      } catch (...) {
+        s->error = std::current_exception();
+      }
+    }
+  if (threads_ > 0) at::set_num_threads(before);
+  return together ? static_cast<int>(ready.size()) : 0;
 }
 
 }  // namespace iadgpt::llm

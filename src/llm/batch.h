@@ -14,6 +14,12 @@
 // loop's thread while the caller waits.
 // Thread-safety: generate() may be called from any number of threads at once. The model's
 // weights are only read.
+//
+// PrefillBatch: the prefills of a known group of sequences (the inspections of one serve detect
+// batch, each on its own thread) run as one forward_batch (model.h) when the last of them arrives.
+//
+//   llm::PrefillBatch group(model, 3);                       // three seats
+//   // on seat i's thread:  auto logits = group.forward(i, cache_i, x_i);   or   group.leave(i);
 #pragma once
 #include <condition_variable>
 #include <deque>
@@ -68,6 +74,42 @@ class DecodeLoop {
   bool stopping_ = false;
   DecodeLoopStats stats_;
   std::thread thread_;
+};
+
+// Seats 0..n-1 each either forward() once or leave() (a request that failed before its prefill);
+// the call that completes the group runs the batch on its thread, with `threads` torch threads
+// (0: as that thread has them), while the others wait. A seat's own bad input (context full,
+// wrong width) fails that seat alone; if the batched forward throws, each seat is run alone, so
+// each gets its own result or error. Thread-safety: one call per seat, from any threads.
+class PrefillBatch {
+ public:
+  PrefillBatch(LlamaModel model, int seats, int threads = 0);
+  PrefillBatch(const PrefillBatch&) = delete;
+  PrefillBatch& operator=(const PrefillBatch&) = delete;
+  // Runs x [T, D] from cache.pos with the other seats' prompts; blocks until the group is
+  // complete. Returns fp32 logits [1, V] at the last row (forward(..., Logits::Last), within
+  // forward_batch's tolerance).
+  torch::Tensor forward(int seat, KvCache& cache, const torch::Tensor& x);
+  void leave(int seat);  // a no-op for a seat that has arrived or left
+  int batched() const;   // sequences that ran as one forward (0: before it ran, or each alone)
+
+ private:
+  struct Seat {
+    enum class State { Open, Arrived, Left } state = State::Open;
+    KvCache* cache = nullptr;
+    torch::Tensor x, logits;
+    std::exception_ptr error;
+  };
+  Seat& seat_at(int seat);  // under the lock: range-checked
+  void close_one(std::unique_lock<std::mutex>& lock);  // a seat arrived or left: the last runs the batch
+  int run();  // every seat arrived or left; returns how many ran as one batch (0: none)
+
+  LlamaModel model_;
+  int threads_ = 0, open_ = 0, batched_ = 0;
+  bool ran_ = false;
+  std::vector<Seat> seats_;
+  mutable std::mutex mutex_;
+  std::condition_variable done_;
 };
 
 }  // namespace iadgpt::llm

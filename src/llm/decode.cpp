@@ -126,13 +126,24 @@ void attend_row(const LlamaModel& model, const KvCache& cache, int64_t layer, in
   });
 }
 
-// The projection of every sequence's row: one pass over W for all of them (matvec_bf16_multi)
-// when W is plain bf16 without an unmerged adapter, else project_row on each (the q8/q4 kernels
-// quantize each input row; an adapter's update is per row anyway).
+// The projection of every sequence's row: one pass over W for all of them (matvec_bf16_multi, or
+// matvec_quant_multi on each row widened and quantized into its own buffers) when W has no
+// unmerged adapter, else project_row on each (an adapter's update is per row anyway).
 void project_rows(const torch::Tensor& w, const QuantMatrix& qw, const LoraPair& lora, std::span<const bf16* const> xs,
                   std::span<float* const> ys, MatvecIsa isa, std::span<const DecodeBuffers> b) {
-  if (qw.defined() || lora.defined() || xs.size() == 1) {
+  if (lora.defined() || xs.size() == 1) {
     for (size_t i = 0; i < xs.size(); ++i) project_row(w, qw, lora, xs[i], ys[i], isa, b[i]);
+    return;
+  }
+  if (qw.defined()) {
+    std::vector<QuantizedInput> in;
+    for (size_t i = 0; i < xs.size(); ++i) {
+      for (int64_t c = 0; c < qw.cols(); ++c) b[i].in_f32[c] = static_cast<float>(xs[i][c]);
+      in.push_back(b[i].in_q);
+      in.back().cols = qw.cols();
+      quantize_input(b[i].in_f32, in.back());
+    }
+    matvec_quant_multi(qw, in, ys, isa);
     return;
   }
   const auto wc = w.contiguous();

@@ -27,6 +27,14 @@ size_t held_back(std::string_view text, const std::vector<std::string>& stops) {
   return hold;
 }
 
+// Before the forward: a bad candidate must not cost a prefill.
+void check_candidates(const LlamaModel& model, std::span<const int64_t> candidates) {
+  if (candidates.empty()) throw InputError("first_token_probs: no candidate tokens");
+  for (int64_t id : candidates)
+    if (id < 0 || id >= model.config.vocab_size)
+      throw InputError(fmt::format("candidate token id {} is outside the vocabulary", id));
+}
+
 }  // namespace
 
 Prefilled prefill(const LlamaModel& model, KvCache& cache, std::span<const Segment> prompt, const GenerateOptions& options) {
@@ -132,12 +140,16 @@ Generation generate(const LlamaModel& model, const Tokenizer& tokenizer, KvCache
 
 CandidateProbs first_token_probs(const LlamaModel& model, KvCache& cache, std::span<const Segment> prompt,
                                  std::span<const int64_t> candidates) {
-  if (candidates.empty()) throw InputError("first_token_probs: no candidate tokens");
-  for (int64_t id : candidates)
-    if (id < 0 || id >= model.config.vocab_size)
-      throw InputError(fmt::format("candidate token id {} is outside the vocabulary", id));
+  check_candidates(model, candidates);
+  return candidate_probs(forward(model, cache, embed_segments(model, prompt), Logits::Last), candidates);
+}
+
+CandidateProbs candidate_probs(const torch::Tensor& last_logits, std::span<const int64_t> candidates) {
+  if (candidates.empty()) throw InputError("candidate_probs: no candidate tokens");
   // The decision leaves the model here: the last row's logits in host memory.
-  auto logits = forward(model, cache, embed_segments(model, prompt), Logits::Last).reshape({-1}).cpu();
+  auto logits = last_logits.reshape({-1}).cpu();
+  for (int64_t id : candidates)
+    if (id < 0 || id >= logits.size(0)) throw InputError(fmt::format("candidate token id {} is outside the vocabulary", id));
   auto index = torch::tensor(std::vector<int64_t>(candidates.begin(), candidates.end()), torch::kInt64);
   auto full = torch::softmax(logits.to(torch::kFloat64), 0).index_select(0, index);
   auto picked = logits.to(torch::kFloat64).index_select(0, index);

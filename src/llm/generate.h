@@ -103,5 +103,7 @@ struct CandidateProbs {
 // One prefill of `prompt` (from cache.pos); the distribution of the next token at the candidates.
 CandidateProbs first_token_probs(const LlamaModel& model, KvCache& cache, std::span<const Segment> prompt,
                                  std::span<const int64_t> candidates);
+// The same from the prompt's last logits [1, V] or [V], computed elsewhere (a batched prefill).
+CandidateProbs candidate_probs(const torch::Tensor& last_logits, std::span<const int64_t> candidates);
 
 }  // namespace iadgpt::llm

@@ -191,63 +191,137 @@ torch::Tensor embed_segments(const LlamaModel& model, std::span<const Segment> s
   return torch::cat(parts, 0);
 }
 
+namespace {
+
+// One sequence's rows in a packed forward: `rows` rows of the packed input from `offset`, at
+// positions cache->pos .. cache->pos + rows - 1 of its own cache.
+struct Packed {
+  KvCache* cache;
+  int64_t offset, rows;
+  torch::Tensor cos, sin, mask;  // RoPE rows at its positions; causal mask [rows, pos + rows] (rows > 1)
+};
+
+Packed packed_sequence(const LlamaModel& model, KvCache& cache, int64_t offset, int64_t T) {
+  const int64_t pos = cache.pos, S = pos + T;
+  Packed p{&cache, offset, T, model.rope_cos.narrow(0, pos, T), model.rope_sin.narrow(0, pos, T), {}};
+  // Causal mask for the new queries against all S keys: query t sits at position pos+t.
+  if (T > 1) {
+    const auto on = torch::TensorOptions().device(cache.k.device());
+    auto q_pos = torch::arange(pos, S, on.dtype(torch::kInt64)).unsqueeze(1);
+    auto k_pos = torch::arange(0, S, on.dtype(torch::kInt64)).unsqueeze(0);
+    p.mask = torch::zeros({T, S}, on.dtype(torch::kFloat32)).masked_fill_(k_pos > q_pos, -INFINITY);
+  }
+  return p;
+}
+
+// Attention of one sequence's rows in layer `l`: RoPE, append to its cache, grouped-query
+// attention over its positions 0 .. pos+T-1. q [T, H·hd], k and v [T, KV·hd] in the model's
+// dtype; returns [T, H·hd].
+torch::Tensor attend(const LlamaModel& model, const Packed& p, int64_t l, const torch::Tensor& q_in,
+                     const torch::Tensor& k_in, const torch::Tensor& v_in) {
+  const auto& c = model.config;
+  const int64_t T = p.rows, pos = p.cache->pos, S = pos + T;
+  const int64_t H = c.num_heads, KV = c.num_kv_heads, hd = c.head_dim(), group = H / KV;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  auto q = apply_rope(q_in.view({T, H, hd}).transpose(0, 1).to(torch::kFloat32), p.cos, p.sin);
+  auto k = apply_rope(k_in.view({T, KV, hd}).transpose(0, 1).to(torch::kFloat32), p.cos, p.sin);
+  auto& cache = *p.cache;
+  cache.k[l].narrow(1, pos, T).copy_(k);
+  cache.v[l].narrow(1, pos, T).copy_(v_in.view({T, KV, hd}).transpose(0, 1));
+  auto keys = cache.k[l].narrow(1, 0, S);    // [KV, S, hd]
+  auto values = cache.v[l].narrow(1, 0, S);  // [KV, S, hd]
+  // Query heads kv*group .. kv*group+group-1 share kv head `kv` (HF repeat_kv) — grouping
+  // them into one batch entry avoids materialising repeated keys.
+  auto qg = q.to(model.dtype).reshape({KV, group * T, hd});
+  auto scores = torch::bmm(qg, keys.transpose(1, 2)).to(torch::kFloat32).mul_(scale);  // [KV, group*T, S]
+  if (p.mask.defined()) scores = (scores.view({KV, group, T, S}) + p.mask).view({KV, group * T, S});
+  auto probs = torch::softmax(scores, -1).to(model.dtype);
+  return torch::bmm(probs, values).view({H, T, hd}).transpose(0, 1).reshape({T, H * hd});
+}
+
+// The decoder layers on packed rows x [sum of rows, D] (fp32): every projection is one GEMM over
+// all sequences' rows, attention runs per sequence over its own cache. Advances each cache's pos
+// only once every layer has run (an exception leaves the positions as they were).
+torch::Tensor run_layers(const LlamaModel& model, std::span<const Packed> seqs, torch::Tensor x) {
+  const auto& c = model.config;
+  KvCache& scratch = *seqs.front().cache;  // the dequantization tile of quantized matrices
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const auto& L = model.weights.layers[l];
+    // Attention: pre-norm, q/k/v projections, then each sequence's own attention.
+    auto h = rms_norm(x, L.attn_norm, c.rms_norm_eps).to(model.dtype);
+    auto q = project(h, L.wq, L.q_wq, L.lora_q, scratch);
+    auto k = project(h, L.wk, L.q_wk, L.lora_k, scratch);
+    auto v = project(h, L.wv, L.q_wv, L.lora_v, scratch);
+    std::vector<torch::Tensor> attn;
+    for (const auto& p : seqs)
+      attn.push_back(attend(model, p, l, q.narrow(0, p.offset, p.rows), k.narrow(0, p.offset, p.rows),
+                            v.narrow(0, p.offset, p.rows)));
+    auto a = attn.size() == 1 ? attn.front() : torch::cat(attn, 0);
+    x = x + project(a, L.wo, L.q_wo, L.lora_o, scratch).to(torch::kFloat32);
+
+    // SwiGLU MLP.
+    h = rms_norm(x, L.ffn_norm, c.rms_norm_eps).to(model.dtype);
+    auto gate = torch::silu(project(h, L.w_gate, L.q_gate, L.lora_gate, scratch));
+    auto up = project(h, L.w_up, L.q_up, L.lora_up, scratch);
+    x = x + project(gate * up, L.w_down, L.q_down, L.lora_down, scratch).to(torch::kFloat32);
+  }
+  for (const auto& p : seqs) p.cache->pos += p.rows;
+  return x;
+}
+
+// Final norm and the LM head on rows x [n, D] → fp32 logits [n, V].
+torch::Tensor lm_logits(const LlamaModel& model, const torch::Tensor& x, KvCache& scratch) {
+  const auto& W = model.weights;
+  const auto h = rms_norm(x, W.norm, model.config.rms_norm_eps).to(model.dtype);
+  return linear(h, W.lm_head, W.q_lm_head, scratch).to(torch::kFloat32);
+}
+
+}  // namespace
+
 torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tensor& input, Logits which) {
   torch::NoGradGuard no_grad;
-  const auto& c = model.config;
-  const auto& W = model.weights;
-  const int64_t T = input.size(0), pos = cache.pos, S = pos + T;
-  const int64_t H = c.num_heads, KV = c.num_kv_heads, hd = c.head_dim(), group = H / KV;
+  const int64_t T = input.size(0), S = cache.pos + T;
   if (S > cache.capacity())
     throw InputError(fmt::format("context full: {} positions requested, the KV cache holds {}", S, cache.capacity()));
   // The hand-written decode kernels read host memory; on another device every step is the
   // general forward below.
   if (T == 1 && model.dtype == torch::kBFloat16 && cache.k.scalar_type() == torch::kBFloat16 && cache.k.is_cpu())
     return decode_step_bf16(model, cache, input);
-
-  const auto cos = model.rope_cos.narrow(0, pos, T), sin = model.rope_sin.narrow(0, pos, T);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  // Causal mask for the new queries against all S keys: query t sits at position pos+t.
-  torch::Tensor mask;
-  if (T > 1) {
-    const auto on = torch::TensorOptions().device(cache.k.device());
-    auto q_pos = torch::arange(pos, S, on.dtype(torch::kInt64)).unsqueeze(1);
-    auto k_pos = torch::arange(0, S, on.dtype(torch::kInt64)).unsqueeze(0);
-    mask = torch::zeros({T, S}, on.dtype(torch::kFloat32)).masked_fill_(k_pos > q_pos, -INFINITY);
-  }
-
-  torch::Tensor x = input.to(torch::kFloat32);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const auto& L = W.layers[l];
-    // Attention: pre-norm, q/k/v projections, RoPE, append to the cache, grouped-query attention.
-    auto h = rms_norm(x, L.attn_norm, c.rms_norm_eps).to(model.dtype);
-    auto q = project(h, L.wq, L.q_wq, L.lora_q, cache).view({T, H, hd}).transpose(0, 1).to(torch::kFloat32);
-    auto k = project(h, L.wk, L.q_wk, L.lora_k, cache).view({T, KV, hd}).transpose(0, 1).to(torch::kFloat32);
-    auto v = project(h, L.wv, L.q_wv, L.lora_v, cache).view({T, KV, hd}).transpose(0, 1);
-    q = apply_rope(q, cos, sin);
-    k = apply_rope(k, cos, sin);
-    cache.k[l].narrow(1, pos, T).copy_(k);
-    cache.v[l].narrow(1, pos, T).copy_(v);
-    auto keys = cache.k[l].narrow(1, 0, S);    // [KV, S, hd]
-    auto values = cache.v[l].narrow(1, 0, S);  // [KV, S, hd]
-    // Query heads kv*group .. kv*group+group-1 share kv head `kv` (HF repeat_kv) — grouping
-    // them into one batch entry avoids materialising repeated keys.
-    auto qg = q.to(model.dtype).reshape({KV, group * T, hd});
-    auto scores = torch::bmm(qg, keys.transpose(1, 2)).to(torch::kFloat32).mul_(scale);  // [KV, group*T, S]
-    if (mask.defined()) scores = (scores.view({KV, group, T, S}) + mask).view({KV, group * T, S});
-    auto probs = torch::softmax(scores, -1).to(model.dtype);
-    auto attn = torch::bmm(probs, values).view({H, T, hd}).transpose(0, 1).reshape({T, H * hd});
-    x = x + project(attn, L.wo, L.q_wo, L.lora_o, cache).to(torch::kFloat32);
-
-    // SwiGLU MLP.
-    h = rms_norm(x, L.ffn_norm, c.rms_norm_eps).to(model.dtype);
-    auto gate = torch::silu(project(h, L.w_gate, L.q_gate, L.lora_gate, cache));
-    auto up = project(h, L.w_up, L.q_up, L.lora_up, cache);
-    x = x + project(gate * up, L.w_down, L.q_down, L.lora_down, cache).to(torch::kFloat32);
-  }
-  cache.pos = S;
+  const Packed one[] = {packed_sequence(model, cache, 0, T)};
+  auto x = run_layers(model, one, input.to(torch::kFloat32));
   if (which == Logits::Last) x = x.narrow(0, T - 1, 1);
-  x = rms_norm(x, W.norm, c.rms_norm_eps).to(model.dtype);
-  return linear(x, W.lm_head, W.q_lm_head, cache).to(torch::kFloat32);
+  return lm_logits(model, x, cache);
+}
+
+torch::Tensor forward_batch(const LlamaModel& model, std::span<KvCache* const> caches, std::span<const torch::Tensor> inputs) {
+  torch::NoGradGuard no_grad;
+  const auto D = model.config.hidden_size;
+  const auto n = static_cast<int64_t>(caches.size());
+  if (n == 0 || inputs.size() != caches.size())
+    throw InputError(fmt::format("forward_batch: {} inputs for {} sequences", inputs.size(), caches.size()));
+  std::vector<Packed> seqs;
+  std::vector<torch::Tensor> rows;
+  int64_t offset = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const auto& x = inputs[i];
+    if (x.dim() != 2 || x.size(0) < 1 || x.size(1) != D)
+      throw InputError(fmt::format("forward_batch: sequence {} has input shape {}, expected [T >= 1, {}]", i,
+                                   shape_text(x.sizes()), D));
+    if (caches[i]->pos + x.size(0) > caches[i]->capacity())
+      throw InputError(fmt::format("context full: sequence {} requests {} positions, its KV cache holds {}", i,
+                                   caches[i]->pos + x.size(0), caches[i]->capacity()));
+    for (int64_t j = 0; j < i; ++j)
+      if (caches[j]->k.data_ptr() == caches[i]->k.data_ptr())
+        throw InputError(fmt::format("forward_batch: sequences {} and {} share one KV cache", j, i));
+    seqs.push_back(packed_sequence(model, *caches[i], offset, x.size(0)));
+    rows.push_back(x.to(torch::kFloat32));
+    offset += x.size(0);
+  }
+  auto x = run_layers(model, seqs, torch::cat(rows, 0));
+  std::vector<int64_t> last;
+  for (const auto& p : seqs) last.push_back(p.offset + p.rows - 1);
+  x = x.index_select(0, torch::tensor(last, torch::kInt64).to(x.device()));
+  return lm_logits(model, x, *caches.front());
 }
 
 torch::Tensor decode_batch(const LlamaModel& model, std::span<KvCache* const> caches, const torch::Tensor& x) {
@@ -259,7 +333,7 @@ torch::Tensor decode_batch(const LlamaModel& model, std::span<KvCache* const> ca
   std::vector<torch::Tensor> rows;
   for (size_t i = 0; i < caches.size(); ++i)
     rows.push_back(forward(model, *caches[i], x.narrow(0, static_cast<int64_t>(i), 1), Logits::Last));
-  return torch::cat(rows, 0);
+  return rows.size() == 1 ? rows.front() : torch::cat(rows, 0);  // a lone sequence: no copy per step
 }
 
 torch::Tensor forward_tokens(const LlamaModel& model, KvCache& cache, std::span<const int64_t> ids, Logits which) {

@@ -99,6 +99,15 @@ enum class Logits { All, Last };
 // matrices dequantized to bf16 first).
 torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tensor& x, Logits which);
 
+// The prefills of several sequences as one forward (serve --batch): inputs[i] [T_i, D] runs at
+// positions caches[i]->pos .. of its own cache; fp32 logits [n, V] at each sequence's last row.
+// The rows are packed (no padding): every projection is one GEMM over all of them, attention is
+// each sequence's own (causal within it, over its own cache). Row i equals forward(model,
+// *caches[i], inputs[i], Logits::Last) and the caches hold the same keys and values up to the
+// GEMMs' summation order for a different number of rows (tests/llm/prefill_batch_test.cpp states
+// the tolerance). Caches must be distinct with room for their rows (InputError naming the sequence).
+torch::Tensor forward_batch(const LlamaModel& model, std::span<KvCache* const> caches, std::span<const torch::Tensor> inputs);
+
 // One decode step of several sequences, each one token at its own position in its own cache:
 // x [n, D] → fp32 logits [n, V]. bf16 (and quantized) models share each weight read among the
 // rows (decode.h decode_step_bf16_batch: bit for bit each row's own step); other models run

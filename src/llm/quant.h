@@ -27,6 +27,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -85,6 +86,10 @@ void quantize_input(const float* x, const QuantizedInput& out);
 
 // y[r] = Σ_c w[r, c] x[c] with x given quantized; rows split over intra-op threads.
 void matvec_quant(const QuantMatrix& w, const QuantizedInput& x, float* y, MatvecIsa isa);
+// y_i = W x_i for several inputs (continuous batching): each block of W's rows is read once from
+// memory for all of them; ys[i] is bit for bit matvec_quant(w, xs[i], ys[i], isa).
+void matvec_quant_multi(const QuantMatrix& w, std::span<const QuantizedInput> xs, std::span<float* const> ys,
+                        MatvecIsa isa);
 
 // Tensor form: x [cols] fp32, y [rows] fp32 contiguous (preallocated). Quantizes x (allocating its
 // buffers). Wrong dtypes or shapes, cols not a multiple of 32, an unsupported isa → InputError.

@@ -212,6 +212,29 @@ void matvec_quant(const QuantMatrix& w, const QuantizedInput& x, float* y, Matve
   });
 }
 
+void matvec_quant_multi(const QuantMatrix& w, std::span<const QuantizedInput> xs, std::span<float* const> ys,
+                        MatvecIsa isa) {
+  if (xs.size() != ys.size())
+    throw InputError(fmt::format("matvec_quant_multi: {} inputs for {} outputs", xs.size(), ys.size()));
+  const int64_t rows = w.rows(), nb = w.cols() / kQuantBlock;
+  const int64_t row_bytes = w.q.size(1);
+  const auto fn = qmv::row_fn(w.format, isa);
+  const auto* q = static_cast<const uint8_t*>(w.q.data_ptr());
+  const auto* scale = w.scale.data_ptr<c10::Half>();
+  // Blocks of ~64 KiB of weights stay in L2 while every input passes over them (as
+  // matvec_bf16_multi); the thread split is matvec_quant's, and each output element is one call
+  // of the same row kernel on the same data, so each output is bit for bit its own matvec_quant.
+  const int64_t block = std::max<int64_t>(1, (int64_t{64} << 10) / row_bytes);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{32} << 10) / row_bytes);
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {
+      const int64_t b1 = std::min(r1, b0 + block);
+      for (size_t i = 0; i < xs.size(); ++i)
+        for (int64_t r = b0; r < b1; ++r) ys[i][r] = fn(q + r * row_bytes, scale + r * nb, xs[i], nb);
+    }
+  });
+}
+
 void matvec_quant(const QuantMatrix& w, const torch::Tensor& x, torch::Tensor& y, MatvecIsa isa) {
   if (!w.defined()) throw InputError("matvec_quant: the matrix is not quantized");
   if (x.scalar_type() != torch::kFloat32 || y.scalar_type() != torch::kFloat32)

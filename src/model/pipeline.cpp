@@ -385,7 +385,9 @@ Inspection IadGpt::inspect(const cv::Mat& rgb8, const anomaly::Detector::Encoded
   const int64_t room = answer_room(prompt_tokens, s.cache.capacity(), "the first question (image tokens + question)");
   r.prompt_tokens = prompt_tokens;
   const auto t_prefill = Clock::now();
-  const auto probs = llm::first_token_probs(s.llm, s.cache, segments, s.yes_no);
+  const auto probs = options.prefill
+                         ? llm::candidate_probs(options.prefill(s.cache, llm::embed_segments(s.llm, segments)), s.yes_no)
+                         : llm::first_token_probs(s.llm, s.cache, segments, s.yes_no);
   r.timings.prefill = seconds_since(t_prefill);
   // P(Yes) of the two decision tokens, moved by the bundle's calibration (log-odds).
   const auto bias_it = s.bundle.decision_bias.find(s.class_name);

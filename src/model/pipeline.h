@@ -51,6 +51,10 @@ struct InspectOptions {
   std::function<bool(std::string_view)> on_text;  // streamed answer text; return false to stop
   double top_p = 1.0;             // nucleus sampling (with temperature > 0); 1 = off
   std::vector<std::string> stop;  // stop strings besides Vicuna v0's "###"
+  // Set: runs the prompt's prefill (the input rows from cache.pos → fp32 logits [1, V] at the last
+  // row) in place of llm::forward; serve --batch passes one that runs it together with the other
+  // inspections of its batch (llm::PrefillBatch).
+  std::function<torch::Tensor(llm::KvCache& cache, const torch::Tensor& x)> prefill;
 };
 
 struct Timings { double encode = 0, maps = 0, prefill = 0, generate = 0; };  // seconds

@@ -1,5 +1,7 @@
 #include "serve/iadgpt_engine.h"
 
+#include <ATen/Parallel.h>
+
 #include <thread>
 
 #include "io/error.h"
@@ -84,11 +86,14 @@ DetectOutput detect_output(const model::Inspection& r) {
 
 }  // namespace
 
-IadGptEngine::IadGptEngine(const model::Bundle& bundle) : model_(std::make_unique<model::IadGpt>(bundle)) {}
-IadGptEngine::IadGptEngine(model::IadGpt model) : model_(std::make_unique<model::IadGpt>(std::move(model))) {}
+IadGptEngine::IadGptEngine(const model::Bundle& bundle)
+    : prefills_(std::make_shared<PrefillCounters>()), model_(std::make_unique<model::IadGpt>(bundle)) {}
+IadGptEngine::IadGptEngine(model::IadGpt model)
+    : prefills_(std::make_shared<PrefillCounters>()), model_(std::make_unique<model::IadGpt>(std::move(model))) {}
 std::unique_ptr<IadGptEngine> IadGptEngine::share() {
   auto engine = std::make_unique<IadGptEngine>(model_->share());  // the model's share keeps the loop
   engine->loop_ = loop_;
+  engine->prefills_ = prefills_;
   return engine;
 }
 
@@ -107,11 +112,13 @@ EngineFactory shared_weights_factory(const model::Bundle& bundle, bool maps_only
     }
     if (worker > 0 && first->full) return first->full->share();
     auto engine = std::make_unique<IadGptEngine>(bundle);
-    // Only bf16 (and quantized) LLMs share weight reads between sequences (llm::decode_batch);
+    // Only bf16 (and q8/q4) LLMs share weight reads between sequences (llm::decode_batch);
     // an fp32 one would step them one by one anyway, with a hand-over to the loop per token. The
     // shared step runs the CPU kernels: a model on another device decodes each sequence alone.
     const bool on_cpu = nn::parse_device(bundle.device, "bundle device").is_cpu();
-    if (decode_batch > 1 && bundle.dtype == "bf16" && on_cpu) engine->start_decode_loop(decode_batch, decode_threads);
+    // A quantized LLM (field `quant`) runs on bf16 matrices whatever the bundle's dtype.
+    const bool bf16_llm = bundle.dtype == "bf16" || bundle.quant != "none";
+    if (decode_batch > 1 && bf16_llm && on_cpu) engine->start_decode_loop(decode_batch, decode_threads);
     first->full = engine.get();
     return engine;
   };
@@ -141,23 +148,27 @@ std::vector<DetectResult> IadGptEngine::detect_batch(std::span<const DetectInput
   std::vector<cv::Mat> images;
   for (const auto* in : inputs) images.push_back(in->image);
   const auto encoded = model_->encode(images);  // class- and reference-independent
-  if (loop_ && inputs.size() > 1) return detect_concurrently(inputs, encoded);
-  std::vector<DetectResult> results;
-  for (size_t i = 0; i < inputs.size(); ++i) results.push_back(detect_encoded(*inputs[i], encoded.image(static_cast<int64_t>(i))));
-  return results;
+  if (inputs.size() > 1) return detect_concurrently(inputs, encoded);
+  return {detect_encoded(*inputs[0], encoded.image(0))};
 }
 
-DetectResult IadGptEngine::detect_encoded(const DetectInput& input, const anomaly::Detector::Encoded& encoded) {
+DetectResult IadGptEngine::detect_encoded(const DetectInput& input, const anomaly::Detector::Encoded& encoded,
+                                          llm::PrefillBatch* prefills, int seat) {
   DetectResult result;
   try {
     prepare(input);
     inspected_ = false;
-    const auto r = model_->inspect(input.image, encoded, detect_options(input));
+    auto options = detect_options(input);
+    if (prefills)
+      options.prefill = [prefills, seat](llm::KvCache& cache, const torch::Tensor& x) { return prefills->forward(seat, cache, x); };
+    const auto r = model_->inspect(input.image, encoded, options);
     inspected_ = true;
     result.output = detect_output(r);
   } catch (...) {
     result.error = std::current_exception();
   }
+  // An inspection that failed before its prefill must not hold up the others' batch.
+  if (prefills) prefills->leave(seat);
   return result;
 }
 
@@ -169,18 +180,35 @@ std::vector<DetectResult> IadGptEngine::detect_concurrently(std::span<const Dete
     helpers_.back()->loop_ = loop_;
   }
   std::vector<DetectResult> results(n);
+  // Their prefills run as one forward, on the thread that completes the group, with this
+  // worker's torch threads (the helpers run with one each).
+  llm::PrefillBatch prefills(model_->llm(), static_cast<int>(n), at::get_num_threads());
   std::vector<std::thread> running;
-  for (size_t i = 0; i + 1 < n; ++i) {
-    running.emplace_back([&, i] {
-      torch::NoGradGuard no_grad;  // per thread, as the pool's workers
-      // The requests run side by side: one torch thread each, or n × --threads would share the cores.
-      torch::set_num_threads(1);
-      results[i] = helpers_[i]->detect_encoded(*inputs[i], encoded.image(static_cast<int64_t>(i)));
-    });
+  try {
+    for (size_t i = 0; i + 1 < n; ++i) {
+      running.emplace_back([&, i] {
+        torch::NoGradGuard no_grad;  // per thread, as the pool's workers
+        // The requests run side by side: one torch thread each, or n × --threads would share the cores.
+        torch::set_num_threads(1);
+        results[i] = helpers_[i]->detect_encoded(*inputs[i], encoded.image(static_cast<int64_t>(i)), &prefills,
+                                                 static_cast<int>(i));
+      });
+    }
+  } catch (...) {
+    // A thread that could not start: the seats without one leave (the started ones must not
+    // wait for them), those started finish; the pool then runs each inspection alone.
+    for (size_t i = running.size(); i < n; ++i) prefills.leave(static_cast<int>(i));
+    for (auto& t : running) t.join();
+    throw;
   }
   // The last on this engine: the conversation it holds afterwards is the last input's.
-  results[n - 1] = detect_encoded(*inputs[n - 1], encoded.image(static_cast<int64_t>(n - 1)));
+  results[n - 1] = detect_encoded(*inputs[n - 1], encoded.image(static_cast<int64_t>(n - 1)), &prefills,
+                                  static_cast<int>(n - 1));
   for (auto& t : running) t.join();
+  if (const int together = prefills.batched(); together > 1) {
+    ++prefills_->batches;
+    prefills_->sequences += static_cast<uint64_t>(together);
+  }
   return results;
 }
 
@@ -260,10 +288,12 @@ nlohmann::json bundle_summary(const model::Bundle& b) {
 }
 
 nlohmann::json IadGptEngine::shared_stats() const {
-  if (!loop_) return nlohmann::json::object();
+  nlohmann::json j = {{"prefill_batches", prefills_->batches.load()}, {"prefill_batched", prefills_->sequences.load()}};
+  if (!loop_) return j;
   const auto s = loop_->stats();
-  return {{"decode_batch", loop_->max_batch()}, {"decode_steps", s.steps}, {"decode_rows", s.rows},
-          {"decode_sequences", s.sequences}, {"decode_max_seen", s.max_seen}};
+  j.update({{"decode_batch", loop_->max_batch()}, {"decode_steps", s.steps}, {"decode_rows", s.rows},
+            {"decode_sequences", s.sequences}, {"decode_max_seen", s.max_seen}, {"decode_waiting", s.waiting}});
+  return j;
 }
 
 nlohmann::json IadGptEngine::describe() const {

@@ -1,6 +1,7 @@
 // The real engine: one model::IadGpt (the whole IAD-GPT pipeline of a bundle) per worker.
 // The map-only engine of the same bundle (no LLM) is `map_engine_options(bundle)` + MapEngine.
 #pragma once
+#include <atomic>
 #include <memory>
 
 #include "anomaly/detector.h"
@@ -12,6 +13,7 @@ class IadGpt;
 }
 namespace iadgpt::llm {
 class DecodeLoop;
+class PrefillBatch;
 }
 
 namespace iadgpt::serve {
@@ -29,10 +31,11 @@ class IadGptEngine : public Engine {
   Completion complete(const CompletionInput& in, const TextSink& sink) override;
   Reply reply(std::string_view message, const GenerationParams& params, const TextSink& sink) override;
   nlohmann::json describe() const override;
-  nlohmann::json shared_stats() const override;  // the decode loop's steps and rows
+  nlohmann::json shared_stats() const override;  // batched prefills; the decode loop's steps and rows
   // Answers are decoded through `loop` (llm/batch.h), together with other engines' sequences;
-  // share() passes it on. detect_batch then runs its inspections at once, on shares of its own,
-  // so their answers decode together too.
+  // share() passes it on. detect_batch runs its inspections at once, on shares of its own (one
+  // thread each): their prefills run as one forward (llm::PrefillBatch), and with a loop their
+  // answers decode together too.
   void set_decode_loop(std::shared_ptr<llm::DecodeLoop> loop);
   std::shared_ptr<llm::DecodeLoop> decode_loop() const { return loop_; }
   // set_decode_loop with a new loop over this engine's LLM: `max_batch` sequences, `threads` torch threads.
@@ -40,10 +43,17 @@ class IadGptEngine : public Engine {
 
  private:
   void prepare(const DetectInput& input);  // class, references, a fresh conversation
-  DetectResult detect_encoded(const DetectInput& input, const anomaly::Detector::Encoded& encoded);
+  // prefills: the prompt's prefill joins that group's one forward, at `seat`.
+  DetectResult detect_encoded(const DetectInput& input, const anomaly::Detector::Encoded& encoded,
+                              llm::PrefillBatch* prefills = nullptr, int seat = 0);
   // detect_batch on this engine and shares of it, one thread each; the last input on this one.
   std::vector<DetectResult> detect_concurrently(std::span<const DetectInput* const> inputs,
                                                 const anomaly::Detector::Encoded& encoded);
+  // Batched prefills of this engine and its shares (shared_stats), counted after each batch.
+  struct PrefillCounters {
+    std::atomic<uint64_t> batches{0}, sequences{0};
+  };
+  std::shared_ptr<PrefillCounters> prefills_;
   std::shared_ptr<llm::DecodeLoop> loop_;
   std::vector<std::unique_ptr<IadGptEngine>> helpers_;  // made on first use, up to --batch - 1
 
@@ -57,7 +67,7 @@ class IadGptEngine : public Engine {
 // caches and scratch. WorkerPool calls it for workers 0..N-1 in order, on one thread, before any
 // worker runs; the factory keeps a pointer to worker 0's engine, so it must not be called after
 // that engine is gone. maps_only: MapEngine (no LLM), shared the same way.
-// decode_batch > 1 (serve --batch) and a bf16 bundle: one llm::DecodeLoop of that many sequences, with
+// decode_batch > 1 (serve --batch) and a bf16 or quantized LLM on the CPU: one llm::DecodeLoop of that many sequences, with
 // decode_threads torch threads, shared by every engine (continuous batching of their answers).
 EngineFactory shared_weights_factory(const model::Bundle& bundle, bool maps_only, int decode_batch = 1,
                                      int decode_threads = 0);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 namespace iadgpt::serve {
 
@@ -32,6 +33,31 @@ std::string escape_label(std::string_view v) {
     out += c;
   }
   return out;
+}
+
+// The batching counters (serve --batch; README "Batching"), beside /v1/health's.
+void render_batching(std::string& out, const ServerGauges& g) {
+  const std::tuple<const char*, const char*, const char*, double> rows[] = {
+      {"iadgpt_detect_batches_total", "counter", "Detect batches run (one vision-tower forward for several inspections).",
+       static_cast<double>(g.detect_batches)},
+      {"iadgpt_detect_batched_total", "counter", "Inspections run in those batches.", static_cast<double>(g.detect_batched)},
+      {"iadgpt_prefill_batches_total", "counter", "Batched LLM prefills (several requests' prompts in one forward).",
+       static_cast<double>(g.prefill_batches)},
+      {"iadgpt_prefill_batched_total", "counter", "Prompts prefilled in those batched forwards.",
+       static_cast<double>(g.prefill_batched)},
+      {"iadgpt_decode_steps_total", "counter", "Steps of the shared decode loop.", static_cast<double>(g.decode_steps)},
+      {"iadgpt_decode_rows_total", "counter", "Sequence-steps in them (rows / steps = the mean decode batch).",
+       static_cast<double>(g.decode_rows)},
+      {"iadgpt_decode_sequences_total", "counter", "Answers the decode loop finished.", static_cast<double>(g.decode_sequences)},
+      {"iadgpt_decode_batch", "gauge", "Sequences the decode loop steps together at most (0: no loop).",
+       static_cast<double>(g.decode_batch)},
+      {"iadgpt_decode_batch_max_seen", "gauge", "The largest decode batch stepped so far.", static_cast<double>(g.decode_max_seen)},
+      {"iadgpt_decode_waiting", "gauge", "Sequences waiting to join the decode loop.", static_cast<double>(g.decode_waiting)},
+  };
+  for (const auto& [name, type, help, value] : rows) {
+    header(out, name, type, help);
+    out += fmt::format("{} {}\n", name, number(value));
+  }
 }
 
 }  // namespace
@@ -103,6 +129,7 @@ std::string Metrics::render(const ServerGauges& g) const {
     header(out, name, "gauge", value.first);
     out += fmt::format("{} {}\n", name, number(value.second));
   }
+  render_batching(out, g);
   return out;
 }
 

@@ -1,6 +1,6 @@
 // What `GET /metrics` shows, in the Prometheus text exposition format (version 0.0.4): requests
 // by route and status, latency histograms of the pipeline's stages, generated tokens and the
-// server's gauges (queue, workers, sessions). Thread-safe.
+// server's gauges (queue, workers, sessions) and batching counters. Thread-safe.
 //
 //   serve::Metrics metrics;
 //   metrics.count_request("/v1/detect", 200);
@@ -28,6 +28,11 @@ struct ServerGauges {
   int64_t session_bytes = 0, session_budget_bytes = 0;
   int64_t in_flight = 0;
   bool draining = false;
+  // Batching (serve --batch): detect batches of the pool, batched prefills of the engines and the
+  // decode loop's counters (Engine::shared_stats); all 0 without batching.
+  uint64_t detect_batches = 0, detect_batched = 0, prefill_batches = 0, prefill_batched = 0;
+  uint64_t decode_steps = 0, decode_rows = 0, decode_sequences = 0;
+  int64_t decode_batch = 0, decode_max_seen = 0, decode_waiting = 0;
 };
 
 class Metrics {

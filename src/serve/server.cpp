@@ -143,6 +143,22 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+// The batching counters of /metrics: the pool's detect batches and the engines' shared counters
+// (IadGptEngine::shared_stats: batched prefills, the decode loop), the same numbers /v1/health shows.
+void batch_gauges(const PoolStats& pool, const json& engine, ServerGauges& g) {
+  g.detect_batches = pool.batches;
+  g.detect_batched = pool.batched;
+  const auto get = [&](const char* key) { return engine.is_object() ? engine.value(key, int64_t{0}) : int64_t{0}; };
+  g.prefill_batches = static_cast<uint64_t>(get("prefill_batches"));
+  g.prefill_batched = static_cast<uint64_t>(get("prefill_batched"));
+  g.decode_steps = static_cast<uint64_t>(get("decode_steps"));
+  g.decode_rows = static_cast<uint64_t>(get("decode_rows"));
+  g.decode_sequences = static_cast<uint64_t>(get("decode_sequences"));
+  g.decode_batch = get("decode_batch");
+  g.decode_max_seen = get("decode_max_seen");
+  g.decode_waiting = get("decode_waiting");
+}
+
 }  // namespace
 
 bool is_loopback(const std::string& host) {
@@ -598,6 +614,7 @@ struct Server::Impl {
     g.session_bytes = sessions.bytes();
     g.session_budget_bytes = sessions.budget();
     g.draining = draining;
+    batch_gauges(s, pool.shared_stats(), g);
     std::lock_guard lock(drain_mutex);
     g.in_flight = in_flight;
     return g;

@@ -11,6 +11,7 @@
 #include "llm/decode.h"
 #include "llm/generate.h"
 #include "llm/matvec.h"
+#include "llm/quant.h"
 #include "llm_test_util.h"
 
 namespace llm = iadgpt::llm;
@@ -21,6 +22,11 @@ namespace {
 const llm::LlamaModel& stories_bf16() {
   static const auto m = llm::load_model(t::fixture("stories260K"), {.dtype = torch::kBFloat16});
   return m;
+}
+const llm::LlamaModel& stories_quant(llm::QuantFormat format) {
+  static const auto q8 = llm::load_model(t::fixture("stories260K"), {.dtype = torch::kBFloat16, .quant = llm::QuantFormat::Q8});
+  static const auto q4 = llm::load_model(t::fixture("stories260K"), {.dtype = torch::kBFloat16, .quant = llm::QuantFormat::Q4});
+  return format == llm::QuantFormat::Q8 ? q8 : q4;
 }
 const llm::Tokenizer& tok() {
   static const auto tk = llm::Tokenizer::from_path(t::fixture("stories260K"));
@@ -58,8 +64,44 @@ TEST(MatvecMulti, EachVectorIsBitForBitItsOwnMatvec) {
   }
 }
 
-TEST(DecodeBatch, EachRowIsBitForBitItsSequencesOwnStep) {
-  const auto& m = stories_bf16();
+TEST(MatvecQuantMulti, EachVectorIsBitForBitItsOwnMatvec) {
+  torch::manual_seed(4);
+  // 300 rows of 1024 columns (32 blocks: the AVX-512 path's full groups of 16 and, at 1056, a tail).
+  for (const int64_t cols : {1024, 1056}) {
+    const int64_t rows = 300, nb = cols / llm::kQuantBlock;
+    for (auto format : {llm::QuantFormat::Q8, llm::QuantFormat::Q4}) {
+      const auto w = llm::quantize(torch::randn({rows, cols}), format);
+      std::vector<torch::Tensor> q, scale, offset, ys;
+      std::vector<llm::QuantizedInput> xs;
+      for (int i = 0; i < 3; ++i) {
+        q.push_back(torch::empty({cols}, torch::kInt8));
+        scale.push_back(torch::empty({nb}, torch::kFloat32));
+        offset.push_back(torch::empty({nb}, torch::kFloat32));
+        ys.push_back(torch::empty({rows}, torch::kFloat32));
+        xs.push_back({q[i].data_ptr<int8_t>(), scale[i].data_ptr<float>(), offset[i].data_ptr<float>(), cols});
+        const auto x = torch::randn({cols});
+        llm::quantize_input(x.data_ptr<float>(), xs[i]);
+      }
+      for (auto isa : {llm::MatvecIsa::Scalar, llm::MatvecIsa::Avx2, llm::MatvecIsa::Avx512Bf16}) {
+        if (!llm::matvec_isa_supported(isa)) continue;
+        std::vector<float*> out;
+        for (auto& y : ys) out.push_back(y.data_ptr<float>());
+        llm::matvec_quant_multi(w, xs, out, isa);
+        for (int i = 0; i < 3; ++i) {
+          auto want = torch::empty({rows}, torch::kFloat32);
+          llm::matvec_quant(w, xs[i], want.data_ptr<float>(), isa);
+          EXPECT_TRUE(torch::equal(ys[i], want)) << llm::quant_format_name(format) << " " << llm::matvec_isa_name(isa)
+                                                 << " cols " << cols << " vector " << i;
+        }
+        EXPECT_FALSE(torch::equal(ys[0], ys[1]));
+      }
+    }
+  }
+}
+
+namespace {
+
+void expect_batch_rows_equal_own_steps(const llm::LlamaModel& m) {
   auto prefilled = [&] {
     std::vector<llm::KvCache> caches;
     for (const auto& p : kPrompts) {
@@ -85,6 +127,24 @@ TEST(DecodeBatch, EachRowIsBitForBitItsSequencesOwnStep) {
   // One cache twice in a step would append two tokens at one position.
   std::vector<llm::KvCache*> twice = {&batched[0], &batched[0]};
   EXPECT_THROW(llm::decode_batch(m, twice, m.embed(std::vector<int64_t>{1, 2})), iadgpt::InputError);
+}
+
+}  // namespace
+
+TEST(DecodeBatch, EachRowIsBitForBitItsSequencesOwnStep) { expect_batch_rows_equal_own_steps(stories_bf16()); }
+
+// stories260K quantized: the 64-wide projections take the q8/q4 multi-row kernel, the 172-wide
+// down projections and the tied head stay bf16 (matvec_bf16_multi).
+TEST(DecodeBatch, EachRowIsBitForBitItsSequencesOwnStepQ8) {
+  const auto& m = stories_quant(llm::QuantFormat::Q8);
+  ASSERT_TRUE(m.weights.layers[0].q_wq.defined());
+  expect_batch_rows_equal_own_steps(m);
+}
+
+TEST(DecodeBatch, EachRowIsBitForBitItsSequencesOwnStepQ4) {
+  const auto& m = stories_quant(llm::QuantFormat::Q4);
+  ASSERT_TRUE(m.weights.layers[0].q_wq.defined());
+  expect_batch_rows_equal_own_steps(m);
 }
 
 namespace {
@@ -157,6 +217,10 @@ void expect_loop_equals_alone(const llm::LlamaModel& m) {
 }  // namespace
 
 TEST(DecodeLoop, SequencesThatShareStepsGenerateWhatTheyGenerateAloneBf16) { expect_loop_equals_alone(stories_bf16()); }
+
+TEST(DecodeLoop, SequencesThatShareStepsGenerateWhatTheyGenerateAloneQ8) {
+  expect_loop_equals_alone(stories_quant(llm::QuantFormat::Q8));
+}
 
 TEST(DecodeLoop, SequencesThatShareStepsGenerateWhatTheyGenerateAloneF32) { expect_loop_equals_alone(t::stories_model()); }
 

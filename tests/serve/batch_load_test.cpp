@@ -1,7 +1,7 @@
 // The parts/minute measurement of detect batching (a load tool, not a test: it asserts nothing
 // about speed, and is DISABLED_ so that ctest does not run it). Run it by hand:
 //
-//   IADGPT_SHARED=/work/shared IADGPT_BIN=$PWD/iadgpt ./test_serve --gtest_also_run_disabled_tests \
+//   IADGPT_SHARED=<shared dir> IADGPT_BIN=$PWD/iadgpt ./test_serve --gtest_also_run_disabled_tests
 //       --gtest_filter='BatchLoad.*'
 //
 // `iadgpt serve --workers 1` with batching off (--batch 1) and on (--batch 16, --batch-wait 0 and 20),
@@ -10,7 +10,8 @@
 // Environment: IADGPT_LOAD_BUNDLE=DIR serves that bundle instead of the tiny fixture one;
 // IADGPT_LOAD_BF16=1 makes the fixture bundle bf16 (the bf16 decode kernels, as a real bundle);
 // IADGPT_LOAD_REQUESTS=N requests per run (default 32); IADGPT_LOAD_ARGS="--answer-tokens 32 ..."
-// more server flags for every configuration.
+// more server flags for every configuration; IADGPT_LOAD_CONFIGS=off,on those configurations only.
+// A failed request is counted by its status and body (or httplib's error) in `failures`.
 #include <fmt/format.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -19,6 +20,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <sstream>
 
@@ -51,6 +53,7 @@ json measure(int port, int clients, int requests, const std::vector<std::string>
   std::mutex mutex;
   std::vector<double> latencies;
   int failed = 0;
+  std::map<std::string, int> failures;  // status (or httplib's error) → count, with the first body
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::thread> threads;
   for (int k = 0; k < clients; ++k) {
@@ -63,8 +66,13 @@ json measure(int port, int clients, int requests, const std::vector<std::string>
         auto r = c.Post("/v1/detect", detect_form(images[i % images.size()]));
         const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
         std::lock_guard lock(mutex);
-        if (r && r->status == 200) latencies.push_back(ms);
-        else ++failed;
+        if (r && r->status == 200) {
+          latencies.push_back(ms);
+          continue;
+        }
+        ++failed;
+        const auto what = r ? fmt::format("{}: {}", r->status, r->body.substr(0, 200)) : httplib::to_string(r.error());
+        ++failures[what];
       }
     });
   }
@@ -73,7 +81,8 @@ json measure(int port, int clients, int requests, const std::vector<std::string>
   std::sort(latencies.begin(), latencies.end());
   const double p50 = latencies.empty() ? 0 : latencies[latencies.size() / 2];
   return {{"clients", clients}, {"ok", latencies.size()}, {"failed", failed}, {"seconds", seconds},
-          {"parts_per_minute", 60.0 * static_cast<double>(latencies.size()) / seconds}, {"p50_ms", p50}};
+          {"parts_per_minute", 60.0 * static_cast<double>(latencies.size()) / seconds}, {"p50_ms", p50},
+          {"failures", failures}};
 }
 
 }  // namespace
@@ -102,7 +111,9 @@ TEST(BatchLoad, DISABLED_PartsPerMinuteWithBatchingOffAndOn) {
     for (std::string w; words >> w;) extra.push_back(w);
   }
   json report = {{"bundle", bundle_dir.string()}, {"requests_per_run", requests}, {"runs", json::array()}};
+  const char* only = std::getenv("IADGPT_LOAD_CONFIGS");  // e.g. "off,on": those configurations only
   for (auto [name, args] : configs) {
+    if (only && *only && ("," + std::string(only) + ",").find("," + name + ",") == std::string::npos) continue;
     args.insert(args.end(), extra.begin(), extra.end());
     ServeProcess server(bundle_dir, args);
     httplib::Client warm("127.0.0.1", server.port());
@@ -113,9 +124,10 @@ TEST(BatchLoad, DISABLED_PartsPerMinuteWithBatchingOffAndOn) {
       run["batching"] = name;
       run["server"] = fmt::format("{}", fmt::join(args, " "));
       run["health"] = body_json(warm.Get("/v1/health"));
-      std::cout << fmt::format("batching {:7} clients {:2}: {:7.1f} parts/min, p50 {:7.0f} ms ({} ok, {} failed)\n", name,
+      std::cout << fmt::format("batching {:7} clients {:2}: {:7.1f} parts/min, p50 {:7.0f} ms ({} ok, {} failed{})\n", name,
                                clients, run["parts_per_minute"].get<double>(), run["p50_ms"].get<double>(),
-                               run["ok"].get<int>(), run["failed"].get<int>())
+                               run["ok"].get<int>(), run["failed"].get<int>(),
+                               run["failures"].empty() ? "" : ": " + run["failures"].dump())
                 << std::flush;
       report["runs"].push_back(run);
     }

@@ -327,6 +327,80 @@ TEST(Batching, IadGptEngineWithADecodeLoopRunsTheBatchAtOnceWithTheSameResults) 
   EXPECT_EQ(got, alone->ask(question, 12));
 }
 
+// A bf16 bundle as the server runs it with --batch 4: the loop started by the factory, the
+// four prefills as one forward (batched prefill changes the GEMMs' row count: bf16 outputs may
+// round differently, so scores and maps keep kTol, p_yes 2e-2 — the bf16 logits' ~0.1 tolerance
+// of tests/llm/prefill_batch_test.cpp through a sigmoid's slope ≤ 1/4 — and greedy answers must
+// be the same). A fifth input whose question overflows the context fails before its prefill:
+// its error is its own and the others' batch still runs.
+TEST(Batching, Bf16EngineRunsTheBatchsPrefillsAsOneForward) {
+  auto fields = tiny_bundle_fields("batching-prefill");
+  fields.dtype = "bf16";
+  model::init_random_adapters(fields, 1);
+  model::write_bundle(fields, fields.dir);
+  const auto bundle = model::read_bundle(fields.dir);
+  auto factory = serve::shared_weights_factory(bundle, false, 4, 0);
+  auto first = factory(0), alone_engine = factory(1);
+  auto& batched = dynamic_cast<serve::IadGptEngine&>(*first);
+  ASSERT_TRUE(batched.decode_loop());
+  // The lone reference decodes without the loop (as --batch 1 does).
+  auto& alone = dynamic_cast<serve::IadGptEngine&>(*alone_engine);
+  alone.set_decode_loop(nullptr);
+  auto inputs = mixed_inputs();
+  inputs.insert(inputs.begin() + 2, input(part("test/good/04.jpg"), "hazelnut", {}, std::string(4000, 'x') + "?"));
+  std::vector<const serve::DetectInput*> pointers;
+  for (const auto& in : inputs) pointers.push_back(&in);
+  const auto results = batched.detect_batch(pointers);
+  ASSERT_EQ(results.size(), inputs.size());
+  ASSERT_TRUE(results[2].error) << "the overlong question was answered";
+  try {
+    std::rethrow_exception(results[2].error);
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("first question"), std::string::npos) << e.what();
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (i == 2) continue;
+    ASSERT_FALSE(results[i].error) << "input " << i;
+    const auto want = alone.detect(inputs[i]);
+    const auto& got = results[i].output;
+    EXPECT_NEAR(got.pred_score, want.pred_score, kTol) << "input " << i;
+    EXPECT_NEAR(got.p_yes, want.p_yes, 2e-2) << "input " << i;
+    EXPECT_EQ(got.answer, want.answer) << "input " << i;
+    EXPECT_LT((got.map - want.map).abs().max().item<float>(), kTol) << "input " << i;
+    EXPECT_FALSE(got.answer.empty()) << "input " << i;
+  }
+  const auto stats = batched.shared_stats();
+  EXPECT_EQ(stats["prefill_batches"], 1) << stats.dump();
+  EXPECT_EQ(stats["prefill_batched"], 4) << stats.dump();  // the four that reached their prefill
+  EXPECT_EQ(stats["decode_sequences"], 4) << stats.dump();
+}
+
+// A q8 bundle (dtype f32: the towers fp32, the LLM's matrices bf16/q8 whatever the dtype) gets the
+// decode loop too, and its batched answers (q8 multi-row kernels) are those decoded alone.
+TEST(Batching, AQuantizedBundleDecodesThroughTheLoop) {
+  auto fields = tiny_bundle_fields("batching-q8");
+  fields.quant = "q8";
+  model::init_random_adapters(fields, 1);
+  model::write_bundle(fields, fields.dir);
+  const auto bundle = model::read_bundle(fields.dir);
+  ASSERT_EQ(bundle.dtype, "f32");
+  auto factory = serve::shared_weights_factory(bundle, false, 4, 0);
+  auto first = factory(0), alone_engine = factory(1);
+  auto& batched = dynamic_cast<serve::IadGptEngine&>(*first);
+  ASSERT_TRUE(batched.decode_loop()) << "no decode loop for a quantized bundle";
+  auto& alone = dynamic_cast<serve::IadGptEngine&>(*alone_engine);
+  alone.set_decode_loop(nullptr);
+  const auto inputs = mixed_inputs();
+  std::vector<const serve::DetectInput*> pointers;
+  for (const auto& in : inputs) pointers.push_back(&in);
+  const auto results = batched.detect_batch(pointers);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    ASSERT_FALSE(results[i].error) << "input " << i;
+    EXPECT_EQ(results[i].output.answer, alone.detect(inputs[i]).answer) << "input " << i;
+  }
+  EXPECT_EQ(batched.shared_stats()["decode_sequences"], 4);
+}
+
 TEST(Batching, MapEngineBatchEqualsEachInspectionAlone) {
   const auto bundle = tiny_bundle("batching-maps");
   auto factory = serve::shared_weights_factory(bundle, true);

@@ -9,7 +9,9 @@
 
 #include "common/run.h"
 #include "serve/auth.h"
+#include "model/tiny_bundle.h"
 #include "serve/codec.h"
+#include "serve/iadgpt_engine.h"
 #include "serve_process.h"
 #include "serve_test_util.h"
 
@@ -407,6 +409,53 @@ TEST(Metrics, PrometheusTextMovesWithRequests) {
   const auto done = scrape(c);
   EXPECT_EQ(done.at("iadgpt_queue_depth{}"), 0);
   EXPECT_EQ(done.at("iadgpt_stage_seconds_count{stage=\"encode\"}"), 4);
+}
+
+// The batching counters: three detects at once on a bf16 bundle with --batch 3 (and a long
+// --batch-wait, so the worker surely gathers all three) run one detect batch, one batched
+// prefill of three prompts and their answers through the decode loop; /metrics shows what
+// /v1/health shows.
+TEST(Metrics, BatchingCountersMatchHealth) {
+  auto fields = tiny_bundle_fields("metrics-batching");
+  fields.dtype = "bf16";
+  model::init_random_adapters(fields, 1);
+  model::write_bundle(fields, fields.dir);
+  const auto bundle = model::read_bundle(fields.dir);
+  auto o = small_options();
+  o.batch = 3;
+  o.batch_wait_ms = 10'000;  // the most --batch-wait allows
+  TestServer server(o, serve::shared_weights_factory(bundle, false, o.batch, 0));
+  auto c = server.client(120);
+  const auto before = scrape(c);
+  EXPECT_EQ(before.types.at("iadgpt_decode_steps_total"), "counter");
+  EXPECT_EQ(before.types.at("iadgpt_decode_batch"), "gauge");
+  EXPECT_EQ(before.at("iadgpt_decode_batch{}"), 3);
+  EXPECT_EQ(before.at("iadgpt_decode_steps_total{}"), 0);
+  EXPECT_EQ(before.at("iadgpt_detect_batches_total{}"), 0);
+  std::vector<std::future<int>> detects;
+  for (const char* name : {"test/colour/00.jpg", "test/good/04.jpg", "test/colour/03.jpg"})
+    detects.push_back(std::async(std::launch::async, [&, name] {
+      auto r = server.client(120).Post("/v1/detect", detect_form(hazelnut(name)));
+      return r ? r->status : 0;
+    }));
+  for (auto& f : detects) EXPECT_EQ(f.get(), 200);
+  const auto after = scrape(c);
+  const auto health = body_json(c.Get("/v1/health"));
+  const auto& engine = health["engine"];
+  EXPECT_EQ(after.at("iadgpt_detect_batches_total{}"), 1) << health.dump();
+  EXPECT_EQ(after.at("iadgpt_detect_batched_total{}"), 3);
+  EXPECT_EQ(after.at("iadgpt_prefill_batches_total{}"), 1);
+  EXPECT_EQ(after.at("iadgpt_prefill_batched_total{}"), 3);
+  EXPECT_EQ(after.at("iadgpt_detect_batches_total{}"), health["batches"].get<double>());
+  for (const auto& [metric, key] : std::vector<std::pair<std::string, std::string>>{
+           {"iadgpt_prefill_batched_total", "prefill_batched"}, {"iadgpt_decode_steps_total", "decode_steps"},
+           {"iadgpt_decode_rows_total", "decode_rows"}, {"iadgpt_decode_sequences_total", "decode_sequences"},
+           {"iadgpt_decode_batch_max_seen", "decode_max_seen"}, {"iadgpt_decode_waiting", "decode_waiting"}})
+    EXPECT_EQ(after.at(metric + "{}"), engine.at(key).get<double>()) << metric;
+  EXPECT_GT(after.at("iadgpt_decode_steps_total{}"), 0);
+  EXPECT_GE(after.at("iadgpt_decode_rows_total{}"), after.at("iadgpt_decode_steps_total{}"));
+  EXPECT_LE(after.at("iadgpt_decode_batch_max_seen{}"), 3);
+  EXPECT_EQ(after.at("iadgpt_decode_waiting{}"), 0);
 }
 
 // ---- graceful shutdown --------------------------------------------------------------------
