@@ -10,6 +10,7 @@
 
 #include "common/run.h"
 #include "common/shared.h"
+#include "common/tiny_training.h"
 
 using namespace iadgpt;
 namespace fs = std::filesystem;
@@ -17,22 +18,17 @@ namespace fs = std::filesystem;
 namespace {
 
 void train_on(const fs::path& root, const std::string& category, const fs::path& out) {
-  nlohmann::json cfg{{"out", out.string()},
-                     {"vision", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string()},
-                     {"vision_config", test::fixture("imagebind_tiny/config.json").string()},
-                     {"vocab", test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string()},
-                     {"taps", {0, 1, 2, 3}},
-                     {"llm", test::fixture("llama_tiny").string()},
-                     {"tokenizer", test::fixture("stories260K/tokenizer.model").string()},
-                     {"llm_tuning", "lora"},
-                     {"lora", {{"rank", 4}, {"alpha", 8}}},
-                     {"datasets", {{{"kind", "mvtec"}, {"root", root.string()}, {"categories", {category}}}}},
-                     {"per_image", 1},
-                     {"holdout", 2},
-                     {"references", 1},
-                     {"stages", {{{"stage", 1}, {"steps", 2}}, {{"stage", 2}, {"steps", 2}}, {{"stage", 3}, {"steps", 2}}}},
-                     {"batch_size", 2},
-                     {"resume", false}};
+  auto cfg = test::tiny_training_config(out);
+  cfg.update(nlohmann::json{
+      {"llm_tuning", "lora"},
+      {"lora", {{"rank", 4}, {"alpha", 8}}},
+      {"datasets", {{{"kind", "mvtec"}, {"root", root.string()}, {"categories", {category}}}}},
+      {"per_image", 1},
+      {"holdout", 2},
+      {"references", 1},
+      {"stages", {{{"stage", 1}, {"steps", 2}}, {{"stage", 2}, {"steps", 2}}, {{"stage", 3}, {"steps", 2}}}},
+      {"batch_size", 2},
+      {"resume", false}});
   fs::create_directories(out.parent_path());
   const auto file = out.parent_path() / (out.filename().string() + ".json");
   std::ofstream(file) << cfg.dump(1);

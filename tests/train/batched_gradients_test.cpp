@@ -8,6 +8,7 @@
 #include <map>
 
 #include "common/shared.h"
+#include "common/tiny_training.h"
 #include "io/safetensors.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -21,14 +22,8 @@ namespace {
 // Stage 2 trains the most at once (decoder + MMF by CE, focal and dice; the LoRA by CE), and a
 // decision weight adds the Yes/No CE, so every term of the loss reaches a gradient.
 json stage2_config(const fs::path& out, const std::string& gradients, int64_t grad_accum) {
-  return {
-      {"out", out.string()},
-      {"vision", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string()},
-      {"vision_config", test::fixture("imagebind_tiny/config.json").string()},
-      {"vocab", test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string()},
-      {"taps", {0, 1, 2, 3}},
-      {"llm", test::fixture("llama_tiny").string()},
-      {"tokenizer", test::fixture("stories260K/tokenizer.model").string()},
+  auto cfg = test::tiny_training_config(out);
+  cfg.update(json{
       {"lora", {{"rank", 4}, {"alpha", 8}, {"dropout", 0.1}}},
       {"llm_lr", 1e-3},
       {"datasets", {{{"kind", "mvtec"}, {"root", test::data("hazelnut_toy").string()}, {"categories", {"hazelnut"}}}}},
@@ -42,7 +37,8 @@ json stage2_config(const fs::path& out, const std::string& gradients, int64_t gr
       {"gradients", gradients},
       {"checkpoint_every", 0},
       {"resume", false},
-  };
+  });
+  return cfg;
 }
 
 struct Run {

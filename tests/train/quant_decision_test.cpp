@@ -11,6 +11,7 @@
 
 #include "common/run.h"
 #include "common/shared.h"
+#include "common/tiny_training.h"
 #include "data/procedural.h"
 #include "image/decode.h"
 #include "model/bundle.h"
@@ -81,29 +82,24 @@ TEST(QuantDecision, TrainedBundleDecidesYesNoAsBf16OnAtLeast98PercentOfParts) {
   const std::vector<std::string> classes = {"washer", "screw", "pcb", "fabric", "wood"};
   data::write_procedural_dataset(dir / "parts", {.classes = classes, .train = 6, .test_good = 10, .test_defect = 2});
   const int shots = 4;
-  nlohmann::json cfg{{"out", (dir / "out").string()},
-                     {"vision", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string()},
-                     {"vision_config", test::fixture("imagebind_tiny/config.json").string()},
-                     {"vocab", test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string()},
-                     {"taps", {0, 1, 2, 3}},
-                     {"llm", test::fixture("llama_tiny").string()},
-                     {"tokenizer", test::fixture("stories260K/tokenizer.model").string()},
-                     {"llm_tuning", "lora"},
-                     {"lora", {{"rank", 8}, {"alpha", 16}, {"dropout", 0.0}}},
-                     {"llm_lr", 5e-3},
-                     {"datasets", {{{"kind", "mvtec"}, {"root", (dir / "parts").string()}, {"categories", classes}}}},
-                     {"synthesis", "cutpaste"},
-                     {"per_image", 2},
-                     {"holdout", 1},
-                     {"references", shots},
-                     {"few_shot_probability", 1.0},
-                     {"map", "few-shot"},
-                     {"decision_weight", 1.0},
-                     {"map_warmup", {{"steps", 50}, {"per_image", 4}}},
-                     {"stages", {{{"stage", 1}, {"steps", 10}}, {{"stage", 2}, {"steps", 30}}, {{"stage", 3}, {"steps", 30}}}},
-                     {"batch_size", 8},
-                     {"checkpoint_every", 0},
-                     {"resume", false}};
+  auto cfg = test::tiny_training_config(dir / "out");
+  cfg.update(nlohmann::json{
+      {"llm_tuning", "lora"},
+      {"lora", {{"rank", 8}, {"alpha", 16}, {"dropout", 0.0}}},
+      {"llm_lr", 5e-3},
+      {"datasets", {{{"kind", "mvtec"}, {"root", (dir / "parts").string()}, {"categories", classes}}}},
+      {"synthesis", "cutpaste"},
+      {"per_image", 2},
+      {"holdout", 1},
+      {"references", shots},
+      {"few_shot_probability", 1.0},
+      {"map", "few-shot"},
+      {"decision_weight", 1.0},
+      {"map_warmup", {{"steps", 50}, {"per_image", 4}}},
+      {"stages", {{{"stage", 1}, {"steps", 10}}, {{"stage", 2}, {"steps", 30}}, {{"stage", 3}, {"steps", 30}}}},
+      {"batch_size", 8},
+      {"checkpoint_every", 0},
+      {"resume", false}});
   std::ofstream(dir / "train.json") << cfg.dump(1);
   const auto r = test::run_iadgpt({"--threads", "2", "train", "--quiet", "--config", (dir / "train.json").string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -12,6 +12,7 @@
 
 #include "common/run.h"
 #include "common/shared.h"
+#include "common/tiny_training.h"
 #include "image/decode.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
@@ -67,28 +68,23 @@ TEST(ReleasedWeights, StepZeroOfARunFromTheDeltasIsTheBundleOfTheSameFiles) {
   io::save_safetensors(dir / "pandagpt.safetensors", pandagpt_delta(llm_config.at("num_hidden_layers").get<int64_t>()));
   io::save_safetensors(dir / "anomalygpt.safetensors", anomalygpt_delta());
 
-  nlohmann::json cfg{{"out", (dir / "trained").string()},
-                     {"vision", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string()},
-                     {"vision_config", test::fixture("imagebind_tiny/config.json").string()},
-                     {"vocab", test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string()},
-                     {"taps", {0, 1, 2, 3}},
-                     {"llm", test::fixture("llama_tiny").string()},
-                     {"tokenizer", test::fixture("stories260K/tokenizer.model").string()},
-                     {"delta", (dir / "pandagpt.safetensors").string()},
-                     {"anomalygpt", (dir / "anomalygpt.safetensors").string()},
-                     {"llm_tuning", "lora"},
-                     {"lora", {{"rank", 4}, {"alpha", 8}, {"dropout", 0.0}}},
-                     {"llm_lr", 0.0},
-                     {"datasets", {{{"kind", "mvtec"}, {"root", test::data("hazelnut_toy").string()}, {"categories", {"hazelnut"}}}}},
-                     {"per_image", 1},
-                     {"holdout", 2},
-                     {"references", 1},
-                     // lr must be > 0: 1e-30 moves no weight of magnitude > 1e-22 in fp32 (the
-                     // heads' weights are ~0.1; zero-initialised pathways are read from the
-                     // run's own TGE file by both bundles); the LLM's lr is 0.
-                     {"stages", {{{"stage", 3}, {"steps", 1}, {"lr", 1e-30}}}},
-                     {"batch_size", 1},
-                     {"resume", false}};
+  auto cfg = test::tiny_training_config(dir / "trained");
+  cfg.update(nlohmann::json{
+      {"delta", (dir / "pandagpt.safetensors").string()},
+      {"anomalygpt", (dir / "anomalygpt.safetensors").string()},
+      {"llm_tuning", "lora"},
+      {"lora", {{"rank", 4}, {"alpha", 8}, {"dropout", 0.0}}},
+      {"llm_lr", 0.0},
+      {"datasets", {{{"kind", "mvtec"}, {"root", test::data("hazelnut_toy").string()}, {"categories", {"hazelnut"}}}}},
+      {"per_image", 1},
+      {"holdout", 2},
+      {"references", 1},
+      // lr must be > 0: 1e-30 moves no weight of magnitude > 1e-22 in fp32 (the
+      // heads' weights are ~0.1; zero-initialised pathways are read from the
+      // run's own TGE file by both bundles); the LLM's lr is 0.
+      {"stages", {{{"stage", 3}, {"steps", 1}, {"lr", 1e-30}}}},
+      {"batch_size", 1},
+      {"resume", false}});
   std::ofstream(dir / "train.json") << cfg.dump(1);
   auto r = test::run_iadgpt({"--threads", "1", "train", "--quiet", "--config", (dir / "train.json").string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -17,6 +17,7 @@
 
 #include "common/run.h"
 #include "common/shared.h"
+#include "common/tiny_training.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/bundle.h"
@@ -29,14 +30,8 @@ using nlohmann::json;
 namespace {
 
 json small_config(const fs::path& out) {
-  return {
-      {"out", out.string()},
-      {"vision", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string()},
-      {"vision_config", test::fixture("imagebind_tiny/config.json").string()},
-      {"vocab", test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string()},
-      {"taps", {0, 1, 2, 3}},
-      {"llm", test::fixture("llama_tiny").string()},
-      {"tokenizer", test::fixture("stories260K/tokenizer.model").string()},
+  auto cfg = test::tiny_training_config(out);
+  cfg.update(json{
       {"llm_tuning", "lora"},
       {"lora", {{"rank", 4}, {"alpha", 8}, {"dropout", 0.1}}},
       {"llm_lr", 1e-3},
@@ -49,7 +44,8 @@ json small_config(const fs::path& out) {
       {"batch_size", 2},
       {"checkpoint_every", 2},
       {"keep", 2},
-  };
+  });
+  return cfg;
 }
 
 fs::path write_config(const fs::path& dir, const json& j, const std::string& name = "train.json") {
