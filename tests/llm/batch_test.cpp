@@ -16,13 +16,10 @@
 
 namespace llm = iadgpt::llm;
 namespace t = iadgpt::test;
+using t::stories_bf16;
 
 namespace {
 
-const llm::LlamaModel& stories_bf16() {
-  static const auto m = llm::load_model(t::fixture("stories260K"), {.dtype = torch::kBFloat16});
-  return m;
-}
 const llm::LlamaModel& stories_quant(llm::QuantFormat format) {
   static const auto q8 = llm::load_model(t::fixture("stories260K"), {.dtype = torch::kBFloat16, .quant = llm::QuantFormat::Q8});
   static const auto q4 = llm::load_model(t::fixture("stories260K"), {.dtype = torch::kBFloat16, .quant = llm::QuantFormat::Q4});

@@ -36,6 +36,12 @@ inline const llm::LlamaModel& stories_model() {
   return m;
 }
 
+// stories260K in bf16 (the hand-written decode kernels' path), loaded once per test binary.
+inline const llm::LlamaModel& stories_bf16() {
+  static const auto m = llm::load_model(fixture("stories260K"), {.dtype = torch::kBFloat16});
+  return m;
+}
+
 inline std::vector<int64_t> to_ids(const torch::Tensor& t) {
   auto c = t.to(torch::kInt64).contiguous();
   return {c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()};

@@ -19,13 +19,9 @@
 
 namespace llm = iadgpt::llm;
 namespace t = iadgpt::test;
+using t::stories_bf16;
 
 namespace {
-
-const llm::LlamaModel& stories_bf16() {
-  static const auto m = llm::load_model(t::fixture("stories260K"), {.dtype = torch::kBFloat16});
-  return m;
-}
 
 struct Case {
   std::vector<int64_t> before;  // already in the cache (a conversation that continues), may be empty

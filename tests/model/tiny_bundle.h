@@ -2,6 +2,7 @@
 // (H 64) with the stories260K SentencePiece model (same 512-token vocabulary size), and random
 // adapters written by init_random_adapters.
 #pragma once
+#include <functional>
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
@@ -39,12 +40,17 @@ inline model::Bundle tiny_bundle_fields(const std::string& name) {
   return b;
 }
 
-// Written to disk, read back (so every test goes through read_bundle's validation).
-inline model::Bundle tiny_bundle(const std::string& name, uint64_t seed = 1) {
+// Written to disk, read back (so every test goes through read_bundle's validation). `customize`
+// sets fields (dtype, quant, ...) before the adapters are made.
+inline model::Bundle tiny_bundle(const std::string& name, const std::function<void(model::Bundle&)>& customize,
+                                 uint64_t seed = 1) {
   auto b = tiny_bundle_fields(name);
+  if (customize) customize(b);
   model::init_random_adapters(b, seed);
   model::write_bundle(b, b.dir);
   return model::read_bundle(b.dir);
 }
+
+inline model::Bundle tiny_bundle(const std::string& name, uint64_t seed = 1) { return tiny_bundle(name, {}, seed); }
 
 }  // namespace iadgpt::test

@@ -334,11 +334,7 @@ TEST(Batching, IadGptEngineWithADecodeLoopRunsTheBatchAtOnceWithTheSameResults) 
 // be the same). A fifth input whose question overflows the context fails before its prefill:
 // its error is its own and the others' batch still runs.
 TEST(Batching, Bf16EngineRunsTheBatchsPrefillsAsOneForward) {
-  auto fields = tiny_bundle_fields("batching-prefill");
-  fields.dtype = "bf16";
-  model::init_random_adapters(fields, 1);
-  model::write_bundle(fields, fields.dir);
-  const auto bundle = model::read_bundle(fields.dir);
+  const auto bundle = tiny_bundle("batching-prefill", [](model::Bundle& b) { b.dtype = "bf16"; });
   auto factory = serve::shared_weights_factory(bundle, false, 4, 0);
   auto first = factory(0), alone_engine = factory(1);
   auto& batched = dynamic_cast<serve::IadGptEngine&>(*first);
@@ -378,11 +374,7 @@ TEST(Batching, Bf16EngineRunsTheBatchsPrefillsAsOneForward) {
 // A q8 bundle (dtype f32: the towers fp32, the LLM's matrices bf16/q8 whatever the dtype) gets the
 // decode loop too, and its batched answers (q8 multi-row kernels) are those decoded alone.
 TEST(Batching, AQuantizedBundleDecodesThroughTheLoop) {
-  auto fields = tiny_bundle_fields("batching-q8");
-  fields.quant = "q8";
-  model::init_random_adapters(fields, 1);
-  model::write_bundle(fields, fields.dir);
-  const auto bundle = model::read_bundle(fields.dir);
+  const auto bundle = tiny_bundle("batching-q8", [](model::Bundle& b) { b.quant = "q8"; });
   ASSERT_EQ(bundle.dtype, "f32");
   auto factory = serve::shared_weights_factory(bundle, false, 4, 0);
   auto first = factory(0), alone_engine = factory(1);

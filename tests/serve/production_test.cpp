@@ -416,11 +416,7 @@ TEST(Metrics, PrometheusTextMovesWithRequests) {
 // prefill of three prompts and their answers through the decode loop; /metrics shows what
 // /v1/health shows.
 TEST(Metrics, BatchingCountersMatchHealth) {
-  auto fields = tiny_bundle_fields("metrics-batching");
-  fields.dtype = "bf16";
-  model::init_random_adapters(fields, 1);
-  model::write_bundle(fields, fields.dir);
-  const auto bundle = model::read_bundle(fields.dir);
+  const auto bundle = tiny_bundle("metrics-batching", [](model::Bundle& b) { b.dtype = "bf16"; });
   auto o = small_options();
   o.batch = 3;
   o.batch_wait_ms = 10'000;  // the most --batch-wait allows
