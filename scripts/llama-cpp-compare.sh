@@ -41,7 +41,13 @@ command -v python3 >/dev/null || fail "python3 is not installed"
 pkg="$root/scripts/llama-cpp"
 if [ ! -d "$pkg/node_modules/node-llama-cpp" ]; then
   echo "installing node-llama-cpp (pinned in scripts/llama-cpp/package-lock.json) ..." >&2
-  (cd "$pkg" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund >&2) || fail "npm ci failed in $pkg"
+  # npm ci where the registry has every platform's package; where it has only linux-x64's (the
+  # project's npm mirror: the lock file then lacks the others, and npm 11's ci refuses it), npm
+  # install from the same lock file, which installs the same pinned versions.
+  (cd "$pkg" && { npm ci --omit=optional --ignore-scripts --no-audit --no-fund >&2 2>/dev/null ||
+                  npm install --omit=optional --ignore-scripts --no-audit --no-fund >&2; }) ||
+    fail "npm could not install node-llama-cpp in $pkg"
+  [ -d "$pkg/node_modules/@node-llama-cpp/linux-x64" ] || fail "npm installed no linux-x64 build of llama.cpp in $pkg"
 fi
 mkdir -p "$work"
 results="$work/results.jsonl"
