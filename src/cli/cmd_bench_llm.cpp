@@ -106,8 +106,9 @@ void add_bench_llm(CLI::App& bench) {
     const auto quant = llm::parse_quant_format(o->quant, "--quant");
     if (quant != llm::QuantFormat::None && dtype != torch::kBFloat16)
       throw InputError("--quant q8|q4 needs --dtype bf16 (embeddings and the KV cache stay bf16)");
-    std::cerr << fmt::format("bench llm: {} ({:.2f} B parameters), {} weights, quant {}, {} threads\n", o->arch,
-                             config.parameter_count() / 1e9, o->dtype, o->quant, torch::get_num_threads());
+    std::cerr << fmt::format("bench llm: {} ({:.2f} B parameters), {} weights, quant {}, {} threads ({} in the "
+                             "decode kernels)\n", o->arch, config.parameter_count() / 1e9, o->dtype, o->quant,
+                             torch::get_num_threads(), llm::kernel_threads());
     // A streaming read of a buffer 16x the 32 MiB last-level cache of the machines we measure on,
     // with the decode kernels' threads and vector width: the bandwidth a decode step can reach.
     // Measured before the weights exist, so its buffer does not raise the peak RSS reported below.
@@ -195,6 +196,7 @@ void add_bench_llm(CLI::App& bench) {
     nlohmann::json j{{"arch", o->arch},
                      {"dtype", o->dtype},
                      {"threads", torch::get_num_threads()},
+                     {"kernel_threads", llm::kernel_threads()},
                      {"parameters", config.parameter_count()},
                      {"weight_bytes", bytes},
                      {"init_seconds", init_s},

@@ -272,6 +272,14 @@ void matvec_bf16(const torch::Tensor& w, const torch::Tensor& x, torch::Tensor& 
   matvec_bf16(w.data_ptr<at::BFloat16>(), x.data_ptr<at::BFloat16>(), y.data_ptr<float>(), w.size(0), w.size(1), isa);
 }
 
+int kernel_threads() {
+  const int64_t threads = std::max(1, at::get_num_threads());
+  std::atomic<int> chunks{0};
+  // One index per thread and grain 1: each thread that takes part runs exactly one chunk.
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) { chunks.fetch_add(1); });
+  return chunks.load();
+}
+
 double measure_read_bandwidth(int64_t buffer_bytes, int passes, MatvecIsa isa) {
   if (buffer_bytes < (int64_t{1} << 20) || passes < 1)
     throw InputError("measure_read_bandwidth: at least 1 MiB and one pass are needed");

@@ -52,6 +52,12 @@ void matvec_bf16_multi(const at::BFloat16* w, std::span<const at::BFloat16* cons
 void matvec_bf16(const torch::Tensor& w, const torch::Tensor& x, torch::Tensor& y,
                  MatvecIsa isa = best_matvec_isa());
 
+// How many threads a range split by these kernels (at::parallel_for in this module) really runs
+// on, now: at most at::get_num_threads(). 1 where the module was compiled without OpenMP, whatever
+// --threads says (ATen's parallel_for is a header template that is serial without it); `bench
+// llm` prints it beside the thread count.
+int kernel_threads();
+
 // The memory bandwidth a streaming read reaches, for `bench`'s decode limit: bytes per second of
 // a read (the same vector width as `isa`'s kernel) of a fresh `buffer_bytes` buffer, one
 // contiguous share per intra-op thread; `passes` plain and `passes` software-prefetched passes

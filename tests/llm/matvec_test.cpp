@@ -91,6 +91,18 @@ TEST(Matvec, RejectsWrongDtypesAndShapes) {
   EXPECT_NO_THROW(llm::matvec_bf16(w, x, y));
 }
 
+// The kernels' at::parallel_for runs serially unless this module was compiled with OpenMP (a
+// header template: libtorch's own threads do not help). Two threads are asked for whatever the
+// machine has; OpenMP starts them even on one core.
+TEST(Matvec, KernelsRunOnTheThreadsAskedFor) {
+  const int before = at::get_num_threads();
+  at::set_num_threads(2);
+  EXPECT_EQ(llm::kernel_threads(), 2);
+  at::set_num_threads(1);
+  EXPECT_EQ(llm::kernel_threads(), 1);
+  at::set_num_threads(before);
+}
+
 TEST(Matvec, ReadBandwidthIsPositiveAndRejectsTinyBuffers) {
   EXPECT_GT(llm::measure_read_bandwidth(int64_t{4} << 20, 1), 0.0);
   EXPECT_THROW(llm::measure_read_bandwidth(1000, 1), iadgpt::InputError);
