@@ -59,6 +59,7 @@ __attribute__((target("avx2,fma"))) float dot_row_avx2(const uint16_t* w, const 
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t c = 0;
   for (; c + 32 <= cols; c += 32) {
+    simd::prefetch_ahead(w + c);  // 32 bf16: one line a step
     a0 = _mm256_fmadd_ps(load8_bf16_as_f32(w + c), _mm256_loadu_ps(x + c), a0);
     a1 = _mm256_fmadd_ps(load8_bf16_as_f32(w + c + 8), _mm256_loadu_ps(x + c + 8), a1);
     a2 = _mm256_fmadd_ps(load8_bf16_as_f32(w + c + 16), _mm256_loadu_ps(x + c + 16), a2);
@@ -102,6 +103,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) float dot_row_avx512bf16(
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t c = 0;
   for (; c + 128 <= cols; c += 128) {
+    for (int line = 0; line < 4; ++line) simd::prefetch_ahead(w + c + 32 * line);
     a0 = dot32_bf16(a0, w + c, x + c);
     a1 = dot32_bf16(a1, w + c + 32, x + c + 32);
     a2 = dot32_bf16(a2, w + c + 64, x + c + 64);

@@ -6,6 +6,19 @@
 
 namespace iadgpt::llm::simd {
 
+// Software prefetch distance of the weight streams. The hardware prefetchers alone left the bf16
+// row kernel well below a plain streaming read; prefetching each line 4 KiB ahead (into the rows
+// that follow: a matrix is one contiguous stream) raised it on both machine kinds measured (2
+// threads, the Intel Xeon kind (family 6, model 207), a VM: 13.8–16.7 → 17–21.7 GB/s in a stand-alone kernel test; on
+// the Zen 5 kind a prefetched plain read was 46–48 against 37–40 GB/s). Prefetches never fault,
+// so the ones past a matrix's end are harmless.
+inline constexpr int kPrefetchBytes = 4096;
+
+// One 64-byte line `kPrefetchBytes` after p, into all cache levels.
+inline void prefetch_ahead(const void* p) {
+  _mm_prefetch(static_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
+}
+
 // Horizontal sum of 8 fp32 lanes.
 __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
