@@ -146,7 +146,8 @@ IADGPT_VNNI_TARGET float dot_row_avx512(const uint8_t* q, const c10::Half* scale
     const __m512 off_scale = _mm512_set1_ps(F == QuantFormat::Q8 ? 16.0f : 1.0f);
     offset = _mm512_fmadd_ps(_mm512_mul_ps(d, off_scale), _mm512_maskz_loadu_ps(mask, x.offset + b), offset);
     // The group's quants are 4 (q4) or 8 (q8) lines; its 16 scales half a line.
-    for (int64_t line = 0; line < 16 * kRowBytesPerBlock / 64; ++line) simd::prefetch_ahead(q + b * kRowBytesPerBlock + 64 * line);
+    for (int64_t line = 0; line < 16 * kRowBytesPerBlock / 64; ++line)
+      simd::prefetch_ahead(q + b * kRowBytesPerBlock + 64 * line);
     simd::prefetch_ahead(scale + b);
     // Two accumulators, so consecutive pairs do not wait on one FMA chain. Full groups unrolled.
     if (n == 16) {

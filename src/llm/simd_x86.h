@@ -8,10 +8,10 @@ namespace iadgpt::llm::simd {
 
 // Software prefetch distance of the weight streams. The hardware prefetchers alone left the bf16
 // row kernel well below a plain streaming read; prefetching each line 4 KiB ahead (into the rows
-// that follow: a matrix is one contiguous stream) raised it on both machine kinds measured (2
-// threads, the Intel Xeon kind (family 6, model 207), a VM: 13.8–16.7 → 17–21.7 GB/s in a stand-alone kernel test; on
-// the Zen 5 kind a prefetched plain read was 46–48 against 37–40 GB/s). Prefetches never fault,
-// so the ones past a matrix's end are harmless.
+// that follow: a matrix is one contiguous stream) raised it on both machine kinds measured. At 2
+// threads on the Intel Xeon kind (family 6, model 207; a VM), a stand-alone kernel test went from
+// 13.8–16.7 to 17–21.7 GB/s; on the Zen 5 kind a prefetched plain read reached 46–48 against
+// 37–40 GB/s. Prefetches never fault, so the ones past a matrix's end are harmless.
 inline constexpr int kPrefetchBytes = 4096;
 
 // One 64-byte line `kPrefetchBytes` after p, into all cache levels.
