@@ -29,19 +29,17 @@ done
 [ -f "$build/compile_commands.json" ] || cannot "$build/compile_commands.json not found (configure first: make configure)"
 [ -f "$cuda/include/cuda_runtime_api.h" ] || cannot "no CUDA headers in $cuda/include (give --cuda DIR or set CUDA_HOME)"
 [ -f "$cuda/include/nccl.h" ] || cannot "no nccl.h in $cuda/include (the NCCL lines need it)"
-# libtorch's headers: <prefix>/include for <prefix>/share/cmake/Torch (a libtorch archive or a
-# PyTorch installation); otherwise /usr/include (Debian's Torch_DIR is /usr/lib/<triplet>/cmake/Torch).
-torch_dir="$(sed -n 's/^Torch_DIR:PATH=//p' "$build/CMakeCache.txt" 2>/dev/null)"
-torch_include="$(cd "${torch_dir:-/nonexistent}/../../../include" 2>/dev/null && pwd)" || torch_include=/usr/include
+torch_include="$(sed -n 's/^Torch_DIR:PATH=//p' "$build/CMakeCache.txt" 2>/dev/null)"
 for h in c10/cuda/CUDAFunctions.h torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp; do
-  [ -f "$torch_include/$h" ] || cannot "libtorch's $h not found in $torch_include (Debian's libtorch-dev ships it)"
+  [ -f "/usr/include/$h" ] || [ -n "$(find "${torch_include:-/nonexistent}/../../../include" -path "*/$h" 2>/dev/null | head -1)" ] ||
+    cannot "libtorch's $h not found (Debian's libtorch-dev ships it)"
 done
 command -v python3 >/dev/null || cannot "python3 is not installed"
 # Debian's CPU libtorch ships the c10/cuda headers but not the one CMake generates for a CUDA
 # build; its only content is whether c10_cuda is a shared library (it is, in every libtorch).
 generated="$(mktemp -d)"
 trap 'rm -rf "$generated"' EXIT
-if [ ! -f "$torch_include/c10/cuda/impl/cuda_cmake_macros.h" ]; then
+if [ ! -f /usr/include/c10/cuda/impl/cuda_cmake_macros.h ]; then
   mkdir -p "$generated/c10/cuda/impl"
   echo '#define C10_CUDA_BUILD_SHARED_LIBS' > "$generated/c10/cuda/impl/cuda_cmake_macros.h"
 fi
