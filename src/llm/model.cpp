@@ -25,28 +25,19 @@ std::pair<torch::Tensor, torch::Tensor> rope_table(const LlamaConfig& c) {
   return {angles.cos().to(torch::kFloat32), angles.sin().to(torch::kFloat32)};
 }
 
-// y = x Wᵀ for quantized W: rows of W are dequantized to bf16 a tile at a time, and each tile is
-// multiplied while it is still in cache. Dequantizing the whole matrix first sent the bf16 copy
-// through memory and back: measured on the Zen 5 machine (1 thread, 64 tokens, TinyLlama's
-// matrices), that cost 20-30 % over a bf16 GEMM of the same shape, 1-2 MiB tiles 0-10 %, and
-// 128-512 KiB tiles up to 2x (each tile is one GEMM call).
+// y = x Wᵀ for quantized W (a block of tokens): gemm_quant, int8 activations as in the decode
+// step. Its output lands in a buffer the cache keeps (fresh pages cost ~14 µs each to touch) and
+// leaves as a copy in x's dtype.
 torch::Tensor linear_quantized(const torch::Tensor& x, const QuantMatrix& qw, KvCache& cache) {
-  constexpr int64_t kTileBytes = int64_t{2} << 20;
   const int64_t rows = qw.rows(), cols = qw.cols();
-  const int64_t tile = std::min(rows, std::max<int64_t>(16, kTileBytes / (2 * cols) / 16 * 16));
-  if (!cache.dequant_bf16.defined() || cache.dequant_bf16.numel() < tile * cols)
-    cache.dequant_bf16 = torch::empty({tile * cols}, torch::kBFloat16);
-  auto* tile_data = cache.dequant_bf16.data_ptr<at::BFloat16>();
-  const auto x2 = x.reshape({-1, cols});
-  auto y = torch::empty({x2.size(0), rows}, x2.options());
-  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
-    const int64_t n = std::min(tile, rows - r0);
-    dequantize_rows_bf16(qw, r0, r0 + n, tile_data);
-    y.narrow(1, r0, n).copy_(torch::linear(x2, cache.dequant_bf16.narrow(0, 0, n * cols).view({n, cols})));
-  }
+  const auto x2 = x.reshape({-1, cols}).to(torch::kFloat32).contiguous();
+  const int64_t n = x2.size(0);
+  if (!cache.quant_out.defined() || cache.quant_out.numel() < n * rows)
+    cache.quant_out = torch::empty({n * rows}, torch::kFloat32);
+  gemm_quant(qw, x2.data_ptr<float>(), n, cache.quant_out.data_ptr<float>(), best_matvec_isa(), cache.quant_scratch);
   auto shape = x.sizes().vec();
   shape.back() = rows;
-  return y.view(shape);
+  return cache.quant_out.narrow(0, 0, n * rows).view(shape).to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
 }
 
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const QuantMatrix& qw, KvCache& cache) {

@@ -66,9 +66,9 @@ struct KvCache {
   // Buffers of the bf16 single-token decode step (decode.cpp), allocated on its first use and
   // reused for every token. Copies of a KvCache share them (and k/v): one sequence, one thread.
   torch::Tensor decode_f32, decode_bf16, decode_i8;
-  // Quantized weights (quant.h): the bf16 tile (about 2 MiB of rows) a multi-token forward
-  // dequantizes each matrix into, a tile at a time, before its GEMM; allocated once, then reused.
-  torch::Tensor dequant_bf16;
+  // Quantized weights (quant.h): gemm_quant's scratch (packed activations, weight tiles) and its
+  // fp32 output in a multi-token forward; grown when too small, otherwise reused.
+  torch::Tensor quant_scratch, quant_out;
 
   KvCache() = default;
   KvCache(const LlamaModel& model, int64_t capacity);

@@ -35,8 +35,8 @@ llm::LlamaModel load_quantized(const std::filesystem::path& dir, llm::QuantForma
   return llm::load_model(dir, {.dtype = torch::kBFloat16, .quant = format});
 }
 
-// Logits [T, V] of the prompt run as one block (GEMM on dequantized tiles) and token by token
-// (the q8/q4 matvec kernels).
+// Logits [T, V] of the prompt run as one block (gemm_quant) and token by token (the q8/q4 matvec
+// kernels).
 std::pair<torch::Tensor, torch::Tensor> prefill_and_decode(const llm::LlamaModel& m, const std::vector<int64_t>& ids) {
   llm::KvCache block_cache(m, 512), step_cache(m, 512);
   auto block = llm::forward_tokens(m, block_cache, ids, llm::Logits::All);
@@ -58,7 +58,8 @@ TEST(QuantModel, LlamaTinyLogitsStayCloseToReference) {
   // rounding → the bf16 tests' 0.15 (model_test.cpp), measured 0.05–0.07. q4 step max/8, RMS error
   // ≈ 7 % of σ, 16× q8's step → measured 0.56–0.65; bound 1.0, still under the O(4) a structural
   // error (wrong block, nibble or scale) moves the logits by. Top-1 of a random model has small
-  // margins: q8 measured 0.97–1.0 → ≥ 0.95; q4 measured 0.73–0.91 → ≥ 0.65.
+  // margins, so it is counted over the three sequences together (110 positions; seq0 alone has
+  // 7, where one near-tie flips 14 %): q8 measured 0.97–0.98 → ≥ 0.95; q4 0.78–0.80 → ≥ 0.65.
   const auto& ref = t::llama_tiny_reference();
   struct Case {
     llm::QuantFormat format;
@@ -70,6 +71,7 @@ TEST(QuantModel, LlamaTinyLogitsStayCloseToReference) {
     ASSERT_EQ(m.weights.quant, format);
     ASSERT_TRUE(m.weights.layers[0].q_wq.defined());
     ASSERT_FALSE(m.weights.layers[0].wq.defined());  // no second copy kept
+    std::vector<torch::Tensor> blocks, all_steps, wants;
     for (const auto& s : tiny_sequences()) {
       const auto& want = ref.at(s.name + ".logits");
       const auto [block, steps] = prefill_and_decode(m, s.ids);
@@ -79,24 +81,31 @@ TEST(QuantModel, LlamaTinyLogitsStayCloseToReference) {
                 << top1_agreement(block, want) << ", decode " << top1_agreement(steps, want) << "\n";
       EXPECT_LE(e_block, bound) << s.name;
       EXPECT_LE(e_steps, bound) << s.name;
-      EXPECT_GE(top1_agreement(block, want), min_top1) << s.name;
-      EXPECT_GE(top1_agreement(steps, want), min_top1) << s.name;
-      // The two paths share the quantized weights; they differ by the decode path's activation
-      // quantization (≤ 1/254 of a block's max per input) and the GEMM's bf16 outputs: the same
-      // 0.1 as the bf16 model's decode-vs-prefill test.
+      blocks.push_back(block), all_steps.push_back(steps), wants.push_back(want);
+      // The two paths share the quantized weights and quantize activations alike (int8 per block);
+      // they differ by fp32 summation order, the bf16 rounding of the prefill's outputs and what
+      // that rounding does downstream: the same 0.1 as the bf16 model's decode-vs-prefill test.
       EXPECT_LE(t::max_abs_diff(block, steps), 0.1) << s.name;
     }
+    const auto want = torch::cat(wants), block = torch::cat(blocks), steps = torch::cat(all_steps);
+    std::cout << "[ measured ] llama_tiny " << llm::quant_format_name(format) << " top-1 agreement over "
+              << want.size(0) << " positions: prefill " << top1_agreement(block, want) << ", decode "
+              << top1_agreement(steps, want) << "\n";
+    EXPECT_GE(top1_agreement(block, want), min_top1);
+    EXPECT_GE(top1_agreement(steps, want), min_top1);
   }
 }
 
 TEST(QuantModel, Stories260KLogitsTop1AndGreedyAgreement) {
   // stories260K (trained, tied head: the head and the 172-wide down projections stay bf16).
   // Reference: the fp64 logits along the fp32 model's greedy path (|logit| up to 22). Measured
-  // (printed below): q8 max |Δlogit| 0.38, top-1 0.985, greedy identical for 61 tokens; q4 7.1,
-  // 0.89, 27 tokens. Hidden size 64 (2 blocks per row) makes this tiny model far more sensitive
-  // than a real one. Bounds: the measurements with margin for other paths' summation order
-  // (q8 0.5 / 0.95 / 50 tokens, q4 10 / 0.8 / 20 tokens); a structural error gives logits of
-  // a different model (errors ~ the logits' own scale, top-1 near chance, a prefix of 0–2).
+  // (printed below), with int8 activations in the prefill as in decode: q8 max |Δlogit| 0.46,
+  // top-1 0.985, greedy identical for 114 tokens; q4 7.1, 0.88, 27 tokens (bf16 activations in
+  // the prefill had given q8 0.38 / 0.985 / 61, q4 7.1 / 0.89 / 27). Hidden size 64 (2 blocks per
+  // row) makes this tiny model far more sensitive than a real one. Bounds: the measurements with
+  // margin for other paths' summation order (q8 0.75 / 0.95 / 50 tokens, q4 10 / 0.8 / 20
+  // tokens); a structural error gives logits of a different model (errors ~ the logits' own
+  // scale, top-1 near chance, a prefix of 0–2).
   const auto ref = iadgpt::io::load_safetensors(t::fixture("stories260K/expected_logits.safetensors"));
   const auto ids = t::to_ids(ref.at("input_ids"));
   const auto expected = t::read_json(t::fixture("stories260K/expected.json"));
@@ -107,7 +116,7 @@ TEST(QuantModel, Stories260KLogitsTop1AndGreedyAgreement) {
     double max_logit_err, min_top1;
     int64_t min_prefix;
   };
-  for (const auto& c : {Case{llm::QuantFormat::Q8, 0.5, 0.95, 50}, Case{llm::QuantFormat::Q4, 10.0, 0.8, 20}}) {
+  for (const auto& c : {Case{llm::QuantFormat::Q8, 0.75, 0.95, 50}, Case{llm::QuantFormat::Q4, 10.0, 0.8, 20}}) {
     const auto m = load_quantized(t::fixture("stories260K"), c.format);
     llm::KvCache cache(m, 512);
     const auto logits = llm::forward_tokens(m, cache, ids, llm::Logits::All);
@@ -141,14 +150,14 @@ TEST(QuantModel, QuantizedLoadNeedsBf16AndRefusesLaterLoraMerge) {
   EXPECT_THROW(llm::quantize_weights(m.weights, llm::QuantFormat::Q8), iadgpt::InputError);  // already quantized
 }
 
-TEST(QuantModel, PrefillThroughSeveralDequantizedTilesEqualsTheWholeMatrixGemm) {
-  // A multi-token forward dequantizes a quantized matrix about 2 MiB of bf16 rows at a time and
-  // multiplies each tile while it is in cache (model.cpp). The head here is 40000 × 64 (q8), three
-  // tiles; the reference is the same model with every quantized matrix dequantized to bf16 up
-  // front and multiplied whole by ATen. Both multiply the same bf16 values with fp32 sums, so they
-  // differ only by the GEMM's summation order and the bf16 rounding of its output: one bf16 step
-  // at |logit| < 4 is 2^-6, bound 0.05. A tile written to the wrong columns or rows moves logits
-  // by O(1).
+TEST(QuantModel, PrefillOverManyWeightTilesMatchesTheDequantizedModel) {
+  // A multi-token forward multiplies a quantized matrix (gemm_quant) a tile of rows at a time, the
+  // tiles shared among threads. The head here is 40000 × 64 (q4): 625 tiles of 64 rows. The
+  // reference is the same model with every quantized matrix dequantized to bf16 up front and
+  // multiplied whole by ATen. They differ by the prefill's activation quantization (each input
+  // moves by ≤ 1/254 of its block's max), fp32 summation order and bf16 rounding of the outputs:
+  // measured 0.008 at |logit| ≤ 0.77; bound 0.05. A tile written to the wrong rows or columns
+  // gives another token's logit there (logits spread over ±0.77, so errors of O(0.5)).
   llm::LlamaConfig c;
   c.vocab_size = 40000;
   c.hidden_size = 64;
@@ -159,7 +168,7 @@ TEST(QuantModel, PrefillThroughSeveralDequantizedTilesEqualsTheWholeMatrixGemm) 
   llm::LlamaModel quantized(c, llm::random_weights(c, torch::kBFloat16, 7), torch::kBFloat16);
   llm::quantize_model(quantized, llm::QuantFormat::Q4);
   ASSERT_TRUE(quantized.weights.q_lm_head.defined());
-  ASSERT_GT(quantized.weights.q_lm_head.rows() * quantized.weights.q_lm_head.cols() * 2, int64_t{2} << 20);
+  ASSERT_EQ(quantized.weights.q_lm_head.rows(), 40000);  // many more rows than one tile (64 at 64 columns)
 
   auto whole = quantized.weights;
   auto expand = [](torch::Tensor& w, llm::QuantMatrix& q) {
@@ -180,7 +189,7 @@ TEST(QuantModel, PrefillThroughSeveralDequantizedTilesEqualsTheWholeMatrixGemm) 
   const auto tiled = llm::forward_tokens(quantized, tiled_cache, ids, llm::Logits::All);
   const auto want = llm::forward_tokens(reference, whole_cache, ids, llm::Logits::All);
   ASSERT_EQ(tiled.sizes(), want.sizes());
-  std::cout << "[ measured ] tiled against whole-matrix prefill: max |Δlogit| " << t::max_abs_diff(tiled, want)
+  std::cout << "[ measured ] tiled prefill against the dequantized model: max |Δlogit| " << t::max_abs_diff(tiled, want)
             << " (|logit| max " << want.abs().max().item<double>() << ")\n";
   EXPECT_LE(t::max_abs_diff(tiled, want), 0.05);
 }

@@ -1,6 +1,7 @@
 // Weight-only quantization (llm/quant.h): the documented layout read back independently, the
 // quantize → dequantize round-trip bounds, and the q8 / q4 matvec kernels on every dispatch path
 // against a naive float64 loop, on ragged row counts.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -111,6 +112,11 @@ TEST(Quant, RejectsColumnsNotAMultipleOf32AndMismatchedShapes) {
   EXPECT_THROW(llm::matvec_quant(m, torch::randn({64}).to(torch::kBFloat16), y), iadgpt::InputError);
   auto y_short = torch::empty({3});
   EXPECT_THROW(llm::matvec_quant(m, torch::randn({64}), y_short), iadgpt::InputError);
+  auto y2 = torch::empty({5, 4});
+  EXPECT_THROW(llm::gemm_quant(m, torch::randn({5, 63}), y2), iadgpt::InputError);
+  EXPECT_THROW(llm::gemm_quant(m, torch::randn({4, 64}), y2), iadgpt::InputError);
+  EXPECT_THROW(llm::gemm_quant(m, torch::randn({5, 64}).to(torch::kBFloat16), y2), iadgpt::InputError);
+  EXPECT_THROW(llm::gemm_quant(llm::QuantMatrix{}, torch::randn({5, 64}), y2), iadgpt::InputError);
 }
 
 namespace {
@@ -126,40 +132,46 @@ namespace {
 //   subtract the offset, so their terms reach (|q| + 2·offset)·|q_x|·s_w·s_x); u = 2^-24.
 //   First-order bound (cols/4 + 40)·u·Σ_c (|deq w_c| + 2·offset·|s_w,b|)(|x_c| + s_x,b/2).
 // A column dropped, doubled or paired with the wrong scale moves a row by ~|w_c x_c| ≫ both.
-void expect_kernel_matches(llm::QuantFormat format, llm::MatvecIsa isa, int64_t rows, int64_t cols, bool exact_x,
-                           uint64_t seed) {
-  const auto m = llm::quantize(test_weights(rows, cols, seed), format);
-  torch::manual_seed(static_cast<int64_t>(seed) + 1000);
-  torch::Tensor x;
-  if (exact_x) {
-    // Per block a power of two times integers with one of magnitude 127: s_x is that power of two
-    // exactly and every x_c = s_x · integer, so activation quantization is exact.
-    auto k = torch::randint(-127, 128, {cols / 32, 32}, torch::kFloat32);
-    k.select(1, 7).fill_(127);
-    auto p = torch::pow(2.0, torch::randint(-6, 3, {cols / 32, 1}, torch::kFloat32));
-    x = (k * p).reshape({cols}).contiguous();
-  } else {
-    x = torch::randn({cols});
-  }
-  auto y = torch::full({rows}, NAN, torch::kFloat32);  // NaN: a row the kernel skips shows
-  llm::matvec_quant(m, x, y, isa);
+// x [cols]: random, or (exact_x) per block a power of two times integers with one of magnitude
+// 127, so that s_x is that power of two exactly and every x_c = s_x · integer: activation
+// quantization is then exact.
+torch::Tensor test_input(int64_t cols, bool exact_x) {
+  if (!exact_x) return torch::randn({cols});
+  auto k = torch::randint(-127, 128, {cols / 32, 32}, torch::kFloat32);
+  k.select(1, 7).fill_(127);
+  auto p = torch::pow(2.0, torch::randint(-6, 3, {cols / 32, 1}, torch::kFloat32));
+  return (k * p).reshape({cols}).contiguous();
+}
 
-  const auto dw = reference_dequant(m);  // [rows, cols] float64
+// y [rows] (one kernel's W x) against the float64 reference within the bound above.
+// dw: reference_dequant(m).
+void expect_close_to_reference(const llm::QuantMatrix& m, const torch::Tensor& dw, const torch::Tensor& x,
+                               const torch::Tensor& y, bool exact_x, const std::string& what) {
+  const int64_t rows = m.rows(), cols = m.cols();
   const auto x64 = x.to(torch::kFloat64);
   const auto exact = torch::mv(dw, x64);
   const auto sx = x64.view({cols / 32, 32}).abs().amax(1).div(127.0).mul(1 + 1e-6);  // + fp32 slack
   const auto sx_c = sx.repeat_interleave(32);                                        // per column
   const auto sw_c = m.scale.to(torch::kFloat64).abs().repeat_interleave(32, 1);       // [rows, cols]
   const auto act_bound = exact_x ? torch::zeros({rows}, torch::kFloat64) : torch::mv(dw.abs(), sx_c / 2);
-  const double offset_q = format == llm::QuantFormat::Q8 ? 256 : 16;  // 2 × the stored offset 128 or 8
+  const double offset_q = m.format == llm::QuantFormat::Q8 ? 256 : 16;  // 2 × the stored offset 128 or 8
   const auto fp_bound = torch::mv(dw.abs() + offset_q * sw_c, x64.abs() + sx_c / 2)
                             .mul((static_cast<double>(cols) / 4 + 40) * std::ldexp(1.0, -24));
   const auto bound = act_bound + fp_bound;
-  const auto err = (y.to(torch::kFloat64) - exact).abs();
+  const auto err = (y.to(torch::kFloat64) - exact).abs();  // NaN (a skipped output) fails le()
   EXPECT_TRUE(err.le(bound).all().item<bool>())
-      << llm::quant_format_name(format) << " " << llm::matvec_isa_name(isa) << " [" << rows << ", " << cols
-      << "] exact_x=" << exact_x << ": max error " << err.max().item<double>() << ", worst excess "
-      << (err - bound).max().item<double>();
+      << llm::quant_format_name(m.format) << " " << what << " [" << rows << ", " << cols << "] exact_x=" << exact_x
+      << ": max error " << err.max().item<double>() << ", worst excess " << (err - bound).max().item<double>();
+}
+
+void expect_kernel_matches(llm::QuantFormat format, llm::MatvecIsa isa, int64_t rows, int64_t cols, bool exact_x,
+                           uint64_t seed) {
+  const auto m = llm::quantize(test_weights(rows, cols, seed), format);
+  torch::manual_seed(static_cast<int64_t>(seed) + 1000);
+  const auto x = test_input(cols, exact_x);
+  auto y = torch::full({rows}, NAN, torch::kFloat32);  // NaN: a row the kernel skips shows
+  llm::matvec_quant(m, x, y, isa);
+  expect_close_to_reference(m, reference_dequant(m), x, y, exact_x, llm::matvec_isa_name(isa));
 }
 
 }  // namespace
@@ -183,6 +195,47 @@ TEST(Quant, EveryKernelPathMatchesDoubleReferenceOnRaggedShapes) {
       for (const auto format : kFormats)
         for (const auto& [rows, cols] : shapes)
           for (bool exact_x : {true, false}) expect_kernel_matches(format, isa, rows, cols, exact_x, ++seed);
+    }
+  }
+  torch::set_num_threads(threads_before);
+}
+
+TEST(Quant, GemmOnEveryPathMatchesDoubleReferenceForEachInputRow) {
+  // The prefill product Y = X Wᵀ (gemm_quant): every output row Y[t] is held to the matvec bound
+  // above (the GEMM's fp32 sums have fewer terms: one per block, the offset taken back in int32).
+  // Shapes: inputs around the VNNI path's groups of 16 and pairs of groups (2, 5, 16, 17, 31, 33,
+  // 40, 48), rows ragged against its 4-row micro-kernel and over several weight tiles (tiles of
+  // 32 rows at 2048 columns, 64 at 96), columns 1 to 33 blocks; exact and random inputs mixed in
+  // one X. Outputs start as NaN, so one never written fails.
+  struct Shape {
+    int64_t rows, cols, n;
+  };
+  const std::vector<Shape> shapes{{1, 32, 2},     {3, 64, 17},  {5, 480, 16},  {7, 544, 33},
+                                  {13, 1056, 5}, {203, 2048, 40}, {1001, 96, 31}, {70, 64, 48}};
+  const int threads_before = torch::get_num_threads();
+  for (const auto isa : kAllPaths) {
+    if (!llm::matvec_isa_supported(isa)) {
+      ADD_FAILURE() << "this CPU cannot run the " << llm::matvec_isa_name(isa) << " path";
+      continue;
+    }
+    for (int threads : {1, 2}) {
+      torch::set_num_threads(threads);
+      uint64_t seed = 100;
+      for (const auto format : kFormats)
+        for (const auto& [rows, cols, n] : shapes) {
+          const auto m = llm::quantize(test_weights(rows, cols, ++seed), format);
+          torch::manual_seed(static_cast<int64_t>(seed) + 1000);
+          std::vector<torch::Tensor> xs;
+          for (int64_t t = 0; t < n; ++t) xs.push_back(test_input(cols, t % 2 == 0));
+          const auto x = torch::stack(xs).contiguous();
+          auto y = torch::full({n, rows}, NAN, torch::kFloat32);
+          llm::gemm_quant(m, x, y, isa);
+          const auto dw = reference_dequant(m);
+          for (int64_t t = 0; t < n; ++t)
+            expect_close_to_reference(m, dw, xs[t], y[t], t % 2 == 0,
+                                      fmt::format("gemm {} {} threads, input {} of {}", llm::matvec_isa_name(isa),
+                                                  threads, t, n));
+        }
     }
   }
   torch::set_num_threads(threads_before);
