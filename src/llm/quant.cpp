@@ -1,5 +1,5 @@
 // Formats, quantize / dequantize and the validation of stored quantized matrices (quant.h); the
-// matrix-vector kernels are in quant_matvec.cpp.
+// matrix-vector kernels are in quant_matvec.cpp, the prefill's product in quant_gemm.cpp.
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
 
@@ -9,11 +9,6 @@
 
 #include "io/error.h"
 #include "llm/quant.h"
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define IADGPT_QUANT_X86 1
-#endif
 
 namespace iadgpt::llm {
 namespace {
@@ -59,7 +54,7 @@ void quantize_row_q4(const float* w, int64_t cols, uint8_t* q, c10::Half* scale)
   }
 }
 
-// Element c of a row as scale · q (scalar reference for dequantize and the tail of the fast path).
+// Element c of a row as scale · q.
 float dequant_at(const QuantMatrix& m, const int8_t* q8, const uint8_t* q4, const c10::Half* scale, int64_t c) {
   const float s = scale[c / kQuantBlock];
   if (m.format == QuantFormat::Q8) return s * static_cast<float>(q8[c]);
@@ -68,54 +63,6 @@ float dequant_at(const QuantMatrix& m, const int8_t* q8, const uint8_t* q4, cons
   const int v = (i < 16 ? (byte & 0x0F) : (byte >> 4)) - 8;
   return s * static_cast<float>(v);
 }
-
-void dequant_row_bf16_scalar(const QuantMatrix& m, int64_t r, at::BFloat16* out) {
-  const int64_t cols = m.cols();
-  const auto* q8 = m.format == QuantFormat::Q8 ? m.q.data_ptr<int8_t>() + r * cols : nullptr;
-  const auto* q4 = m.format == QuantFormat::Q4 ? m.q.data_ptr<uint8_t>() + r * cols / 2 : nullptr;
-  const auto* scale = m.scale.data_ptr<c10::Half>() + r * (cols / kQuantBlock);
-  for (int64_t c = 0; c < cols; ++c) out[c] = at::BFloat16(dequant_at(m, q8, q4, scale, c));
-}
-
-#ifdef IADGPT_QUANT_X86
-// 16 int32 values · s → 16 bf16 (vcvtneps2bf16 rounds to nearest even, as at::BFloat16(float)).
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void store16_bf16(__m512i v, __m512 s, at::BFloat16* out) {
-  const __m256bh h = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, v), s));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), reinterpret_cast<__m256i>(h));
-}
-
-// One row, one 32-element block at a time: the prefill's dequantization must cost little next to
-// the GEMM (README: measured). Pointers and the format are resolved once per row.
-template <QuantFormat F>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void dequant_row_bf16_avx512(const QuantMatrix& m, int64_t r,
-                                                                                    at::BFloat16* out) {
-  const int64_t cols = m.cols(), nb = cols / kQuantBlock;
-  const auto* scale = m.scale.data_ptr<c10::Half>() + r * nb;
-  const auto* q = static_cast<const uint8_t*>(m.q.data_ptr()) + r * (F == QuantFormat::Q8 ? cols : cols / 2);
-  const __m128i nib = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-  for (int64_t b0 = 0; b0 < nb; b0 += 16) {
-    // 16 scales at once (vcvtph2ps), then one per block from the stored vector.
-    const int64_t n = std::min<int64_t>(16, nb - b0);
-    alignas(64) float s16[16];
-    _mm512_store_ps(s16, _mm512_maskz_cvtph_ps(static_cast<__mmask16>((1u << n) - 1),
-                                               _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), scale + b0)));
-    for (int64_t b = b0; b < b0 + n; ++b) {
-      const __m512 s = _mm512_set1_ps(s16[b - b0]);
-      __m128i lo, hi;  // elements 0..15 and 16..31 of the block as int8
-      if constexpr (F == QuantFormat::Q8) {
-        lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + b * kQuantBlock));
-        hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + b * kQuantBlock + 16));
-      } else {
-        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + b * 16));
-        lo = _mm_sub_epi8(_mm_and_si128(v, nib), eight);
-        hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), nib), eight);
-      }
-      store16_bf16(_mm512_maskz_cvtepi8_epi32(0xFFFF, lo), s, out + b * kQuantBlock);
-      store16_bf16(_mm512_maskz_cvtepi8_epi32(0xFFFF, hi), s, out + b * kQuantBlock + 16);
-    }
-  }
-}
-#endif
 
 }  // namespace qfmt
 }  // namespace
@@ -177,20 +124,6 @@ torch::Tensor dequantize(const QuantMatrix& m) {
       dst[r * cols + c] = qfmt::dequant_at(m, q8 ? q8 + r * cols : nullptr, q4 ? q4 + r * cols / 2 : nullptr,
                                            scale + r * (cols / kQuantBlock), c);
   return out;
-}
-
-void dequantize_rows_bf16(const QuantMatrix& m, int64_t r0, int64_t r1, at::BFloat16* out) {
-  if (!m.defined()) throw InputError("dequantize: the matrix is not quantized");
-  const int64_t cols = m.cols();
-  auto row_fn = &qfmt::dequant_row_bf16_scalar;
-#ifdef IADGPT_QUANT_X86
-  if (best_matvec_isa() == MatvecIsa::Avx512Bf16)
-    row_fn = m.format == QuantFormat::Q8 ? &qfmt::dequant_row_bf16_avx512<QuantFormat::Q8>
-                                         : &qfmt::dequant_row_bf16_avx512<QuantFormat::Q4>;
-#endif
-  at::parallel_for(r0, r1, std::max<int64_t>(1, (int64_t{1} << 15) / cols), [&](int64_t a, int64_t b) {
-    for (int64_t r = a; r < b; ++r) row_fn(m, r, out + (r - r0) * cols);
-  });
 }
 
 QuantMatrix quant_matrix_from_tensors(QuantFormat format, const torch::Tensor& q, const torch::Tensor& scale,

@@ -62,10 +62,6 @@ QuantMatrix quantize(const torch::Tensor& w, QuantFormat format);
 // fp32 [rows, cols]: scale · q.
 torch::Tensor dequantize(const QuantMatrix& m);
 
-// Rows [r0, r1) of scale · q rounded to bf16 (nearest even) into out (row-major, cols per row):
-// the tiles the prefill GEMM multiplies. Rows are split over intra-op threads.
-void dequantize_rows_bf16(const QuantMatrix& m, int64_t r0, int64_t r1, at::BFloat16* out);
-
 // A quantized matrix from its two stored tensors, validated: dtypes, shapes against the expected
 // [rows, cols], contiguity. Any mismatch → InputError naming `name` (the weight's key).
 QuantMatrix quant_matrix_from_tensors(QuantFormat format, const torch::Tensor& q, const torch::Tensor& scale,

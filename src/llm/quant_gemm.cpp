@@ -59,29 +59,6 @@ int64_t tile_rows(int64_t cols) {
   return std::clamp<int64_t>(kTileBytes / cols / kQuadRows * kQuadRows, kQuadRows, 64);
 }
 
-// Rows [r0, r0 + n) of w into the tile; rows past the matrix's end (up to `padded`) are zeros.
-void unpack_tile(const QuantMatrix& w, int64_t r0, int64_t n, int64_t padded, const WeightTile& tile) {
-  const int64_t cols = w.cols(), nb = cols / kQuantBlock, row_bytes = w.q.size(1);
-  const auto* src = static_cast<const uint8_t*>(w.q.data_ptr());
-  const auto* scale = w.scale.data_ptr<c10::Half>();
-  for (int64_t r = 0; r < n; ++r) {
-    const uint8_t* q = src + (r0 + r) * row_bytes;
-    uint8_t* out = tile.q + r * cols;
-    if (w.format == QuantFormat::Q8) {
-      for (int64_t c = 0; c < cols; ++c) out[c] = q[c] ^ 0x80;
-    } else {
-      for (int64_t b = 0; b < nb; ++b)
-        for (int64_t j = 0; j < 16; ++j) {
-          out[b * kQuantBlock + j] = q[b * 16 + j] & 0x0F;
-          out[b * kQuantBlock + 16 + j] = q[b * 16 + j] >> 4;
-        }
-    }
-    for (int64_t b = 0; b < nb; ++b) tile.scale[r * nb + b] = static_cast<float>(scale[(r0 + r) * nb + b]);
-  }
-  std::memset(tile.q + n * cols, 0, static_cast<size_t>((padded - n) * cols));
-  std::fill(tile.scale + n * nb, tile.scale + padded * nb, 0.0f);
-}
-
 // Quantizes each input row (quantize_input) and scatters it into the packed layout.
 void pack_inputs(const float* x, int64_t n, int64_t cols, int32_t offset, const QuantizedInput& row,
                  const PackedInputs& out) {
@@ -107,6 +84,42 @@ void pack_inputs(const float* x, int64_t n, int64_t cols, int32_t offset, const 
 
 // maskz_ forms with full masks where GCC 12 warns about the plain ones (quant_matvec.cpp).
 #define IADGPT_QGEMM_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// Rows [r0, r0 + n) of w into the tile; rows past the matrix's end (up to `padded`) are zeros.
+// Vector code: at 64 inputs each weight byte feeds 64 multiply-adds, one vpdpbusd lane-step, so
+// a scalar unpack (one or two cycles a byte) would cost as much as the product itself.
+IADGPT_QGEMM_TARGET void unpack_tile(const QuantMatrix& w, int64_t r0, int64_t n, int64_t padded,
+                                     const WeightTile& tile) {
+  const int64_t cols = w.cols(), nb = cols / kQuantBlock, row_bytes = w.q.size(1);
+  const auto* src = static_cast<const uint8_t*>(w.q.data_ptr());
+  const auto* scale = reinterpret_cast<const uint16_t*>(w.scale.data_ptr<c10::Half>());
+  const __m128i nibble = _mm_set1_epi8(0x0F);
+  const __m512i sign = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t r = 0; r < n; ++r) {
+    const uint8_t* q = src + (r0 + r) * row_bytes;
+    uint8_t* out = tile.q + r * cols;
+    if (w.format == QuantFormat::Q8) {
+      for (int64_t c = 0; c < cols; c += 64) {
+        const auto mask = c + 64 <= cols ? ~__mmask64{0} : (__mmask64{1} << (cols - c)) - 1;
+        _mm512_mask_storeu_epi8(out + c, mask, _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, q + c), sign));
+      }
+    } else {
+      for (int64_t b = 0; b < nb; ++b) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + b * 16));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + b * kQuantBlock), _mm_and_si128(v, nibble));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + b * kQuantBlock + 16),
+                         _mm_and_si128(_mm_srli_epi16(v, 4), nibble));
+      }
+    }
+    const uint16_t* s = scale + (r0 + r) * nb;
+    for (int64_t b = 0; b < nb; b += 16) {
+      const auto mask = static_cast<__mmask16>(b + 16 <= nb ? 0xFFFF : (1u << (nb - b)) - 1);
+      _mm512_mask_storeu_ps(tile.scale + r * nb + b, mask, _mm512_maskz_cvtph_ps(mask, _mm256_maskz_loadu_epi16(mask, s + b)));
+    }
+  }
+  std::memset(tile.q + n * cols, 0, static_cast<size_t>((padded - n) * cols));
+  std::fill(tile.scale + n * nb, tile.scale + padded * nb, 0.0f);
+}
 
 // out[r][j·16 + lane] = Σ_b s_w[r,b] · s_x · (Σ u_w · q_x − offset · Σ q_x) for the 4 tile rows
 // starting at `w` and the NT groups starting at group g.

@@ -240,15 +240,3 @@ TEST(Quant, GemmOnEveryPathMatchesDoubleReferenceForEachInputRow) {
   }
   torch::set_num_threads(threads_before);
 }
-
-TEST(Quant, Bf16TilesEqualDequantizedValues) {
-  // The prefill's tiles: dequantize_rows_bf16 of rows [2, 9) is the fp32 dequantization rounded
-  // to bf16 (nearest even, as at::BFloat16), bit for bit.
-  for (const auto format : kFormats) {
-    const auto m = llm::quantize(test_weights(11, 96, 9), format);
-    auto tile = torch::empty({7, 96}, torch::kBFloat16);
-    llm::dequantize_rows_bf16(m, 2, 9, tile.data_ptr<at::BFloat16>());
-    const auto expected = reference_dequant(m).narrow(0, 2, 7).to(torch::kFloat32).to(torch::kBFloat16);
-    EXPECT_TRUE(torch::equal(tile, expected)) << llm::quant_format_name(format);
-  }
-}
