@@ -1,11 +1,12 @@
-// The q8 / q4 matrix product of a multi-token forward (quant.h gemm_quant): Y = X Wᵀ with the
-// activations quantized per row and block of 32 exactly as the decode kernels quantize their one
-// input row (quantize_input), so a prompt and the tokens generated after it see the same numerics.
+// The q8 / q4 matrix product of a multi-token forward (quant.h gemm_quant): Y = X Wᵀ with each
+// activation row quantized per block of 32 in two passes (split_input): int8 as the decode
+// kernels quantize their one input row (quantize_input), then the rounding error that leaves.
 //
 // AVX-512 VNNI path, the one that matters for speed: a prefill is compute bound, so weights and
 // activations are laid out for `vpdpbusd` to run back to back.
 // - Activations, packed once per call: inputs in groups of 16, one int32 lane each; for block b and
 //   step k (elements 32b+4k .. 32b+4k+3) the 16 inputs' four int8 values fill one 64-byte line.
+//   The residual passes are more inputs after the main ones.
 // - Weights, a tile of rows at a time into a per-thread buffer that stays in cache: unsigned bytes,
 //   q + 128 (q8, the sign bit flipped) or q + 8 (q4 nibbles unpacked to one per byte), as vpdpbusd
 //   wants; the scales widened to fp32.
@@ -59,24 +60,28 @@ int64_t tile_rows(int64_t cols) {
   return std::clamp<int64_t>(kTileBytes / cols / kQuadRows * kQuadRows, kQuadRows, 64);
 }
 
-// Quantizes each input row (quantize_input) and scatters it into the packed layout.
-void pack_inputs(const float* x, int64_t n, int64_t cols, int32_t offset, const QuantizedInput& row,
-                 const PackedInputs& out) {
-  const int64_t nb = out.nb;
-  std::memset(out.q, 0, static_cast<size_t>(out.groups * nb * kQuantBlock * kLanes));
-  std::fill(out.scale, out.scale + out.groups * nb * kLanes, 0.0f);
-  std::fill(out.start, out.start + out.groups * nb * kLanes, 0);
-  for (int64_t t = 0; t < n; ++t) {
-    quantize_input(x + t * cols, row);
-    const int64_t g = t / kLanes, lane = t % kLanes;
-    for (int64_t b = 0; b < nb; ++b) {
-      const int64_t gb = g * nb + b;
-      for (int64_t k = 0; k < kSteps; ++k)
-        std::memcpy(out.q + ((gb * kSteps + k) * kLanes + lane) * 4, row.q + b * kQuantBlock + k * 4, 4);
-      out.scale[gb * kLanes + lane] = row.scale[b];
-      // row.offset is 8 · Σ q_x (quant.h), exact in fp32 (|Σ q_x| ≤ 32 · 127).
-      out.start[gb * kLanes + lane] = -offset * static_cast<int32_t>(row.offset[b] / 8.0f);
-    }
+// x (one input row) as main + residual, both quantized per block of 32 (quantize_input): main
+// quantizes x, residual the rounding error x − s·q that main leaves (at most s/2 per element, so
+// its own scale is ≤ s/254). The product of both differs from W x by ≤ s/508 per element instead
+// of s/2: the prefill's activations are then about as exact as bf16 ones (2^-9 relative), which
+// keeps the Yes/No decision where the bf16 model puts it (tests/train/quant_decision_test.cpp).
+// `tmp`: cols floats.
+void split_input(const float* x, const QuantizedInput& main, const QuantizedInput& residual, float* tmp) {
+  quantize_input(x, main);
+  for (int64_t c = 0; c < main.cols; ++c) tmp[c] = x[c] - main.scale[c / kQuantBlock] * static_cast<float>(main.q[c]);
+  quantize_input(tmp, residual);
+}
+
+// One quantized input row into lane `slot` of the packed layout.
+void pack_row(const QuantizedInput& row, int64_t slot, int32_t offset, const PackedInputs& out) {
+  const int64_t nb = out.nb, g = slot / kLanes, lane = slot % kLanes;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t gb = g * nb + b;
+    for (int64_t k = 0; k < kSteps; ++k)
+      std::memcpy(out.q + ((gb * kSteps + k) * kLanes + lane) * 4, row.q + b * kQuantBlock + k * 4, 4);
+    out.scale[gb * kLanes + lane] = row.scale[b];
+    // row.offset is 8 · Σ q_x (quant.h), exact in fp32 (|Σ q_x| ≤ 32 · 127).
+    out.start[gb * kLanes + lane] = -offset * static_cast<int32_t>(row.offset[b] / 8.0f);
   }
 }
 
@@ -159,9 +164,11 @@ IADGPT_QGEMM_TARGET void micro_kernel(const uint8_t* w, const float* w_scale, in
     for (int j = 0; j < NT; ++j) _mm512_storeu_ps(out + (r * NT + j) * kLanes, sum[r][j]);
 }
 
-// Y [n, rows] for one tile of rows (r0 .. r0 + n_rows) against every input group.
+// Y [n, rows] for one tile of rows (r0 .. r0 + n_rows) against every input group. Slots
+// 0 .. half−1 hold the inputs' main parts, half .. half+n−1 their residuals (split_input), whose
+// products are added to the main ones (a group of residuals always comes after its mains).
 void tile_product(const WeightTile& tile, int64_t tile_rows_padded, int64_t cols, const PackedInputs& x, int64_t n,
-                  int64_t rows, int64_t r0, int64_t n_rows, float* y) {
+                  int64_t half, int64_t rows, int64_t r0, int64_t n_rows, float* y) {
   const int64_t nb = x.nb;
   alignas(64) float out[kQuadRows * 2 * kLanes];
   for (int64_t g = 0; g < x.groups; g += 2) {
@@ -173,8 +180,10 @@ void tile_product(const WeightTile& tile, int64_t tile_rows_padded, int64_t cols
       // Scatter into row-major Y (n × rows): 128 stores against 4096+ vpdpbusd at real sizes.
       for (int64_t i = 0; i < kQuadRows && r + i < n_rows; ++i)
         for (int64_t lane = 0; lane < nt * kLanes; ++lane) {
-          const int64_t t = g * kLanes + lane;
-          if (t < n) y[t * rows + r0 + r + i] = out[i * nt * kLanes + lane];
+          const int64_t slot = g * kLanes + lane, t = slot < half ? slot : slot - half;
+          if (t >= n) continue;
+          float& dst = y[t * rows + r0 + r + i];
+          dst = slot < half ? out[i * nt * kLanes + lane] : dst + out[i * nt * kLanes + lane];
         }
     }
   }
@@ -182,70 +191,98 @@ void tile_product(const WeightTile& tile, int64_t tile_rows_padded, int64_t cols
 
 #endif  // IADGPT_QGEMM_X86
 
-// Byte sizes of the scratch regions, each rounded up to 64.
-int64_t round64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
+// Cuts 64-byte-aligned regions from one buffer; with a null base it only adds up the size.
+struct Carver {
+  uint8_t* base;
+  int64_t used = 0;
+  template <typename T>
+  T* take(int64_t count) {
+    T* p = base ? reinterpret_cast<T*>(base + used) : nullptr;
+    used += (count * static_cast<int64_t>(sizeof(T)) + 63) / 64 * 64;
+    return p;
+  }
+  QuantizedInput input(int64_t cols) {
+    auto* q = take<int8_t>(cols);
+    auto* scale = take<float>(cols / kQuantBlock);
+    return {q, scale, take<float>(cols / kQuantBlock), cols};
+  }
+};
+
+// The AVX2 / scalar paths: every row's main and residual through matvec_quant_multi, the
+// residuals' products into `residual_y` [n, rows], then added.
+void gemm_by_rows(const QuantMatrix& w, const float* x, int64_t n, float* y, MatvecIsa isa, Carver& mem) {
+  const int64_t rows = w.rows(), cols = w.cols();
+  std::vector<QuantizedInput> xs(static_cast<size_t>(2 * n));
+  std::vector<float*> ys(static_cast<size_t>(2 * n));
+  float* tmp = mem.take<float>(cols);
+  float* residual_y = mem.take<float>(n * rows);
+  for (int64_t t = 0; t < n; ++t) {
+    xs[t] = mem.input(cols), xs[n + t] = mem.input(cols);
+    if (mem.base) split_input(x + t * cols, xs[t], xs[n + t], tmp);
+    ys[t] = y + t * rows, ys[n + t] = residual_y + t * rows;
+  }
+  if (!mem.base) return;
+  matvec_quant_multi(w, xs, ys, isa);
+  for (int64_t i = 0; i < n * rows; ++i) y[i] += residual_y[i];
+}
+
+// The AVX-512 VNNI path (see the top of the file).
+void gemm_vnni(const QuantMatrix& w, const float* x, int64_t n, float* y, Carver& mem) {
+#ifdef IADGPT_QGEMM_X86
+  const int64_t rows = w.rows(), cols = w.cols(), nb = cols / kQuantBlock;
+  const int64_t half = (n + kLanes - 1) / kLanes * kLanes, groups = 2 * half / kLanes;
+  const QuantizedInput main = mem.input(cols), residual = mem.input(cols);
+  float* tmp = mem.take<float>(cols);
+  const PackedInputs packed{mem.take<int8_t>(groups * nb * kQuantBlock * kLanes), mem.take<float>(groups * nb * kLanes),
+                            mem.take<int32_t>(groups * nb * kLanes), groups, nb};
+  const int64_t t_rows = tile_rows(cols);
+  // Called inside a parallel region, parallel_for runs inline on the caller: one tile buffer.
+  const bool nested = at::in_parallel_region();
+  const int64_t threads = nested ? 1 : at::get_num_threads();
+  std::vector<WeightTile> tiles;
+  for (int64_t i = 0; i < threads; ++i) {
+    auto* q = mem.take<uint8_t>(t_rows * cols);
+    tiles.push_back({q, mem.take<float>(t_rows * nb)});
+  }
+  if (!mem.base) return;
+
+  std::memset(packed.q, 0, static_cast<size_t>(groups * nb * kQuantBlock * kLanes));
+  std::fill(packed.scale, packed.scale + groups * nb * kLanes, 0.0f);
+  std::fill(packed.start, packed.start + groups * nb * kLanes, 0);
+  const int32_t offset = unsigned_offset(w.format);
+  for (int64_t t = 0; t < n; ++t) {
+    split_input(x + t * cols, main, residual, tmp);
+    pack_row(main, t, offset, packed);
+    pack_row(residual, half + t, offset, packed);
+  }
+  const int64_t n_tiles = (rows + t_rows - 1) / t_rows;
+  at::parallel_for(0, n_tiles, 1, [&](int64_t i0, int64_t i1) {
+    const WeightTile& tile = tiles[nested ? 0 : at::get_thread_num()];
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t r0 = i * t_rows, n_rows = std::min(t_rows, rows - r0);
+      const int64_t padded = (n_rows + kQuadRows - 1) / kQuadRows * kQuadRows;
+      unpack_tile(w, r0, n_rows, padded, tile);
+      tile_product(tile, padded, cols, packed, n, half, rows, r0, n_rows, y);
+    }
+  });
+#else
+  (void)w, (void)x, (void)n, (void)y, (void)mem;
+  throw InputError("gemm_quant: the avx512bf16 path needs an x86-64 build");
+#endif
+}
 
 }  // namespace qgemm
 }  // namespace
 
 void gemm_quant(const QuantMatrix& w, const float* x, int64_t n, float* y, MatvecIsa isa, torch::Tensor& scratch) {
-  using namespace qgemm;
-  const int64_t rows = w.rows(), cols = w.cols(), nb = cols / kQuantBlock;
   if (n <= 0) return;
-  // One input row's quantization (quantize_input), reused per row; the AVX2 / scalar paths keep
-  // every row's.
-  const bool vnni = isa == MatvecIsa::Avx512Bf16;
-  const int64_t row_q_bytes = round64(cols) + 2 * round64(nb * 4);
-  const int64_t groups = (n + kLanes - 1) / kLanes;
-  const int64_t packed_bytes = vnni ? round64(groups * nb * kQuantBlock * kLanes) + 2 * round64(groups * nb * kLanes * 4) : 0;
-  const int64_t t_rows = tile_rows(cols);
-  const int64_t tile_bytes = round64(t_rows * cols) + round64(t_rows * nb * 4);
-  // Called inside a parallel region, parallel_for runs inline on the caller: one tile buffer.
-  const bool nested = at::in_parallel_region();
-  const int64_t threads = nested ? 1 : at::get_num_threads();
-  const int64_t total = (vnni ? row_q_bytes : n * row_q_bytes) + packed_bytes + (vnni ? threads * tile_bytes : 0);
-  if (!scratch.defined() || scratch.numel() < total) scratch = torch::empty({total}, torch::kUInt8);
-  auto* base = scratch.data_ptr<uint8_t>();
-
-  auto input_at = [&](int64_t i) {
-    uint8_t* p = base + i * row_q_bytes;
-    return QuantizedInput{reinterpret_cast<int8_t*>(p), reinterpret_cast<float*>(p + round64(cols)),
-                          reinterpret_cast<float*>(p + round64(cols) + round64(nb * 4)), cols};
-  };
-  if (!vnni) {
-    std::vector<QuantizedInput> xs;
-    std::vector<float*> ys;
-    for (int64_t t = 0; t < n; ++t) {
-      xs.push_back(input_at(t));
-      quantize_input(x + t * cols, xs.back());
-      ys.push_back(y + t * rows);
-    }
-    matvec_quant_multi(w, xs, ys, isa);
-    return;
+  // Twice: once to size the scratch, once to run.
+  for (const bool run : {false, true}) {
+    qgemm::Carver mem{run ? scratch.data_ptr<uint8_t>() : nullptr};
+    if (isa == MatvecIsa::Avx512Bf16) qgemm::gemm_vnni(w, x, n, y, mem);
+    else qgemm::gemm_by_rows(w, x, n, y, isa, mem);
+    if (!run && (!scratch.defined() || scratch.numel() < mem.used)) scratch = torch::empty({mem.used}, torch::kUInt8);
   }
-#ifdef IADGPT_QGEMM_X86
-  uint8_t* p = base + row_q_bytes;
-  const PackedInputs packed{reinterpret_cast<int8_t*>(p),
-                            reinterpret_cast<float*>(p + round64(groups * nb * kQuantBlock * kLanes)),
-                            reinterpret_cast<int32_t*>(p + round64(groups * nb * kQuantBlock * kLanes) +
-                                                       round64(groups * nb * kLanes * 4)),
-                            groups, nb};
-  pack_inputs(x, n, cols, unsigned_offset(w.format), input_at(0), packed);
-  uint8_t* tiles = base + row_q_bytes + packed_bytes;
-  const int64_t n_tiles = (rows + t_rows - 1) / t_rows;
-  at::parallel_for(0, n_tiles, 1, [&](int64_t i0, int64_t i1) {
-    uint8_t* mine = tiles + (nested ? 0 : at::get_thread_num()) * tile_bytes;
-    const WeightTile tile{mine, reinterpret_cast<float*>(mine + round64(t_rows * cols))};
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t r0 = i * t_rows, n_rows = std::min(t_rows, rows - r0);
-      const int64_t padded = (n_rows + kQuadRows - 1) / kQuadRows * kQuadRows;
-      unpack_tile(w, r0, n_rows, padded, tile);
-      tile_product(tile, padded, cols, packed, n, rows, r0, n_rows, y);
-    }
-  });
-#else
-  throw InputError("gemm_quant: the avx512bf16 path needs an x86-64 build");
-#endif
 }
 
 void gemm_quant(const QuantMatrix& w, const torch::Tensor& x, torch::Tensor& y, MatvecIsa isa) {
