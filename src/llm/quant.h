@@ -77,8 +77,9 @@ struct QuantizedInput {
   int64_t cols;
 };
 
-// Fills `out` (its arrays sized as above, cols a multiple of 32) from x [cols] fp32.
-void quantize_input(const float* x, const QuantizedInput& out);
+// Fills `out` (its arrays sized as above, cols a multiple of 32) from x [cols] fp32. Every path
+// (`isa`: AVX-512 or scalar code; Avx2 runs the scalar one) gives the same bytes.
+void quantize_input(const float* x, const QuantizedInput& out, MatvecIsa isa = best_matvec_isa());
 
 // y[r] = Σ_c w[r, c] x[c] with x given quantized; rows split over intra-op threads.
 void matvec_quant(const QuantMatrix& w, const QuantizedInput& x, float* y, MatvecIsa isa);

@@ -231,8 +231,6 @@ void gemm_vnni(const QuantMatrix& w, const float* x, int64_t n, float* y, Carver
 #ifdef IADGPT_QGEMM_X86
   const int64_t rows = w.rows(), cols = w.cols(), nb = cols / kQuantBlock;
   const int64_t half = (n + kLanes - 1) / kLanes * kLanes, groups = 2 * half / kLanes;
-  const QuantizedInput main = mem.input(cols), residual = mem.input(cols);
-  float* tmp = mem.take<float>(cols);
   const PackedInputs packed{mem.take<int8_t>(groups * nb * kQuantBlock * kLanes), mem.take<float>(groups * nb * kLanes),
                             mem.take<int32_t>(groups * nb * kLanes), groups, nb};
   const int64_t t_rows = tile_rows(cols);
@@ -240,9 +238,16 @@ void gemm_vnni(const QuantMatrix& w, const float* x, int64_t n, float* y, Carver
   const bool nested = at::in_parallel_region();
   const int64_t threads = nested ? 1 : at::get_num_threads();
   std::vector<WeightTile> tiles;
+  struct RowBuffers {
+    QuantizedInput main, residual;
+    float* tmp;
+  };
+  std::vector<RowBuffers> row_buffers;
   for (int64_t i = 0; i < threads; ++i) {
     auto* q = mem.take<uint8_t>(t_rows * cols);
     tiles.push_back({q, mem.take<float>(t_rows * nb)});
+    const auto main = mem.input(cols), residual = mem.input(cols);
+    row_buffers.push_back({main, residual, mem.take<float>(cols)});
   }
   if (!mem.base) return;
 
@@ -250,11 +255,15 @@ void gemm_vnni(const QuantMatrix& w, const float* x, int64_t n, float* y, Carver
   std::fill(packed.scale, packed.scale + groups * nb * kLanes, 0.0f);
   std::fill(packed.start, packed.start + groups * nb * kLanes, 0);
   const int32_t offset = unsigned_offset(w.format);
-  for (int64_t t = 0; t < n; ++t) {
-    split_input(x + t * cols, main, residual, tmp);
-    pack_row(main, t, offset, packed);
-    pack_row(residual, half + t, offset, packed);
-  }
+  // Rows split over threads too: each writes its own lanes.
+  at::parallel_for(0, n, 4, [&](int64_t t0, int64_t t1) {
+    const RowBuffers& buf = row_buffers[nested ? 0 : at::get_thread_num()];
+    for (int64_t t = t0; t < t1; ++t) {
+      split_input(x + t * cols, buf.main, buf.residual, buf.tmp);
+      pack_row(buf.main, t, offset, packed);
+      pack_row(buf.residual, half + t, offset, packed);
+    }
+  });
   const int64_t n_tiles = (rows + t_rows - 1) / t_rows;
   at::parallel_for(0, n_tiles, 1, [&](int64_t i0, int64_t i1) {
     const WeightTile& tile = tiles[nested ? 0 : at::get_thread_num()];

@@ -245,3 +245,40 @@ TEST(Quant, GemmOnEveryPathMatchesDoubleReferenceForEachInputRow) {
   }
   torch::set_num_threads(threads_before);
 }
+
+TEST(Quant, InputQuantizationGivesTheSameBytesOnEveryPath) {
+  // quantize_input's AVX-512 code against its scalar loop, bit for bit, on blocks that test the
+  // rounding: ties (block max 127, so x · 127/max = x exactly, and x = k + 0.5 must round to
+  // even), a zero block, a block of one huge value and tiny ones, negative maxima, random ones.
+  // Independent check of the ties: 0.5 → 0, 1.5 → 2, 2.5 → 2, -0.5 → 0, -1.5 → -2.
+  if (!llm::matvec_isa_supported(llm::MatvecIsa::Avx512Bf16)) GTEST_FAIL() << "the test machines are AVX-512 CPUs";
+  const int64_t cols = 32 * 6;
+  torch::manual_seed(5);
+  auto x = torch::randn({cols}) * 3;
+  auto* xp = x.data_ptr<float>();
+  xp[0] = 127.0f;
+  for (int i = 1; i < 32; ++i) xp[i] = static_cast<float>(i % 8) - 3.5f;  // ±0.5, ±1.5, ±2.5, ±3.5
+  xp[1] = 0.5f, xp[2] = 1.5f, xp[3] = 2.5f, xp[4] = -0.5f, xp[5] = -1.5f;
+  for (int i = 32; i < 64; ++i) xp[i] = 0.0f;
+  for (int i = 64; i < 96; ++i) xp[i] = i == 70 ? 1e30f : 1e-30f * static_cast<float>(i);
+  for (int i = 96; i < 128; ++i) xp[i] = i == 100 ? -9.0f : xp[i] * 0.1f;
+  std::vector<int8_t> q[2];
+  std::vector<float> scale[2], offset[2];
+  const llm::MatvecIsa paths[2] = {llm::MatvecIsa::Scalar, llm::MatvecIsa::Avx512Bf16};
+  for (int p = 0; p < 2; ++p) {
+    q[p].assign(cols, 99), scale[p].assign(cols / 32, -1.0f), offset[p].assign(cols / 32, -1.0f);
+    llm::quantize_input(xp, {q[p].data(), scale[p].data(), offset[p].data(), cols}, paths[p]);
+  }
+  EXPECT_EQ(q[0], q[1]);
+  EXPECT_EQ(scale[0], scale[1]);
+  EXPECT_EQ(offset[0], offset[1]);
+  EXPECT_EQ(q[1][0], 127);
+  EXPECT_EQ(q[1][1], 0);
+  EXPECT_EQ(q[1][2], 2);
+  EXPECT_EQ(q[1][3], 2);
+  EXPECT_EQ(q[1][4], 0);
+  EXPECT_EQ(q[1][5], -2);
+  EXPECT_EQ(scale[1][1], 0.0f);
+  EXPECT_EQ(q[1][70], 127);
+  EXPECT_EQ(q[1][100], -127);
+}
