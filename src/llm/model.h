@@ -96,7 +96,7 @@ enum class Logits { All, Last };
 // returns fp32 logits [T, V] (All) or [1, V] (Last). Throws InputError when the cache is full.
 // With bf16 (or quantized) matrices, a single token (T == 1) takes the decode path (decode.h:
 // matvec kernels that read each weight once); longer inputs take the GEMM path (quantized
-// matrices dequantized to bf16 first).
+// matrices: quant.h gemm_quant, an int8 GEMM).
 torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tensor& x, Logits which);
 
 // The prefills of several sequences as one forward (serve --batch): inputs[i] [T_i, D] runs at
