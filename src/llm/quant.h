@@ -89,14 +89,14 @@ void matvec_quant_multi(const QuantMatrix& w, std::span<const QuantizedInput> xs
                         MatvecIsa isa);
 
 // Y = X Wᵀ for a block of inputs (the prefill of quantized matrices): x [n, cols] fp32
-// row-major, y [n, rows] fp32 row-major. Each input row is quantized in two passes: per block of
-// 32 to int8 as matvec_quant's x (quantize_input), then the rounding error that leaves, the same
-// way; both parts go through the exact int32 block sums scaled by s_w · s_x. The activations'
-// error is then ≤ s_x/508 per element (single pass: s_x/2), about bf16's: a prompt decides as the
-// bf16 model does, at twice the integer work of one pass. AVX-512 VNNI path: the weights unpacked
-// a cache-sized tile at a time, a 4-row × 32-input micro-kernel (quant_gemm.cpp); AVX2 and
-// scalar: matvec_quant_multi. `scratch` (uint8) is grown when too small and reused otherwise.
-// Rows split over intra-op threads.
+// row-major, y [n, rows] fp32 row-major. Each input row is quantized per block of 32 to int8 as
+// matvec_quant's x (quantize_input); for q8 in two passes: then the rounding error that leaves,
+// the same way. Every part goes through the exact int32 block sums scaled by s_w · s_x. Two
+// passes leave ≤ s_x/508 of activation error per element (one: s_x/2), about bf16's: a q8 prompt
+// decides as the bf16 model does. q4 takes one pass: its weights' error is 16 times that of one
+// pass. AVX-512 VNNI path: the weights unpacked a cache-sized tile at a time, a 4-row × 32-input
+// micro-kernel (quant_gemm.cpp); AVX2 and scalar: matvec_quant_multi. `scratch` (uint8) is grown
+// when too small and reused otherwise. Rows split over intra-op threads.
 void gemm_quant(const QuantMatrix& w, const float* x, int64_t n, float* y, MatvecIsa isa, torch::Tensor& scratch);
 // Tensor form (allocates its scratch): wrong dtypes or shapes, an unsupported isa → InputError.
 void gemm_quant(const QuantMatrix& w, const torch::Tensor& x, torch::Tensor& y, MatvecIsa isa = best_matvec_isa());

@@ -1,12 +1,12 @@
 // The q8 / q4 matrix product of a multi-token forward (quant.h gemm_quant): Y = X Wᵀ with each
-// activation row quantized per block of 32 in two passes (split_input): int8 as the decode
-// kernels quantize their one input row (quantize_input), then the rounding error that leaves.
+// activation row quantized per block of 32 as the decode kernels quantize their one input row
+// (quantize_input); for q8 in two passes (split_input): then the rounding error that leaves too.
 //
 // AVX-512 VNNI path, the one that matters for speed: a prefill is compute bound, so weights and
 // activations are laid out for `vpdpbusd` to run back to back.
 // - Activations, packed once per call: inputs in groups of 16, one int32 lane each; for block b and
 //   step k (elements 32b+4k .. 32b+4k+3) the 16 inputs' four int8 values fill one 64-byte line.
-//   The residual passes are more inputs after the main ones.
+//   q8's residual passes are more inputs after the main ones.
 // - Weights, a tile of rows at a time into a per-thread buffer that stays in cache: unsigned bytes,
 //   q + 128 (q8, the sign bit flipped) or q + 8 (q4 nibbles unpacked to one per byte), as vpdpbusd
 //   wants; the scales widened to fp32.
@@ -55,6 +55,12 @@ struct WeightTile {
 };
 
 int32_t unsigned_offset(QuantFormat format) { return format == QuantFormat::Q8 ? 128 : 8; }
+
+// Activation passes (split_input): two for q8, whose weights' own error (≤ s_w/2, 1/254 of a
+// block's max) is as large as one int8 pass's activation error, so the second pass halves the
+// product's error; one for q4, whose weight error (1/16 of the max) is 16 times a pass's and
+// leaves the second pass nothing to gain but twice the work.
+int64_t activation_passes(QuantFormat format) { return format == QuantFormat::Q8 ? 2 : 1; }
 
 int64_t tile_rows(int64_t cols) {
   return std::clamp<int64_t>(kTileBytes / cols / kQuadRows * kQuadRows, kQuadRows, 64);
@@ -208,29 +214,33 @@ struct Carver {
   }
 };
 
-// The AVX2 / scalar paths: every row's main and residual through matvec_quant_multi, the
+// The AVX2 / scalar paths: every row (and for q8 its residual) through matvec_quant_multi, the
 // residuals' products into `residual_y` [n, rows], then added.
 void gemm_by_rows(const QuantMatrix& w, const float* x, int64_t n, float* y, MatvecIsa isa, Carver& mem) {
-  const int64_t rows = w.rows(), cols = w.cols();
-  std::vector<QuantizedInput> xs(static_cast<size_t>(2 * n));
-  std::vector<float*> ys(static_cast<size_t>(2 * n));
+  const int64_t rows = w.rows(), cols = w.cols(), passes = activation_passes(w.format);
+  std::vector<QuantizedInput> xs(static_cast<size_t>(passes * n));
+  std::vector<float*> ys(static_cast<size_t>(passes * n));
   float* tmp = mem.take<float>(cols);
-  float* residual_y = mem.take<float>(n * rows);
+  float* residual_y = passes == 2 ? mem.take<float>(n * rows) : nullptr;
   for (int64_t t = 0; t < n; ++t) {
-    xs[t] = mem.input(cols), xs[n + t] = mem.input(cols);
-    if (mem.base) split_input(x + t * cols, xs[t], xs[n + t], tmp);
-    ys[t] = y + t * rows, ys[n + t] = residual_y + t * rows;
+    xs[t] = mem.input(cols), ys[t] = y + t * rows;
+    if (passes == 2) xs[n + t] = mem.input(cols), ys[n + t] = residual_y + t * rows;
+    if (!mem.base) continue;
+    if (passes == 2) split_input(x + t * cols, xs[t], xs[n + t], tmp);
+    else quantize_input(x + t * cols, xs[t]);
   }
   if (!mem.base) return;
   matvec_quant_multi(w, xs, ys, isa);
-  for (int64_t i = 0; i < n * rows; ++i) y[i] += residual_y[i];
+  if (passes == 2)
+    for (int64_t i = 0; i < n * rows; ++i) y[i] += residual_y[i];
 }
 
 // The AVX-512 VNNI path (see the top of the file).
 void gemm_vnni(const QuantMatrix& w, const float* x, int64_t n, float* y, Carver& mem) {
 #ifdef IADGPT_QGEMM_X86
   const int64_t rows = w.rows(), cols = w.cols(), nb = cols / kQuantBlock;
-  const int64_t half = (n + kLanes - 1) / kLanes * kLanes, groups = 2 * half / kLanes;
+  const int64_t passes = activation_passes(w.format);
+  const int64_t half = (n + kLanes - 1) / kLanes * kLanes, groups = passes * half / kLanes;
   const PackedInputs packed{mem.take<int8_t>(groups * nb * kQuantBlock * kLanes), mem.take<float>(groups * nb * kLanes),
                             mem.take<int32_t>(groups * nb * kLanes), groups, nb};
   const int64_t t_rows = tile_rows(cols);
@@ -259,6 +269,11 @@ void gemm_vnni(const QuantMatrix& w, const float* x, int64_t n, float* y, Carver
   at::parallel_for(0, n, 4, [&](int64_t t0, int64_t t1) {
     const RowBuffers& buf = row_buffers[nested ? 0 : at::get_thread_num()];
     for (int64_t t = t0; t < t1; ++t) {
+      if (passes == 1) {
+        quantize_input(x + t * cols, buf.main);
+        pack_row(buf.main, t, offset, packed);
+        continue;
+      }
       split_input(x + t * cols, buf.main, buf.residual, buf.tmp);
       pack_row(buf.main, t, offset, packed);
       pack_row(buf.residual, half + t, offset, packed);

@@ -60,7 +60,7 @@ TEST(QuantModel, LlamaTinyLogitsStayCloseToReference) {
   // ≈ 7 % of σ, 16× q8's step → measured 0.56–0.65; bound 1.0, still under the O(4) a structural
   // error (wrong block, nibble or scale) moves the logits by. Top-1 of a random model has small
   // margins, so it is counted over the three sequences together (110 positions; seq0 alone has
-  // 7, where one near-tie flips 14 %): q8 measured 0.98 → ≥ 0.95; q4 0.78–0.80 → ≥ 0.65.
+  // 7, where one near-tie flips 14 %): q8 measured 0.98 → ≥ 0.95; q4 0.78–0.82 → ≥ 0.65.
   const auto& ref = t::llama_tiny_reference();
   struct Case {
     llm::QuantFormat format;
@@ -83,10 +83,10 @@ TEST(QuantModel, LlamaTinyLogitsStayCloseToReference) {
       EXPECT_LE(e_block, bound) << s.name;
       EXPECT_LE(e_steps, bound) << s.name;
       blocks.push_back(block), all_steps.push_back(steps), wants.push_back(want);
-      // The two paths share the quantized weights; they differ by the decode step's one-pass
-      // activation quantization (≤ 1/254 of a block's max per input; the prefill's two passes
-      // leave ~1/64516), fp32 summation order and the prefill's bf16 outputs: the same 0.1 as
-      // the bf16 model's decode-vs-prefill test.
+      // The two paths share the quantized weights; they differ by activation quantization (the
+      // decode step: one pass, ≤ 1/254 of a block's max per input; the q8 prefill two, ~1/64516),
+      // fp32 summation order and the prefill's bf16 outputs: the same 0.1 as the bf16 model's
+      // decode-vs-prefill test.
       EXPECT_LE(t::max_abs_diff(block, steps), 0.1) << s.name;
     }
     const auto want = torch::cat(wants), block = torch::cat(blocks), steps = torch::cat(all_steps);
@@ -101,9 +101,9 @@ TEST(QuantModel, LlamaTinyLogitsStayCloseToReference) {
 TEST(QuantModel, Stories260KLogitsTop1AndGreedyAgreement) {
   // stories260K (trained, tied head: the head and the 172-wide down projections stay bf16).
   // Reference: the fp64 logits along the fp32 model's greedy path (|logit| up to 22). Measured
-  // (printed below): q8 max |Δlogit| 0.38, top-1 0.98, greedy identical for 114 tokens; q4 7.2,
-  // 0.885, 27 tokens (with the earlier bf16-tile prefill: q8 0.38 / 0.985 / 61, q4 7.1 / 0.89 /
-  // 27; one-pass int8 activations in the prefill gave q8 0.46). Hidden size 64 (2 blocks per row)
+  // (printed below): q8 max |Δlogit| 0.38, top-1 0.98, greedy identical for 114 tokens; q4 7.1,
+  // 0.88, 27 tokens (with the earlier bf16-tile prefill: q8 0.38 / 0.985 / 61, q4 7.1 / 0.89 /
+  // 27; one-pass int8 activations in the q8 prefill gave q8 0.46). Hidden size 64 (2 blocks per row)
   // makes this tiny model far more sensitive than a real one. Bounds: the measurements with margin
   // for other paths' summation order (q8 0.5 / 0.95 / 50 tokens, q4 10 / 0.8 / 20 tokens); a
   // structural error gives logits of a different model (errors ~ the logits' own scale, top-1
@@ -156,9 +156,9 @@ TEST(QuantModel, PrefillOverManyWeightTilesMatchesTheDequantizedModel) {
   // A multi-token forward multiplies a quantized matrix (gemm_quant) a tile of rows at a time, the
   // tiles shared among threads. The head here is 40000 × 64 (q4): 625 tiles of 64 rows. The
   // reference is the same model with every quantized matrix dequantized to bf16 up front and
-  // multiplied whole by ATen. They differ by the prefill's activation quantization (two passes:
-  // each input moves by ≤ 1/64516 of its block's max), fp32 summation order and bf16 rounding of
-  // the outputs: measured 0.005 at |logit| ≤ 0.77; bound 0.05. A tile written to the wrong rows or columns
+  // multiplied whole by ATen. They differ by the prefill's activation quantization (q4: one pass,
+  // each input moves by ≤ 1/254 of its block's max), fp32 summation order and bf16 rounding of
+  // the outputs: measured 0.008 at |logit| ≤ 0.77; bound 0.05. A tile written to the wrong rows or columns
   // gives another token's logit there (logits spread over ±0.77, so errors of O(0.5)).
   llm::LlamaConfig c;
   c.vocab_size = 40000;

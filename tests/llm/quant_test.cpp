@@ -144,8 +144,8 @@ torch::Tensor test_input(int64_t cols, bool exact_x) {
 }
 
 // y [rows] (one kernel's W x) against the float64 reference within the bound above.
-// dw: reference_dequant(m). `passes`: activation quantization passes (gemm_quant: 2, the residual
-// pass leaves ≤ s_x/508 per element instead of s_x/2).
+// dw: reference_dequant(m). `passes`: activation quantization passes (gemm_quant: 2 for q8, the
+// residual pass leaves ≤ s_x/508 per element instead of s_x/2; 1 for q4).
 void expect_close_to_reference(const llm::QuantMatrix& m, const torch::Tensor& dw, const torch::Tensor& x,
                                const torch::Tensor& y, bool exact_x, const std::string& what, int passes = 1) {
   const int64_t rows = m.rows(), cols = m.cols();
@@ -204,9 +204,9 @@ TEST(Quant, EveryKernelPathMatchesDoubleReferenceOnRaggedShapes) {
 
 TEST(Quant, GemmOnEveryPathMatchesDoubleReferenceForEachInputRow) {
   // The prefill product Y = X Wᵀ (gemm_quant): every output row Y[t] is held to the matvec bound
-  // above with the two-pass activation error s_x/508 (the residual's scale is ≤ (s_x/2)/127; the
-  // fp32 rounding of the residual itself, ≤ 2^-24 |x|, is inside the fp32 term, whose 2·nb block
-  // terms are fewer than the cols/4 + 40 allowed).
+  // above; for q8 with the two-pass activation error s_x/508 (the residual's scale is
+  // ≤ (s_x/2)/127; the fp32 rounding of the residual itself, ≤ 2^-24 |x|, is inside the fp32
+  // term, whose 2·nb block terms are fewer than the cols/4 + 40 allowed), for q4 one pass's s_x/2.
   // Shapes: inputs around the VNNI path's groups of 16 and pairs of groups (2, 5, 16, 17, 31, 33,
   // 40, 48), rows ragged against its 4-row micro-kernel and over several weight tiles (tiles of
   // 32 rows at 2048 columns, 64 at 96), columns 1 to 33 blocks; exact and random inputs mixed in
@@ -239,7 +239,7 @@ TEST(Quant, GemmOnEveryPathMatchesDoubleReferenceForEachInputRow) {
             expect_close_to_reference(m, dw, xs[t], y[t], t % 2 == 0,
                                       fmt::format("gemm {} {} threads, input {} of {}", llm::matvec_isa_name(isa),
                                                   threads, t, n),
-                                      2);
+                                      format == llm::QuantFormat::Q8 ? 2 : 1);
         }
     }
   }
