@@ -25,8 +25,8 @@ std::pair<torch::Tensor, torch::Tensor> rope_table(const LlamaConfig& c) {
   return {angles.cos().to(torch::kFloat32), angles.sin().to(torch::kFloat32)};
 }
 
-// y = x Wᵀ for quantized W (a block of tokens): gemm_quant, int8 activations as in the decode
-// step. Its output lands in a buffer the cache keeps (fresh pages cost ~14 µs each to touch) and
+// y = x Wᵀ for quantized W (a block of tokens): gemm_quant, int8 activations (q8: two passes).
+// Its output lands in a buffer the cache keeps (fresh pages cost ~14 µs each to touch) and
 // leaves as a copy in x's dtype.
 torch::Tensor linear_quantized(const torch::Tensor& x, const QuantMatrix& qw, KvCache& cache) {
   const int64_t rows = qw.rows(), cols = qw.cols();
