@@ -4,6 +4,7 @@
 #include <httplib.h>
 
 #include <arpa/inet.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -175,6 +176,7 @@ struct Server::Impl {
   json model_info;
   httplib::Server http;
   int port = -1;
+  int listen_socket = -1;  // seen when httplib creates it, to widen its accept backlog
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   ApiKeys keys;
   Metrics metrics;
@@ -704,6 +706,10 @@ struct Server::Impl {
   }
 
   void setup() {
+    http.set_socket_options([this](socket_t sock) {
+      httplib::default_socket_options(sock);
+      listen_socket = sock;
+    });
     const auto limit = static_cast<size_t>(options.max_body_mb) * 1024 * 1024;
     http.set_payload_max_length(limit);
     http.set_read_timeout(options.timeout_s, 0);
@@ -818,6 +824,12 @@ int Server::bind() {
     impl_->port = impl_->http.bind_to_port(o.host, o.port) ? o.port : -1;
   }
   if (impl_->port <= 0) throw InputError(fmt::format("cannot listen on {}:{} (address in use or not local?)", o.host, o.port));
+  // Debian's httplib listens with a backlog of 5: a burst of clients (a line's cameras at once)
+  // overflows it, and a dropped handshake costs a client seconds of retries or a read error.
+  // Listening again on the bound socket widens the backlog (Linux caps it at net.core.somaxconn).
+  if (impl_->listen_socket >= 0 && ::listen(impl_->listen_socket, SOMAXCONN) != 0) {
+    std::cerr << "serve: could not widen the accept backlog; bursts of connections may be retried\n";
+  }
   return impl_->port;
 }
 

@@ -497,13 +497,8 @@ TEST(StreamBudget, ConcurrentStreamsBeyondTheQueueGet429AndTheServerStaysHealthy
   o.queue = 2;
   o.batch = 4;
   TestServer server(o, [engines, gate](int w) { return std::make_unique<GatedEngine>(engines(w), gate); });
-  // Opened however the test ends: a held worker would keep the server from stopping.
-  struct OpenAtEnd {
-    std::shared_ptr<FakeCounters> gate;
-    ~OpenAtEnd() { gate->open(); }
-  } open_at_end{gate};
-  // A generous connection timeout: many connections at once on a loaded machine may see their
-  // first SYN dropped from the listen backlog and retried.
+  // A generous connection timeout: on a loaded machine a connection may still wait for the
+  // server's accept thread (the backlog itself is wide: see Server::bind).
   auto client = [&] {
     auto c = server.client(120);
     c.set_connection_timeout(60, 0);
@@ -520,8 +515,22 @@ TEST(StreamBudget, ConcurrentStreamsBeyondTheQueueGet429AndTheServerStaysHealthy
     auto r = client().Post("/v1/chat/completions", body, "application/json");
     return r ? std::make_pair(r->status, r->body) : std::make_pair(0, std::string());
   };
-  // One stream on the worker (held at the gate), two in the queue: the capacity is reached.
   std::vector<std::future<std::pair<int, std::string>>> accepted;
+  std::vector<std::future<httplib::Result>> extra;
+  // However the test ends (a failed ASSERT returns early), the gate opens and every request has
+  // finished before what the requests use goes away: a held worker would keep the server from
+  // stopping, and a future's destructor waits for its request.
+  struct FinishAtEnd {
+    FakeCounters& gate;
+    std::vector<std::future<std::pair<int, std::string>>>& accepted;
+    std::vector<std::future<httplib::Result>>& extra;
+    ~FinishAtEnd() {
+      gate.open();
+      for (auto& f : accepted) if (f.valid()) f.wait();
+      for (auto& f : extra) if (f.valid()) f.wait();
+    }
+  } finish_at_end{*gate, accepted, extra};
+  // One stream on the worker (held at the gate), two in the queue: the capacity is reached.
   accepted.push_back(std::async(std::launch::async, post));
   wait_for("busy", 1);
   accepted.push_back(std::async(std::launch::async, post));
@@ -529,7 +538,6 @@ TEST(StreamBudget, ConcurrentStreamsBeyondTheQueueGet429AndTheServerStaysHealthy
   wait_for("queued", 2);
   // Sixteen more at once: none may be queued (nor hold memory), each gets a clear 429.
   constexpr int kExtra = 16;
-  std::vector<std::future<httplib::Result>> extra;
   for (int i = 0; i < kExtra; ++i) {
     extra.push_back(std::async(std::launch::async, [&] {
       return client().Post("/v1/chat/completions", body, "application/json");
@@ -537,7 +545,7 @@ TEST(StreamBudget, ConcurrentStreamsBeyondTheQueueGet429AndTheServerStaysHealthy
   }
   for (auto& f : extra) {
     auto r = f.get();
-    ASSERT_TRUE(r);
+    ASSERT_TRUE(r) << httplib::to_string(r.error());
     EXPECT_EQ(r->status, 429) << r->body;
     EXPECT_EQ(r->get_header_value("Retry-After"), "1");
     EXPECT_EQ(body_json(r)["error"]["type"], "rate_limit_error") << r->body;
