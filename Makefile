@@ -26,10 +26,11 @@ test: deps
 # First contact (README quick start): procedural parts, tiny models from scratch, training,
 # inspection of unseen parts, HTML report in demo-out/report/index.html. Needs nothing but Debian
 # packages. The answers are the tiny LLM's; fails when the held-out Yes/No accuracy is below 90 %
-# (97/100 measured on 2 cores, 94/100 with ATEN_CPU_CAPABILITY=avx512: src/demo/README.md).
+# (95/100 measured on 2 cores, 96/100 with ATEN_CPU_CAPABILITY=avx512: src/demo/README.md).
 DEMO_OUT ?= demo-out
 # Only the program is built (not the test binaries): on the Zen 5 machines the whole target stays
-# within 10 minutes; on the Intel Xeon kind (family 6, model 207) the demo alone took 11.7 minutes.
+# within 10 minutes at 300 LLM steps; on the Intel Xeon kind (family 6, model 207) the demo alone
+# takes about 12 minutes at 450 steps, the default since 2026-12-04.
 demo: deps
 	$(MAKE) configure
 	cmake --build $(BUILD) -j $(JOBS) --target iadgpt

@@ -41,7 +41,7 @@ struct DemoOptions {
   int test_good = 10, test_defect = 2;  // held-out split per class (and per defect type)
   int size = 224;                    // image side
   int64_t steps = 1000;              // map warm-up steps (the decoder alone, 56² loss maps)
-  int64_t llm_steps = 300;           // LLM training steps (batch 16), stages 1/2/3 = 10/40/50 %
+  int64_t llm_steps = 450;           // LLM training steps (batch 16), stages 1/2/3 = 10/40/50 %
   int64_t per_image = 2;             // synthetic variants per training normal in the trainer's pool
   std::string synthesis = "cutpaste";  // the trainer's synthetic anomalies: cutpaste or nsa
   int shots = 10;                    // good reference parts per class for the few-shot map (≤ train − 3)
