@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "io/error.h"
@@ -22,35 +23,68 @@ c10::Half block_scale(float scale) {
   return h;
 }
 
-int quant_of(float w, float scale, int lo, int hi) {
-  if (scale == 0.0f) return 0;
-  return std::clamp(static_cast<int>(std::nearbyint(w / scale)), lo, hi);
+// |x| as its bit pattern: for non-negative floats the integer order is the float order, so the
+// block's largest magnitude is an integer max (which vectorizes; a float max does not without
+// -ffast-math), and a NaN sorts above every number, so it reaches block_scale, which refuses it.
+uint32_t magnitude_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u & 0x7FFFFFFFu;
+}
+
+uint32_t block_max_bits(const float* wb) {
+  uint32_t max_bits = 0;
+  for (int64_t i = 0; i < kQuantBlock; ++i) max_bits = std::max(max_bits, magnitude_bits(wb[i]));
+  return max_bits;
+}
+
+// out[i] = round(wb[i] / s) clamped to [lo, hi]; s is finite (block_scale). Rounding is to
+// nearest, ties to even, as nearbyint in the default rounding mode, without its libm call per
+// element: adding and subtracting 1.5 · 2^23 leaves the nearest integer for |v| < 2^22. Clamping
+// to the integers lo and hi before rounding gives what clamping after would (rounding is monotonic
+// and keeps integers), and keeps v in that range. Float-only and branch-free, so the loop
+// vectorizes even for the baseline x86-64 target (no SSE4.1 integer min/max).
+void block_quants(const float* wb, float s, int lo, int hi, int32_t* out) {
+  if (s == 0.0f) {
+    std::fill(out, out + kQuantBlock, 0);
+    return;
+  }
+  constexpr float kRound = 12582912.0f;  // 1.5 · 2^23
+  const float low = static_cast<float>(lo), high = static_cast<float>(hi);
+  for (int64_t i = 0; i < kQuantBlock; ++i) {
+    float v = wb[i] / s;
+    v = v < low ? low : v;
+    v = v > high ? high : v;
+    out[i] = static_cast<int32_t>((v + kRound) - kRound);
+  }
 }
 
 void quantize_row_q8(const float* w, int64_t cols, int8_t* q, c10::Half* scale) {
+  int32_t quants[kQuantBlock];
   for (int64_t b = 0; b < cols / kQuantBlock; ++b) {
     const float* wb = w + b * kQuantBlock;
-    float amax = 0.0f;
-    for (int64_t i = 0; i < kQuantBlock; ++i) amax = std::max(amax, std::fabs(wb[i]));
+    const uint32_t max_bits = block_max_bits(wb);
+    float amax;
+    std::memcpy(&amax, &max_bits, sizeof amax);
     scale[b] = block_scale(amax / 127.0f);
-    const float s = scale[b];
-    for (int64_t i = 0; i < kQuantBlock; ++i) q[b * kQuantBlock + i] = static_cast<int8_t>(quant_of(wb[i], s, -127, 127));
+    block_quants(wb, scale[b], -127, 127, quants);
+    for (int64_t i = 0; i < kQuantBlock; ++i) q[b * kQuantBlock + i] = static_cast<int8_t>(quants[i]);
   }
 }
 
 void quantize_row_q4(const float* w, int64_t cols, uint8_t* q, c10::Half* scale) {
+  int32_t quants[kQuantBlock];
   for (int64_t b = 0; b < cols / kQuantBlock; ++b) {
     const float* wb = w + b * kQuantBlock;
-    float m = 0.0f;  // the element of largest magnitude, with its sign: it maps to exactly −8
-    for (int64_t i = 0; i < kQuantBlock; ++i)
-      if (std::fabs(wb[i]) > std::fabs(m)) m = wb[i];
-    scale[b] = block_scale(m / -8.0f);
-    const float s = scale[b];
+    // The first element of largest magnitude, with its sign: it maps to exactly −8.
+    const uint32_t max_bits = block_max_bits(wb);
+    int64_t at = 0;
+    while (magnitude_bits(wb[at]) != max_bits) ++at;
+    scale[b] = block_scale(wb[at] / -8.0f);
+    block_quants(wb, scale[b], -8, 7, quants);
     uint8_t* qb = q + b * (kQuantBlock / 2);
-    for (int64_t j = 0; j < kQuantBlock / 2; ++j) {
-      const int lo = quant_of(wb[j], s, -8, 7) + 8, hi = quant_of(wb[j + 16], s, -8, 7) + 8;
-      qb[j] = static_cast<uint8_t>(lo | (hi << 4));
-    }
+    for (int64_t j = 0; j < kQuantBlock / 2; ++j)
+      qb[j] = static_cast<uint8_t>((quants[j] + 8) | ((quants[j + 16] + 8) << 4));
   }
 }
 

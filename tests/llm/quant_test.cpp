@@ -119,6 +119,23 @@ TEST(Quant, RejectsColumnsNotAMultipleOf32AndMismatchedShapes) {
   EXPECT_THROW(llm::gemm_quant(llm::QuantMatrix{}, torch::randn({5, 64}), y2), iadgpt::InputError);
 }
 
+// A NaN or infinite weight has no block scale: quantize refuses the matrix with an error that says
+// so (one such element among finite ones, in the block's middle, for both formats).
+TEST(Quant, NonFiniteWeightsAreRefusedByName) {
+  for (const auto format : kFormats) {
+    for (const float bad : {NAN, INFINITY, -INFINITY}) {
+      auto w = torch::randn({3, 96});
+      w[1][45] = bad;
+      try {
+        llm::quantize(w, format);
+        ADD_FAILURE() << "accepted " << bad << " in " << llm::quant_format_name(format);
+      } catch (const iadgpt::InputError& e) {
+        EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+      }
+    }
+  }
+}
+
 namespace {
 
 // Runs one path on one shape and checks it against Σ_c deq(w)[r,c] · x[c] in float64.
