@@ -121,7 +121,7 @@ TEST(Quant, RejectsColumnsNotAMultipleOf32AndMismatchedShapes) {
 
 // A NaN or infinite weight has no block scale: quantize refuses the matrix with an error that says
 // so (one such element among finite ones, in the block's middle, for both formats).
-TEST(Quant, NonFiniteWeightsAreRefusedByName) {
+TEST(Quant, NonFiniteWeightsAreRefused) {
   for (const auto format : kFormats) {
     for (const float bad : {NAN, INFINITY, -INFINITY}) {
       auto w = torch::randn({3, 96});
