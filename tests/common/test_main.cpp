@@ -1,7 +1,9 @@
 // gtest entry point shared by every test binary: fails loudly when ../shared is absent,
-// so a missing fixture is never a silent skip.
+// so a missing fixture is never a silent skip; removes this run's scratch directories when
+// every test passed (a failed run keeps them, and names them, for a look).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -18,5 +20,16 @@ int main(int argc, char** argv) {
               << " (expected ../shared beside the checkout, or IADGPT_SHARED)\n";
     return 2;
   }
-  return RUN_ALL_TESTS();
+  const int rc = RUN_ALL_TESTS();
+  const auto scratches = iadgpt::test::scratch_dirs_of(::getpid());
+  const char* keep = std::getenv("IADGPT_KEEP_SCRATCH");
+  for (const auto& dir : scratches) {
+    if (rc == 0 && !(keep && *keep)) {
+      std::error_code ec;  // a directory that cannot be removed is not a test failure
+      std::filesystem::remove_all(dir, ec);
+    } else {
+      std::cerr << "scratch kept: " << dir.string() << "\n";
+    }
+  }
+  return rc;
 }
