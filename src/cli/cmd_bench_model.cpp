@@ -46,9 +46,11 @@ struct Opts {
 
 struct Stages {
   std::vector<double> encode, maps, prefill, generate;
+  std::vector<double> generated;  // tokens per image (--model: an answer may end before --tokens)
   // --model only: what a user waits for from the files on disk to the first answer.
   double load_s = -1, first_answer_s = -1, references_s = -1;
   int64_t rss_after_load = -1, references = 0;
+  int64_t prompt_tokens = 0;  // --model: positions of the first turn's prompt (the prefill's length)
 };
 
 double mean_skip_first(const std::vector<double>& v) {
@@ -92,6 +94,8 @@ Stages bench_bundle(const Opts& o) {
     const auto t_answer = Clock::now();
     const auto r = m.inspect(img, opt);
     if (i == 0) st.first_answer_s = since(t_answer);
+    st.prompt_tokens = r.prompt_tokens;
+    st.generated.push_back(static_cast<double>(r.generated_tokens));
     st.encode.push_back(r.timings.encode);
     st.maps.push_back(r.timings.maps);
     st.prefill.push_back(r.timings.prefill);
@@ -165,7 +169,9 @@ Stages bench_arch(const Opts& o) {
                                    llm::Segment::tokens({ids.begin() + 12, ids.end()})};
     cache.clear();
     t0 = Clock::now();
-    auto logits = llm::forward(llm_model, cache, llm::embed_segments(llm_model, segs), llm::Logits::Last);
+    const auto prompt = llm::embed_segments(llm_model, segs);
+    st.prompt_tokens = prompt.size(0);
+    auto logits = llm::forward(llm_model, cache, prompt, llm::Logits::Last);
     st.prefill.push_back(done());
     t0 = Clock::now();
     for (int64_t k = 0; k < o.tokens; ++k) {
@@ -173,6 +179,7 @@ Stages bench_arch(const Opts& o) {
       logits = llm::forward_tokens(llm_model, cache, next, llm::Logits::Last);
     }
     st.generate.push_back(done());
+    st.generated.push_back(static_cast<double>(o.tokens));
   }
   return st;
 }
@@ -207,7 +214,7 @@ void add_bench_model(CLI::App& bench) {
       throw InputError("--reference needs --model (the --arch presets have random weights and no references)");
     const auto st = o->model.empty() ? bench_arch(*o) : bench_bundle(*o);
     const double enc = mean_skip_first(st.encode), maps = mean_skip_first(st.maps), pre = mean_skip_first(st.prefill),
-                 gen = mean_skip_first(st.generate);
+                 gen = mean_skip_first(st.generate), generated = mean_skip_first(st.generated);
     const int64_t peak = proc_status_bytes("VmHWM");
     if (st.load_s >= 0)
       std::cerr << fmt::format("from the files: load {:.2f} s (RSS {:.2f} GiB after it) | first answer {:.2f} s\n",
@@ -215,15 +222,19 @@ void add_bench_model(CLI::App& bench) {
     if (st.references > 0)
       std::cerr << fmt::format("few-shot: {} reference image(s) encoded into the memory bank in {:.2f} s\n", st.references,
                                st.references_s);
-    std::cerr << fmt::format("per image: encode {:.1f} ms | maps+adapters {:.1f} ms | prefill {:.1f} ms | generate {} tokens "
-                             "{:.1f} ms ({:.1f} ms/token) | total {:.1f} ms | peak RSS {:.2f} GiB\n",
-                             enc * 1e3, maps * 1e3, pre * 1e3, o->tokens, gen * 1e3, gen * 1e3 / o->tokens,
+    std::cerr << fmt::format("per image: encode {:.1f} ms | maps+adapters {:.1f} ms | prefill {} tokens {:.1f} ms | generate {:g} "
+                             "tokens {:.1f} ms ({:.1f} ms/token) | total {:.1f} ms | peak RSS {:.2f} GiB\n",
+                             enc * 1e3, maps * 1e3, st.prompt_tokens, pre * 1e3, generated, gen * 1e3,
+                             generated > 0 ? gen * 1e3 / generated : 0.0,
                              (enc + maps + pre + gen) * 1e3, peak / double(1 << 30));
+    // The per-part decision (METHOD: the first answer token follows the prefill).
+    std::cerr << fmt::format("per-part decision (encode + maps + prefill): {:.2f} s\n", enc + maps + pre);
     if (o->json) {
       nlohmann::json j{{"arch", o->model.empty() ? o->arch : o->model}, {"dtype", o->dtype}, {"quant", o->quant},
                        {"threads", torch::get_num_threads()},
                        {"iters", o->iters}, {"tokens", o->tokens}, {"encode_ms", enc * 1e3}, {"maps_ms", maps * 1e3},
-                       {"prefill_ms", pre * 1e3}, {"generate_ms", gen * 1e3}, {"peak_rss_bytes", peak}};
+                       {"prefill_ms", pre * 1e3}, {"prompt_tokens", st.prompt_tokens}, {"generate_ms", gen * 1e3}, {"generated_tokens", generated},
+                       {"decision_ms", (enc + maps + pre) * 1e3}, {"peak_rss_bytes", peak}};
       if (st.load_s >= 0) {
         j["load_ms"] = st.load_s * 1e3;
         j["rss_after_load_bytes"] = st.rss_after_load;

@@ -7,7 +7,9 @@
 #include "cli/commands.h"
 #include "io/error.h"
 #include "llm/config.h"
+#include "llm/model.h"
 #include "llm/options.h"
+#include "llm/quant.h"
 #include "model/bundle.h"
 #include "vision/loader.h"
 
@@ -42,7 +44,7 @@ void add_bundle(CLI::App& app) {
 
   struct Create {
     std::string vision, text, vocab, vision_config, llm, tokenizer, lora, delta, anomalygpt, decoder, tge, mmf, prompts;
-    std::string expert = "mmf", mode = "self-supervised", dtype = "f32", out;
+    std::string expert = "mmf", mode = "self-supervised", dtype = "f32", quant = "auto", out;
     std::vector<int64_t> taps;
     int64_t size = 224;
     double threshold = 0.5, lora_alpha = 32;
@@ -69,6 +71,10 @@ void add_bundle(CLI::App& app) {
   create->add_option("--taps", c->taps, "Tapped blocks, 0-based (default: the family's four)")->delimiter(',');
   create->add_option("--size", c->size, "Input side S")->capture_default_str();
   create->add_option("--dtype", c->dtype, "f32 | bf16 (towers and LLM)")->capture_default_str();
+  create->add_option("--quant", c->quant,
+                     "LLM weights: auto (as stored: a directory written by `iadgpt quantize` runs in its format, any "
+                     "other unquantized) | none | q8 | q4 (an unquantized LLM quantized at load)")
+      ->capture_default_str();
   create->add_option("--threshold", c->threshold, "Map threshold for regions")->capture_default_str();
   create->add_option("--init-random", c->init_random,
                      "Write random adapters with this seed for every one not given (decoder, tge, mmf)");
@@ -96,8 +102,12 @@ void add_bundle(CLI::App& app) {
     b.taps = c->taps;
     b.image_size = c->size;
     b.threshold = c->threshold;
-    // Field checks first (nothing written for a typo), then files.
+    if (!fs::exists(b.llm / "config.json"))
+      throw InputError(fmt::format("--llm {}: no config.json (expected a Hugging Face LLaMA directory)", b.llm.string()));
+    b.quant = c->quant == "auto" ? llm::quant_format_name(llm::stored_quant_format(b.llm / "config.json")) : c->quant;
+    // Field checks first (nothing written for a typo or a format the LLM is not stored in), then files.
     b = model::bundle_from_json(model::bundle_to_json(b), b.dir);
+    model::validate_llm_quant(b);
     if (c->init_random >= 0) {
       std::vector<std::string> parts;
       const auto deltas = model::load_deltas(b);

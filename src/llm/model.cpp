@@ -7,6 +7,7 @@
 
 #include "io/checkpoint.h"
 #include "io/error.h"
+#include "io/heap.h"
 #include "llm/decode.h"
 #include "llm/ops.h"
 #include "nn/device.h"
@@ -132,6 +133,7 @@ QuantFormat stored_quant_format(const std::filesystem::path& config_file) {
 void quantize_model(LlamaModel& model, QuantFormat format) {
   quantize_weights(model.weights, format);
   finish_quantized(model.weights);
+  io::release_free_heap();  // the 16-bit matrices just replaced
   model.dtype = torch::kBFloat16;
 }
 

@@ -216,6 +216,16 @@ nlohmann::json bundle_to_json(const Bundle& b) {
   return j;
 }
 
+void validate_llm_quant(const Bundle& b) {
+  const auto stored = llm::stored_quant_format(b.llm / "config.json");
+  if (stored != llm::QuantFormat::None && b.quant != llm::quant_format_name(stored))
+    throw InputError(fmt::format("{}: field 'quant' is '{}', but the LLM {} is stored quantized as {}", where(b.dir), b.quant,
+                                 b.llm.string(), llm::quant_format_name(stored)));
+  if (stored != llm::QuantFormat::None && b.lora)
+    throw InputError(fmt::format("{}: field 'lora': the LLM is stored quantized ({}), so a LoRA cannot be merged into it; "
+                                 "give the unquantized LLM with this LoRA to `iadgpt quantize`", where(b.dir), b.quant));
+}
+
 void validate_bundle(const Bundle& b) {
   const auto& dir = b.dir;
   require_exists(dir, "vision", b.vision);
@@ -232,13 +242,7 @@ void validate_bundle(const Bundle& b) {
     if (*p) require_exists(dir, key, **p);
 
   const auto llm_config = llm::LlamaConfig::from_file(b.llm / "config.json");
-  const auto stored = llm::stored_quant_format(b.llm / "config.json");
-  if (stored != llm::QuantFormat::None && b.quant != llm::quant_format_name(stored))
-    throw InputError(fmt::format("{}: field 'quant' is '{}', but the LLM {} is stored quantized as {}", where(dir), b.quant,
-                                 b.llm.string(), llm::quant_format_name(stored)));
-  if (stored != llm::QuantFormat::None && b.lora)
-    throw InputError(fmt::format("{}: field 'lora': the LLM is stored quantized ({}), so a LoRA cannot be merged into it; "
-                                 "give the unquantized LLM with this LoRA to `iadgpt quantize`", where(dir), b.quant));
+  validate_llm_quant(b);
   const int64_t hidden = llm_config.hidden_size;
   const std::string llm_what = fmt::format("the LLM hidden size ({} config.json)", b.llm.string());
 

@@ -79,6 +79,9 @@ nlohmann::json bundle_to_json(const Bundle& bundle);  // paths inside `dir` writ
 
 // Checks the files named by an in-memory bundle (what read_bundle does after parsing).
 void validate_bundle(const Bundle& bundle);
+// The part of validate_bundle about the LLM's stored format: a stored quantized LLM needs `quant`
+// to name its format, and takes no LoRA (InputError naming the field). Cheap: reads config.json.
+void validate_llm_quant(const Bundle& bundle);
 
 // The tensors of `delta` then `anomalygpt` (later keys win); nullopt when neither is given.
 std::optional<std::map<std::string, at::Tensor>> load_deltas(const Bundle& bundle);

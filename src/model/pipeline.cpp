@@ -12,6 +12,7 @@
 #include "anomaly/detector.h"
 #include "io/checkpoint.h"
 #include "io/error.h"
+#include "io/heap.h"
 #include "llm/batch.h"
 #include "llm/chat.h"
 #include "llm/generate.h"
@@ -219,6 +220,7 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   const auto decision = decision_tokens(*s.tokenizer);
   s.answer_prefix = decision.prefix;
   s.yes_no = {decision.yes, decision.no};
+  io::release_free_heap();  // what loading freed: converted records, merged LoRA factors, 16-bit sources of quantized matrices
 }
 
 IadGpt::IadGpt(std::unique_ptr<State> state) : state_(std::move(state)) {}

@@ -7,6 +7,7 @@
 #include <span>
 
 #include "io/error.h"
+#include "io/heap.h"
 #include "nn/weights.h"
 #include "text/text_tower.h"
 
@@ -462,8 +463,11 @@ bool other_imagebind_modality(const std::string& key) {
 }  // namespace
 
 TextTower load_text_tower(const std::filesystem::path& path, const TextLoadOptions& options) {
-  return load_text_tower(io::load_checkpoint(path, {.keys = [](const std::string& k) { return !other_imagebind_modality(k); }}),
-                         options);
+  auto tower =
+      load_text_tower(io::load_checkpoint(path, {.keys = [](const std::string& k) { return !other_imagebind_modality(k); }}),
+                      options);
+  io::release_free_heap();  // the records as stored (fp32: 1.4 GB for ImageBind-Huge's text) are freed now
+  return tower;
 }
 
 }  // namespace iadgpt::text

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "io/error.h"
+#include "io/heap.h"
 #include "nn/weights.h"
 
 namespace iadgpt::vision {
@@ -374,11 +375,14 @@ io::Checkpoint read_vision_tensors(const std::filesystem::path& path, const Visi
 
 VisionModel load_vision(const std::filesystem::path& path, const VisionOptions& o) {
   VitConfig config;
-  const auto ckpt = read_vision_tensors(path, o, &config);
+  auto ckpt = std::make_optional(read_vision_tensors(path, o, &config));
   // The family detected on all headers: a filtered map may lack a hint (file name, TorchScript).
   VisionOptions with_family = o;
   with_family.family = config.family;
-  return load_vision(ckpt, with_family);
+  auto model = load_vision(*ckpt, with_family);
+  ckpt.reset();
+  io::release_free_heap();  // the read buffers and any tensor the model did not keep
+  return model;
 }
 
 nlohmann::json read_config_file(const std::filesystem::path& path) {

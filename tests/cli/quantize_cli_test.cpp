@@ -43,6 +43,34 @@ TEST(QuantizeCli, HfDirectoryIsWrittenQuantizedAndLoadsInOtherCommands) {
   expect_one_line_naming(r, "stored quantized (q4)");
 }
 
+TEST(QuantizeCli, BundleCreateOnAQuantizedLlmTakesItsStoredFormat) {
+  const auto dir = test::scratch("cli-quantize-create");
+  ASSERT_EQ(run_iadgpt({"quantize", "--in", test::fixture("llama_tiny").string(), "--format", "q4", "--out",
+                        (dir / "q4").string()}).exit_code, 0);
+  const std::vector<std::string> create = {
+      "bundle", "create", "--vision", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string(),
+      "--vision-config", test::fixture("imagebind_tiny/config.json").string(), "--vocab",
+      test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string(), "--llm", (dir / "q4").string(),
+      "--tokenizer", test::fixture("stories260K/tokenizer.model").string(), "--init-random", "3"};
+  auto with = [&](std::vector<std::string> extra) {
+    auto args = create;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_iadgpt(args);
+  };
+  // Default (--quant auto): the bundle runs the LLM in the format it is stored in.
+  auto r = with({"--out", (dir / "auto").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_json(dir / "auto" / "iadgpt.json").at("quant"), "q4");
+  EXPECT_EQ(run_iadgpt({"bundle", "check", (dir / "auto").string()}).exit_code, 0);
+  // Another format than the stored one: one line naming both, and nothing written (no adapters either).
+  r = with({"--quant", "q8", "--out", (dir / "other").string()});
+  expect_one_line_naming(r, "stored quantized as q4");
+  EXPECT_FALSE(fs::exists(dir / "other")) << "nothing may be written for a refused bundle";
+  r = with({"--quant", "q5", "--out", (dir / "typo").string()});
+  expect_one_line_naming(r, "q5");
+  EXPECT_FALSE(fs::exists(dir / "typo"));
+}
+
 TEST(QuantizeCli, BundleIsWrittenWithItsLlmQuantizedAndTheQuantField) {
   const auto dir = test::scratch("cli-quantize-bundle");
   auto r = run_iadgpt({"bundle", "create", "--vision", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string(),

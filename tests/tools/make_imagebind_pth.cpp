@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <iostream>
+#include <limits>
 
 #include "common/torch_save.h"
 
@@ -47,6 +48,7 @@ std::vector<TensorSpec> imagebind_huge() {
   s.push_back({"modality_heads.vision.2.weight", {1024, 1280}});
   s.push_back({"modality_preprocessors.text.token_embedding.weight", {49408, 1024}});
   s.push_back({"modality_preprocessors.text.pos_embed", {1, 77, 1024}});
+  s.push_back({"modality_preprocessors.text.mask", {77, 77}});  // a persistent buffer: the causal mask
   add_trunk(s, "modality_trunks.text", 1024, 24);
   s.push_back({"modality_heads.text.proj.0.weight", {1024}});
   s.push_back({"modality_heads.text.proj.0.bias", {1024}});
@@ -76,6 +78,9 @@ int main(int argc, char** argv) {
   }
   std::cout << fmt::format("{} tensors, {} parameters, {:.2f} GB fp32\n", specs.size(), params, params * 4e-9);
   iadgpt::test::write_torch_save(argv[1], specs, [&](size_t i) {
+    // ImageBind's build_causal_attention_mask: -inf above the diagonal, 0 on and below it.
+    if (specs[i].name == "modality_preprocessors.text.mask")
+      return torch::full(specs[i].shape, -std::numeric_limits<float>::infinity()).triu(1);
     // Small random values (ViT-like init), so a forward on them stays finite.
     return torch::randn(specs[i].shape) * 0.02;
   });
