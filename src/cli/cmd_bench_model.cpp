@@ -144,8 +144,10 @@ Stages bench_arch(const Opts& o) {
   text.abnormal_sentences = unit(10);
   std::cerr << fmt::format("weights built in {:.1f} s\n", since(t0));
   const auto taps = vcfg.default_taps();
-  // A first turn of the usual length: 150 prompt tokens around the 19 injected rows.
-  auto ids_t = torch::randint(3, lcfg.vocab_size, {150}, torch::kInt64);
+  // A first turn of the real length: the pipeline's first prompt (class description, question,
+  // "### Assistant:") with LLaMA's tokenizer is 76-98 positions for MVTec AD / VisA classes
+  // (`bench model --model` prints it; bottle: 82), i.e. 63 text tokens around the 19 injected rows.
+  auto ids_t = torch::randint(3, lcfg.vocab_size, {63}, torch::kInt64);
   std::vector<int64_t> ids(ids_t.data_ptr<int64_t>(), ids_t.data_ptr<int64_t>() + ids_t.numel());
   llm::KvCache cache(llm_model, 512);
   Stages st;
