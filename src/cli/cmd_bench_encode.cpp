@@ -6,11 +6,11 @@
 #include <fstream>
 #include <iostream>
 
-#include <malloc.h>
 
 #include "cli/commands.h"
 #include "cli/device_flag.h"
 #include "io/error.h"
+#include "io/heap.h"
 #include "vision/vit.h"
 
 namespace iadgpt::cli {
@@ -35,7 +35,7 @@ double peak_rss_mib() {
 // Resets VmHWM to the current RSS (Linux: writing 5 to clear_refs), so that each dtype's peak is
 // its own even when both run in one process.
 void reset_peak_rss() {
-  malloc_trim(0);  // glibc keeps freed large blocks after its mmap threshold adapts; give them back
+  io::release_free_heap();  // freed blocks the heap keeps would count in the next peak
   std::ofstream out("/proc/self/clear_refs");
   out << "5";
 }

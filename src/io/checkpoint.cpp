@@ -163,4 +163,43 @@ Checkpoint load_checkpoint(const std::filesystem::path& path, const LoadOptions&
   return ck;
 }
 
+ConvertStats convert_to_safetensors(const std::filesystem::path& in, const std::filesystem::path& out,
+                                    const ConvertOptions& options, const std::map<std::string, std::string>& metadata) {
+  if (options.batch_bytes == 0) throw InputError("convert: batch size must be > 0 bytes");
+  const auto headers = load_checkpoint(in, {.keys = options.keys, .headers_only = true});
+  std::vector<SafetensorsEntry> entries;
+  ConvertStats stats;
+  for (const auto& [name, t] : headers.tensors) {
+    const bool convert = options.float_dtype && at::isFloatingType(t.scalar_type());
+    entries.push_back({name, convert ? *options.float_dtype : t.scalar_type(), t.sizes().vec()});
+    stats.parameters += t.numel();
+  }
+  if (entries.empty()) throw InputError(fmt::format("{}: no tensors to convert", in.string()));
+  SafetensorsWriter writer(out, std::move(entries), metadata);
+  const auto& order = writer.entries();
+  const uint64_t total = order.back().end;
+  for (size_t first = 0; first < order.size();) {
+    // The next batch: whole tensors in name order, at least one, up to batch_bytes as written.
+    size_t last = first + 1;
+    while (last < order.size() && order[last].end - order[first].begin <= options.batch_bytes) ++last;
+    std::set<std::string> batch;
+    for (size_t i = first; i < last; ++i) batch.insert(order[i].name);
+    auto part = load_checkpoint(in, {.float_dtype = options.float_dtype,
+                                     .keys = [&](const std::string& k) { return batch.count(k) > 0; }});
+    for (size_t i = first; i < last; ++i) {
+      auto it = part.tensors.find(order[i].name);
+      if (it == part.tensors.end())
+        throw InputError(fmt::format("{}: tensor '{}' listed in the headers but not read", in.string(), order[i].name));
+      writer.write(order[i].name, it->second);
+      part.tensors.erase(it);  // its memory (or mapped pages) go at once
+    }
+    if (options.progress) options.progress(order[last - 1].end, total);
+    first = last;
+  }
+  writer.commit();
+  stats.tensors = static_cast<int64_t>(order.size());
+  stats.bytes = total;
+  return stats;
+}
+
 }  // namespace iadgpt::io

@@ -74,6 +74,23 @@ void convert_floats(TensorMap& tensors, at::ScalarType dtype);
 // headers_only, else converts floats. (load_checkpoint does this for every format.)
 void apply_load_options(TensorMap& tensors, const LoadOptions& options);
 
+// Rewrites a checkpoint of any supported layout as one safetensors file, streaming: the headers
+// first (no data read), then the wanted tensors in name order, read `batch_bytes` at a time (each
+// converted as read) and written at once, so memory stays near one batch plus the largest record
+// whatever the checkpoint's size. `progress(done, total)` gets the bytes written so far.
+struct ConvertOptions {
+  std::optional<at::ScalarType> float_dtype;              // as LoadOptions::float_dtype
+  std::function<bool(const std::string&)> keys;           // as LoadOptions::keys (empty: all)
+  uint64_t batch_bytes = uint64_t{256} << 20;
+  std::function<void(uint64_t done, uint64_t total)> progress;
+};
+struct ConvertStats {
+  int64_t tensors = 0, parameters = 0;
+  uint64_t bytes = 0;  // of the data section written
+};
+ConvertStats convert_to_safetensors(const std::filesystem::path& in, const std::filesystem::path& out,
+                                    const ConvertOptions& options, const std::map<std::string, std::string>& metadata = {});
+
 // Writes a safetensors file (F32/F16/BF16/I64/I32/U8/BOOL); tensors are made contiguous.
 void save_safetensors(const std::filesystem::path& path, const TensorMap& tensors,
                       const std::map<std::string, std::string>& metadata = {});

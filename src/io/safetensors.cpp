@@ -192,53 +192,100 @@ TensorMap load_safetensors(const std::filesystem::path& path, std::map<std::stri
 
 namespace {
 
-// Header JSON (space-padded so the data section starts 8-aligned) and the tensors to write.
-std::pair<std::string, std::vector<at::Tensor>> prepare(const TensorMap& tensors,
-                                                           const std::map<std::string, std::string>& metadata) {
+void check_name(const std::string& name) {
+  if (name.empty() || name == "__metadata__") throw InputError(fmt::format("safetensors: invalid tensor name '{}'", name));
+}
+
+// Sorts `entries` by name, fills their offsets, and returns the header JSON, space-padded so the
+// data section starts 8-aligned, behind its u64 length.
+std::string header_bytes(std::vector<SafetensorsEntry>& entries, const std::map<std::string, std::string>& metadata) {
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   nlohmann::json j = nlohmann::json::object();
   if (!metadata.empty()) j["__metadata__"] = metadata;
-  std::vector<at::Tensor> data;
   uint64_t offset = 0;
-  for (const auto& [name, tensor] : tensors) {  // std::map: sorted by name, as upstream writes
-    if (name.empty() || name == "__metadata__") throw InputError(fmt::format("safetensors: invalid tensor name '{}'", name));
-    auto t = tensor.detach().to(at::kCPU).contiguous();
-    const auto dtype_name = safetensors_dtype_name(t.scalar_type());
-    const uint64_t nbytes = t.numel() * t.element_size();
-    j[name] = {{"dtype", dtype_name}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + nbytes}}};
-    offset += nbytes;
-    data.push_back(std::move(t));
+  for (size_t i = 0; i < entries.size(); ++i) {
+    auto& e = entries[i];
+    check_name(e.name);
+    if (i > 0 && entries[i - 1].name == e.name) throw InputError(fmt::format("safetensors: tensor '{}' given twice", e.name));
+    uint64_t numel = 1;
+    for (auto d : e.shape) {
+      if (d < 0) throw InputError(fmt::format("safetensors: tensor '{}' has a negative dimension", e.name));
+      numel *= static_cast<uint64_t>(d);
+    }
+    e.begin = offset;
+    e.end = offset + numel * c10::elementSize(e.dtype);
+    offset = e.end;
+    j[e.name] = {{"dtype", safetensors_dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {e.begin, e.end}}};
   }
   std::string header = j.dump();
   header.append((8 - header.size() % 8) % 8, ' ');
-  return {std::move(header), std::move(data)};
+  const uint64_t n = header.size();
+  std::string out(8, '\0');
+  std::memcpy(out.data(), &n, 8);
+  return out + header;
 }
 
-template <class Sink>
-void write_all(const std::string& header, const std::vector<at::Tensor>& data, Sink&& sink) {
-  const uint64_t n = header.size();
-  char len[8];
-  std::memcpy(len, &n, 8);
-  sink(len, 8);
-  sink(header.data(), header.size());
-  for (const auto& t : data)
-    if (t.numel() > 0) sink(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+// The map's tensors, contiguous on the CPU, and their entries.
+std::pair<std::vector<SafetensorsEntry>, std::vector<at::Tensor>> entries_of(const TensorMap& tensors) {
+  std::vector<SafetensorsEntry> entries;
+  std::vector<at::Tensor> data;
+  for (const auto& [name, tensor] : tensors) {  // std::map: sorted by name, as upstream writes
+    check_name(name);
+    auto t = tensor.detach().to(at::kCPU).contiguous();
+    entries.push_back({name, t.scalar_type(), t.sizes().vec()});
+    data.push_back(std::move(t));
+  }
+  return {std::move(entries), std::move(data)};
 }
 
 }  // namespace
 
+SafetensorsWriter::SafetensorsWriter(const std::filesystem::path& path, std::vector<SafetensorsEntry> entries,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(path), entries_(std::move(entries)) {
+  const auto header = header_bytes(entries_, metadata);  // names and dtypes checked before the file exists
+  file_ = std::make_unique<AtomicFile>(path);
+  file_->write(header);
+}
+
+SafetensorsWriter::~SafetensorsWriter() = default;  // without commit AtomicFile removes the temporary
+
+void SafetensorsWriter::write(const std::string& name, const at::Tensor& tensor) {
+  if (next_ >= entries_.size())
+    throw InputError(fmt::format("{}: tensor '{}' written after all {} declared ones", path_.string(), name, entries_.size()));
+  const auto& e = entries_[next_];
+  if (name != e.name)
+    throw InputError(fmt::format("{}: tensor '{}' written where '{}' comes next (name order)", path_.string(), name, e.name));
+  if (tensor.scalar_type() != e.dtype || tensor.sizes().vec() != e.shape)
+    throw InputError(fmt::format("{}: tensor '{}' is {} [{}], declared {} [{}]", path_.string(), name,
+                                 safetensors_dtype_name(tensor.scalar_type()), fmt::join(tensor.sizes(), ", "),
+                                 safetensors_dtype_name(e.dtype), fmt::join(e.shape, ", ")));
+  const auto t = tensor.detach().to(at::kCPU).contiguous();
+  if (t.numel() > 0) file_->write(t.data_ptr(), e.end - e.begin);
+  ++next_;
+}
+
+void SafetensorsWriter::commit() {
+  if (next_ != entries_.size())
+    throw InputError(fmt::format("{}: {} of {} tensors written (next: '{}')", path_.string(), next_, entries_.size(),
+                                 entries_[next_].name));
+  file_->commit();
+}
+
 std::string serialize_safetensors(const TensorMap& tensors, const std::map<std::string, std::string>& metadata) {
-  auto [header, data] = prepare(tensors, metadata);
-  std::string out;
-  write_all(header, data, [&](const char* p, size_t n) { out.append(p, n); });
+  auto [entries, data] = entries_of(tensors);
+  std::string out = header_bytes(entries, metadata);
+  for (const auto& t : data)
+    if (t.numel() > 0) out.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
   return out;
 }
 
 void save_safetensors(const std::filesystem::path& path, const TensorMap& tensors,
                       const std::map<std::string, std::string>& metadata) {
-  auto [header, data] = prepare(tensors, metadata);
+  auto [entries, data] = entries_of(tensors);
   // Written beside the target, fsynced and renamed: a crash never leaves a half-written checkpoint.
-  AtomicFile out(path);
-  write_all(header, data, [&](const char* p, size_t n) { out.write(p, n); });
+  SafetensorsWriter out(path, entries, metadata);
+  for (size_t i = 0; i < data.size(); ++i) out.write(entries[i].name, data[i]);
   out.commit();
 }
 

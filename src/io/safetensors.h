@@ -12,7 +12,9 @@
 #include "io/aten.h"
 
 #include <cstdint>
+#include <filesystem>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -48,5 +50,32 @@ std::string_view safetensors_dtype_name(at::ScalarType dtype);
 // The serialized file for `tensors` (what save_safetensors writes).
 std::string serialize_safetensors(const std::map<std::string, at::Tensor>& tensors,
                                   const std::map<std::string, std::string>& metadata);
+
+class AtomicFile;
+
+// A safetensors file written one tensor at a time: the header (every name, dtype and shape) is
+// written first, then each tensor's bytes in name order, through AtomicFile. A converter holds
+// only what it has read and not yet written, not the whole file (save_safetensors is this writer
+// over a map). Names must be unique and valid; write() takes the entries in the order entries()
+// gives (sorted by name) and checks dtype and shape; commit() needs every entry written, else
+// InputError and the target is left as it was.
+class SafetensorsWriter {
+ public:
+  SafetensorsWriter(const std::filesystem::path& path, std::vector<SafetensorsEntry> entries,
+                    const std::map<std::string, std::string>& metadata);
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
+  const std::vector<SafetensorsEntry>& entries() const { return entries_; }  // offsets filled in
+  void write(const std::string& name, const at::Tensor& tensor);
+  void commit();
+
+ private:
+  std::filesystem::path path_;
+  std::vector<SafetensorsEntry> entries_;
+  size_t next_ = 0;
+  std::unique_ptr<AtomicFile> file_;
+};
 
 }  // namespace iadgpt::io
