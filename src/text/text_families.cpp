@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <set>
 #include <span>
 
 #include "io/error.h"
@@ -463,10 +464,22 @@ bool other_imagebind_modality(const std::string& key) {
 }  // namespace
 
 TextTower load_text_tower(const std::filesystem::path& path, const TextLoadOptions& options) {
-  auto tower =
-      load_text_tower(io::load_checkpoint(path, {.keys = [](const std::string& k) { return !other_imagebind_modality(k); }}),
-                      options);
-  io::release_free_heap();  // the records as stored (fp32: 1.4 GB for ImageBind-Huge's text) are freed now
+  auto wanted = [](const std::string& k) { return !other_imagebind_modality(k); };
+  // Matrices are converted to the tower's dtype as each record is read, so the stored fp32 copy
+  // (1.4 GB for ImageBind-Huge's text) never exists whole; vectors and scalars (LayerNorm, biases,
+  // the logit scale) are read as stored and load_row gives them their role's precision. Either
+  // way each value is rounded once, from the stored one: the weights equal a whole-file load's.
+  const auto headers = io::load_checkpoint(path, {.keys = wanted, .headers_only = true});
+  std::set<std::string> matrices;
+  for (const auto& [key, t] : headers.tensors)
+    if (t.dim() >= 2 && at::isFloatingType(t.scalar_type())) matrices.insert(key);
+  auto ckpt = io::load_checkpoint(
+      path, {.float_dtype = options.dtype, .keys = [&](const std::string& k) { return wanted(k) && matrices.count(k); }});
+  auto rest = io::load_checkpoint(path, {.keys = [&](const std::string& k) { return wanted(k) && !matrices.count(k); }});
+  ckpt.tensors.merge(rest.tensors);
+  auto tower = load_text_tower(ckpt, options);
+  ckpt.tensors.clear();
+  io::release_free_heap();  // the read buffers
   return tower;
 }
 
