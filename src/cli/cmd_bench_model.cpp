@@ -192,7 +192,7 @@ void add_bench_model(CLI::App& bench) {
   auto o = std::make_shared<Opts>();
   auto* cmd = bench.add_subcommand("model", "IAD-GPT per-image latency (encode / maps / prefill / generate) and peak RSS");
   cmd->add_option("--arch", o->arch, "VISION+LLM presets with random weights, e.g. imagebind-huge+llama-7b")->capture_default_str();
-  cmd->add_option("--model", o->model,
+  cmd->add_option("--model,--from-files", o->model,
                   "A model bundle instead of --arch: also times the load from its files and the first answer (e.g. "
                   "a bundle made by `bundle create --vision imagebind_huge.pth --llm vicuna-7b/ --init-random 0`)");
   cmd->add_option("--image", o->image, "Image for --model (default: random pixels)");
