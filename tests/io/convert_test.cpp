@@ -6,6 +6,7 @@
 
 #include <fstream>
 
+#include "common/proc_status.h"
 #include "common/shared.h"
 #include "common/torch_save.h"
 #include "io/checkpoint.h"
@@ -16,24 +17,6 @@
 namespace io = iadgpt::io;
 namespace fs = std::filesystem;
 using iadgpt::test::fixture;
-
-namespace {
-
-// A field of /proc/self/status in bytes ("VmHWM", "VmRSS").
-int64_t status_bytes(const std::string& field) {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  int64_t kib = -1;
-  while (status >> key) {
-    if (key == field + ":") {
-      status >> kib;
-      break;
-    }
-  }
-  return kib * 1024;
-}
-
-}  // namespace
 
 TEST(Convert, BatchedConversionReadsBackAsTheWholeCheckpointConverted) {
   const auto in = fixture("imagebind_tiny/imagebind_tiny.pth");
@@ -80,18 +63,17 @@ TEST(Convert, MemoryStaysNearOneBatchNotTheWholeFile) {
   for (int i = 0; i < 16; ++i) specs.push_back({"layer." + std::to_string(i) + ".weight", {2048, 2048}});
   iadgpt::test::write_torch_save(dir / "big.pth", specs, [](size_t i) { return torch::full({2048, 2048}, float(i)); });
   io::release_free_heap();
-  { std::ofstream("/proc/self/clear_refs") << "5"; }  // VmHWM := VmRSS
-  const int64_t before = status_bytes("VmRSS");
-  ASSERT_GT(before, 0);
-  ASSERT_LE(status_bytes("VmHWM"), before + (4 << 20)) << "this kernel does not reset the peak (clear_refs)";
-  const auto stats = io::convert_to_safetensors(dir / "big.pth", dir / "big.safetensors",
-                                                {.float_dtype = torch::kBFloat16, .batch_bytes = 16 << 20});
-  const int64_t rise = status_bytes("VmHWM") - before;
+  io::ConvertStats stats;
+  const int64_t rise = iadgpt::test::peak_rss_rise([&] {
+    stats = io::convert_to_safetensors(dir / "big.pth", dir / "big.safetensors",
+                                       {.float_dtype = torch::kBFloat16, .batch_bytes = 16 << 20});
+  });
   std::cout << "[ measured ] peak RSS rise " << rise / (1 << 20) << " MiB for " << stats.bytes / (1 << 20) << " MiB written\n";
   EXPECT_EQ(stats.bytes, uint64_t{128} << 20);
-  // One 16 MiB fp32 record read, its 8 MiB bf16 copy, two of them per 16 MiB batch, and slack
-  // for the allocator: 80 MiB, well under the 128 MiB of the whole converted file.
-  EXPECT_LT(rise, int64_t{80} << 20);
+  // One 16 MiB fp32 record read, its 8 MiB bf16 copy, two of them per 16 MiB batch: measured
+  // 48-56 MiB. The bound, 96 MiB, leaves room for the allocator and stays well under the 128 MiB
+  // that holding the converted file takes (143 MiB measured with batching switched off).
+  EXPECT_LT(rise, int64_t{96} << 20);
   const auto back = io::load_safetensors(dir / "big.safetensors");
   EXPECT_TRUE(torch::equal(back.at("layer.7.weight"), torch::full({2048, 2048}, 7.0f, torch::kBFloat16)));
 }

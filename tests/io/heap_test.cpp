@@ -8,25 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "common/proc_status.h"
 #include "io/heap.h"
-
-namespace {
-
-// RssAnon of /proc/self/status in bytes: anonymous memory (the heap) resident in this process.
-int64_t rss_anon_bytes() {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  int64_t kib = -1;
-  while (status >> key) {
-    if (key == "RssAnon:") {
-      status >> kib;
-      break;
-    }
-  }
-  return kib * 1024;
-}
-
-}  // namespace
 
 TEST(Heap, FreedBlocksThatTheHeapKeepsGoBackToTheSystem) {
   // What a loader leaves: 8 MiB records from the heap (glibc's threshold, raised by earlier frees
@@ -43,14 +26,14 @@ TEST(Heap, FreedBlocksThatTheHeapKeepsGoBackToTheSystem) {
   }
   void* pin = std::malloc(4096);  // above the blocks
   ASSERT_NE(pin, nullptr);
-  const int64_t touched = rss_anon_bytes();
+  const int64_t touched = iadgpt::test::proc_status_bytes("RssAnon");
   for (void* b : blocks) std::free(b);
-  const int64_t freed = rss_anon_bytes();
+  const int64_t freed = iadgpt::test::proc_status_bytes("RssAnon");
   // The premise: free() alone leaves nearly all of it resident.
   ASSERT_GE(freed, touched - (64 << 20)) << "free() already returned the blocks; the test premise does not hold";
 
   EXPECT_TRUE(iadgpt::io::release_free_heap());
-  const int64_t released = rss_anon_bytes();
+  const int64_t released = iadgpt::test::proc_status_bytes("RssAnon");
   std::cout << "[ measured ] RssAnon " << touched / (1 << 20) << " MiB, after free " << freed / (1 << 20)
             << " MiB, after release_free_heap " << released / (1 << 20) << " MiB\n";
   // All but a page or two per freed chunk go back; 32 MiB of slack for whatever else this

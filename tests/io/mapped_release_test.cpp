@@ -7,6 +7,7 @@
 #include <fstream>
 #include <string>
 
+#include "common/proc_status.h"
 #include "common/shared.h"
 #include "io/checkpoint.h"
 #include "io/mapped_file.h"
@@ -14,20 +15,6 @@
 namespace io = iadgpt::io;
 
 namespace {
-
-// RssFile of /proc/self/status in bytes: file pages mapped into this process and resident.
-int64_t rss_file_bytes() {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  int64_t kib = -1;
-  while (status >> key) {
-    if (key == "RssFile:") {
-      status >> kib;
-      break;
-    }
-  }
-  return kib * 1024;
-}
 
 constexpr int64_t kBig = 16 << 20;  // 16 Mi floats: 64 MiB
 
@@ -45,14 +32,14 @@ TEST(MappedRelease, DropsTheTensorsPagesAndTheBytesReadBackUnchanged) {
   ASSERT_EQ(big.numel(), kBig);
   // The loader maps, it does not copy: `big` views the file.
   EXPECT_GT(big.sum().item<double>(), 0.0);  // touches every page
-  const int64_t before = rss_file_bytes();
+  const int64_t before = iadgpt::test::proc_status_bytes("RssFile");
   ASSERT_GE(before, 60 << 20) << "the 64 MiB tensor's pages should be resident after reading it";
 
   const size_t released = io::release_mapped_pages(big);
   // Whole pages inside the 64 MiB only: at most one page short at each end.
   EXPECT_GE(released, size_t{64 << 20} - 2 * 4096);
   EXPECT_LE(released, size_t{64 << 20});
-  const int64_t after = rss_file_bytes();
+  const int64_t after = iadgpt::test::proc_status_bytes("RssFile");
   std::cout << "[ measured ] RssFile " << before / (1 << 20) << " MiB -> " << after / (1 << 20) << " MiB\n";
   EXPECT_LE(after, before - (60 << 20));
 

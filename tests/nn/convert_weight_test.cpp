@@ -6,25 +6,10 @@
 #include <fstream>
 #include <string>
 
+#include "common/proc_status.h"
 #include "common/shared.h"
 #include "io/checkpoint.h"
 #include "nn/weights.h"
-
-namespace {
-
-int64_t rss_file_bytes() {  // RssFile of /proc/self/status: resident file-backed pages
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  int64_t kib = -1;
-  while (status >> key)
-    if (key == "RssFile:") {
-      status >> kib;
-      break;
-    }
-  return kib * 1024;
-}
-
-}  // namespace
 
 TEST(ConvertWeight, Bf16CopyOfAMappedTensorReleasesTheSourcePages) {
   constexpr int64_t n = 16 << 20;  // 64 MiB of fp32
@@ -36,13 +21,13 @@ TEST(ConvertWeight, Bf16CopyOfAMappedTensorReleasesTheSourcePages) {
   const auto ckpt = iadgpt::io::load_safetensors(path);
   const auto& mapped = ckpt.at("w");
   ASSERT_GT(mapped.sum().item<double>(), 0.0);  // pages resident
-  const int64_t before = rss_file_bytes();
+  const int64_t before = iadgpt::test::proc_status_bytes("RssFile");
 
   const auto bf16 = iadgpt::nn::convert_weight(mapped, torch::kBFloat16);
   EXPECT_EQ(bf16.scalar_type(), torch::kBFloat16);
   EXPECT_TRUE(bf16.is_contiguous());
   EXPECT_TRUE(torch::equal(bf16.to(torch::kFloat32), values));
-  EXPECT_LE(rss_file_bytes(), before - (60 << 20)) << "the fp32 source's pages should have been released";
+  EXPECT_LE(iadgpt::test::proc_status_bytes("RssFile"), before - (60 << 20)) << "the fp32 source's pages should have been released";
 
   // Same dtype: no copy is made, and the mapping is kept (the weights are used from it).
   const auto same = iadgpt::nn::convert_weight(mapped, torch::kFloat32);

@@ -6,26 +6,10 @@
 #include <fstream>
 
 #include "common/imagebind_layout.h"
+#include "common/proc_status.h"
 #include "common/shared.h"
 #include "io/heap.h"
 #include "text/text_tower.h"
-
-namespace {
-
-int64_t status_bytes(const std::string& field) {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  int64_t kib = -1;
-  while (status >> key) {
-    if (key == field + ":") {
-      status >> kib;
-      break;
-    }
-  }
-  return kib * 1024;
-}
-
-}  // namespace
 
 TEST(TextLoadMemory, Bf16TowerFromAnFp32PthPeaksNearItsOwnSize) {
   // Width 512, 12 blocks, a 4096-row vocabulary: 160 MiB of fp32 records, none over 4 MiB; the
@@ -42,15 +26,13 @@ TEST(TextLoadMemory, Bf16TowerFromAnFp32PthPeaksNearItsOwnSize) {
     stored += 4 * n;
   }
   iadgpt::io::release_free_heap();
-  { std::ofstream("/proc/self/clear_refs") << "5"; }  // VmHWM := VmRSS
-  const int64_t before = status_bytes("VmRSS");
-  ASSERT_LE(status_bytes("VmHWM"), before + (4 << 20)) << "this kernel does not reset the peak (clear_refs)";
-  const auto tower = iadgpt::text::load_text_tower(path, {.dtype = torch::kBFloat16});
-  const int64_t rise = status_bytes("VmHWM") - before;
+  iadgpt::text::TextTower tower;
+  const int64_t rise = iadgpt::test::peak_rss_rise(
+      [&] { tower = iadgpt::text::load_text_tower(path, {.dtype = torch::kBFloat16}); });
   std::cout << "[ measured ] peak RSS rise " << rise / (1 << 20) << " MiB; file " << stored / (1 << 20) << " MiB fp32\n";
   EXPECT_EQ(tower.weights.token_embedding.scalar_type(), torch::kBFloat16);
-  // The bf16 tower (50 % of the file) plus the largest record read (4 MiB) plus allocator slack:
-  // under 75 %. Reading every record as stored first holds the whole file (100 %) and then the
-  // tower beside it.
-  EXPECT_LT(rise, stored * 75 / 100);
+  // The bf16 tower (50 % of the file) plus the largest record read (4 MiB): measured 58 %. The
+  // bound, 80 %, leaves room for the allocator; reading every record as stored first holds the
+  // whole file and then the tower beside it (153 % measured).
+  EXPECT_LT(rise, stored * 80 / 100);
 }
