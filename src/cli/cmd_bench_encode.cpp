@@ -6,7 +6,6 @@
 #include <fstream>
 #include <iostream>
 
-
 #include "cli/commands.h"
 #include "cli/device_flag.h"
 #include "io/error.h"
