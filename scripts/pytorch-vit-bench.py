@@ -9,6 +9,11 @@ families use: patch conv, class token, position embedding, LayerNorm, blocks of
 nn.MultiheadAttention + MLP, final LayerNorm, projection. ImageBind's stem is a Conv3d over two
 copies of the frame; a Conv2d with the summed kernel does the same work in half the FLOPs, which
 favours PyTorch here.
+
+--dtype dynamic-int8 is PyTorch's own int8 path, the one to set beside `bench encode --quant q8`:
+torch.ao.quantization.quantize_dynamic over the fp32 model (int8 weights per tensor, activations
+quantized per call; fbgemm). It quantizes the nn.Linear modules (MLP, projection); attention's
+packed q/k/v and output projections stay fp32, as nn.MultiheadAttention keeps them.
 """
 import argparse
 import time
@@ -66,7 +71,7 @@ class Vit(nn.Module):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", choices=sorted(ARCHS), default="imagebind-huge")
-    ap.add_argument("--dtype", choices=["bf16", "f32"], default="bf16")
+    ap.add_argument("--dtype", choices=["bf16", "f32", "dynamic-int8"], default="bf16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     a = ap.parse_args()
@@ -75,6 +80,8 @@ def main():
     cfg = ARCHS[a.arch]
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     model = Vit(*cfg).eval().to(dtype)
+    if a.dtype == "dynamic-int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     pixels = torch.randn(1, 3, cfg[0], cfg[0]).to(dtype)
     times = []
     with torch.inference_mode():

@@ -98,7 +98,10 @@ Detector::Detector(const DetectorOptions& options) : state_(std::make_unique<Sta
   vision::VisionOptions vision_options;
   vision_options.config = options.config;
   vision_options.dtype = options.dtype;
+  vision_options.quant = options.vision_quant;
   s.vision = options.vision_model ? *options.vision_model : vision::load_vision(options.vision, vision_options);
+  // A given tower is quantized in the copy (new handles; the caller's tensors stay as they are).
+  if (options.vision_model) vision::quantize_weights(s.vision.weights, options.vision_quant);
   s.options.vision_model.reset();  // held once, in s.vision
   vision::move_weights(s.vision.weights, options.device);
   s.taps = options.taps.empty() ? s.vision.config.default_taps() : options.taps;

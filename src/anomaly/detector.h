@@ -54,6 +54,9 @@ struct DetectorOptions {
   bool rotations = false;                       // add 90/180/270° views of the references
   int64_t top_k = 0;                            // image score: 0 = max, else top-k mean
   torch::Dtype dtype = torch::kFloat32;         // tower compute dtype
+  // q8: the vision blocks' matrices in int8 (vision/vit.h quantize_weights; also applied to a
+  // given vision_model's copy); CPU only.
+  nn::QuantFormat vision_quant = nn::QuantFormat::None;
   torch::Device device = torch::kCPU;           // where the towers, decoder and bank live (nn/device.h)
   std::optional<std::filesystem::path> cache_dir;  // prompt-embedding cache
   bool features = false;                        // also return e and the patch features (IAD-GPT, model::IadGpt)

@@ -13,10 +13,10 @@
 #include "io/error.h"
 #include "llm/export.h"
 #include "llm/gemm_peak.h"
-#include "llm/matvec.h"
+#include "nn/matvec.h"
 #include "llm/model.h"
 #include "llm/options.h"
-#include "llm/quant.h"
+#include "nn/quant.h"
 
 namespace iadgpt::cli {
 namespace {
@@ -103,18 +103,18 @@ void add_bench_llm(CLI::App& bench) {
       throw InputError("--batch measures the shared decode step of the CPU kernels: use it with --device cpu");
     const auto config = llm::LlamaConfig::preset(o->arch);
     const auto dtype = llm::resolve_dtype(o->dtype, "");
-    const auto quant = llm::parse_quant_format(o->quant, "--quant");
-    if (quant != llm::QuantFormat::None && dtype != torch::kBFloat16)
+    const auto quant = nn::parse_quant_format(o->quant, "--quant");
+    if (quant != nn::QuantFormat::None && dtype != torch::kBFloat16)
       throw InputError("--quant q8|q4 needs --dtype bf16 (embeddings and the KV cache stay bf16)");
     std::cerr << fmt::format("bench llm: {} ({:.2f} B parameters), {} weights, quant {}, {} threads ({} in the "
                              "decode kernels)\n", o->arch, config.parameter_count() / 1e9, o->dtype, o->quant,
-                             torch::get_num_threads(), llm::kernel_threads());
+                             torch::get_num_threads(), nn::kernel_threads());
     // A streaming read of a buffer 16x the 32 MiB last-level cache of the machines we measure on,
     // with the decode kernels' threads and vector width: the bandwidth a decode step can reach.
     // Measured before the weights exist, so its buffer does not raise the peak RSS reported below.
-    const auto isa = llm::best_matvec_isa();
+    const auto isa = nn::best_matvec_isa();
     const int64_t probe_bytes = int64_t{512} << 20;
-    const double bandwidth = llm::measure_read_bandwidth(probe_bytes, 10, isa);
+    const double bandwidth = nn::measure_read_bandwidth(probe_bytes, 10, isa);
     auto t0 = Clock::now();
     auto weights = llm::random_weights(config, dtype, o->seed);
     if (!o->write_hf.empty()) {  // before quantization: the GGUF converter wants the unquantized weights
@@ -130,18 +130,18 @@ void add_bench_llm(CLI::App& bench) {
     const double init_s = since(t0);
     const int64_t bytes = llm::weight_bytes(model.weights);
     std::cerr << fmt::format("weights: {:.2f} GB created{} in {:.1f} s\n", bytes / 1e9,
-                             quant == llm::QuantFormat::None ? "" : " and quantized", init_s);
+                             quant == nn::QuantFormat::None ? "" : " and quantized", init_s);
 
     const std::string kernels = dtype != torch::kBFloat16 ? "torch GEMM (f32 weights)"
-                                : quant == llm::QuantFormat::None
-                                    ? llm::matvec_isa_name(isa)
-                                    : fmt::format("{} {}", o->quant, llm::matvec_isa_name(isa));
+                                : quant == nn::QuantFormat::None
+                                    ? nn::matvec_isa_name(isa)
+                                    : fmt::format("{} {}", o->quant, nn::matvec_isa_name(isa));
     const int64_t token_bytes = decode_bytes_per_token(model.weights);
     const double limit_ms = token_bytes / bandwidth * 1e3;
     std::cerr << fmt::format(
         "memory read bandwidth ({} MiB streaming read, {} threads, {} loads, best of 10 plain + 10 prefetched): {:.1f} GB/s\n"
         "decode reads {:.3f} GB/token -> {:.1f} ms/token limit; decode kernels: {}\n",
-        probe_bytes >> 20, torch::get_num_threads(), llm::matvec_isa_name(isa), bandwidth / 1e9, token_bytes / 1e9,
+        probe_bytes >> 20, torch::get_num_threads(), nn::matvec_isa_name(isa), bandwidth / 1e9, token_bytes / 1e9,
         limit_ms, kernels);
 
     llm::KvCache cache(model, o->prefill + 2 * o->decode);  // room for the batched steps' copies
@@ -196,7 +196,7 @@ void add_bench_llm(CLI::App& bench) {
     nlohmann::json j{{"arch", o->arch},
                      {"dtype", o->dtype},
                      {"threads", torch::get_num_threads()},
-                     {"kernel_threads", llm::kernel_threads()},
+                     {"kernel_threads", nn::kernel_threads()},
                      {"parameters", config.parameter_count()},
                      {"weight_bytes", bytes},
                      {"init_seconds", init_s},

@@ -18,7 +18,7 @@
 #include "llm/chat.h"
 #include "llm/model.h"
 #include "llm/options.h"
-#include "llm/quant.h"
+#include "nn/quant.h"
 #include "model/pipeline.h"
 #include "vision/vit.h"
 
@@ -38,6 +38,7 @@ int64_t proc_status_bytes(std::string_view field) {
 
 struct Opts {
   std::string arch = "imagebind-huge+llama-7b", model, image, dtype = "bf16", class_name, quant = "none";
+  std::string vision_quant;  // empty: none (--model: the bundle's)
   std::vector<std::string> references;  // --model only: few-shot inference
   int64_t iters = 3, tokens = 16;
   bool json = false;
@@ -68,6 +69,7 @@ Stages bench_bundle(const Opts& o) {
   // --quant overrides the bundle's field: its LLM is then quantized at load (after its LoRAs are
   // merged); a stored quantized LLM only runs in its own format (load_bundle_llm says so).
   if (o.quant != "none") bundle.quant = o.quant;
+  if (!o.vision_quant.empty()) bundle.vision_quant = o.vision_quant;
   o.device.apply(bundle.device);
   model::IadGpt m(bundle);
   m.set_class(o.class_name);
@@ -110,15 +112,17 @@ Stages bench_arch(const Opts& o) {
   const auto vcfg = vision::vit_preset(o.arch.substr(0, plus));
   const auto lcfg = llm::LlamaConfig::preset(o.arch.substr(plus + 1));
   const auto dtype = llm::resolve_dtype(o.dtype, "");
-  std::cerr << fmt::format("bench model: {} ({:.2f} B vision + {:.2f} B LLM parameters), {} weights, LLM quant {}, {} threads\n",
-                           o.arch, vcfg.parameter_count() / 1e9, lcfg.parameter_count() / 1e9, o.dtype, o.quant,
-                           torch::get_num_threads());
+  std::cerr << fmt::format(
+      "bench model: {} ({:.2f} B vision + {:.2f} B LLM parameters), {} weights, LLM quant {}, vision quant {}, {} threads\n",
+      o.arch, vcfg.parameter_count() / 1e9, lcfg.parameter_count() / 1e9, o.dtype, o.quant,
+      o.vision_quant.empty() ? "none" : o.vision_quant, torch::get_num_threads());
   const auto device = o.device.device();
   auto t0 = Clock::now();
   auto vweights = vision::random_weights(vcfg, dtype, 0);
+  vision::quantize_weights(vweights, nn::parse_quant_format(o.vision_quant.empty() ? "none" : o.vision_quant, "--vision-quant"));
   vision::move_weights(vweights, device);
-  const auto quant = llm::parse_quant_format(o.quant, "--quant");
-  if (quant != llm::QuantFormat::None && dtype != torch::kBFloat16)
+  const auto quant = nn::parse_quant_format(o.quant, "--quant");
+  if (quant != nn::QuantFormat::None && dtype != torch::kBFloat16)
     throw InputError("--quant q8|q4 needs --dtype bf16 (embeddings and the KV cache stay bf16)");
   llm::LlamaModel llm_model(lcfg, llm::random_weights(lcfg, dtype, 1), dtype, o.arch);
   llm::quantize_weights(llm_model.weights, quant);  // matrix by matrix, each bf16 source freed at once
@@ -205,13 +209,18 @@ void add_bench_model(CLI::App& bench) {
                   "LLM projections quantized: none | q8 | q4 (head q8; --arch needs bf16; --model: quantized at load "
                   "after its LoRAs are merged, or a stored quantized bundle's own format)")
       ->capture_default_str();
+  cmd->add_option("--vision-quant", o->vision_quant,
+                  "none | q8: the vision tower's matrices in int8 (CPU only; --model: overrides the bundle's field)");
   cmd->add_option("--iters", o->iters, "images (the first is a warm-up when there are several)")->capture_default_str();
   cmd->add_option("--tokens", o->tokens, "generated tokens per image")->capture_default_str();
   cmd->add_flag("--json", o->json, "print the figures as JSON");
   o->device.add_to(*cmd, "cpu, or the bundle's with --model");
   cmd->callback([o] {
     if (o->iters < 1 || o->tokens < 1) throw InputError("--iters and --tokens must be >= 1");
-    llm::parse_quant_format(o->quant, "--quant");  // before any loading: a typo fails at once
+    nn::parse_quant_format(o->quant, "--quant");  // before any loading: a typo fails at once
+    if (!o->vision_quant.empty() &&
+        nn::parse_quant_format(o->vision_quant, "--vision-quant") == nn::QuantFormat::Q4)
+      throw InputError("--vision-quant: the vision tower takes none or q8, not q4");
     if (!o->references.empty() && o->model.empty())
       throw InputError("--reference needs --model (the --arch presets have random weights and no references)");
     const auto st = o->model.empty() ? bench_arch(*o) : bench_bundle(*o);
@@ -233,6 +242,7 @@ void add_bench_model(CLI::App& bench) {
     std::cerr << fmt::format("per-part decision (encode + maps + prefill): {:.2f} s\n", enc + maps + pre);
     if (o->json) {
       nlohmann::json j{{"arch", o->model.empty() ? o->arch : o->model}, {"dtype", o->dtype}, {"quant", o->quant},
+                       {"vision_quant", o->vision_quant.empty() ? "none" : o->vision_quant},
                        {"threads", torch::get_num_threads()},
                        {"iters", o->iters}, {"tokens", o->tokens}, {"encode_ms", enc * 1e3}, {"maps_ms", maps * 1e3},
                        {"prefill_ms", pre * 1e3}, {"prompt_tokens", st.prompt_tokens}, {"generate_ms", gen * 1e3}, {"generated_tokens", generated},

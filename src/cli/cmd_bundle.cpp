@@ -9,7 +9,7 @@
 #include "llm/config.h"
 #include "llm/model.h"
 #include "llm/options.h"
-#include "llm/quant.h"
+#include "nn/quant.h"
 #include "model/bundle.h"
 #include "vision/loader.h"
 
@@ -104,7 +104,7 @@ void add_bundle(CLI::App& app) {
     b.threshold = c->threshold;
     if (!fs::exists(b.llm / "config.json"))
       throw InputError(fmt::format("--llm {}: no config.json (expected a Hugging Face LLaMA directory)", b.llm.string()));
-    b.quant = c->quant == "auto" ? llm::quant_format_name(llm::stored_quant_format(b.llm / "config.json")) : c->quant;
+    b.quant = c->quant == "auto" ? nn::quant_format_name(llm::stored_quant_format(b.llm / "config.json")) : c->quant;
     // Field checks first (nothing written for a typo or a format the LLM is not stored in), then files.
     b = model::bundle_from_json(model::bundle_to_json(b), b.dir);
     model::validate_llm_quant(b);

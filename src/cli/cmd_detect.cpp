@@ -71,7 +71,7 @@ std::optional<eval::PostProcessor> load_post(const std::string& path, const std:
 void run_detect_model(const DetectFlags& f) {
   if (!f.post.empty()) throw InputError("--post applies to the map pipeline; with --model the LLM decides the label");
   auto bundle = model::read_bundle(f.model);
-  f.detector.device.apply(bundle.device);
+  f.detector.apply_to(bundle);
   if (f.threshold_set) bundle.threshold = f.threshold;
   const auto images = collect_images(f.inputs);
   const std::filesystem::path out_dir(f.out);

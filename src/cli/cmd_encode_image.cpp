@@ -49,7 +49,7 @@ torch::Dtype parse_dtype(const std::string& s) {
 
 void add_encode_image(CLI::App& app) {
   struct Opts {
-    std::string model, config, family, taps, dtype = "f32", pixel_values, key = "pixel_values", out;
+    std::string model, config, family, taps, dtype = "f32", quant = "none", pixel_values, key = "pixel_values", out;
     std::string view = "encoder", resampler = "pil";
     std::vector<std::string> images;
   };
@@ -60,6 +60,7 @@ void add_encode_image(CLI::App& app) {
   cmd->add_option("--family", o->family, "Override family detection: imagebind, openai, openclip, hf");
   cmd->add_option("--taps", o->taps, "Comma-separated 0-based blocks to write as tap.<i> (default: four evenly spaced)");
   cmd->add_option("--dtype", o->dtype, "f32 or bf16")->capture_default_str();
+  cmd->add_option("--quant", o->quant, "none or q8: the blocks' matrices in int8 (CPU)")->capture_default_str();
   cmd->add_option("--pixel-values", o->pixel_values, "Encode this safetensors tensor [n,3,S,S] instead of images");
   cmd->add_option("--key", o->key, "Tensor name in --pixel-values")->capture_default_str();
   cmd->add_option("--view", o->view, "encoder (short side + centre crop) or map (whole image to S×S)")->capture_default_str();
@@ -73,7 +74,8 @@ void add_encode_image(CLI::App& app) {
     }
     if (o->view != "encoder" && o->view != "map") throw InputError(fmt::format("--view: '{}' (expected encoder or map)", o->view));
     const auto resampler = image::parse_resampler(o->resampler);
-    vision::VisionOptions vo{.dtype = parse_dtype(o->dtype)};
+    vision::VisionOptions vo{.dtype = parse_dtype(o->dtype), .quant = nn::parse_quant_format(o->quant, "--quant")};
+    if (vo.quant == nn::QuantFormat::Q4) throw InputError("--quant: the vision tower takes none or q8, not q4");
     if (!o->family.empty()) vo.family = vision::parse_family(o->family);
     if (!o->config.empty()) vo.config = vision::read_config_file(o->config);
 
@@ -105,11 +107,12 @@ void add_encode_image(CLI::App& app) {
     io::TensorMap result = {{"pixel_values", pixels}, {"embedding", out.embedding}, {"embedding_raw", out.embedding_raw}};
     for (size_t k = 0; k < taps.size(); ++k) result[fmt::format("tap.{}", taps[k])] = out.taps[k];
     io::save_safetensors(o->out, result,
-                         {{"family", std::string(vision::family_name(model.config.family))}, {"dtype", o->dtype}});
+                         {{"family", std::string(vision::family_name(model.config.family))}, {"dtype", o->dtype}, {"quant", o->quant}});
     auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-    std::cerr << fmt::format("encode-image: {} ({}), load {:.0f} ms, preprocess {:.0f} ms, encode {:.0f} ms "
+    std::cerr << fmt::format("encode-image: {} ({}{}), load {:.0f} ms, preprocess {:.0f} ms, encode {:.0f} ms "
                              "({:.1f} ms/image), wrote {}\n",
-                             vision::family_name(model.config.family), o->dtype, ms(t0, t1), ms(t1, t2), ms(t2, t3),
+                             vision::family_name(model.config.family), o->dtype,
+                             vo.quant == nn::QuantFormat::None ? "" : "+" + o->quant, ms(t0, t1), ms(t1, t2), ms(t2, t3),
                              ms(t2, t3) / pixels.size(0), o->out);
   });
 }

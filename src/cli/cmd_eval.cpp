@@ -68,7 +68,7 @@ void run_eval_model(const EvalFlags& f) {
   p.fast = f.fast;
   p.max_tokens = f.max_tokens;
   auto bundle = model::read_bundle(f.model);
-  f.detector.device.apply(bundle.device);
+  f.detector.apply_to(bundle);
   model::IadGpt iadgpt(bundle);
   std::optional<Progress> progress;
   auto r = eval::run_model_protocol(iadgpt, p, [&](int64_t done, int64_t total) {

@@ -11,7 +11,7 @@
 #include "cli/commands.h"
 #include "io/error.h"
 #include "llm/export.h"
-#include "llm/quant.h"
+#include "nn/quant.h"
 #include "model/bundle.h"
 
 namespace iadgpt::cli {
@@ -31,8 +31,8 @@ void add_quantize(CLI::App& app) {
       ->required();
   cmd->callback([o] {
     namespace fs = std::filesystem;
-    const auto format = llm::parse_quant_format(o->format, "--format");
-    if (format == llm::QuantFormat::None) throw InputError("--format: expected q8 or q4");
+    const auto format = nn::parse_quant_format(o->format, "--format");
+    if (format == nn::QuantFormat::None) throw InputError("--format: expected q8 or q4");
     if (!fs::is_directory(o->in)) throw InputError(fmt::format("--in {}: no such directory", o->in));
     if (fs::weakly_canonical(o->in) == fs::weakly_canonical(o->out))
       throw InputError(fmt::format("--out {}: must differ from --in (the input would be overwritten)", o->out));

@@ -22,9 +22,20 @@ void DetectorFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--top-k", top_k, "Image score = mean of the top-k map values (0 = max)")->capture_default_str();
   cmd.add_flag("--rotations", rotations, "Add 90/180/270-degree views of the references to the memory bank");
   cmd.add_option("--dtype", dtype, "Tower compute dtype: f32 or bf16")->capture_default_str();
+  cmd.add_option("--vision-quant", vision_quant,
+                 "none or q8: the vision tower's matrices in int8 (about 2.8x faster encode on AVX-512 VNNI; CPU "
+                 "only). Default none, or the bundle's with --model");
   cmd.add_option("--cache", cache_dir, "Directory caching prompt embeddings per model, class and prompt set");
   device.add_to(cmd, "cpu, or the bundle's with --model");
 }
+
+namespace {
+nn::QuantFormat parse_vision_quant(const std::string& value) {
+  const auto format = nn::parse_quant_format(value, "--vision-quant");
+  if (format == nn::QuantFormat::Q4) throw InputError("--vision-quant: the vision tower takes none or q8, not q4");
+  return format;
+}
+}  // namespace
 
 anomaly::DetectorOptions DetectorFlags::options() const {
   anomaly::DetectorOptions opt;
@@ -55,8 +66,14 @@ anomaly::DetectorOptions DetectorFlags::options() const {
   else if (dtype == "bf16") opt.dtype = torch::kBFloat16;
   else throw InputError(fmt::format("--dtype must be f32 or bf16, got '{}'", dtype));
   if (size < 0 || top_k < 0) throw InputError("--size and --top-k must not be negative");
+  if (!vision_quant.empty()) opt.vision_quant = parse_vision_quant(vision_quant);
   opt.device = device.device();
   return opt;
+}
+
+void DetectorFlags::apply_to(model::Bundle& bundle) const {
+  device.apply(bundle.device);
+  if (!vision_quant.empty()) bundle.vision_quant = nn::quant_format_name(parse_vision_quant(vision_quant));
 }
 
 std::vector<std::filesystem::path> collect_images(const std::vector<std::string>& inputs) {

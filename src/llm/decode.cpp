@@ -6,8 +6,8 @@
 #include <cmath>
 
 #include "io/error.h"
-#include "llm/matvec.h"
-#include "llm/quant.h"
+#include "nn/matvec.h"
+#include "nn/quant.h"
 
 namespace iadgpt::llm {
 namespace {
@@ -19,13 +19,13 @@ struct DecodeBuffers {
   float *x, *q, *k, *v, *proj, *gate, *up, *scores, *attn;  // fp32
   bf16 *in, *q16;                                           // bf16 matvec inputs
   float* in_f32;                                            // quantized weights: `in` widened,
-  QuantizedInput in_q;                                      // then quantized per block of 32
+  nn::QuantizedInput in_q;                                      // then quantized per block of 32
 };
 
 DecodeBuffers decode_buffers(const LlamaModel& model, KvCache& cache) {
   const auto& c = model.config;
   const int64_t D = c.hidden_size, F = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
-  const int64_t in_max = std::max({D, F, qd}), blocks = (in_max + kQuantBlock - 1) / kQuantBlock;
+  const int64_t in_max = std::max({D, F, qd}), blocks = (in_max + nn::kQuantBlock - 1) / nn::kQuantBlock;
   const int64_t f32_size = D + qd + 2 * kvd + D + 2 * F + c.num_heads * cache.capacity() + qd + in_max + 2 * blocks;
   const int64_t bf16_size = in_max + qd;
   // Allocated on the first decode step of this cache, then reused for every token.
@@ -50,20 +50,20 @@ DecodeBuffers decode_buffers(const LlamaModel& model, KvCache& cache) {
 
 // y = W x (+ the unmerged LoRA update scale · B (A x), which allocates: attached adapters only).
 // A quantized W (qw defined) takes the q8/q4 kernels on x widened and quantized per block in `b`.
-void project_row(const torch::Tensor& w, const QuantMatrix& qw, const LoraPair& lora, const bf16* x, float* y,
-                 MatvecIsa isa, const DecodeBuffers& b) {
+void project_row(const torch::Tensor& w, const nn::QuantMatrix& qw, const LoraPair& lora, const bf16* x, float* y,
+                 nn::MatvecIsa isa, const DecodeBuffers& b) {
   int64_t rows = 0, cols = 0;
   if (qw.defined()) {
     rows = qw.rows(), cols = qw.cols();
     for (int64_t i = 0; i < cols; ++i) b.in_f32[i] = static_cast<float>(x[i]);
-    QuantizedInput in = b.in_q;
+    nn::QuantizedInput in = b.in_q;
     in.cols = cols;
-    quantize_input(b.in_f32, in);
-    matvec_quant(qw, in, y, isa);
+    nn::quantize_input(b.in_f32, in);
+    nn::matvec_quant(qw, in, y, isa);
   } else {
     const auto wc = w.contiguous();  // a no-op for loaded weights; guards hand-built ones
     rows = wc.size(0), cols = wc.size(1);
-    matvec_bf16(wc.data_ptr<bf16>(), x, y, rows, cols, isa);
+    nn::matvec_bf16(wc.data_ptr<bf16>(), x, y, rows, cols, isa);
   }
   if (!lora.defined()) return;
   auto xt = torch::from_blob(const_cast<bf16*>(x), {1, cols}, torch::kBFloat16);
@@ -98,7 +98,7 @@ void rope_row_inplace(float* x, int64_t heads, int64_t hd, const float* cos, con
 // Query head h reads kv head h / group (HF repeat_kv); heads are split over threads. Scores,
 // softmax and the weighted sum are fp32; the result is rounded to bf16 for o_proj.
 void attend_row(const LlamaModel& model, const KvCache& cache, int64_t layer, int64_t S, const DecodeBuffers& b,
-                MatvecIsa isa) {
+                nn::MatvecIsa isa) {
   const auto& c = model.config;
   const int64_t H = c.num_heads, hd = c.head_dim(), group = H / c.num_kv_heads, cap = cache.capacity();
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
@@ -110,7 +110,7 @@ void attend_row(const LlamaModel& model, const KvCache& cache, int64_t layer, in
       const int64_t kv = h / group;
       float* scores = b.scores + h * cap;
       // Keys of one kv head are [cap, hd] rows: the scores are a matvec over the first S rows.
-      matvec_bf16(keys_l + kv * cap * hd, b.q16 + h * hd, scores, S, hd, isa);
+      nn::matvec_bf16(keys_l + kv * cap * hd, b.q16 + h * hd, scores, S, hd, isa);
       float max_score = -INFINITY;
       for (int64_t s = 0; s < S; ++s) max_score = std::max(max_score, scores[s] *= scale);
       float sum = 0.0f;
@@ -126,28 +126,28 @@ void attend_row(const LlamaModel& model, const KvCache& cache, int64_t layer, in
   });
 }
 
-// The projection of every sequence's row: one pass over W for all of them (matvec_bf16_multi, or
-// matvec_quant_multi on each row widened and quantized into its own buffers) when W has no
+// The projection of every sequence's row: one pass over W for all of them (nn::matvec_bf16_multi, or
+// nn::matvec_quant_multi on each row widened and quantized into its own buffers) when W has no
 // unmerged adapter, else project_row on each (an adapter's update is per row anyway).
-void project_rows(const torch::Tensor& w, const QuantMatrix& qw, const LoraPair& lora, std::span<const bf16* const> xs,
-                  std::span<float* const> ys, MatvecIsa isa, std::span<const DecodeBuffers> b) {
+void project_rows(const torch::Tensor& w, const nn::QuantMatrix& qw, const LoraPair& lora, std::span<const bf16* const> xs,
+                  std::span<float* const> ys, nn::MatvecIsa isa, std::span<const DecodeBuffers> b) {
   if (lora.defined() || xs.size() == 1) {
     for (size_t i = 0; i < xs.size(); ++i) project_row(w, qw, lora, xs[i], ys[i], isa, b[i]);
     return;
   }
   if (qw.defined()) {
-    std::vector<QuantizedInput> in;
+    std::vector<nn::QuantizedInput> in;
     for (size_t i = 0; i < xs.size(); ++i) {
       for (int64_t c = 0; c < qw.cols(); ++c) b[i].in_f32[c] = static_cast<float>(xs[i][c]);
       in.push_back(b[i].in_q);
       in.back().cols = qw.cols();
-      quantize_input(b[i].in_f32, in.back());
+      nn::quantize_input(b[i].in_f32, in.back());
     }
-    matvec_quant_multi(qw, in, ys, isa);
+    nn::matvec_quant_multi(qw, in, ys, isa);
     return;
   }
   const auto wc = w.contiguous();
-  matvec_bf16_multi(wc.data_ptr<bf16>(), xs, ys, wc.size(0), wc.size(1), isa);
+  nn::matvec_bf16_multi(wc.data_ptr<bf16>(), xs, ys, wc.size(0), wc.size(1), isa);
 }
 
 // Appends row `b.k`, `b.v` (after RoPE) at position `pos` of layer `l` of `cache`.
@@ -173,7 +173,7 @@ std::vector<T> field(std::span<const DecodeBuffers> b, T DecodeBuffers::*member)
 
 // One layer of the batched step: decode_step_bf16's layer body with each projection shared.
 void layer_batch(const LlamaModel& model, std::span<KvCache* const> caches, int64_t l, std::span<const DecodeBuffers> b,
-                 MatvecIsa isa) {
+                 nn::MatvecIsa isa) {
   const auto& c = model.config;
   const auto& L = model.weights.layers[l];
   const int64_t D = c.hidden_size, F = c.intermediate_size, H = c.num_heads, KV = c.num_kv_heads;
@@ -218,7 +218,7 @@ torch::Tensor decode_step_bf16(const LlamaModel& model, KvCache& cache, const to
   const auto& W = model.weights;
   const int64_t D = c.hidden_size, F = c.intermediate_size, H = c.num_heads, KV = c.num_kv_heads;
   const int64_t hd = c.head_dim(), qd = c.q_dim(), pos = cache.pos;
-  const MatvecIsa isa = best_matvec_isa();
+  const nn::MatvecIsa isa = nn::best_matvec_isa();
   const DecodeBuffers b = decode_buffers(model, cache);
   if (input.numel() != D)
     throw InputError(fmt::format("decode step: input has shape {}, expected [1, {}]", shape_text(input.sizes()), D));
@@ -276,7 +276,7 @@ torch::Tensor decode_step_bf16_batch(const LlamaModel& model, std::span<KvCache*
       if (caches[j]->k.data_ptr() == caches[i]->k.data_ptr())
         throw InputError(fmt::format("batched decode step: sequences {} and {} share one KV cache", j, i));
   }
-  const MatvecIsa isa = best_matvec_isa();
+  const nn::MatvecIsa isa = nn::best_matvec_isa();
   std::vector<DecodeBuffers> b;
   for (auto* cache : caches) b.push_back(decode_buffers(model, *cache));
   const auto x_in = input.to(torch::kFloat32).contiguous();

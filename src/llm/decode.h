@@ -23,7 +23,7 @@ torch::Tensor decode_step_bf16(const LlamaModel& model, KvCache& cache, const to
 
 // One decode step of several sequences at once (continuous batching): row i of x [n, D] is
 // sequence i's next input, at its own position caches[i]->pos, attending over its own cache;
-// fp32 logits [n, V]. Each projection reads its weights once for all rows (matvec_bf16_multi),
+// fp32 logits [n, V]. Each projection reads its weights once for all rows (nn::matvec_bf16_multi),
 // so the logits of row i are bit for bit those of decode_step_bf16(model, *caches[i], x[i]).
 // The caches must be distinct and each have room for one more position (InputError).
 torch::Tensor decode_step_bf16_batch(const LlamaModel& model, std::span<KvCache* const> caches, const torch::Tensor& x);

@@ -76,7 +76,7 @@ void save_hf_checkpoint(const std::filesystem::path& dir, const LlamaConfig& con
 void save_quantized_checkpoint(const std::filesystem::path& dir, const LlamaConfig& config, const LlamaWeights& w,
                                const nlohmann::json& extra) {
   const auto tensors = quantized_tensors(config, w);
-  const std::string format = quant_format_name(w.quant);
+  const std::string format = nn::quant_format_name(w.quant);
   std::filesystem::create_directories(dir);
   io::save_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}, {kQuantKey, format}});
   auto j = config_json(config, at::kBFloat16);
@@ -85,16 +85,16 @@ void save_quantized_checkpoint(const std::filesystem::path& dir, const LlamaConf
   io::write_file_atomic(dir / "config.json", j.dump(1) + "\n");
 }
 
-void quantize_checkpoint(const std::filesystem::path& in, QuantFormat format, const std::filesystem::path& out) {
-  if (format == QuantFormat::None) throw InputError("quantize: no format given (expected q8 or q4)");
+void quantize_checkpoint(const std::filesystem::path& in, nn::QuantFormat format, const std::filesystem::path& out) {
+  if (format == nn::QuantFormat::None) throw InputError("quantize: no format given (expected q8 or q4)");
   if (!std::filesystem::is_directory(in))
     throw InputError(fmt::format("{}: no such model directory", in.string()));
   if (!std::filesystem::exists(in / "config.json"))
     throw InputError(fmt::format("{}: config.json not found (a Hugging Face model directory or a bundle is expected)",
                                  (in / "config.json").string()));
-  if (const auto stored = stored_quant_format(in / "config.json"); stored != QuantFormat::None)
+  if (const auto stored = stored_quant_format(in / "config.json"); stored != nn::QuantFormat::None)
     throw InputError(fmt::format("{}: already quantized ({}); quantize the unquantized checkpoint instead", in.string(),
-                                 quant_format_name(stored)));
+                                 nn::quant_format_name(stored)));
   auto model = load_model(in, {.dtype = source_dtype(in)});
   quantize_model(model, format);
   save_quantized_checkpoint(out, model.config, model.weights);

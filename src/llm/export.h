@@ -11,7 +11,7 @@
 #include <filesystem>
 
 #include "llm/config.h"
-#include "llm/quant.h"
+#include "nn/quant.h"
 #include "llm/weights.h"
 
 namespace iadgpt::llm {
@@ -32,6 +32,6 @@ void save_quantized_checkpoint(const std::filesystem::path& dir, const LlamaConf
 // exactly, quantizes (quantize_model), writes `out` (save_quantized_checkpoint) and copies
 // tokenizer.model when `in` has one. The result equals load_model(in, {bf16, format}) bit for bit.
 // An input that is already quantized, or format none → InputError.
-void quantize_checkpoint(const std::filesystem::path& in, QuantFormat format, const std::filesystem::path& out);
+void quantize_checkpoint(const std::filesystem::path& in, nn::QuantFormat format, const std::filesystem::path& out);
 
 }  // namespace iadgpt::llm

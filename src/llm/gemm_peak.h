@@ -1,6 +1,6 @@
 // The matrix-multiply rate this CPU reaches, for `bench`: what prefill (a block of tokens through
 // the decoder's GEMMs) is compared with, as the decode step is compared with the memory bandwidth
-// (matvec.h `measure_read_bandwidth`).
+// (matvec.h `nn::measure_read_bandwidth`).
 //
 //   const double peak = iadgpt::llm::measure_gemm_flops(512, 2048, 5632, torch::kBFloat16, 5);
 #pragma once

@@ -146,9 +146,9 @@ LoraAdapter load_lora(const std::filesystem::path& path, double delta_alpha) {
 }
 
 void merge_lora(LlamaModel& model, const LoraAdapter& adapter) {
-  if (model.weights.quant != QuantFormat::None)
+  if (model.weights.quant != nn::QuantFormat::None)
     throw InputError(fmt::format("{}: the model's weights are quantized ({}); merge LoRA adapters before quantizing",
-                                 model.source.string(), quant_format_name(model.weights.quant)));
+                                 model.source.string(), nn::quant_format_name(model.weights.quant)));
   for (const auto& mod : adapter.modules) check(model, adapter, mod);
   torch::NoGradGuard no_grad;
   for (const auto& mod : adapter.modules) {

@@ -26,27 +26,27 @@ std::pair<torch::Tensor, torch::Tensor> rope_table(const LlamaConfig& c) {
   return {angles.cos().to(torch::kFloat32), angles.sin().to(torch::kFloat32)};
 }
 
-// y = x Wᵀ for quantized W (a block of tokens): gemm_quant, int8 activations (q8: two passes).
+// y = x Wᵀ for quantized W (a block of tokens): nn::gemm_quant, int8 activations (q8: two passes).
 // Its output lands in a buffer the cache keeps (fresh pages cost ~14 µs each to touch) and
 // leaves as a copy in x's dtype.
-torch::Tensor linear_quantized(const torch::Tensor& x, const QuantMatrix& qw, KvCache& cache) {
+torch::Tensor linear_quantized(const torch::Tensor& x, const nn::QuantMatrix& qw, KvCache& cache) {
   const int64_t rows = qw.rows(), cols = qw.cols();
   const auto x2 = x.reshape({-1, cols}).to(torch::kFloat32).contiguous();
   const int64_t n = x2.size(0);
   if (!cache.quant_out.defined() || cache.quant_out.numel() < n * rows)
     cache.quant_out = torch::empty({n * rows}, torch::kFloat32);
-  gemm_quant(qw, x2.data_ptr<float>(), n, cache.quant_out.data_ptr<float>(), best_matvec_isa(), cache.quant_scratch);
+  nn::gemm_quant(qw, x2.data_ptr<float>(), n, cache.quant_out.data_ptr<float>(), nn::best_matvec_isa(), cache.quant_scratch);
   auto shape = x.sizes().vec();
   shape.back() = rows;
   return cache.quant_out.narrow(0, 0, n * rows).view(shape).to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
 }
 
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const QuantMatrix& qw, KvCache& cache) {
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& w, const nn::QuantMatrix& qw, KvCache& cache) {
   return qw.defined() ? linear_quantized(x, qw, cache) : torch::linear(x, w);
 }
 
 // y = x Wᵀ (+ LoRA kept separate). x is already in the weights' dtype.
-torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const QuantMatrix& qw, const LoraPair& lora,
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& w, const nn::QuantMatrix& qw, const LoraPair& lora,
                       KvCache& cache) {
   auto y = linear(x, w, qw, cache);
   if (lora.defined()) y = y + torch::linear(torch::linear(x, lora.a), lora.b).mul(lora.scale);
@@ -94,9 +94,9 @@ LlamaModel load_model(const std::filesystem::path& path, const LoadOptions& opti
   if (!std::filesystem::exists(config_file))
     throw InputError(fmt::format("{}: config.json not found (a Hugging Face model directory is expected)",
                                  config_file.string()));
-  if (options.quant != QuantFormat::None && options.dtype != torch::kBFloat16)
+  if (options.quant != nn::QuantFormat::None && options.dtype != torch::kBFloat16)
     throw InputError(fmt::format("{}: quantized weights ({}) need the bf16 dtype for the rest of the model",
-                                 path.string(), quant_format_name(options.quant)));
+                                 path.string(), nn::quant_format_name(options.quant)));
   auto config = LlamaConfig::from_file(config_file);
   const auto stored = stored_quant_format(config_file);
   auto ckpt = io::load_checkpoint(path);
@@ -104,14 +104,14 @@ LlamaModel load_model(const std::filesystem::path& path, const LoadOptions& opti
   // reinterpret them.
   const auto meta = ckpt.metadata.find(kQuantKey);
   const std::string file_says = meta == ckpt.metadata.end() ? "none" : meta->second;
-  if (file_says != quant_format_name(stored))
+  if (file_says != nn::quant_format_name(stored))
     throw InputError(fmt::format("{}: config.json says '{}' is {}, the weights' metadata says {}", path.string(), kQuantKey,
-                                 quant_format_name(stored), file_says));
+                                 nn::quant_format_name(stored), file_says));
   auto weights = weights_from_tensors(ckpt.tensors, config, path.string(), options.dtype, options.quant, stored);
   return LlamaModel(std::move(config), std::move(weights), options.dtype, path);
 }
 
-QuantFormat stored_quant_format(const std::filesystem::path& config_file) {
+nn::QuantFormat stored_quant_format(const std::filesystem::path& config_file) {
   std::ifstream in(config_file);
   if (!in) throw InputError(fmt::format("{}: cannot open", config_file.string()));
   nlohmann::json j;
@@ -120,17 +120,17 @@ QuantFormat stored_quant_format(const std::filesystem::path& config_file) {
   } catch (const nlohmann::json::exception& e) {
     throw InputError(fmt::format("{}: invalid JSON: {}", config_file.string(), e.what()));
   }
-  if (!j.is_object() || !j.contains(kQuantKey)) return QuantFormat::None;
+  if (!j.is_object() || !j.contains(kQuantKey)) return nn::QuantFormat::None;
   if (!j.at(kQuantKey).is_string())
     throw InputError(fmt::format("{}: field '{}' must be a string (q8 or q4), found {}", config_file.string(), kQuantKey,
                                  j.at(kQuantKey).dump()));
-  const auto f = parse_quant_format(j.at(kQuantKey).get<std::string>(), fmt::format("{}: field '{}'", config_file.string(), kQuantKey));
-  if (f == QuantFormat::None)
+  const auto f = nn::parse_quant_format(j.at(kQuantKey).get<std::string>(), fmt::format("{}: field '{}'", config_file.string(), kQuantKey));
+  if (f == nn::QuantFormat::None)
     throw InputError(fmt::format("{}: field '{}' is 'none'; leave it out for unquantized weights", config_file.string(), kQuantKey));
   return f;
 }
 
-void quantize_model(LlamaModel& model, QuantFormat format) {
+void quantize_model(LlamaModel& model, nn::QuantFormat format) {
   quantize_weights(model.weights, format);
   finish_quantized(model.weights);
   io::release_free_heap();  // the 16-bit matrices just replaced
@@ -139,9 +139,9 @@ void quantize_model(LlamaModel& model, QuantFormat format) {
 
 void move_model(LlamaModel& model, const torch::Device& device) {
   auto& w = model.weights;
-  if (!device.is_cpu() && w.quant != QuantFormat::None)
+  if (!device.is_cpu() && w.quant != nn::QuantFormat::None)
     throw InputError(fmt::format("{}: {} weights run on the CPU only (their kernels are CPU kernels); load bf16 "
-                                 "weights for {}", model.source.string(), quant_format_name(w.quant),
+                                 "weights for {}", model.source.string(), nn::quant_format_name(w.quant),
                                  nn::device_name(device)));
   const bool tied = w.lm_head.defined() && w.lm_head.is_same(w.embed);
   for (auto* t : {&w.embed, &w.norm, &model.rope_cos, &model.rope_sin}) nn::to_device(*t, device);

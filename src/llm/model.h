@@ -53,11 +53,11 @@ inline constexpr const char* kQuantKey = "iadgpt_quant";
 
 // The format config.json's `iadgpt_quant` names; none when absent. Anything but q8/q4 → InputError
 // naming the file and the field.
-QuantFormat stored_quant_format(const std::filesystem::path& config_file);
+nn::QuantFormat stored_quant_format(const std::filesystem::path& config_file);
 
 // Quantizes a loaded model in place (quantize_weights from the current values, then
 // finish_quantized): the model then runs as if loaded with {bf16, format}. LoRA must be merged first.
-void quantize_model(LlamaModel& model, QuantFormat format);
+void quantize_model(LlamaModel& model, nn::QuantFormat format);
 
 // Keys and values for every layer, allocated once for `capacity` positions (no per-token allocation).
 struct KvCache {
@@ -66,7 +66,7 @@ struct KvCache {
   // Buffers of the bf16 single-token decode step (decode.cpp), allocated on its first use and
   // reused for every token. Copies of a KvCache share them (and k/v): one sequence, one thread.
   torch::Tensor decode_f32, decode_bf16, decode_i8;
-  // Quantized weights (quant.h): gemm_quant's scratch (packed activations, weight tiles) and its
+  // Quantized weights (quant.h): nn::gemm_quant's scratch (packed activations, weight tiles) and its
   // fp32 output in a multi-token forward; grown when too small, otherwise reused.
   torch::Tensor quant_scratch, quant_out;
 
@@ -96,7 +96,7 @@ enum class Logits { All, Last };
 // returns fp32 logits [T, V] (All) or [1, V] (Last). Throws InputError when the cache is full.
 // With bf16 (or quantized) matrices, a single token (T == 1) takes the decode path (decode.h:
 // matvec kernels that read each weight once); longer inputs take the GEMM path (quantized
-// matrices: quant.h gemm_quant, an int8 GEMM).
+// matrices: quant.h nn::gemm_quant, an int8 GEMM).
 torch::Tensor forward(const LlamaModel& model, KvCache& cache, const torch::Tensor& x, Logits which);
 
 // The prefills of several sequences as one forward (serve --batch): inputs[i] [T_i, D] runs at

@@ -20,7 +20,7 @@ struct LayerKey {
   torch::Tensor LayerWeights::*field;
   Shape (*shape)(const LlamaConfig&);
   bool is_norm;
-  QuantMatrix LayerWeights::*quant = nullptr;  // projections: their quantized form
+  nn::QuantMatrix LayerWeights::*quant = nullptr;  // projections: their quantized form
   LoraPair LayerWeights::*lora = nullptr;      // projections: their unmerged adapter
 };
 
@@ -64,15 +64,15 @@ torch::Tensor take(const io::TensorMap& tensors, const std::string& key, const S
 
 // A projection stored quantized (README "Stored quantized checkpoints"): `<key>.q` and
 // `<key>.scale`, validated against the shape the config implies; errors name the key.
-QuantMatrix take_quant(const io::TensorMap& tensors, const std::string& key, const Shape& shape, QuantFormat format,
+nn::QuantMatrix take_quant(const io::TensorMap& tensors, const std::string& key, const Shape& shape, nn::QuantFormat format,
                        const std::string& source, std::set<std::string>& used) {
   const auto q_key = key + ".q", s_key = key + ".scale";
   for (const auto& k : {q_key, s_key})
     if (!tensors.count(k))
       throw InputError(fmt::format("{}: missing tensor '{}' (the checkpoint is stored quantized, {}; weight shape {})",
-                                   source, k, quant_format_name(format), shape_text(shape)));
+                                   source, k, nn::quant_format_name(format), shape_text(shape)));
   try {
-    auto m = quant_matrix_from_tensors(format, tensors.at(q_key), tensors.at(s_key), shape[0], shape[1], key);
+    auto m = nn::quant_matrix_from_tensors(format, tensors.at(q_key), tensors.at(s_key), shape[0], shape[1], key);
     used.insert(q_key);
     used.insert(s_key);
     return m;
@@ -87,10 +87,10 @@ bool ignorable(const std::string& key) { return key.ends_with(".rotary_emb.inv_f
 }  // namespace
 
 LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfig& c, const std::string& source,
-                                  torch::Dtype dtype, QuantFormat quant, QuantFormat stored) {
-  if (stored != QuantFormat::None && (dtype != torch::kBFloat16 || (quant != QuantFormat::None && quant != stored)))
+                                  torch::Dtype dtype, nn::QuantFormat quant, nn::QuantFormat stored) {
+  if (stored != nn::QuantFormat::None && (dtype != torch::kBFloat16 || (quant != nn::QuantFormat::None && quant != stored)))
     throw InputError(fmt::format("{}: the weights are stored quantized ({}); load them with dtype bf16 and no other format",
-                                 source, quant_format_name(stored)));
+                                 source, nn::quant_format_name(stored)));
   // Shapes are validated for every key before any conversion work is done.
   LlamaWeights w;
   std::set<std::string> used;
@@ -99,15 +99,15 @@ LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfi
   for (int64_t l = 0; l < c.num_layers; ++l) {
     for (const auto& row : kHfLayerKeys) {
       const auto key = fmt::format("model.layers.{}.{}", l, row.name);
-      const bool divisible = !row.is_norm && row.shape(c)[1] % kQuantBlock == 0;
-      if (stored != QuantFormat::None && divisible) {
+      const bool divisible = !row.is_norm && row.shape(c)[1] % nn::kQuantBlock == 0;
+      if (stored != nn::QuantFormat::None && divisible) {
         w.layers[l].*row.quant = take_quant(tensors, key, row.shape(c), stored, source, used);
         continue;
       }
       // Quantized projections are quantized from an fp32 copy of one matrix at a time.
-      const bool quantized = quant != QuantFormat::None && divisible;
+      const bool quantized = quant != nn::QuantFormat::None && divisible;
       auto t = take(tensors, key, row.shape(c), source, row.is_norm || quantized ? torch::kFloat32 : dtype, used);
-      if (quantized) w.layers[l].*row.quant = quantize(t, quant);
+      if (quantized) w.layers[l].*row.quant = nn::quantize(t, quant);
       else w.layers[l].*row.field = std::move(t);
     }
   }
@@ -121,19 +121,19 @@ LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfi
         throw InputError(fmt::format("{}: config.json has tie_word_embeddings true but tensor '{}' differs from '{}'",
                                      source, kHeadKey, kEmbedKey));
     }
-  } else if (stored != QuantFormat::None) {
-    w.q_lm_head = take_quant(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, QuantFormat::Q8, source, used);
+  } else if (stored != nn::QuantFormat::None) {
+    w.q_lm_head = take_quant(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, nn::QuantFormat::Q8, source, used);
   } else {
-    w.lm_head = take(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, source, quant != QuantFormat::None ? torch::kFloat32 : dtype, used);
-    if (quant != QuantFormat::None) w.q_lm_head = quantize(w.lm_head, QuantFormat::Q8), w.lm_head = torch::Tensor();
+    w.lm_head = take(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, source, quant != nn::QuantFormat::None ? torch::kFloat32 : dtype, used);
+    if (quant != nn::QuantFormat::None) w.q_lm_head = nn::quantize(w.lm_head, nn::QuantFormat::Q8), w.lm_head = torch::Tensor();
   }
-  w.quant = stored != QuantFormat::None ? stored : quant;
+  w.quant = stored != nn::QuantFormat::None ? stored : quant;
   for (const auto& [key, t] : tensors) {
     if (used.count(key) || ignorable(key)) continue;
     throw InputError(fmt::format(
         "{}: unexpected tensor '{}' {} (config: {} layers, hidden_size {}{}); config.json and the weights disagree",
         source, key, shape_text(t.sizes()), c.num_layers, c.hidden_size,
-        stored == QuantFormat::None ? "" : fmt::format(", stored {}", quant_format_name(stored))));
+        stored == nn::QuantFormat::None ? "" : fmt::format(", stored {}", nn::quant_format_name(stored))));
   }
   return w;
 }
@@ -180,17 +180,17 @@ LlamaWeights random_weights(const LlamaConfig& c, torch::Dtype dtype, uint64_t s
   return w;
 }
 
-void quantize_weights(LlamaWeights& w, QuantFormat format) {
-  if (format == QuantFormat::None) return;
-  if (w.quant != QuantFormat::None)
-    throw InputError(fmt::format("the weights are already quantized ({})", quant_format_name(w.quant)));
+void quantize_weights(LlamaWeights& w, nn::QuantFormat format) {
+  if (format == nn::QuantFormat::None) return;
+  if (w.quant != nn::QuantFormat::None)
+    throw InputError(fmt::format("the weights are already quantized ({})", nn::quant_format_name(w.quant)));
   for (auto& L : w.layers) {
     for (const auto& row : kHfLayerKeys) {
       if (row.is_norm) continue;
       if ((L.*row.lora).defined())
         throw InputError(fmt::format("quantize: '{}' has an unmerged LoRA adapter; merge it first", row.name));
-      if ((L.*row.field).size(1) % kQuantBlock != 0) continue;  // stays in the model dtype (header)
-      L.*row.quant = quantize(L.*row.field, format);
+      if ((L.*row.field).size(1) % nn::kQuantBlock != 0) continue;  // stays in the model dtype (header)
+      L.*row.quant = nn::quantize(L.*row.field, format);
       // Frees the source matrix now (or its pages, when it views a mapped checkpoint): peak
       // memory is one matrix more.
       io::release_mapped_pages(L.*row.field);
@@ -198,7 +198,7 @@ void quantize_weights(LlamaWeights& w, QuantFormat format) {
     }
   }
   if (!w.lm_head.is_same(w.embed)) {
-    w.q_lm_head = quantize(w.lm_head, QuantFormat::Q8);
+    w.q_lm_head = nn::quantize(w.lm_head, nn::QuantFormat::Q8);
     io::release_mapped_pages(w.lm_head);
     w.lm_head = torch::Tensor();
   }
@@ -206,10 +206,10 @@ void quantize_weights(LlamaWeights& w, QuantFormat format) {
 }
 
 io::TensorMap quantized_tensors(const LlamaConfig& c, const LlamaWeights& w) {
-  if (w.quant == QuantFormat::None) throw InputError("quantized_tensors: the weights are not quantized");
+  if (w.quant == nn::QuantFormat::None) throw InputError("quantized_tensors: the weights are not quantized");
   auto bf16 = [](const torch::Tensor& t) { return t.to(torch::kBFloat16).contiguous(); };
   io::TensorMap out{{kEmbedKey, bf16(w.embed)}, {kNormKey, w.norm.to(torch::kFloat32).contiguous()}};
-  auto put_quant = [&](const std::string& key, const QuantMatrix& m) {
+  auto put_quant = [&](const std::string& key, const nn::QuantMatrix& m) {
     out[key + ".q"] = m.q;
     out[key + ".scale"] = m.scale;
   };

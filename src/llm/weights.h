@@ -12,7 +12,7 @@
 
 #include "io/checkpoint.h"
 #include "llm/config.h"
-#include "llm/quant.h"
+#include "nn/quant.h"
 
 namespace iadgpt::llm {
 
@@ -45,7 +45,7 @@ struct LayerWeights {
   LoraPair lora_q, lora_k, lora_v, lora_o, lora_gate, lora_up, lora_down;
   // Weight-only quantized projections (quant.h; README "Weight-only quantization"). When one is
   // defined, the tensor field of that projection above is empty (no second copy is kept).
-  QuantMatrix q_wq, q_wk, q_wv, q_wo, q_gate, q_up, q_down;
+  nn::QuantMatrix q_wq, q_wk, q_wv, q_wo, q_gate, q_up, q_down;
 };
 
 struct LlamaWeights {
@@ -53,15 +53,15 @@ struct LlamaWeights {
   std::vector<LayerWeights> layers;
   torch::Tensor norm;     // [D] fp32
   torch::Tensor lm_head;  // [V, D]; the same tensor as `embed` when tie_word_embeddings
-  QuantMatrix q_lm_head;  // quantized head (then lm_head is empty); never when tied
-  QuantFormat quant = QuantFormat::None;  // of the projections
+  nn::QuantMatrix q_lm_head;  // quantized head (then lm_head is empty); never when tied
+  nn::QuantFormat quant = nn::QuantFormat::None;  // of the projections
 };
 
 struct LoadOptions {
   torch::Dtype dtype = torch::kFloat32;  // matrices (embedding, projections, head); norms stay fp32
   // Quantize the seven projections of every layer (and an untied head, always q8) at load, from
   // the checkpoint's own precision; needs dtype bf16 (embeddings and KV cache stay bf16).
-  QuantFormat quant = QuantFormat::None;
+  nn::QuantFormat quant = nn::QuantFormat::None;
 };
 
 // Fills LlamaWeights from HF-named tensors. Every expected key must be present with the shape the
@@ -73,7 +73,7 @@ struct LoadOptions {
 // none or the same format.
 LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfig& config,
                                   const std::string& source, torch::Dtype dtype,
-                                  QuantFormat quant = QuantFormat::None, QuantFormat stored = QuantFormat::None);
+                                  nn::QuantFormat quant = nn::QuantFormat::None, nn::QuantFormat stored = nn::QuantFormat::None);
 
 // The tensors of a stored quantized checkpoint (the layout weights_from_tensors reads with
 // `stored`): quantized projections and untied head as `<key>.q` / `<key>.scale`, the other
@@ -91,7 +91,7 @@ void finish_quantized(LlamaWeights& weights);
 // for Q4_0 too). A matrix whose input size is not a multiple of 32 stays in the model dtype (as
 // llama.cpp falls back to another type for such tensors; real LLaMA shapes all divide).
 // Already-quantized weights or a LoRA left unmerged → InputError.
-void quantize_weights(LlamaWeights& w, QuantFormat format);
+void quantize_weights(LlamaWeights& w, nn::QuantFormat format);
 
 // Random weights of the right shapes, created directly in `dtype` (for benchmarks: no fp32 copy).
 LlamaWeights random_weights(const LlamaConfig& config, torch::Dtype dtype, uint64_t seed);

@@ -29,7 +29,7 @@ constexpr int kVersion = 1;
 const std::set<std::string> kFields = {
     "format", "version", "vision", "text", "vocab", "vision_config", "llm", "tokenizer", "lora", "delta", "anomalygpt",
     "lora_alpha", "decoder", "tge", "mmf", "expert", "prompts", "image_size", "taps", "mode", "map", "rotations",
-    "dtype", "device", "threshold", "decision_bias", "quant"};
+    "dtype", "device", "threshold", "decision_bias", "quant", "vision_quant"};
 
 fs::path delta_name(const Bundle& b) { return b.anomalygpt ? *b.anomalygpt : *b.delta; }
 
@@ -146,6 +146,7 @@ Bundle bundle_from_json(const nlohmann::json& j, const fs::path& dir) {
   if (j.contains("rotations")) b.rotations = field<bool>(j, "rotations", dir, "true or false");
   if (j.contains("dtype")) b.dtype = field<std::string>(j, "dtype", dir, "a string");
   if (j.contains("quant")) b.quant = field<std::string>(j, "quant", dir, "a string");
+  if (j.contains("vision_quant")) b.vision_quant = field<std::string>(j, "vision_quant", dir, "a string");
   if (j.contains("device")) b.device = field<std::string>(j, "device", dir, "a string");
   if (j.contains("image_size")) b.image_size = field<int64_t>(j, "image_size", dir, "an integer");
   if (j.contains("taps")) b.taps = field<std::vector<int64_t>>(j, "taps", dir, "a list of integers");
@@ -163,7 +164,8 @@ Bundle bundle_from_json(const nlohmann::json& j, const fs::path& dir) {
     throw InputError(fmt::format("{}: field 'map': 'blend' needs a decoder (field 'decoder' or a delta with one)", where(dir)));
   if (b.dtype != "f32" && b.dtype != "bf16")
     throw InputError(fmt::format("{}: field 'dtype': unknown dtype '{}' (expected f32 or bf16)", where(dir), b.dtype));
-  llm::parse_quant_format(b.quant, fmt::format("{}: field 'quant'", where(dir)));
+  nn::parse_quant_format(b.quant, fmt::format("{}: field 'quant'", where(dir)));
+  vision_quant_format(b);
   if (!nn::is_device_name(b.device))
     throw InputError(fmt::format("{}: field 'device': unknown device '{}' (expected cpu, cuda or cuda:N)", where(dir), b.device));
   if (b.image_size <= 0) throw InputError(fmt::format("{}: field 'image_size' must be positive, found {}", where(dir), b.image_size));
@@ -210,18 +212,26 @@ nlohmann::json bundle_to_json(const Bundle& b) {
   if (b.rotations) j["rotations"] = true;
   j["dtype"] = b.dtype;
   if (b.quant != "none") j["quant"] = b.quant;
+  if (b.vision_quant != "none") j["vision_quant"] = b.vision_quant;
   if (b.device != "cpu") j["device"] = b.device;
   j["threshold"] = b.threshold;
   if (!b.decision_bias.empty()) j["decision_bias"] = b.decision_bias;
   return j;
 }
 
+nn::QuantFormat vision_quant_format(const Bundle& b) {
+  const auto what = fmt::format("{}: field 'vision_quant'", where(b.dir));
+  const auto format = nn::parse_quant_format(b.vision_quant, what);
+  if (format == nn::QuantFormat::Q4) throw InputError(fmt::format("{}: the vision tower takes none or q8, not q4", what));
+  return format;
+}
+
 void validate_llm_quant(const Bundle& b) {
   const auto stored = llm::stored_quant_format(b.llm / "config.json");
-  if (stored != llm::QuantFormat::None && b.quant != llm::quant_format_name(stored))
+  if (stored != nn::QuantFormat::None && b.quant != nn::quant_format_name(stored))
     throw InputError(fmt::format("{}: field 'quant' is '{}', but the LLM {} is stored quantized as {}", where(b.dir), b.quant,
-                                 b.llm.string(), llm::quant_format_name(stored)));
-  if (stored != llm::QuantFormat::None && b.lora)
+                                 b.llm.string(), nn::quant_format_name(stored)));
+  if (stored != nn::QuantFormat::None && b.lora)
     throw InputError(fmt::format("{}: field 'lora': the LLM is stored quantized ({}), so a LoRA cannot be merged into it; "
                                  "give the unquantized LLM with this LoRA to `iadgpt quantize`", where(b.dir), b.quant));
 }
@@ -314,30 +324,30 @@ Bundle read_bundle(const fs::path& dir) {
 }
 
 llm::LlamaModel load_bundle_llm(const Bundle& b, const BundleSources& sources, torch::Dtype dtype) {
-  const auto quant = llm::parse_quant_format(b.quant, fmt::format("{}: field 'quant'", where(b.dir)));
+  const auto quant = nn::parse_quant_format(b.quant, fmt::format("{}: field 'quant'", where(b.dir)));
   // Stored quantized: its LoRAs were merged before it was quantized (quantize_bundle).
-  if (const auto stored = llm::stored_quant_format(b.llm / "config.json"); stored != llm::QuantFormat::None) {
+  if (const auto stored = llm::stored_quant_format(b.llm / "config.json"); stored != nn::QuantFormat::None) {
     if (stored != quant)
       throw InputError(fmt::format("{}: quantization '{}' asked, but the LLM {} is stored quantized as {}", where(b.dir),
-                                   b.quant, b.llm.string(), llm::quant_format_name(stored)));
+                                   b.quant, b.llm.string(), nn::quant_format_name(stored)));
     return llm::load_model(b.llm, {.dtype = torch::kBFloat16});
   }
   // Quantized at load: merged in the checkpoint's own precision, then quantized from it.
-  auto m = llm::load_model(b.llm, {.dtype = quant == llm::QuantFormat::None ? dtype : llm::source_dtype(b.llm)});
+  auto m = llm::load_model(b.llm, {.dtype = quant == nn::QuantFormat::None ? dtype : llm::source_dtype(b.llm)});
   // The released LoRA first, then one trained on top of it (train/config.h `delta`).
   if (sources.lora_delta) llm::merge_lora(m, llm::load_pandagpt_delta(*sources.lora_delta, b.lora_alpha));
   if (b.lora) llm::merge_lora(m, llm::load_lora(*b.lora));
-  if (quant != llm::QuantFormat::None) llm::quantize_model(m, quant);
+  if (quant != nn::QuantFormat::None) llm::quantize_model(m, quant);
   return m;
 }
 
-Bundle quantize_bundle(const Bundle& b, llm::QuantFormat format, const fs::path& out) {
-  if (format == llm::QuantFormat::None) throw InputError("quantize: no format given (expected q8 or q4)");
+Bundle quantize_bundle(const Bundle& b, nn::QuantFormat format, const fs::path& out) {
+  if (format == nn::QuantFormat::None) throw InputError("quantize: no format given (expected q8 or q4)");
   if (b.quant != "none")
     throw InputError(fmt::format("{}: the bundle is already quantized ({}); quantize the unquantized bundle instead",
                                  where(b.dir), b.quant));
   Bundle q = b;
-  q.quant = llm::quant_format_name(format);
+  q.quant = nn::quant_format_name(format);
   const auto model = load_bundle_llm(q, resolve_sources(b), torch::kFloat32);
   const auto llm_dir = out / "llm";
   llm::save_quantized_checkpoint(llm_dir, model.config, model.weights);

@@ -197,6 +197,7 @@ IadGpt::IadGpt(const Bundle& bundle) : state_(std::make_unique<State>()) {
   dopt.taps = bundle.taps;
   dopt.size = bundle.image_size;
   dopt.dtype = dtype;
+  dopt.vision_quant = vision_quant_format(bundle);
   dopt.device = device;
   dopt.features = true;
   dopt.rotations = bundle.rotations;

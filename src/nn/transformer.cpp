@@ -1,11 +1,27 @@
 #include "nn/transformer.h"
 
+#include <fmt/format.h>
+
 #include <cmath>
+
+#include "io/error.h"
 
 #include "nn/device.h"
 #include "nn/weights.h"
 
 namespace iadgpt::nn {
+
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const QuantMatrix& quant,
+                     const torch::Tensor& bias) {
+  if (!quant.defined()) return torch::linear(x, weight, bias);
+  auto sizes = x.sizes().vec();
+  const auto rows = x.reshape({-1, x.size(-1)}).to(torch::kFloat32).contiguous();
+  auto y = torch::empty({rows.size(0), quant.rows()}, rows.options());
+  gemm_quant(quant, rows, y, best_matvec_isa(), InputPasses::One);
+  if (bias.defined()) y.add_(bias.to(torch::kFloat32));
+  sizes.back() = quant.rows();
+  return y.view(sizes).to(x.scalar_type());
+}
 
 torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& weight,
                          const torch::Tensor& bias, double eps) {
@@ -35,7 +51,7 @@ torch::Tensor self_attention(const torch::Tensor& x, const BlockWeights& w, cons
   const int64_t head_dim = width / cfg.heads;
 
   // [B, L, 3D] -> three [B, heads, L, head_dim] views.
-  auto qkv = torch::linear(x, w.qkv_weight, w.qkv_bias)
+  auto qkv = linear(x, w.qkv_weight, w.qkv_quant, w.qkv_bias)
                  .view({batch, length, 3, cfg.heads, head_dim})
                  .permute({2, 0, 3, 1, 4});
   auto q = qkv[0], k = qkv[1], v = qkv[2];
@@ -47,14 +63,14 @@ torch::Tensor self_attention(const torch::Tensor& x, const BlockWeights& w, cons
   // Softmax in fp32: bf16 exponentials of near-tied scores otherwise collapse.
   auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(v.scalar_type());
   auto context = torch::matmul(probs, v).transpose(1, 2).reshape({batch, length, width});
-  return torch::linear(context, w.out_weight, w.out_bias);
+  return linear(context, w.out_weight, w.out_quant, w.out_bias);
 }
 
 torch::Tensor block_forward(const torch::Tensor& x, const BlockWeights& w, const BlockConfig& cfg,
                             const torch::Tensor& additive_mask) {
   auto h = x + self_attention(layer_norm(x, w.ln1_weight, w.ln1_bias, cfg.eps), w, cfg, additive_mask);
-  auto mlp_hidden = torch::linear(layer_norm(h, w.ln2_weight, w.ln2_bias, cfg.eps), w.fc1_weight, w.fc1_bias);
-  return h + torch::linear(activation(mlp_hidden, cfg.activation), w.fc2_weight, w.fc2_bias);
+  auto mlp_hidden = linear(layer_norm(h, w.ln2_weight, w.ln2_bias, cfg.eps), w.fc1_weight, w.fc1_quant, w.fc1_bias);
+  return h + linear(activation(mlp_hidden, cfg.activation), w.fc2_weight, w.fc2_quant, w.fc2_bias);
 }
 
 std::array<torch::Tensor*, 12> block_tensors(BlockWeights& w) {
@@ -67,7 +83,40 @@ void convert_block(BlockWeights& w, torch::Dtype dtype) {
     if (t->defined()) *t = convert_weight(*t, dtype);
 }
 
+namespace {
+struct QuantSlot {
+  const char* name;
+  torch::Tensor BlockWeights::*weight;
+  QuantMatrix BlockWeights::*quant;
+};
+constexpr QuantSlot kQuantSlots[] = {{"qkv", &BlockWeights::qkv_weight, &BlockWeights::qkv_quant},
+                                     {"out", &BlockWeights::out_weight, &BlockWeights::out_quant},
+                                     {"fc1", &BlockWeights::fc1_weight, &BlockWeights::fc1_quant},
+                                     {"fc2", &BlockWeights::fc2_weight, &BlockWeights::fc2_quant}};
+}  // namespace
+
+void quantize_block(BlockWeights& w, QuantFormat format, std::string_view where) {
+  if (format == QuantFormat::None) return;
+  for (const auto& slot : kQuantSlots) {
+    auto& weight = w.*slot.weight;
+    if (!weight.defined()) continue;  // already quantized
+    if (weight.size(1) % kQuantBlock != 0)
+      throw InputError(fmt::format("{}: {} weight [{}, {}]: its input width is not a multiple of {}, so it cannot be quantized",
+                                   where, slot.name, weight.size(0), weight.size(1), kQuantBlock));
+    w.*slot.quant = quantize(weight, format);
+    weight = torch::Tensor();
+  }
+}
+
+bool block_quantized(const BlockWeights& w) {
+  for (const auto& slot : kQuantSlots)
+    if ((w.*slot.quant).defined()) return true;
+  return false;
+}
+
 void move_block(BlockWeights& w, const torch::Device& device) {
+  if (!device.is_cpu() && block_quantized(w))
+    throw InputError(fmt::format("quantized weights run on the CPU only, not on {}", device.str()));
   for (auto* t : block_tensors(w)) to_device(*t, device);
 }
 

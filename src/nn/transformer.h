@@ -11,7 +11,10 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include "nn/quant.h"
 
 namespace iadgpt::nn {
 
@@ -36,7 +39,16 @@ struct BlockWeights {
   torch::Tensor ln2_weight, ln2_bias;  // [D]
   torch::Tensor fc1_weight, fc1_bias;  // [F, D], [F]
   torch::Tensor fc2_weight, fc2_bias;  // [D, F], [D]
+  // Weight-only quantized matrices (quantize_block), or undefined. A defined one replaces its
+  // tensor above (which is then dropped): the linear layer runs the int8 GEMM (quant.h gemm_quant,
+  // one activation pass) on the CPU.
+  QuantMatrix qkv_quant, out_quant, fc1_quant, fc2_quant;
 };
+
+// y = x Wᵀ + b with W given as a tensor or, when `quant` is defined, quantized (then x is taken in
+// fp32 and y returned in x's dtype). x: [..., in].
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const QuantMatrix& quant,
+                     const torch::Tensor& bias);
 
 torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& weight,
                          const torch::Tensor& bias, double eps);
@@ -54,6 +66,12 @@ torch::Tensor block_forward(const torch::Tensor& x, const BlockWeights& w, const
 void convert_block(BlockWeights& w, torch::Dtype dtype);
 // Every tensor of the block, for a move or a cast written once (convert_block, move_block).
 std::array<torch::Tensor*, 12> block_tensors(BlockWeights& w);
+// Quantizes the block's four matrices to `format` (q8 or q4; none leaves the block as it is) and
+// drops their tensors. InputError when a matrix's input width is not a multiple of 32, naming it
+// after `where` (the block).
+void quantize_block(BlockWeights& w, QuantFormat format, std::string_view where);
+// Whether any matrix of the block is quantized.
+bool block_quantized(const BlockWeights& w);
 void move_block(BlockWeights& w, const torch::Device& device);
 
 }  // namespace iadgpt::nn

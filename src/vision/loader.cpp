@@ -334,6 +334,7 @@ VisionModel load_vision(const io::Checkpoint& ckpt, const VisionOptions& o) {
   for (int64_t i = 0; i < c.layers; ++i) {
     for (const auto& r : map.block) m.weights.blocks[i].*(r.field) = read(block_key(r.key, i), r.shape, r.fix);
   }
+  quantize_weights(m.weights, o.quant);
   return m;
 }
 

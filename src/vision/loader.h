@@ -19,6 +19,7 @@
 #include <string>
 
 #include "io/checkpoint.h"
+#include "nn/quant.h"
 #include "vision/family.h"
 #include "vision/vit.h"
 
@@ -28,6 +29,9 @@ struct VisionOptions {
   std::optional<Family> family;          // override detection (--family)
   std::optional<nlohmann::json> config;  // --config: HF config.json, ImageBind config.json, or {"heads": n, "family": "..."}
   torch::Dtype dtype = torch::kFloat32;  // fp32 or bf16 weights
+  // Weight-only int8 for the blocks' matrices (none or q8; README "int8 tower"): each block is
+  // quantized as it is loaded, from `dtype`; the rest of the tower stays in `dtype`. CPU only.
+  nn::QuantFormat quant = nn::QuantFormat::None;
 };
 
 struct VisionModel {

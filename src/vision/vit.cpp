@@ -101,6 +101,12 @@ void convert_weights(VitWeights& w, torch::Dtype dtype) {
   for (auto& b : w.blocks) nn::convert_block(b, dtype);
 }
 
+void quantize_weights(VitWeights& w, nn::QuantFormat format) {
+  if (format == nn::QuantFormat::Q4)
+    throw InputError("the vision tower is quantized to q8 only (q4 is for the LLM: its maps were not checked)");
+  for (size_t i = 0; i < w.blocks.size(); ++i) nn::quantize_block(w.blocks[i], format, fmt::format("vision block {}", i));
+}
+
 void move_weights(VitWeights& w, const torch::Device& device) {
   for (auto* t : stem_and_head_tensors(w)) nn::to_device(*t, device);
   for (auto& b : w.blocks) nn::move_block(b, device);

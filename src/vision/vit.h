@@ -69,7 +69,10 @@ VitOutput vit_forward(const VitWeights& w, const VitConfig& cfg, const torch::Te
 
 // Casts every tensor (bf16 fast path).
 void convert_weights(VitWeights& w, torch::Dtype dtype);
-// Moves every tensor to `device` (nn/device.h), once after loading.
+// Quantizes every block's four matrices (nn::quantize_block; the stem, LayerNorms, biases and
+// projection stay as they are). q8 only: q4 → InputError (its maps were not checked); none: nothing.
+void quantize_weights(VitWeights& w, nn::QuantFormat format);
+// Moves every tensor to `device` (nn/device.h), once after loading. Quantized blocks: CPU only.
 void move_weights(VitWeights& w, const torch::Device& device);
 
 // Real-size architectures for `iadgpt bench encode` ("imagebind-huge", "clip-vit-l-14-336").

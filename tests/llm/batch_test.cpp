@@ -10,20 +10,21 @@
 #include "llm/batch.h"
 #include "llm/decode.h"
 #include "llm/generate.h"
-#include "llm/matvec.h"
-#include "llm/quant.h"
+#include "nn/matvec.h"
+#include "nn/quant.h"
 #include "llm_test_util.h"
 
 namespace llm = iadgpt::llm;
+namespace nn = iadgpt::nn;
 namespace t = iadgpt::test;
 using t::stories_bf16;
 
 namespace {
 
-const llm::LlamaModel& stories_quant(llm::QuantFormat format) {
-  static const auto q8 = llm::load_model(t::fixture("stories260K"), {.dtype = torch::kBFloat16, .quant = llm::QuantFormat::Q8});
-  static const auto q4 = llm::load_model(t::fixture("stories260K"), {.dtype = torch::kBFloat16, .quant = llm::QuantFormat::Q4});
-  return format == llm::QuantFormat::Q8 ? q8 : q4;
+const llm::LlamaModel& stories_quant(nn::QuantFormat format) {
+  static const auto q8 = llm::load_model(t::fixture("stories260K"), {.dtype = torch::kBFloat16, .quant = nn::QuantFormat::Q8});
+  static const auto q4 = llm::load_model(t::fixture("stories260K"), {.dtype = torch::kBFloat16, .quant = nn::QuantFormat::Q4});
+  return format == nn::QuantFormat::Q8 ? q8 : q4;
 }
 const llm::Tokenizer& tok() {
   static const auto tk = llm::Tokenizer::from_path(t::fixture("stories260K"));
@@ -45,16 +46,16 @@ TEST(MatvecMulti, EachVectorIsBitForBitItsOwnMatvec) {
     xs.push_back(torch::randn({cols}).to(torch::kBFloat16));
     ys.push_back(torch::empty({rows}, torch::kFloat32));
   }
-  for (auto isa : {llm::MatvecIsa::Scalar, llm::MatvecIsa::Avx2, llm::MatvecIsa::Avx512Bf16}) {
-    if (!llm::matvec_isa_supported(isa)) continue;
+  for (auto isa : {nn::MatvecIsa::Scalar, nn::MatvecIsa::Avx2, nn::MatvecIsa::Avx512Bf16}) {
+    if (!nn::matvec_isa_supported(isa)) continue;
     std::vector<const at::BFloat16*> in;
     std::vector<float*> out;
     for (int i = 0; i < 3; ++i) in.push_back(xs[i].data_ptr<at::BFloat16>()), out.push_back(ys[i].data_ptr<float>());
-    llm::matvec_bf16_multi(w.data_ptr<at::BFloat16>(), in, out, rows, cols, isa);
+    nn::matvec_bf16_multi(w.data_ptr<at::BFloat16>(), in, out, rows, cols, isa);
     for (int i = 0; i < 3; ++i) {
       auto want = torch::empty({rows}, torch::kFloat32);
-      llm::matvec_bf16(w, xs[i], want, isa);
-      EXPECT_TRUE(torch::equal(ys[i], want)) << llm::matvec_isa_name(isa) << " vector " << i;
+      nn::matvec_bf16(w, xs[i], want, isa);
+      EXPECT_TRUE(torch::equal(ys[i], want)) << nn::matvec_isa_name(isa) << " vector " << i;
     }
     // Different inputs, different outputs: not every vector answered with the first one's result.
     EXPECT_FALSE(torch::equal(ys[0], ys[1]));
@@ -65,11 +66,11 @@ TEST(MatvecQuantMulti, EachVectorIsBitForBitItsOwnMatvec) {
   torch::manual_seed(4);
   // 300 rows of 1024 columns (32 blocks: the AVX-512 path's full groups of 16 and, at 1056, a tail).
   for (const int64_t cols : {1024, 1056}) {
-    const int64_t rows = 300, nb = cols / llm::kQuantBlock;
-    for (auto format : {llm::QuantFormat::Q8, llm::QuantFormat::Q4}) {
-      const auto w = llm::quantize(torch::randn({rows, cols}), format);
+    const int64_t rows = 300, nb = cols / nn::kQuantBlock;
+    for (auto format : {nn::QuantFormat::Q8, nn::QuantFormat::Q4}) {
+      const auto w = nn::quantize(torch::randn({rows, cols}), format);
       std::vector<torch::Tensor> q, scale, offset, ys;
-      std::vector<llm::QuantizedInput> xs;
+      std::vector<nn::QuantizedInput> xs;
       for (int i = 0; i < 3; ++i) {
         q.push_back(torch::empty({cols}, torch::kInt8));
         scale.push_back(torch::empty({nb}, torch::kFloat32));
@@ -77,17 +78,17 @@ TEST(MatvecQuantMulti, EachVectorIsBitForBitItsOwnMatvec) {
         ys.push_back(torch::empty({rows}, torch::kFloat32));
         xs.push_back({q[i].data_ptr<int8_t>(), scale[i].data_ptr<float>(), offset[i].data_ptr<float>(), cols});
         const auto x = torch::randn({cols});
-        llm::quantize_input(x.data_ptr<float>(), xs[i]);
+        nn::quantize_input(x.data_ptr<float>(), xs[i]);
       }
-      for (auto isa : {llm::MatvecIsa::Scalar, llm::MatvecIsa::Avx2, llm::MatvecIsa::Avx512Bf16}) {
-        if (!llm::matvec_isa_supported(isa)) continue;
+      for (auto isa : {nn::MatvecIsa::Scalar, nn::MatvecIsa::Avx2, nn::MatvecIsa::Avx512Bf16}) {
+        if (!nn::matvec_isa_supported(isa)) continue;
         std::vector<float*> out;
         for (auto& y : ys) out.push_back(y.data_ptr<float>());
-        llm::matvec_quant_multi(w, xs, out, isa);
+        nn::matvec_quant_multi(w, xs, out, isa);
         for (int i = 0; i < 3; ++i) {
           auto want = torch::empty({rows}, torch::kFloat32);
-          llm::matvec_quant(w, xs[i], want.data_ptr<float>(), isa);
-          EXPECT_TRUE(torch::equal(ys[i], want)) << llm::quant_format_name(format) << " " << llm::matvec_isa_name(isa)
+          nn::matvec_quant(w, xs[i], want.data_ptr<float>(), isa);
+          EXPECT_TRUE(torch::equal(ys[i], want)) << nn::quant_format_name(format) << " " << nn::matvec_isa_name(isa)
                                                  << " cols " << cols << " vector " << i;
         }
         EXPECT_FALSE(torch::equal(ys[0], ys[1]));
@@ -133,13 +134,13 @@ TEST(DecodeBatch, EachRowIsBitForBitItsSequencesOwnStep) { expect_batch_rows_equ
 // stories260K quantized: the 64-wide projections take the q8/q4 multi-row kernel, the 172-wide
 // down projections and the tied head stay bf16 (matvec_bf16_multi).
 TEST(DecodeBatch, EachRowIsBitForBitItsSequencesOwnStepQ8) {
-  const auto& m = stories_quant(llm::QuantFormat::Q8);
+  const auto& m = stories_quant(nn::QuantFormat::Q8);
   ASSERT_TRUE(m.weights.layers[0].q_wq.defined());
   expect_batch_rows_equal_own_steps(m);
 }
 
 TEST(DecodeBatch, EachRowIsBitForBitItsSequencesOwnStepQ4) {
-  const auto& m = stories_quant(llm::QuantFormat::Q4);
+  const auto& m = stories_quant(nn::QuantFormat::Q4);
   ASSERT_TRUE(m.weights.layers[0].q_wq.defined());
   expect_batch_rows_equal_own_steps(m);
 }
@@ -216,7 +217,7 @@ void expect_loop_equals_alone(const llm::LlamaModel& m) {
 TEST(DecodeLoop, SequencesThatShareStepsGenerateWhatTheyGenerateAloneBf16) { expect_loop_equals_alone(stories_bf16()); }
 
 TEST(DecodeLoop, SequencesThatShareStepsGenerateWhatTheyGenerateAloneQ8) {
-  expect_loop_equals_alone(stories_quant(llm::QuantFormat::Q8));
+  expect_loop_equals_alone(stories_quant(nn::QuantFormat::Q8));
 }
 
 TEST(DecodeLoop, SequencesThatShareStepsGenerateWhatTheyGenerateAloneF32) { expect_loop_equals_alone(t::stories_model()); }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/shared.h"
+#include "common/tensors.h"
 #include "io/checkpoint.h"
 #include "llm/model.h"
 
@@ -45,10 +46,6 @@ inline const llm::LlamaModel& stories_bf16() {
 inline std::vector<int64_t> to_ids(const torch::Tensor& t) {
   auto c = t.to(torch::kInt64).contiguous();
   return {c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()};
-}
-
-inline double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
 }
 
 // Copies every regular file of `from` into a fresh scratch dir (to corrupt a copy, not the fixture).

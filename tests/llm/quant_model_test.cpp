@@ -14,6 +14,7 @@
 #include "llm_test_util.h"
 
 namespace llm = iadgpt::llm;
+namespace nn = iadgpt::nn;
 namespace t = iadgpt::test;
 
 namespace {
@@ -31,7 +32,7 @@ std::vector<Seq> tiny_sequences() {
   return out;
 }
 
-llm::LlamaModel load_quantized(const std::filesystem::path& dir, llm::QuantFormat format) {
+llm::LlamaModel load_quantized(const std::filesystem::path& dir, nn::QuantFormat format) {
   return llm::load_model(dir, {.dtype = torch::kBFloat16, .quant = format});
 }
 
@@ -63,10 +64,10 @@ TEST(QuantModel, LlamaTinyLogitsStayCloseToReference) {
   // 7, where one near-tie flips 14 %): q8 measured 0.98 → ≥ 0.95; q4 0.78–0.82 → ≥ 0.65.
   const auto& ref = t::llama_tiny_reference();
   struct Case {
-    llm::QuantFormat format;
+    nn::QuantFormat format;
     double bound, min_top1;
   };
-  for (const auto& [format, bound, min_top1] : {Case{llm::QuantFormat::Q8, 0.15, 0.95}, Case{llm::QuantFormat::Q4, 1.0, 0.65}}) {
+  for (const auto& [format, bound, min_top1] : {Case{nn::QuantFormat::Q8, 0.15, 0.95}, Case{nn::QuantFormat::Q4, 1.0, 0.65}}) {
     const auto m = load_quantized(t::llama_tiny(), format);
     ASSERT_EQ(tiny_sequences().size(), 3u);
     ASSERT_EQ(m.weights.quant, format);
@@ -77,7 +78,7 @@ TEST(QuantModel, LlamaTinyLogitsStayCloseToReference) {
       const auto& want = ref.at(s.name + ".logits");
       const auto [block, steps] = prefill_and_decode(m, s.ids);
       const double e_block = t::max_abs_diff(block, want), e_steps = t::max_abs_diff(steps, want);
-      std::cout << "[ measured ] llama_tiny " << llm::quant_format_name(format) << " " << s.name
+      std::cout << "[ measured ] llama_tiny " << nn::quant_format_name(format) << " " << s.name
                 << ": max |Δlogit| prefill " << e_block << ", decode " << e_steps << "; top-1 agreement prefill "
                 << top1_agreement(block, want) << ", decode " << top1_agreement(steps, want) << "\n";
       EXPECT_LE(e_block, bound) << s.name;
@@ -90,7 +91,7 @@ TEST(QuantModel, LlamaTinyLogitsStayCloseToReference) {
       EXPECT_LE(t::max_abs_diff(block, steps), 0.1) << s.name;
     }
     const auto want = torch::cat(wants), block = torch::cat(blocks), steps = torch::cat(all_steps);
-    std::cout << "[ measured ] llama_tiny " << llm::quant_format_name(format) << " top-1 agreement over "
+    std::cout << "[ measured ] llama_tiny " << nn::quant_format_name(format) << " top-1 agreement over "
               << want.size(0) << " positions: prefill " << top1_agreement(block, want) << ", decode "
               << top1_agreement(steps, want) << "\n";
     EXPECT_GE(top1_agreement(block, want), min_top1);
@@ -114,11 +115,11 @@ TEST(QuantModel, Stories260KLogitsTop1AndGreedyAgreement) {
   const auto want_ids = expected["greedy_ids"].get<std::vector<int64_t>>();
   auto tok = llm::Tokenizer::from_path(t::fixture("stories260K"));
   struct Case {
-    llm::QuantFormat format;
+    nn::QuantFormat format;
     double max_logit_err, min_top1;
     int64_t min_prefix;
   };
-  for (const auto& c : {Case{llm::QuantFormat::Q8, 0.5, 0.95, 50}, Case{llm::QuantFormat::Q4, 10.0, 0.8, 20}}) {
+  for (const auto& c : {Case{nn::QuantFormat::Q8, 0.5, 0.95, 50}, Case{nn::QuantFormat::Q4, 10.0, 0.8, 20}}) {
     const auto m = load_quantized(t::fixture("stories260K"), c.format);
     llm::KvCache cache(m, 512);
     const auto logits = llm::forward_tokens(m, cache, ids, llm::Logits::All);
@@ -132,7 +133,7 @@ TEST(QuantModel, Stories260KLogitsTop1AndGreedyAgreement) {
     int64_t prefix = 0, same = 0;
     while (prefix < static_cast<int64_t>(out.tokens.size()) && out.tokens[prefix] == want_ids[prefix]) ++prefix;
     for (size_t i = 0; i < std::min(out.tokens.size(), want_ids.size()); ++i) same += out.tokens[i] == want_ids[i];
-    std::cout << "[ measured ] stories260K " << llm::quant_format_name(c.format) << ": max |Δlogit| " << err
+    std::cout << "[ measured ] stories260K " << nn::quant_format_name(c.format) << ": max |Δlogit| " << err
               << ", top-1 agreement " << top1 << " over " << ids.size() << " positions; greedy 200: first "
               << prefix << " tokens identical, " << same << "/200 equal at the same position\n";
     EXPECT_LE(err, c.max_logit_err);
@@ -144,12 +145,12 @@ TEST(QuantModel, Stories260KLogitsTop1AndGreedyAgreement) {
 }
 
 TEST(QuantModel, QuantizedLoadNeedsBf16AndRefusesLaterLoraMerge) {
-  EXPECT_THROW(llm::load_model(t::llama_tiny(), {.dtype = torch::kFloat32, .quant = llm::QuantFormat::Q8}),
+  EXPECT_THROW(llm::load_model(t::llama_tiny(), {.dtype = torch::kFloat32, .quant = nn::QuantFormat::Q8}),
                iadgpt::InputError);
-  auto m = load_quantized(t::llama_tiny(), llm::QuantFormat::Q4);
+  auto m = load_quantized(t::llama_tiny(), nn::QuantFormat::Q4);
   const auto adapter = llm::load_lora(t::llama_tiny("lora"));
   EXPECT_THROW(llm::merge_lora(m, adapter), iadgpt::InputError);
-  EXPECT_THROW(llm::quantize_weights(m.weights, llm::QuantFormat::Q8), iadgpt::InputError);  // already quantized
+  EXPECT_THROW(llm::quantize_weights(m.weights, nn::QuantFormat::Q8), iadgpt::InputError);  // already quantized
 }
 
 TEST(QuantModel, PrefillOverManyWeightTilesMatchesTheDequantizedModel) {
@@ -168,14 +169,14 @@ TEST(QuantModel, PrefillOverManyWeightTilesMatchesTheDequantizedModel) {
   c.num_heads = c.num_kv_heads = 4;
   c.max_position_embeddings = 64;
   llm::LlamaModel quantized(c, llm::random_weights(c, torch::kBFloat16, 7), torch::kBFloat16);
-  llm::quantize_model(quantized, llm::QuantFormat::Q4);
+  llm::quantize_model(quantized, nn::QuantFormat::Q4);
   ASSERT_TRUE(quantized.weights.q_lm_head.defined());
   ASSERT_EQ(quantized.weights.q_lm_head.rows(), 40000);  // many more rows than one tile (64 at 64 columns)
 
   auto whole = quantized.weights;
-  auto expand = [](torch::Tensor& w, llm::QuantMatrix& q) {
+  auto expand = [](torch::Tensor& w, nn::QuantMatrix& q) {
     if (!q.defined()) return;
-    w = llm::dequantize(q).to(torch::kBFloat16);
+    w = nn::dequantize(q).to(torch::kBFloat16);
     q = {};
   };
   expand(whole.lm_head, whole.q_lm_head);
@@ -183,7 +184,7 @@ TEST(QuantModel, PrefillOverManyWeightTilesMatchesTheDequantizedModel) {
     expand(L.wq, L.q_wq), expand(L.wk, L.q_wk), expand(L.wv, L.q_wv), expand(L.wo, L.q_wo);
     expand(L.w_gate, L.q_gate), expand(L.w_up, L.q_up), expand(L.w_down, L.q_down);
   }
-  whole.quant = llm::QuantFormat::None;
+  whole.quant = nn::QuantFormat::None;
   const llm::LlamaModel reference(c, whole, torch::kBFloat16);
 
   const std::vector<int64_t> ids{1, 17, 39999, 256, 4096, 12345, 2};

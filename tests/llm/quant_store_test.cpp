@@ -15,6 +15,7 @@
 #include "llm_test_util.h"
 
 namespace llm = iadgpt::llm;
+namespace nn = iadgpt::nn;
 namespace io = iadgpt::io;
 namespace t = iadgpt::test;
 namespace fs = std::filesystem;
@@ -49,18 +50,18 @@ const fs::path& fp32_source() {
 }
 
 // One stored quantized copy of it per format, written once per binary.
-const fs::path& stored(llm::QuantFormat f) {
+const fs::path& stored(nn::QuantFormat f) {
   static const fs::path q8 = [] {
     auto d = t::scratch("quant-store-q8") / "llm";
-    llm::quantize_checkpoint(fp32_source(), llm::QuantFormat::Q8, d);
+    llm::quantize_checkpoint(fp32_source(), nn::QuantFormat::Q8, d);
     return d;
   }();
   static const fs::path q4 = [] {
     auto d = t::scratch("quant-store-q4") / "llm";
-    llm::quantize_checkpoint(fp32_source(), llm::QuantFormat::Q4, d);
+    llm::quantize_checkpoint(fp32_source(), nn::QuantFormat::Q4, d);
     return d;
   }();
-  return f == llm::QuantFormat::Q8 ? q8 : q4;
+  return f == nn::QuantFormat::Q8 ? q8 : q4;
 }
 
 // Address ranges at which `file` is memory-mapped by this process now.
@@ -86,7 +87,7 @@ bool inside(const torch::Tensor& t, const std::vector<std::pair<uintptr_t, uintp
 }
 
 // Rewrites <dir>/model.safetensors after `edit` (a damaged copy of a stored checkpoint).
-fs::path damaged_copy(llm::QuantFormat f, const std::string& name, const std::function<void(io::TensorMap&)>& edit,
+fs::path damaged_copy(nn::QuantFormat f, const std::string& name, const std::function<void(io::TensorMap&)>& edit,
                       std::map<std::string, std::string> metadata = {}) {
   const auto dir = t::copy_dir(stored(f), name);
   std::map<std::string, std::string> meta;
@@ -110,7 +111,7 @@ std::string load_error(const fs::path& dir, llm::LoadOptions options = {.dtype =
 }  // namespace
 
 TEST(QuantStore, StoredCheckpointGivesTheSameLogitsAsQuantizingAtLoadBitForBit) {
-  for (auto f : {llm::QuantFormat::Q8, llm::QuantFormat::Q4}) {
+  for (auto f : {nn::QuantFormat::Q8, nn::QuantFormat::Q4}) {
     const auto at_load = llm::load_model(fp32_source(), {.dtype = torch::kBFloat16, .quant = f});
     const auto from_file = llm::load_model(stored(f), {.dtype = torch::kBFloat16});
     ASSERT_EQ(from_file.weights.quant, f);
@@ -119,16 +120,16 @@ TEST(QuantStore, StoredCheckpointGivesTheSameLogitsAsQuantizingAtLoadBitForBit) 
     // Same stored format asked explicitly: accepted, same model.
     const auto asked = llm::load_model(stored(f), {.dtype = torch::kBFloat16, .quant = f});
     const auto a = block_then_step(at_load), b = block_then_step(from_file);
-    EXPECT_TRUE(torch::equal(a, b)) << llm::quant_format_name(f) << " max |Δ| " << t::max_abs_diff(a, b);
+    EXPECT_TRUE(torch::equal(a, b)) << nn::quant_format_name(f) << " max |Δ| " << t::max_abs_diff(a, b);
     EXPECT_TRUE(torch::equal(block_then_step(asked), a));
   }
 }
 
 TEST(QuantStore, QuantizedWeightsAreReadFromTheMapNotCopied) {
   // The quants are views of the file's memory map: loading costs no quantization and no copy.
-  const auto file = stored(llm::QuantFormat::Q4) / "model.safetensors";
+  const auto file = stored(nn::QuantFormat::Q4) / "model.safetensors";
   {
-    const auto m = llm::load_model(stored(llm::QuantFormat::Q4), {.dtype = torch::kBFloat16});
+    const auto m = llm::load_model(stored(nn::QuantFormat::Q4), {.dtype = torch::kBFloat16});
     const auto ranges = mappings(file);
     ASSERT_FALSE(ranges.empty());
     for (const auto& L : m.weights.layers)
@@ -144,15 +145,15 @@ TEST(QuantStore, QuantizedWeightsAreReadFromTheMapNotCopied) {
 
 TEST(QuantStore, StoredLayoutMatchesTheDocumentedFormat) {
   // Read with the plain safetensors reader and decoded here from the README's description (not
-  // with llm::dequantize): every weight within the documented round-trip bound of the fixture's
+  // with nn::dequantize): every weight within the documented round-trip bound of the fixture's
   // fp32 value. q8: |w − s·q| ≤ |s|/2; q4: ≤ |s| (the clamp at +7). Slack 1e-6·|s| for the fp32
   // product s·q.
   const auto ref = io::load_safetensors(fp32_source() / "model.safetensors");
-  for (auto f : {llm::QuantFormat::Q8, llm::QuantFormat::Q4}) {
+  for (auto f : {nn::QuantFormat::Q8, nn::QuantFormat::Q4}) {
     std::map<std::string, std::string> meta;
     const auto got = io::load_safetensors(stored(f) / "model.safetensors", &meta);
-    EXPECT_EQ(meta.at("iadgpt_quant"), llm::quant_format_name(f));
-    EXPECT_EQ(t::read_json(stored(f) / "config.json").at("iadgpt_quant"), llm::quant_format_name(f));
+    EXPECT_EQ(meta.at("iadgpt_quant"), nn::quant_format_name(f));
+    EXPECT_EQ(t::read_json(stored(f) / "config.json").at("iadgpt_quant"), nn::quant_format_name(f));
     EXPECT_EQ(got.at("model.embed_tokens.weight").scalar_type(), torch::kBFloat16);
     EXPECT_EQ(got.at("model.norm.weight").scalar_type(), torch::kFloat32);
     // down_proj's input size 176 is not a multiple of 32: kept bf16 under its HF name.
@@ -160,7 +161,7 @@ TEST(QuantStore, StoredLayoutMatchesTheDocumentedFormat) {
     EXPECT_EQ(got.count("model.layers.0.mlp.down_proj.weight.q"), 0u);
     for (const std::string key : {"model.layers.1.self_attn.k_proj.weight", "model.layers.0.mlp.gate_proj.weight", "lm_head.weight"}) {
       const auto w = ref.at(key).to(torch::kFloat32).contiguous();
-      const bool q8 = f == llm::QuantFormat::Q8 || key == "lm_head.weight";  // the head is always q8
+      const bool q8 = f == nn::QuantFormat::Q8 || key == "lm_head.weight";  // the head is always q8
       const auto q = got.at(key + ".q"), s = got.at(key + ".scale").to(torch::kFloat32);
       ASSERT_EQ(q.scalar_type(), q8 ? torch::kInt8 : torch::kUInt8) << key;
       ASSERT_EQ(q.size(1), q8 ? w.size(1) : w.size(1) / 2) << key;
@@ -180,13 +181,13 @@ TEST(QuantStore, StoredLayoutMatchesTheDocumentedFormat) {
           const double err = std::abs(w[r][c].item<float>() - scale * static_cast<float>(v));
           if (scale != 0) worst = std::max(worst, err / std::abs(scale));
         }
-      EXPECT_LE(worst, (q8 ? 0.5 : 1.0) + 1e-6) << key << " " << llm::quant_format_name(f);
+      EXPECT_LE(worst, (q8 ? 0.5 : 1.0) + 1e-6) << key << " " << nn::quant_format_name(f);
     }
   }
 }
 
 TEST(QuantStore, DamagedStoredCheckpointsFailNamingTheKey) {
-  using F = llm::QuantFormat;
+  using F = nn::QuantFormat;
   const std::string k = "model.layers.1.self_attn.v_proj.weight";
   struct Case {
     std::string name, expected;
@@ -220,21 +221,21 @@ TEST(QuantStore, DamagedStoredCheckpointsFailNamingTheKey) {
 }
 
 TEST(QuantStore, StoredCheckpointRefusesOtherDtypesFormatsAndRequantization) {
-  const auto dir = stored(llm::QuantFormat::Q8);
+  const auto dir = stored(nn::QuantFormat::Q8);
   EXPECT_NE(load_error(dir, {.dtype = torch::kFloat32}).find("stored quantized (q8)"), std::string::npos);
-  EXPECT_NE(load_error(dir, {.dtype = torch::kBFloat16, .quant = llm::QuantFormat::Q4}).find("stored quantized (q8)"),
+  EXPECT_NE(load_error(dir, {.dtype = torch::kBFloat16, .quant = nn::QuantFormat::Q4}).find("stored quantized (q8)"),
             std::string::npos);
-  EXPECT_THROW(llm::quantize_checkpoint(dir, llm::QuantFormat::Q4, t::scratch("qs-again")), iadgpt::InputError);
-  EXPECT_THROW(llm::quantize_checkpoint(t::llama_tiny(), llm::QuantFormat::None, t::scratch("qs-none")), iadgpt::InputError);
-  EXPECT_THROW(llm::quantize_checkpoint(t::scratch("qs-empty"), llm::QuantFormat::Q8, t::scratch("qs-out")), iadgpt::InputError);
+  EXPECT_THROW(llm::quantize_checkpoint(dir, nn::QuantFormat::Q4, t::scratch("qs-again")), iadgpt::InputError);
+  EXPECT_THROW(llm::quantize_checkpoint(t::llama_tiny(), nn::QuantFormat::None, t::scratch("qs-none")), iadgpt::InputError);
+  EXPECT_THROW(llm::quantize_checkpoint(t::scratch("qs-empty"), nn::QuantFormat::Q8, t::scratch("qs-out")), iadgpt::InputError);
 }
 
 TEST(QuantStore, QuantizeModelInMemoryEqualsQuantizingAtLoad) {
   // quantize_model on the fp32 model (what `iadgpt quantize` does after merging) = LoadOptions::quant.
   auto m = llm::load_model(fp32_source());
-  llm::quantize_model(m, llm::QuantFormat::Q4);
+  llm::quantize_model(m, nn::QuantFormat::Q4);
   EXPECT_EQ(m.weights.embed.scalar_type(), torch::kBFloat16);
   EXPECT_EQ(m.weights.layers[0].w_down.scalar_type(), torch::kBFloat16);
-  const auto at_load = llm::load_model(fp32_source(), {.dtype = torch::kBFloat16, .quant = llm::QuantFormat::Q4});
+  const auto at_load = llm::load_model(fp32_source(), {.dtype = torch::kBFloat16, .quant = nn::QuantFormat::Q4});
   EXPECT_TRUE(torch::equal(block_then_step(m), block_then_step(at_load)));
 }

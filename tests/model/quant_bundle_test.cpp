@@ -52,28 +52,28 @@ std::string bundle_error(const fs::path& dir) {
 
 TEST(QuantBundle, QuantizedBundleInspectsExactlyAsQuantizingAtLoad) {
   const auto b = bundle_with_loras("quant-bundle");
-  for (auto f : {llm::QuantFormat::Q8, llm::QuantFormat::Q4}) {
-    const auto out = test::scratch("quant-bundle") / fmt::format("out-{}", llm::quant_format_name(f));
+  for (auto f : {nn::QuantFormat::Q8, nn::QuantFormat::Q4}) {
+    const auto out = test::scratch("quant-bundle") / fmt::format("out-{}", nn::quant_format_name(f));
     const auto q = model::quantize_bundle(b, f, out);
-    EXPECT_EQ(q.quant, llm::quant_format_name(f));
+    EXPECT_EQ(q.quant, nn::quant_format_name(f));
     EXPECT_FALSE(q.lora.has_value());  // merged into the stored weights
     EXPECT_EQ(llm::stored_quant_format(q.llm / "config.json"), f);
     auto at_load = b;
-    at_load.quant = llm::quant_format_name(f);
+    at_load.quant = nn::quant_format_name(f);
     const auto [odds_file, logits_file] = decision(q);
     const auto [odds_load, logits_load] = decision(at_load);
-    EXPECT_EQ(odds_file, odds_load) << llm::quant_format_name(f);
-    EXPECT_TRUE(torch::equal(logits_file, logits_load)) << llm::quant_format_name(f);
+    EXPECT_EQ(odds_file, odds_load) << nn::quant_format_name(f);
+    EXPECT_TRUE(torch::equal(logits_file, logits_load)) << nn::quant_format_name(f);
     // The LoRAs are really in the stored weights: without them the same quantization differs.
     auto no_lora = at_load;
     no_lora.lora.reset();
-    EXPECT_FALSE(torch::equal(decision(no_lora).second, logits_file)) << llm::quant_format_name(f);
+    EXPECT_FALSE(torch::equal(decision(no_lora).second, logits_file)) << nn::quant_format_name(f);
   }
 }
 
 TEST(QuantBundle, QuantFieldIsValidatedAgainstTheStoredLlm) {
   const auto b = bundle_with_loras("quant-bundle-fields");
-  const auto q8 = model::quantize_bundle(b, llm::QuantFormat::Q8, test::scratch("quant-bundle-fields") / "q8");
+  const auto q8 = model::quantize_bundle(b, nn::QuantFormat::Q8, test::scratch("quant-bundle-fields") / "q8");
   auto edit = [&](const std::string& name, const std::function<void(nlohmann::json&)>& change) {
     const auto dir = test::scratch("quant-bundle-fields") / name;
     fs::create_directories(dir);
@@ -93,7 +93,7 @@ TEST(QuantBundle, QuantFieldIsValidatedAgainstTheStoredLlm) {
   EXPECT_NE(e.find("field 'quant' is 'none'"), std::string::npos) << e;
   e = edit("lora", [&](nlohmann::json& j) { j["lora"] = test::fixture("llama_tiny/lora").string(); });
   EXPECT_NE(e.find("field 'lora'"), std::string::npos) << e;
-  EXPECT_THROW(model::quantize_bundle(q8, llm::QuantFormat::Q4, test::scratch("quant-bundle-fields") / "again"), InputError);
+  EXPECT_THROW(model::quantize_bundle(q8, nn::QuantFormat::Q4, test::scratch("quant-bundle-fields") / "again"), InputError);
   // The field round-trips through the JSON and is left out when none.
   EXPECT_EQ(model::bundle_to_json(q8).at("quant"), "q8");
   EXPECT_FALSE(model::bundle_to_json(b).contains("quant"));

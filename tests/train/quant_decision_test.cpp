@@ -1,8 +1,8 @@
-// Issue 14: weight-only quantization keeps the trained IAD-GPT's Yes/No decision. A small bundle is
-// trained here (`iadgpt train`: frozen imagebind_tiny, llama_tiny with a LoRA, procedural parts,
-// few-shot), then the same bundle inspects held-out procedural parts with its LLM in bf16 and
-// quantized at load to q8 and q4 (LoRA merged first, model::load_bundle_llm), and the decisions
-// are compared part by part.
+// Issue 14: weight-only quantization keeps the trained IAD-GPT's Yes/No decision and its maps. A
+// small bundle is trained once per run (`iadgpt train`: frozen imagebind_tiny, llama_tiny with a
+// LoRA, procedural parts, few-shot), then the same bundle inspects held-out procedural parts in
+// bf16 and quantized at load: its LLM to q8 and q4 (LoRA merged first, model::load_bundle_llm), or
+// its vision tower to q8 (vision/vit.h quantize_weights); the results are compared part by part.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -13,6 +13,7 @@
 #include "common/shared.h"
 #include "common/tiny_training.h"
 #include "data/procedural.h"
+#include "eval/metrics.h"
 #include "image/decode.h"
 #include "model/bundle.h"
 #include "model/pipeline.h"
@@ -47,12 +48,15 @@ std::vector<Part> test_parts(const fs::path& root, const std::vector<std::string
 struct Decisions {
   std::vector<bool> anomalous;
   std::vector<double> log_odds;
+  std::vector<torch::Tensor> maps;  // [H, W] fp32 per part
 };
 
+// `quant`: the LLM's format; `vision_quant`: the vision tower's.
 Decisions decide(model::Bundle bundle, const std::string& quant, const fs::path& root, const std::vector<Part>& parts,
-                 int shots) {
+                 int shots, const std::string& vision_quant = "none") {
   bundle.dtype = "bf16";
   bundle.quant = quant;
+  bundle.vision_quant = vision_quant;
   model::IadGpt m(bundle);
   Decisions out;
   std::string current;
@@ -70,18 +74,13 @@ Decisions decide(model::Bundle bundle, const std::string& quant, const fs::path&
     const auto r = m.inspect(image::decode_file(p.file), opt);
     out.anomalous.push_back(r.anomalous);
     out.log_odds.push_back(r.log_odds);
+    out.maps.push_back(r.map.to(torch::kFloat32).contiguous());
   }
   return out;
 }
 
-}  // namespace
-
-TEST(QuantDecision, TrainedBundleDecidesYesNoAsBf16OnAtLeast98PercentOfParts) {
-  const auto dir = test::scratch("quant-decision");
-  fs::remove_all(dir);
-  const std::vector<std::string> classes = {"washer", "screw", "pcb", "fabric", "wood"};
-  data::write_procedural_dataset(dir / "parts", {.classes = classes, .train = 6, .test_good = 10, .test_defect = 2});
-  const int shots = 4;
+// The bundle of the tests: trained on `classes` of the procedural tree under dir/parts.
+model::Bundle train_bundle(const fs::path& dir, const std::vector<std::string>& classes, int shots) {
   auto cfg = test::tiny_training_config(dir / "out");
   cfg.update(nlohmann::json{
       {"llm_tuning", "lora"},
@@ -102,13 +101,67 @@ TEST(QuantDecision, TrainedBundleDecidesYesNoAsBf16OnAtLeast98PercentOfParts) {
       {"resume", false}});
   std::ofstream(dir / "train.json") << cfg.dump(1);
   const auto r = test::run_iadgpt({"--threads", "2", "train", "--quiet", "--config", (dir / "train.json").string()});
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  const auto bundle = model::read_bundle(dir / "out");
-  ASSERT_TRUE(bundle.lora.has_value());  // the quantized runs merge it first
+  if (r.exit_code != 0) throw std::runtime_error("iadgpt train failed: " + r.err);
+  return model::read_bundle(dir / "out");
+}
 
-  const auto parts = test_parts(dir / "parts", classes);
+// The defect mask of a held-out part (0/1, the part's size): <class>/ground_truth/<defect>/NNN_mask.png,
+// all zeros for a good part.
+torch::Tensor part_mask(const Part& p, int64_t h, int64_t w) {
+  const auto defect = p.file.parent_path().filename().string();
+  if (defect == "good") return torch::zeros({h, w}, torch::kUInt8);
+  const auto file = p.file.parent_path().parent_path().parent_path() / "ground_truth" / defect /
+                    (p.file.stem().string() + "_mask.png");
+  const auto mask = image::decode_file(file);  // 8-bit, 0/255, the channels alike
+  const auto t = torch::from_blob(mask.data, {mask.rows, mask.cols, mask.channels()}, torch::kUInt8).select(2, 0);
+  if (t.size(0) != h || t.size(1) != w) throw std::runtime_error("mask and map sizes differ: " + file.string());
+  return t.gt(127).to(torch::kUInt8).contiguous();
+}
+
+// Pixel AUROC of the maps against the parts' masks, all pixels pooled (eval::binary_metrics).
+double pixel_auroc(const std::vector<torch::Tensor>& maps, const std::vector<Part>& parts) {
+  std::vector<float> scores;
+  std::vector<uint8_t> labels;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const auto& m = maps[i];
+    const auto mask = part_mask(parts[i], m.size(0), m.size(1));
+    scores.insert(scores.end(), m.data_ptr<float>(), m.data_ptr<float>() + m.numel());
+    labels.insert(labels.end(), mask.data_ptr<uint8_t>(), mask.data_ptr<uint8_t>() + mask.numel());
+  }
+  return eval::binary_metrics(scores, labels, "pixel").auroc;
+}
+
+struct Trained {
+  fs::path dir;
+  std::vector<std::string> classes = {"washer", "screw", "pcb", "fabric", "wood"};
+  int shots = 4;
+  model::Bundle bundle;
+  std::vector<Part> parts;
+  Decisions bf16;  // the reference: LLM and vision tower unquantized
+};
+
+// Trained once per test binary run; every test compares against its bf16 results.
+const Trained& trained() {
+  static const Trained t = [] {
+    Trained t;
+    t.dir = test::scratch("quant-decision");
+    fs::remove_all(t.dir);
+    data::write_procedural_dataset(t.dir / "parts", {.classes = t.classes, .train = 6, .test_good = 10, .test_defect = 2});
+    t.bundle = train_bundle(t.dir, t.classes, t.shots);
+    t.parts = test_parts(t.dir / "parts", t.classes);
+    t.bf16 = decide(t.bundle, "none", t.dir / "parts", t.parts, t.shots);
+    return t;
+  }();
+  return t;
+}
+
+}  // namespace
+
+TEST(QuantDecision, TrainedBundleDecidesYesNoAsBf16OnAtLeast98PercentOfParts) {
+  const auto& t = trained();
+  const auto& [dir, classes, shots, bundle, parts, ref] = t;
+  ASSERT_TRUE(bundle.lora.has_value());  // the quantized runs merge it first
   ASSERT_EQ(parts.size(), 5u * (10 + 5 * 2));
-  const auto ref = decide(bundle, "none", dir / "parts", parts, shots);
   int yes = 0;
   for (bool a : ref.anomalous) yes += a;
   // Bounds, measured here (70 training steps) and on the demo's trained bundle (`iadgpt demo`,
@@ -148,4 +201,31 @@ TEST(QuantDecision, TrainedBundleDecidesYesNoAsBf16OnAtLeast98PercentOfParts) {
   // The test means something only if the model decides both ways on these parts.
   EXPECT_GT(yes, 5);
   EXPECT_LT(yes, static_cast<int>(parts.size()) - 5);
+}
+
+TEST(QuantDecision, Int8VisionTowerKeepsTheMapsAndTheDecision) {
+  const auto& t = trained();
+  const auto& ref = t.bf16;
+  const auto got = decide(t.bundle, "none", t.dir / "parts", t.parts, t.shots, "q8");
+  int agree = 0;
+  double max_shift = 0, max_map = 0;
+  for (size_t i = 0; i < t.parts.size(); ++i) {
+    agree += got.anomalous[i] == ref.anomalous[i];
+    max_shift = std::max(max_shift, std::abs(got.log_odds[i] - ref.log_odds[i]));
+    max_map = std::max(max_map, (got.maps[i] - ref.maps[i]).abs().max().item<double>());
+  }
+  const double auroc_bf16 = pixel_auroc(ref.maps, t.parts), auroc_q8 = pixel_auroc(got.maps, t.parts);
+  fmt::print("[ measured ] vision q8: decision agrees with bf16 on {}/{} parts; max |Δ log-odds| {:.3f}; max |Δ map| {:.4f}; "
+             "pixel AUROC bf16 {:.4f}, q8 {:.4f}\n",
+             agree, t.parts.size(), max_shift, max_map, auroc_bf16, auroc_q8);
+  // Bounds, measured here (2026-12-05): 100/100 parts agree, log-odds move by ≤ 0.062, map values
+  // (0..1) by ≤ 0.0038, pixel AUROC 0.8813 → 0.8809. The decision: ≥ 98 % agreement, as the
+  // issue asks of quantization, and a shift under 0.25 (4× measured; the LLM's q8 bound above).
+  // The maps: ≤ 0.02 (5× measured), and the pixel AUROC within 0.01 of bf16's. With the
+  // quantized layers' bias left out (a structural bug), 95/100 agreed, the shift was 0.44 and
+  // the map moved by 0.033: three of the four checks fail.
+  EXPECT_GE(static_cast<double>(agree), 0.98 * static_cast<double>(t.parts.size()));
+  EXPECT_LE(max_shift, 0.25);
+  EXPECT_LE(max_map, 0.02);
+  EXPECT_LE(std::abs(auroc_q8 - auroc_bf16), 0.01);
 }

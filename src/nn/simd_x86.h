@@ -4,7 +4,7 @@
 #pragma once
 #include <immintrin.h>
 
-namespace iadgpt::llm::simd {
+namespace iadgpt::nn::simd {
 
 // Software prefetch distance of the weight streams. The hardware prefetchers alone left the bf16
 // row kernel well below a plain streaming read; prefetching each line 4 KiB ahead (into the rows
@@ -39,4 +39,4 @@ __attribute__((target("avx512f"))) inline float hsum16(__m512 v) {
   return _mm_cvtss_f32(s);
 }
 
-}  // namespace iadgpt::llm::simd
+}  // namespace iadgpt::nn::simd

@@ -4,8 +4,8 @@
 // these kernels stream W once, so decode runs close to the memory-bandwidth limit.
 //
 //   auto y = torch::empty({rows}, torch::kFloat32);
-//   iadgpt::llm::matvec_bf16(w, x_bf16, y);                        // best path for this CPU
-//   iadgpt::llm::matvec_bf16(w, x_bf16, y, MatvecIsa::Avx2);       // force a path (tests)
+//   iadgpt::nn::matvec_bf16(w, x_bf16, y);                        // best path for this CPU
+//   iadgpt::nn::matvec_bf16(w, x_bf16, y, MatvecIsa::Avx2);       // force a path (tests)
 //
 // Paths, chosen at run time: AVX-512 BF16 (`vdpbf16ps`: bf16 pairs multiplied exactly and
 // accumulated in fp32), AVX2 + FMA (bf16 widened to fp32, fp32 FMA), portable scalar. All three
@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <span>
 
-namespace iadgpt::llm {
+namespace iadgpt::nn {
 
 enum class MatvecIsa { Scalar, Avx2, Avx512Bf16 };
 
@@ -65,4 +65,4 @@ int kernel_threads();
 // `buffer_bytes` well above the last-level cache, or the figure is the cache's.
 double measure_read_bandwidth(int64_t buffer_bytes, int passes, MatvecIsa isa = best_matvec_isa());
 
-}  // namespace iadgpt::llm
+}  // namespace iadgpt::nn

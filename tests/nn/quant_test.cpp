@@ -8,25 +8,25 @@
 #include <vector>
 
 #include "io/error.h"
-#include "llm/quant.h"
-#include "llm_test_util.h"
+#include "nn/quant.h"
+#include "common/tensors.h"
 
-namespace llm = iadgpt::llm;
+namespace nn = iadgpt::nn;
 namespace t = iadgpt::test;
 
 namespace {
 
-const llm::MatvecIsa kAllPaths[] = {llm::MatvecIsa::Scalar, llm::MatvecIsa::Avx2, llm::MatvecIsa::Avx512Bf16};
-const llm::QuantFormat kFormats[] = {llm::QuantFormat::Q8, llm::QuantFormat::Q4};
+const nn::MatvecIsa kAllPaths[] = {nn::MatvecIsa::Scalar, nn::MatvecIsa::Avx2, nn::MatvecIsa::Avx512Bf16};
+const nn::QuantFormat kFormats[] = {nn::QuantFormat::Q8, nn::QuantFormat::Q4};
 
 // The stored integers per the README layout, read here without the library: q8 int8 row-major;
 // q4 byte 16b+j of a row holds element 32b+j (low nibble) and 32b+16+j (high nibble), as q + 8.
-std::vector<int> stored_quants(const llm::QuantMatrix& m, int64_t r) {
+std::vector<int> stored_quants(const nn::QuantMatrix& m, int64_t r) {
   const int64_t cols = m.cols();
   const auto q = m.q.contiguous();
   std::vector<int> out(static_cast<size_t>(cols));
   for (int64_t c = 0; c < cols; ++c) {
-    if (m.format == llm::QuantFormat::Q8) {
+    if (m.format == nn::QuantFormat::Q8) {
       out[c] = q.data_ptr<int8_t>()[r * cols + c];
     } else {
       const int byte = q.data_ptr<uint8_t>()[r * cols / 2 + (c / 32) * 16 + (c % 32) % 16];
@@ -37,7 +37,7 @@ std::vector<int> stored_quants(const llm::QuantMatrix& m, int64_t r) {
 }
 
 // float64 [rows, cols]: scale · q from the stored integers.
-torch::Tensor reference_dequant(const llm::QuantMatrix& m) {
+torch::Tensor reference_dequant(const nn::QuantMatrix& m) {
   auto out = torch::empty({m.rows(), m.cols()}, torch::kFloat64);
   const auto scale = m.scale.to(torch::kFloat64).contiguous();
   double* dst = out.data_ptr<double>();
@@ -66,13 +66,13 @@ torch::Tensor test_weights(int64_t rows, int64_t cols, uint64_t seed) {
 TEST(Quant, LayoutAndRoundTripBounds) {
   for (const auto format : kFormats) {
     const auto w = test_weights(7, 160, 3);
-    const auto m = llm::quantize(w, format);
+    const auto m = nn::quantize(w, format);
     ASSERT_EQ(m.rows(), 7);
     ASSERT_EQ(m.cols(), 160);
     const auto ref = reference_dequant(m);
     // dequantize() must read the layout as documented: products of an fp16 and a small integer
     // are exact in fp32, so equality is exact.
-    EXPECT_EQ(t::max_abs_diff(llm::dequantize(m), ref), 0.0) << llm::quant_format_name(format);
+    EXPECT_EQ(t::max_abs_diff(nn::dequantize(m), ref), 0.0) << nn::quant_format_name(format);
     const auto w64 = w.to(torch::kFloat64);
     for (int64_t r = 0; r < 7; ++r) {
       const auto q = stored_quants(m, r);
@@ -81,20 +81,20 @@ TEST(Quant, LayoutAndRoundTripBounds) {
         const double amax = block.abs().max().item<double>();
         const double s = m.scale[r][b].to(torch::kFloat64).item<double>();
         // The scale convention: q8 max|w|/127; q4 m/−8 (m the element of largest magnitude).
-        const double expected = format == llm::QuantFormat::Q8
+        const double expected = format == nn::QuantFormat::Q8
                                     ? amax / 127.0
                                     : block[block.abs().argmax().item<int64_t>()].item<double>() / -8.0;
         // fp16 rounding of the scale: relative 2^-11.
         EXPECT_NEAR(s, expected, std::abs(expected) * std::ldexp(1.0, -11) + 1e-30) << r << "," << b;
         for (int64_t i = 0; i < 32; ++i) {
           const int64_t c = b * 32 + i;
-          const int lo = format == llm::QuantFormat::Q8 ? -127 : -8, hi = format == llm::QuantFormat::Q8 ? 127 : 7;
+          const int lo = format == nn::QuantFormat::Q8 ? -127 : -8, hi = format == nn::QuantFormat::Q8 ? 127 : 7;
           ASSERT_GE(q[c], lo);
           ASSERT_LE(q[c], hi);
           // Round to nearest: |w − s·q| ≤ |s|/2 (relative slack 1e-6 for the fp32 division);
           // q4 elements clamped from +8 to 7 are up to |s| off.
           const double err = std::abs(w64[r][c].item<double>() - s * q[c]);
-          const bool clamped = format == llm::QuantFormat::Q4 && q[c] == 7 && w64[r][c].item<double>() / s > 7.5;
+          const bool clamped = format == nn::QuantFormat::Q4 && q[c] == 7 && w64[r][c].item<double>() / s > 7.5;
           EXPECT_LE(err, std::abs(s) * (clamped ? 1.0 : 0.5) * (1 + 1e-6)) << r << "," << c;
         }
       }
@@ -103,20 +103,20 @@ TEST(Quant, LayoutAndRoundTripBounds) {
 }
 
 TEST(Quant, RejectsColumnsNotAMultipleOf32AndMismatchedShapes) {
-  EXPECT_THROW(llm::quantize(torch::randn({4, 48}), llm::QuantFormat::Q8), iadgpt::InputError);
-  EXPECT_THROW(llm::quantize(torch::randn({4, 33}), llm::QuantFormat::Q4), iadgpt::InputError);
-  EXPECT_THROW(llm::quantize(torch::randn({64}), llm::QuantFormat::Q4), iadgpt::InputError);
-  const auto m = llm::quantize(torch::randn({4, 64}), llm::QuantFormat::Q8);
+  EXPECT_THROW(nn::quantize(torch::randn({4, 48}), nn::QuantFormat::Q8), iadgpt::InputError);
+  EXPECT_THROW(nn::quantize(torch::randn({4, 33}), nn::QuantFormat::Q4), iadgpt::InputError);
+  EXPECT_THROW(nn::quantize(torch::randn({64}), nn::QuantFormat::Q4), iadgpt::InputError);
+  const auto m = nn::quantize(torch::randn({4, 64}), nn::QuantFormat::Q8);
   auto y = torch::empty({4});
-  EXPECT_THROW(llm::matvec_quant(m, torch::randn({63}), y), iadgpt::InputError);
-  EXPECT_THROW(llm::matvec_quant(m, torch::randn({64}).to(torch::kBFloat16), y), iadgpt::InputError);
+  EXPECT_THROW(nn::matvec_quant(m, torch::randn({63}), y), iadgpt::InputError);
+  EXPECT_THROW(nn::matvec_quant(m, torch::randn({64}).to(torch::kBFloat16), y), iadgpt::InputError);
   auto y_short = torch::empty({3});
-  EXPECT_THROW(llm::matvec_quant(m, torch::randn({64}), y_short), iadgpt::InputError);
+  EXPECT_THROW(nn::matvec_quant(m, torch::randn({64}), y_short), iadgpt::InputError);
   auto y2 = torch::empty({5, 4});
-  EXPECT_THROW(llm::gemm_quant(m, torch::randn({5, 63}), y2), iadgpt::InputError);
-  EXPECT_THROW(llm::gemm_quant(m, torch::randn({4, 64}), y2), iadgpt::InputError);
-  EXPECT_THROW(llm::gemm_quant(m, torch::randn({5, 64}).to(torch::kBFloat16), y2), iadgpt::InputError);
-  EXPECT_THROW(llm::gemm_quant(llm::QuantMatrix{}, torch::randn({5, 64}), y2), iadgpt::InputError);
+  EXPECT_THROW(nn::gemm_quant(m, torch::randn({5, 63}), y2), iadgpt::InputError);
+  EXPECT_THROW(nn::gemm_quant(m, torch::randn({4, 64}), y2), iadgpt::InputError);
+  EXPECT_THROW(nn::gemm_quant(m, torch::randn({5, 64}).to(torch::kBFloat16), y2), iadgpt::InputError);
+  EXPECT_THROW(nn::gemm_quant(nn::QuantMatrix{}, torch::randn({5, 64}), y2), iadgpt::InputError);
 }
 
 // A NaN or infinite weight has no block scale: quantize refuses the matrix with an error that says
@@ -127,8 +127,8 @@ TEST(Quant, NonFiniteWeightsAreRefused) {
       auto w = torch::randn({3, 96});
       w[1][45] = bad;
       try {
-        llm::quantize(w, format);
-        ADD_FAILURE() << "accepted " << bad << " in " << llm::quant_format_name(format);
+        nn::quantize(w, format);
+        ADD_FAILURE() << "accepted " << bad << " in " << nn::quant_format_name(format);
       } catch (const iadgpt::InputError& e) {
         EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
       }
@@ -163,7 +163,7 @@ torch::Tensor test_input(int64_t cols, bool exact_x) {
 // y [rows] (one kernel's W x) against the float64 reference within the bound above.
 // dw: reference_dequant(m). `passes`: activation quantization passes (gemm_quant: 2 for q8, the
 // residual pass leaves ≤ s_x/508 per element instead of s_x/2; 1 for q4).
-void expect_close_to_reference(const llm::QuantMatrix& m, const torch::Tensor& dw, const torch::Tensor& x,
+void expect_close_to_reference(const nn::QuantMatrix& m, const torch::Tensor& dw, const torch::Tensor& x,
                                const torch::Tensor& y, bool exact_x, const std::string& what, int passes = 1) {
   const int64_t rows = m.rows(), cols = m.cols();
   const auto x64 = x.to(torch::kFloat64);
@@ -173,24 +173,24 @@ void expect_close_to_reference(const llm::QuantMatrix& m, const torch::Tensor& d
   const auto sw_c = m.scale.to(torch::kFloat64).abs().repeat_interleave(32, 1);       // [rows, cols]
   const double act_step = passes == 1 ? 2.0 : 508.0;
   const auto act_bound = exact_x ? torch::zeros({rows}, torch::kFloat64) : torch::mv(dw.abs(), sx_c / act_step);
-  const double offset_q = m.format == llm::QuantFormat::Q8 ? 256 : 16;  // 2 × the stored offset 128 or 8
+  const double offset_q = m.format == nn::QuantFormat::Q8 ? 256 : 16;  // 2 × the stored offset 128 or 8
   const auto fp_bound = torch::mv(dw.abs() + offset_q * sw_c, x64.abs() + sx_c / 2)
                             .mul((static_cast<double>(cols) / 4 + 40) * std::ldexp(1.0, -24));
   const auto bound = act_bound + fp_bound;
   const auto err = (y.to(torch::kFloat64) - exact).abs();  // NaN (a skipped output) fails le()
   EXPECT_TRUE(err.le(bound).all().item<bool>())
-      << llm::quant_format_name(m.format) << " " << what << " [" << rows << ", " << cols << "] exact_x=" << exact_x
+      << nn::quant_format_name(m.format) << " " << what << " [" << rows << ", " << cols << "] exact_x=" << exact_x
       << ": max error " << err.max().item<double>() << ", worst excess " << (err - bound).max().item<double>();
 }
 
-void expect_kernel_matches(llm::QuantFormat format, llm::MatvecIsa isa, int64_t rows, int64_t cols, bool exact_x,
+void expect_kernel_matches(nn::QuantFormat format, nn::MatvecIsa isa, int64_t rows, int64_t cols, bool exact_x,
                            uint64_t seed) {
-  const auto m = llm::quantize(test_weights(rows, cols, seed), format);
+  const auto m = nn::quantize(test_weights(rows, cols, seed), format);
   torch::manual_seed(static_cast<int64_t>(seed) + 1000);
   const auto x = test_input(cols, exact_x);
   auto y = torch::full({rows}, NAN, torch::kFloat32);  // NaN: a row the kernel skips shows
-  llm::matvec_quant(m, x, y, isa);
-  expect_close_to_reference(m, reference_dequant(m), x, y, exact_x, llm::matvec_isa_name(isa));
+  nn::matvec_quant(m, x, y, isa);
+  expect_close_to_reference(m, reference_dequant(m), x, y, exact_x, nn::matvec_isa_name(isa));
 }
 
 }  // namespace
@@ -203,8 +203,8 @@ TEST(Quant, EveryKernelPathMatchesDoubleReferenceOnRaggedShapes) {
                                                         {9, 544}, {13, 1056}, {1001, 96}, {203, 2048}};
   const int threads_before = torch::get_num_threads();
   for (const auto isa : kAllPaths) {
-    if (!llm::matvec_isa_supported(isa)) {
-      ADD_FAILURE() << "this CPU cannot run the " << llm::matvec_isa_name(isa)
+    if (!nn::matvec_isa_supported(isa)) {
+      ADD_FAILURE() << "this CPU cannot run the " << nn::matvec_isa_name(isa)
                     << " path; the test machines are AVX-512 BF16/VNNI CPUs, so every path is expected to run";
       continue;
     }
@@ -235,8 +235,8 @@ TEST(Quant, GemmOnEveryPathMatchesDoubleReferenceForEachInputRow) {
                                   {13, 1056, 5}, {203, 2048, 40}, {1001, 96, 31}, {70, 64, 48}};
   const int threads_before = torch::get_num_threads();
   for (const auto isa : kAllPaths) {
-    if (!llm::matvec_isa_supported(isa)) {
-      ADD_FAILURE() << "this CPU cannot run the " << llm::matvec_isa_name(isa) << " path";
+    if (!nn::matvec_isa_supported(isa)) {
+      ADD_FAILURE() << "this CPU cannot run the " << nn::matvec_isa_name(isa) << " path";
       continue;
     }
     for (int threads : {1, 2}) {
@@ -244,19 +244,19 @@ TEST(Quant, GemmOnEveryPathMatchesDoubleReferenceForEachInputRow) {
       uint64_t seed = 100;
       for (const auto format : kFormats)
         for (const auto& [rows, cols, n] : shapes) {
-          const auto m = llm::quantize(test_weights(rows, cols, ++seed), format);
+          const auto m = nn::quantize(test_weights(rows, cols, ++seed), format);
           torch::manual_seed(static_cast<int64_t>(seed) + 1000);
           std::vector<torch::Tensor> xs;
           for (int64_t t = 0; t < n; ++t) xs.push_back(test_input(cols, t % 2 == 0));
           const auto x = torch::stack(xs).contiguous();
           auto y = torch::full({n, rows}, NAN, torch::kFloat32);
-          llm::gemm_quant(m, x, y, isa);
+          nn::gemm_quant(m, x, y, isa);
           const auto dw = reference_dequant(m);
           for (int64_t t = 0; t < n; ++t)
             expect_close_to_reference(m, dw, xs[t], y[t], t % 2 == 0,
-                                      fmt::format("gemm {} {} threads, input {} of {}", llm::matvec_isa_name(isa),
+                                      fmt::format("gemm {} {} threads, input {} of {}", nn::matvec_isa_name(isa),
                                                   threads, t, n),
-                                      format == llm::QuantFormat::Q8 ? 2 : 1);
+                                      format == nn::QuantFormat::Q8 ? 2 : 1);
         }
     }
   }
@@ -268,7 +268,7 @@ TEST(Quant, InputQuantizationGivesTheSameBytesOnEveryPath) {
   // rounding: ties (block max 127, so x · 127/max = x exactly, and x = k + 0.5 must round to
   // even), a zero block, a block of one huge value and tiny ones, negative maxima, random ones.
   // Independent check of the ties: 0.5 → 0, 1.5 → 2, 2.5 → 2, -0.5 → 0, -1.5 → -2.
-  if (!llm::matvec_isa_supported(llm::MatvecIsa::Avx512Bf16)) GTEST_FAIL() << "the test machines are AVX-512 CPUs";
+  if (!nn::matvec_isa_supported(nn::MatvecIsa::Avx512Bf16)) GTEST_FAIL() << "the test machines are AVX-512 CPUs";
   const int64_t cols = 32 * 6;
   torch::manual_seed(5);
   auto x = torch::randn({cols}) * 3;
@@ -281,10 +281,10 @@ TEST(Quant, InputQuantizationGivesTheSameBytesOnEveryPath) {
   for (int i = 96; i < 128; ++i) xp[i] = i == 100 ? -9.0f : xp[i] * 0.1f;
   std::vector<int8_t> q[2];
   std::vector<float> scale[2], offset[2];
-  const llm::MatvecIsa paths[2] = {llm::MatvecIsa::Scalar, llm::MatvecIsa::Avx512Bf16};
+  const nn::MatvecIsa paths[2] = {nn::MatvecIsa::Scalar, nn::MatvecIsa::Avx512Bf16};
   for (int p = 0; p < 2; ++p) {
     q[p].assign(cols, 99), scale[p].assign(cols / 32, -1.0f), offset[p].assign(cols / 32, -1.0f);
-    llm::quantize_input(xp, {q[p].data(), scale[p].data(), offset[p].data(), cols}, paths[p]);
+    nn::quantize_input(xp, {q[p].data(), scale[p].data(), offset[p].data(), cols}, paths[p]);
   }
   EXPECT_EQ(q[0], q[1]);
   EXPECT_EQ(scale[0], scale[1]);

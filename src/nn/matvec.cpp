@@ -1,4 +1,4 @@
-#include "llm/matvec.h"
+#include "nn/matvec.h"
 
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
@@ -15,11 +15,11 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-#include "llm/simd_x86.h"
+#include "nn/simd_x86.h"
 #define IADGPT_MATVEC_X86 1
 #endif
 
-namespace iadgpt::llm {
+namespace iadgpt::nn {
 namespace {
 
 // Each thread reads whole rows, one after the other: a single sequential stream of weights per
@@ -317,4 +317,4 @@ double measure_read_bandwidth(int64_t buffer_bytes, int passes, MatvecIsa isa) {
   return static_cast<double>(lines * 64) / best;
 }
 
-}  // namespace iadgpt::llm
+}  // namespace iadgpt::nn

@@ -10,16 +10,16 @@
 #include <vector>
 
 #include "io/error.h"
-#include "llm/quant.h"
+#include "nn/quant.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-#include "llm/simd_x86.h"
+#include "nn/simd_x86.h"
 #define IADGPT_QUANT_X86 1
 #endif
 
-namespace iadgpt::llm {
+namespace iadgpt::nn {
 namespace {
 namespace qmv {  // (named: the module is one unity translation unit)
 
@@ -295,4 +295,4 @@ void matvec_quant(const QuantMatrix& w, const torch::Tensor& x, torch::Tensor& y
   matvec_quant(w, xq, y.data_ptr<float>(), isa);
 }
 
-}  // namespace iadgpt::llm
+}  // namespace iadgpt::nn

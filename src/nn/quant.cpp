@@ -9,9 +9,9 @@
 #include <string>
 
 #include "io/error.h"
-#include "llm/quant.h"
+#include "nn/quant.h"
 
-namespace iadgpt::llm {
+namespace iadgpt::nn {
 namespace {
 namespace qfmt {  // (named: the module is one unity translation unit)
 
@@ -179,4 +179,4 @@ QuantMatrix quant_matrix_from_tensors(QuantFormat format, const torch::Tensor& q
   return QuantMatrix{format, q.contiguous(), scale.contiguous()};
 }
 
-}  // namespace iadgpt::llm
+}  // namespace iadgpt::nn

@@ -24,14 +24,14 @@
 #include <vector>
 
 #include "io/error.h"
-#include "llm/quant.h"
+#include "nn/quant.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define IADGPT_QGEMM_X86 1
 #endif
 
-namespace iadgpt::llm {
+namespace iadgpt::nn {
 namespace {
 namespace qgemm {  // (named: the module is one unity translation unit)
 
@@ -60,7 +60,10 @@ int32_t unsigned_offset(QuantFormat format) { return format == QuantFormat::Q8 ?
 // block's max) is as large as one int8 pass's activation error, so the second pass halves the
 // product's error; one for q4, whose weight error (1/16 of the max) is 16 times a pass's and
 // leaves the second pass nothing to gain but twice the work.
-int64_t activation_passes(QuantFormat format) { return format == QuantFormat::Q8 ? 2 : 1; }
+// InputPasses::One overrides it.
+int64_t activation_passes(QuantFormat format, InputPasses passes) {
+  return format == QuantFormat::Q8 && passes == InputPasses::ForFormat ? 2 : 1;
+}
 
 int64_t tile_rows(int64_t cols) {
   return std::clamp<int64_t>(kTileBytes / cols / kQuadRows * kQuadRows, kQuadRows, 64);
@@ -216,8 +219,9 @@ struct Carver {
 
 // The AVX2 / scalar paths: every row (and for q8 its residual) through matvec_quant_multi, the
 // residuals' products into `residual_y` [n, rows], then added.
-void gemm_by_rows(const QuantMatrix& w, const float* x, int64_t n, float* y, MatvecIsa isa, Carver& mem) {
-  const int64_t rows = w.rows(), cols = w.cols(), passes = activation_passes(w.format);
+void gemm_by_rows(const QuantMatrix& w, const float* x, int64_t n, float* y, MatvecIsa isa, InputPasses input_passes,
+                  Carver& mem) {
+  const int64_t rows = w.rows(), cols = w.cols(), passes = activation_passes(w.format, input_passes);
   std::vector<QuantizedInput> xs(static_cast<size_t>(passes * n));
   std::vector<float*> ys(static_cast<size_t>(passes * n));
   float* tmp = mem.take<float>(cols);
@@ -236,10 +240,10 @@ void gemm_by_rows(const QuantMatrix& w, const float* x, int64_t n, float* y, Mat
 }
 
 // The AVX-512 VNNI path (see the top of the file).
-void gemm_vnni(const QuantMatrix& w, const float* x, int64_t n, float* y, Carver& mem) {
+void gemm_vnni(const QuantMatrix& w, const float* x, int64_t n, float* y, InputPasses input_passes, Carver& mem) {
 #ifdef IADGPT_QGEMM_X86
   const int64_t rows = w.rows(), cols = w.cols(), nb = cols / kQuantBlock;
-  const int64_t passes = activation_passes(w.format);
+  const int64_t passes = activation_passes(w.format, input_passes);
   const int64_t half = (n + kLanes - 1) / kLanes * kLanes, groups = passes * half / kLanes;
   const PackedInputs packed{mem.take<int8_t>(groups * nb * kQuantBlock * kLanes), mem.take<float>(groups * nb * kLanes),
                             mem.take<int32_t>(groups * nb * kLanes), groups, nb};
@@ -290,7 +294,7 @@ void gemm_vnni(const QuantMatrix& w, const float* x, int64_t n, float* y, Carver
     }
   });
 #else
-  (void)w, (void)x, (void)n, (void)y, (void)mem;
+  (void)w, (void)x, (void)n, (void)y, (void)input_passes, (void)mem;
   throw InputError("gemm_quant: the avx512bf16 path needs an x86-64 build");
 #endif
 }
@@ -298,18 +302,19 @@ void gemm_vnni(const QuantMatrix& w, const float* x, int64_t n, float* y, Carver
 }  // namespace qgemm
 }  // namespace
 
-void gemm_quant(const QuantMatrix& w, const float* x, int64_t n, float* y, MatvecIsa isa, torch::Tensor& scratch) {
+void gemm_quant(const QuantMatrix& w, const float* x, int64_t n, float* y, MatvecIsa isa, torch::Tensor& scratch,
+                InputPasses passes) {
   if (n <= 0) return;
   // Twice: once to size the scratch, once to run.
   for (const bool run : {false, true}) {
     qgemm::Carver mem{run ? scratch.data_ptr<uint8_t>() : nullptr};
-    if (isa == MatvecIsa::Avx512Bf16) qgemm::gemm_vnni(w, x, n, y, mem);
-    else qgemm::gemm_by_rows(w, x, n, y, isa, mem);
+    if (isa == MatvecIsa::Avx512Bf16) qgemm::gemm_vnni(w, x, n, y, passes, mem);
+    else qgemm::gemm_by_rows(w, x, n, y, isa, passes, mem);
     if (!run && (!scratch.defined() || scratch.numel() < mem.used)) scratch = torch::empty({mem.used}, torch::kUInt8);
   }
 }
 
-void gemm_quant(const QuantMatrix& w, const torch::Tensor& x, torch::Tensor& y, MatvecIsa isa) {
+void gemm_quant(const QuantMatrix& w, const torch::Tensor& x, torch::Tensor& y, MatvecIsa isa, InputPasses passes) {
   if (!w.defined()) throw InputError("gemm_quant: the matrix is not quantized");
   if (x.scalar_type() != torch::kFloat32 || y.scalar_type() != torch::kFloat32)
     throw InputError(fmt::format("gemm_quant: expected fp32 x and y, got {} and {}", c10::toString(x.scalar_type()),
@@ -321,7 +326,7 @@ void gemm_quant(const QuantMatrix& w, const torch::Tensor& x, torch::Tensor& y, 
   if (!matvec_isa_supported(isa))
     throw InputError(fmt::format("gemm_quant: this CPU does not support the {} path", matvec_isa_name(isa)));
   torch::Tensor scratch;
-  gemm_quant(w, x.data_ptr<float>(), x.size(0), y.data_ptr<float>(), isa, scratch);
+  gemm_quant(w, x.data_ptr<float>(), x.size(0), y.data_ptr<float>(), isa, scratch, passes);
 }
 
-}  // namespace iadgpt::llm
+}  // namespace iadgpt::nn

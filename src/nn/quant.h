@@ -2,10 +2,10 @@
 // of 32 weights along the input dimension, like llama.cpp's Q8_0 / Q4_0, in our own layout), the
 // quantize / dequantize functions, and the matrix-vector kernels of the single-token decode step.
 //
-//   auto qw = iadgpt::llm::quantize(w, QuantFormat::Q4);           // w [rows, cols], cols % 32 == 0
+//   auto qw = iadgpt::nn::quantize(w, QuantFormat::Q4);           // w [rows, cols], cols % 32 == 0
 //   auto y = torch::empty({rows}, torch::kFloat32);
-//   iadgpt::llm::matvec_quant(qw, x_f32, y);                         // best path for this CPU
-//   auto w2 = iadgpt::llm::dequantize(qw);                           // fp32 [rows, cols]
+//   iadgpt::nn::matvec_quant(qw, x_f32, y);                         // best path for this CPU
+//   auto w2 = iadgpt::nn::dequantize(qw);                           // fp32 [rows, cols]
 //
 // Layout (README "Weight-only quantization"): `q` holds the quants row after row, `scale` the
 // fp16 scales [rows, cols/32] row after row, so a kernel streams each row's quants and scales.
@@ -31,9 +31,9 @@
 #include <string>
 #include <string_view>
 
-#include "llm/matvec.h"
+#include "nn/matvec.h"
 
-namespace iadgpt::llm {
+namespace iadgpt::nn {
 
 enum class QuantFormat { None, Q8, Q4 };
 
@@ -88,21 +88,29 @@ void matvec_quant(const QuantMatrix& w, const QuantizedInput& x, float* y, Matve
 void matvec_quant_multi(const QuantMatrix& w, std::span<const QuantizedInput> xs, std::span<float* const> ys,
                         MatvecIsa isa);
 
+// How many int8 passes gemm_quant takes of each input row: the format's choice (q8: two, q4: one),
+// or one whatever the format. The LLM's prefill takes the format's choice, so that a q8 prompt
+// decides as the bf16 model does; the vision tower takes one (twice the speed; its maps are
+// checked against bf16 instead, vision/README.md).
+enum class InputPasses { ForFormat, One };
+
 // Y = X Wᵀ for a block of inputs (the prefill of quantized matrices): x [n, cols] fp32
 // row-major, y [n, rows] fp32 row-major. Each input row is quantized per block of 32 to int8 as
-// matvec_quant's x (quantize_input); for q8 in two passes: then the rounding error that leaves,
-// the same way. Every part goes through the exact int32 block sums scaled by s_w · s_x. Two
+// matvec_quant's x (quantize_input); for q8 (with InputPasses::ForFormat) in two passes: then the
+// rounding error that leaves, the same way. Every part goes through the exact int32 block sums scaled by s_w · s_x. Two
 // passes leave ≤ s_x/508 of activation error per element (one: s_x/2), about bf16's: a q8 prompt
 // decides as the bf16 model does. q4 takes one pass: its weights' error is 16 times that of one
 // pass. AVX-512 VNNI path: the weights unpacked a cache-sized tile at a time, a 4-row × 32-input
 // micro-kernel (quant_gemm.cpp); AVX2 and scalar: matvec_quant_multi. `scratch` (uint8) is grown
 // when too small and reused otherwise. Rows split over intra-op threads.
-void gemm_quant(const QuantMatrix& w, const float* x, int64_t n, float* y, MatvecIsa isa, torch::Tensor& scratch);
+void gemm_quant(const QuantMatrix& w, const float* x, int64_t n, float* y, MatvecIsa isa, torch::Tensor& scratch,
+                InputPasses passes = InputPasses::ForFormat);
 // Tensor form (allocates its scratch): wrong dtypes or shapes, an unsupported isa → InputError.
-void gemm_quant(const QuantMatrix& w, const torch::Tensor& x, torch::Tensor& y, MatvecIsa isa = best_matvec_isa());
+void gemm_quant(const QuantMatrix& w, const torch::Tensor& x, torch::Tensor& y, MatvecIsa isa = best_matvec_isa(),
+                InputPasses passes = InputPasses::ForFormat);
 
 // Tensor form: x [cols] fp32, y [rows] fp32 contiguous (preallocated). Quantizes x (allocating its
 // buffers). Wrong dtypes or shapes, cols not a multiple of 32, an unsupported isa → InputError.
 void matvec_quant(const QuantMatrix& w, const torch::Tensor& x, torch::Tensor& y, MatvecIsa isa = best_matvec_isa());
 
-}  // namespace iadgpt::llm
+}  // namespace iadgpt::nn

@@ -7,33 +7,33 @@
 #include <vector>
 
 #include "io/error.h"
-#include "llm/matvec.h"
-#include "llm_test_util.h"
+#include "nn/matvec.h"
+#include "common/tensors.h"
 
-namespace llm = iadgpt::llm;
+namespace nn = iadgpt::nn;
 namespace t = iadgpt::test;
 
 namespace {
 
-const llm::MatvecIsa kAllPaths[] = {llm::MatvecIsa::Scalar, llm::MatvecIsa::Avx2, llm::MatvecIsa::Avx512Bf16};
+const nn::MatvecIsa kAllPaths[] = {nn::MatvecIsa::Scalar, nn::MatvecIsa::Avx2, nn::MatvecIsa::Avx512Bf16};
 
 // Every product of two bf16 values is exact in fp32, so the kernels differ from the exact dot
 // product only by fp32 rounding of the running sums. For any summation order of n terms that
 // error is at most n·u·Σ|w_c x_c| (u = 2^-24, the fp32 unit roundoff; the γ_n bound to first
 // order). A dropped, doubled or misaligned column changes a row by ~|w_c x_c| ≈ 0.1–1 ≫ that.
-void expect_matches_reference(int64_t rows, int64_t cols, llm::MatvecIsa isa, uint64_t seed) {
+void expect_matches_reference(int64_t rows, int64_t cols, nn::MatvecIsa isa, uint64_t seed) {
   torch::manual_seed(static_cast<int64_t>(seed));
   const auto w = torch::randn({rows, cols}).to(torch::kBFloat16);
   const auto x = torch::randn({cols}).to(torch::kBFloat16);
   auto y = torch::full({rows}, NAN, torch::kFloat32);  // NaN: a row the kernel skips shows
-  llm::matvec_bf16(w, x, y, isa);
+  nn::matvec_bf16(w, x, y, isa);
   // Reference: double products of the same bf16 values, summed in double (independent of ATen's bf16 GEMM).
   const auto w64 = w.to(torch::kFloat64), x64 = x.to(torch::kFloat64);
   const auto exact = torch::mv(w64, x64);
   const auto bound = torch::mv(w64.abs(), x64.abs()).mul(static_cast<double>(cols) * std::ldexp(1.0, -24));
   const auto err = (y.to(torch::kFloat64) - exact).abs();
   EXPECT_TRUE(err.le(bound).all().item<bool>())
-      << llm::matvec_isa_name(isa) << " [" << rows << ", " << cols << "]: max error " << err.max().item<double>()
+      << nn::matvec_isa_name(isa) << " [" << rows << ", " << cols << "]: max error " << err.max().item<double>()
       << ", worst excess " << (err - bound).max().item<double>();
 }
 
@@ -48,8 +48,8 @@ TEST(Matvec, EveryPathMatchesDoubleReferenceOnRaggedShapes) {
                                                         {37, 1000}, {1001, 257}, {203, 5632}, {5, 16411}};
   const int threads_before = torch::get_num_threads();
   for (const auto isa : kAllPaths) {
-    if (!llm::matvec_isa_supported(isa)) {
-      ADD_FAILURE() << "this CPU cannot run the " << llm::matvec_isa_name(isa)
+    if (!nn::matvec_isa_supported(isa)) {
+      ADD_FAILURE() << "this CPU cannot run the " << nn::matvec_isa_name(isa)
                     << " path; the test machines are AVX-512 BF16 CPUs, so every path is expected to run";
       continue;
     }
@@ -69,9 +69,9 @@ TEST(Matvec, PathsAgreeWithEachOther) {
   const auto x = torch::randn({333}).to(torch::kBFloat16);
   auto ys = std::vector<torch::Tensor>();
   for (const auto isa : kAllPaths) {
-    if (!llm::matvec_isa_supported(isa)) continue;
+    if (!nn::matvec_isa_supported(isa)) continue;
     ys.push_back(torch::empty({67}, torch::kFloat32));
-    llm::matvec_bf16(w, x, ys.back(), isa);
+    nn::matvec_bf16(w, x, ys.back(), isa);
   }
   const double bound = 2 * 333 * std::ldexp(1.0, -24) *
                        torch::mv(w.to(torch::kFloat64).abs(), x.to(torch::kFloat64).abs()).max().item<double>();
@@ -84,11 +84,11 @@ TEST(Matvec, RejectsWrongDtypesAndShapes) {
   auto y = torch::zeros({4}, torch::kFloat32);
   auto y_bad = torch::zeros({5}, torch::kFloat32);
   auto x_f32 = torch::zeros({8}, torch::kFloat32);
-  EXPECT_THROW(llm::matvec_bf16(w, x, y_bad), iadgpt::InputError);
-  EXPECT_THROW(llm::matvec_bf16(w, x_f32, y), iadgpt::InputError);
+  EXPECT_THROW(nn::matvec_bf16(w, x, y_bad), iadgpt::InputError);
+  EXPECT_THROW(nn::matvec_bf16(w, x_f32, y), iadgpt::InputError);
   auto w_t = torch::zeros({8, 4}, torch::kBFloat16).t();  // right shape, not contiguous
-  EXPECT_THROW(llm::matvec_bf16(w_t, x, y), iadgpt::InputError);
-  EXPECT_NO_THROW(llm::matvec_bf16(w, x, y));
+  EXPECT_THROW(nn::matvec_bf16(w_t, x, y), iadgpt::InputError);
+  EXPECT_NO_THROW(nn::matvec_bf16(w, x, y));
 }
 
 // The kernels' at::parallel_for runs serially unless this module was compiled with OpenMP (a
@@ -97,13 +97,13 @@ TEST(Matvec, RejectsWrongDtypesAndShapes) {
 TEST(Matvec, KernelsRunOnTheThreadsAskedFor) {
   const int before = at::get_num_threads();
   at::set_num_threads(2);
-  EXPECT_EQ(llm::kernel_threads(), 2);
+  EXPECT_EQ(nn::kernel_threads(), 2);
   at::set_num_threads(1);
-  EXPECT_EQ(llm::kernel_threads(), 1);
+  EXPECT_EQ(nn::kernel_threads(), 1);
   at::set_num_threads(before);
 }
 
 TEST(Matvec, ReadBandwidthIsPositiveAndRejectsTinyBuffers) {
-  EXPECT_GT(llm::measure_read_bandwidth(int64_t{4} << 20, 1), 0.0);
-  EXPECT_THROW(llm::measure_read_bandwidth(1000, 1), iadgpt::InputError);
+  EXPECT_GT(nn::measure_read_bandwidth(int64_t{4} << 20, 1), 0.0);
+  EXPECT_THROW(nn::measure_read_bandwidth(1000, 1), iadgpt::InputError);
 }
