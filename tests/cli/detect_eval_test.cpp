@@ -158,6 +158,16 @@ TEST(EvalCommand, BadDatasetsFailBeforeEncoding) {
   EXPECT_NE(r.err.find("bottle"), std::string::npos) << r.err;
 }
 
+TEST(DetectCommand, VisionQuantOtherThanNoneOrQ8IsExit2) {
+  const auto image = test::data("mvtec_ad/grid/test/good/000.png").string();
+  for (const std::string value : {"q4", "int8"}) {
+    auto r = test::run_iadgpt("detect " + tiny_flags() + " --vision-quant " + value + " --out '" +
+                              test::scratch("detect-vq").string() + "' '" + image + "'");
+    EXPECT_EQ(r.exit_code, 2) << value << ": " << r.err;
+    EXPECT_NE(r.err.find("--vision-quant"), std::string::npos) << r.err;
+  }
+}
+
 TEST(DetectCommand, WritesResultsPerImageAndSkipsUnreadableFiles) {
   const auto dir = test::scratch("detect");
   std::filesystem::create_directories(dir / "in");

@@ -74,7 +74,8 @@ TEST(Bundle, UnknownModeExpertDtypeAndFieldAreNamed) {
   const auto file = b.dir / "iadgpt.json";
   const auto good = read_json(file);
   for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
-           {"mode", "zero-shot-ish"}, {"map", "mean"}, {"expert", "mlp"}, {"dtype", "fp8"}, {"colour", "red"}}) {
+           {"mode", "zero-shot-ish"}, {"map", "mean"}, {"expert", "mlp"}, {"dtype", "fp8"}, {"colour", "red"},
+           {"vision_quant", "q4"}, {"vision_quant", "int8"}}) {
     auto j = good;
     j[key] = value;
     write_json(file, j);
@@ -83,6 +84,13 @@ TEST(Bundle, UnknownModeExpertDtypeAndFieldAreNamed) {
   }
   write_json(file, good);
   EXPECT_EQ(load_error(b.dir), "");
+  // A valid vision_quant is read and written back.
+  auto j = good;
+  j["vision_quant"] = "q8";
+  write_json(file, j);
+  EXPECT_EQ(model::read_bundle(b.dir).vision_quant, "q8");
+  EXPECT_EQ(model::bundle_to_json(model::read_bundle(b.dir)).at("vision_quant"), "q8");
+  write_json(file, good);
 }
 
 TEST(Bundle, MissingIadgptJsonAndMissingRequiredField) {

@@ -223,7 +223,8 @@ TEST(Quant, GemmOnEveryPathMatchesDoubleReferenceForEachInputRow) {
   // The prefill product Y = X Wᵀ (gemm_quant): every output row Y[t] is held to the matvec bound
   // above; for q8 with the two-pass activation error s_x/508 (the residual's scale is
   // ≤ (s_x/2)/127; the fp32 rounding of the residual itself, ≤ 2^-24 |x|, is inside the fp32
-  // term, whose 2·nb block terms are fewer than the cols/4 + 40 allowed), for q4 one pass's s_x/2.
+  // term, whose 2·nb block terms are fewer than the cols/4 + 40 allowed), for q4 one pass's s_x/2;
+  // with InputPasses::One (the vision tower's) one pass's s_x/2 for both formats.
   // Shapes: inputs around the VNNI path's groups of 16 and pairs of groups (2, 5, 16, 17, 31, 33,
   // 40, 48), rows ragged against its 4-row micro-kernel and over several weight tiles (tiles of
   // 32 rows at 2048 columns, 64 at 96), columns 1 to 33 blocks; exact and random inputs mixed in
@@ -243,6 +244,7 @@ TEST(Quant, GemmOnEveryPathMatchesDoubleReferenceForEachInputRow) {
       torch::set_num_threads(threads);
       uint64_t seed = 100;
       for (const auto format : kFormats)
+        for (const auto passes : {nn::InputPasses::ForFormat, nn::InputPasses::One})
         for (const auto& [rows, cols, n] : shapes) {
           const auto m = nn::quantize(test_weights(rows, cols, ++seed), format);
           torch::manual_seed(static_cast<int64_t>(seed) + 1000);
@@ -250,13 +252,14 @@ TEST(Quant, GemmOnEveryPathMatchesDoubleReferenceForEachInputRow) {
           for (int64_t t = 0; t < n; ++t) xs.push_back(test_input(cols, t % 2 == 0));
           const auto x = torch::stack(xs).contiguous();
           auto y = torch::full({n, rows}, NAN, torch::kFloat32);
-          nn::gemm_quant(m, x, y, isa);
+          nn::gemm_quant(m, x, y, isa, passes);
           const auto dw = reference_dequant(m);
+          const bool two = format == nn::QuantFormat::Q8 && passes == nn::InputPasses::ForFormat;
           for (int64_t t = 0; t < n; ++t)
             expect_close_to_reference(m, dw, xs[t], y[t], t % 2 == 0,
-                                      fmt::format("gemm {} {} threads, input {} of {}", nn::matvec_isa_name(isa),
-                                                  threads, t, n),
-                                      format == nn::QuantFormat::Q8 ? 2 : 1);
+                                      fmt::format("gemm {} {} threads, {} pass(es), input {} of {}",
+                                                  nn::matvec_isa_name(isa), threads, two ? 2 : 1, t, n),
+                                      two ? 2 : 1);
         }
     }
   }
