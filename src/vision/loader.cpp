@@ -299,22 +299,31 @@ VitConfig infer_vit_config(const io::Checkpoint& ckpt, const VisionOptions& o) {
   return c;
 }
 
-VisionModel load_vision(const io::Checkpoint& ckpt, const VisionOptions& o) {
+namespace {
+
+// load_vision over `ckpt`. With `owned` (the same checkpoint, the caller's to spend), each block's
+// keys are dropped from it once the block is quantized, so that a q8 load never holds the whole
+// tower twice (bf16 tensors and their quants).
+VisionModel build_vision(const io::Checkpoint& ckpt, const VisionOptions& o, io::Checkpoint* owned) {
   VisionModel m;
+  quantize_weights(m.weights, o.quant);  // no blocks yet: only checks the format (q8 or none)
   m.config = infer_vit_config(ckpt, o);
   const auto& c = m.config;
   const auto& map = key_map(c.family);
   const std::string source = source_name(ckpt);
 
+  std::vector<std::string> read_keys;  // of the current block
   // Reads one tensor with its shape checked against the config; converts to our layout.
   auto read = [&](const std::string& key, const char* spec, Fix fix) -> torch::Tensor {
     if (fix == Fix::ConcatQkv) {
       std::vector<torch::Tensor> parts;
       for (const char* p : {"q", "k", "v"}) {
-        parts.push_back(nn::take(ckpt.tensors, replace(key, "{qkv}", p), shape_of(spec, c), source, o.dtype));
+        read_keys.push_back(replace(key, "{qkv}", p));
+        parts.push_back(nn::take(ckpt.tensors, read_keys.back(), shape_of(spec, c), source, o.dtype));
       }
       return torch::cat(parts, 0);
     }
+    read_keys.push_back(key);
     if (!ckpt.tensors.count(key)) need(ckpt, key, c.family);
     // The frame sum is taken in fp32 so that a bf16 model rounds once, not twice.
     auto t = nn::take(ckpt.tensors, key, shape_of(spec, c), source, fix == Fix::SumFrames ? torch::kFloat32 : o.dtype);
@@ -332,11 +341,19 @@ VisionModel load_vision(const io::Checkpoint& ckpt, const VisionOptions& o) {
   }
   m.weights.blocks.resize(c.layers);
   for (int64_t i = 0; i < c.layers; ++i) {
+    read_keys.clear();
     for (const auto& r : map.block) m.weights.blocks[i].*(r.field) = read(block_key(r.key, i), r.shape, r.fix);
+    if (o.quant == nn::QuantFormat::None) continue;
+    nn::quantize_block(m.weights.blocks[i], o.quant, fmt::format("{}: vision block {}", source, i));
+    if (owned)
+      for (const auto& key : read_keys) owned->tensors.erase(key);
   }
-  quantize_weights(m.weights, o.quant);
   return m;
 }
+
+}  // namespace
+
+VisionModel load_vision(const io::Checkpoint& ckpt, const VisionOptions& o) { return build_vision(ckpt, o, nullptr); }
 
 VisionKeys vision_keys(const io::Checkpoint& headers, const VisionOptions& o) {
   VisionKeys k{.config = infer_vit_config(headers, o)};
@@ -380,7 +397,7 @@ VisionModel load_vision(const std::filesystem::path& path, const VisionOptions& 
   // The family detected on all headers: a filtered map may lack a hint (file name, TorchScript).
   VisionOptions with_family = o;
   with_family.family = config.family;
-  auto model = load_vision(*ckpt, with_family);
+  auto model = build_vision(*ckpt, with_family, &*ckpt);
   ckpt.reset();
   io::release_free_heap();  // the read buffers and any tensor the model did not keep
   return model;

@@ -36,9 +36,9 @@ std::vector<TensorSpec> imagebind_huge() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::cerr << "usage: make_imagebind_pth OUT.pth\n";
-    return 2;
+  if (argc != 2 || argv[1][0] == '-') {  // `--help` is not a file name to write 4.8 GB to
+    std::cerr << "usage: make_imagebind_pth OUT.pth  (a random ImageBind-Huge in upstream's .pth layout, 4.8 GB)\n";
+    return argc == 2 && std::string(argv[1]) == "--help" ? 0 : 2;
   }
   torch::manual_seed(0);
   const auto specs = imagebind_huge();
