@@ -44,7 +44,7 @@ void add_bundle(CLI::App& app) {
 
   struct Create {
     std::string vision, text, vocab, vision_config, llm, tokenizer, lora, delta, anomalygpt, decoder, tge, mmf, prompts;
-    std::string expert = "mmf", mode = "self-supervised", dtype = "f32", quant = "auto", out;
+    std::string expert = "mmf", mode = "self-supervised", dtype = "f32", quant = "auto", vision_quant = "none", out;
     std::vector<int64_t> taps;
     int64_t size = 224;
     double threshold = 0.5, lora_alpha = 32;
@@ -71,6 +71,9 @@ void add_bundle(CLI::App& app) {
   create->add_option("--taps", c->taps, "Tapped blocks, 0-based (default: the family's four)")->delimiter(',');
   create->add_option("--size", c->size, "Input side S")->capture_default_str();
   create->add_option("--dtype", c->dtype, "f32 | bf16 (towers and LLM)")->capture_default_str();
+  create->add_option("--vision-quant", c->vision_quant,
+                     "vision tower: none | q8 (its matrices in int8 at load: faster encode on AVX-512 VNNI CPUs, CPU only)")
+      ->capture_default_str();
   create->add_option("--quant", c->quant,
                      "LLM weights: auto (as stored: a directory written by `iadgpt quantize` runs in its format, any "
                      "other unquantized) | none | q8 | q4 (an unquantized LLM quantized at load)")
@@ -99,6 +102,7 @@ void add_bundle(CLI::App& app) {
     b.expert = c->expert;
     b.mode = c->mode;
     b.dtype = c->dtype;
+    b.vision_quant = c->vision_quant;
     b.taps = c->taps;
     b.image_size = c->size;
     b.threshold = c->threshold;

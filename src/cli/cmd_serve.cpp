@@ -27,6 +27,7 @@ void add_serve(CLI::App& app) {
     serve::ServerOptions server;
     bool maps_only = false;
     std::string api_key_file;
+    std::string vision_quant;  // empty: the bundle's
     DeviceFlag device;
   };
   auto o = std::make_shared<Opts>();
@@ -66,12 +67,18 @@ void add_serve(CLI::App& app) {
   cmd->add_option("--max-tokens", o->server.max_tokens, "largest max_tokens a request may ask for")->capture_default_str();
   cmd->add_option("--answer-tokens", o->server.answer_tokens, "max_tokens of requests that do not say")->capture_default_str();
   o->device.add_to(*cmd, "cpu, or the bundle's");
+  cmd->add_option("--vision-quant", o->vision_quant,
+                  "none | q8: the vision tower's matrices in int8 (CPU only; default: the bundle's field)");
   cmd->add_flag("--maps-only", o->maps_only, "serve the bundle's anomaly-map pipeline without its LLM (answers from the map)");
   cmd->callback([o] {
     if (!o->api_key_file.empty()) o->server.api_keys = serve::read_api_keys(o->api_key_file);
     serve::validate(o->server);  // before the model loads: a bad flag fails at once
     auto bundle = model::read_bundle(o->model);
     o->device.apply(bundle.device);
+    if (!o->vision_quant.empty()) {
+      bundle.vision_quant = o->vision_quant;
+      model::vision_quant_format(bundle);  // none or q8, before the model loads
+    }
     // --threads (all cores by default) is the total: the workers share it.
     o->server.threads_per_worker = std::max(1, torch::get_num_threads() / std::max(1, o->server.workers));
     // Signals are taken by one thread with sigwait (stop() is not async-signal-safe); block

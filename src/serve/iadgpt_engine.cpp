@@ -311,6 +311,7 @@ anomaly::DetectorOptions map_engine_options(const model::Bundle& b) {
   o.decoder = b.decoder ? b.decoder : b.delta;  // an AnomalyGPT delta carries the decoder too
   o.taps = b.taps;
   o.dtype = b.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  o.vision_quant = model::vision_quant_format(b);
   o.device = nn::parse_device(b.device, "bundle device");
   return o;
 }

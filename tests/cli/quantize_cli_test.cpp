@@ -127,3 +127,29 @@ TEST(QuantizeCli, BadInputExitsTwoNamingTheProblem) {
                          "the weights' metadata says q8");
   expect_one_line_naming(run_iadgpt({"quantize", "--in", tiny, "--format", "q8", "--out", tiny}), "must differ from --in");
 }
+
+TEST(QuantizeCli, BundleCreateWritesTheVisionTowersFormatAndDetectRunsIt) {
+  const auto dir = test::scratch("cli-vision-quant");
+  const std::vector<std::string> create = {
+      "bundle", "create", "--vision", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string(),
+      "--vision-config", test::fixture("imagebind_tiny/config.json").string(), "--vocab",
+      test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string(), "--llm",
+      test::fixture("llama_tiny").string(), "--tokenizer", test::fixture("stories260K/tokenizer.model").string(),
+      "--init-random", "3", "--dtype", "bf16"};
+  auto with = [&](std::vector<std::string> extra) {
+    auto args = create;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_iadgpt(args);
+  };
+  auto r = with({"--vision-quant", "q8", "--out", (dir / "q8").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_json(dir / "q8" / "iadgpt.json").at("vision_quant"), "q8");
+  // The bundle runs with its tower in int8 (model::IadGpt through the detector's options).
+  const auto image = test::data("mvtec_ad/grid/test/good/000.png").string();
+  r = run_iadgpt({"detect", "--model", (dir / "q8").string(), "--no-generate", "--out", (dir / "out").string(), image});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  // q4 is refused before anything is written, naming the field.
+  r = with({"--vision-quant", "q4", "--out", (dir / "q4").string()});
+  expect_one_line_naming(r, "vision_quant");
+  EXPECT_FALSE(fs::exists(dir / "q4")) << "nothing may be written for a refused bundle";
+}
