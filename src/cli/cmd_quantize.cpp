@@ -7,8 +7,10 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "io/error.h"
 #include "llm/export.h"
 #include "nn/quant.h"
@@ -39,7 +41,13 @@ void add_quantize(CLI::App& app) {
     const auto t0 = std::chrono::steady_clock::now();
     const bool bundle = fs::exists(fs::path(o->in) / "iadgpt.json");
     if (bundle) model::quantize_bundle(model::read_bundle(o->in), format, o->out);
-    else llm::quantize_checkpoint(o->in, format, o->out);
+    else {
+      std::optional<Progress> bar;
+      llm::quantize_checkpoint(o->in, format, o->out, [&](int64_t done, int64_t total) {
+        if (!bar) bar.emplace("quantize", total);
+        bar->step(done);
+      });
+    }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const auto weights = bundle ? fs::path(o->out) / "llm" / "model.safetensors" : fs::path(o->out) / "model.safetensors";
     std::cout << fmt::format("wrote {} {}: {} ({:.1f} MB weights, {:.1f} s)\n", bundle ? "bundle" : "LLM", o->out,

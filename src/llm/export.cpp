@@ -4,6 +4,7 @@
 
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
+#include "io/safetensors.h"
 #include "io/error.h"
 #include "llm/model.h"
 #include "llm/options.h"
@@ -73,19 +74,43 @@ void save_hf_checkpoint(const std::filesystem::path& dir, const LlamaConfig& con
   io::write_file_atomic(dir / "config.json", j.dump(1) + "\n");
 }
 
-void save_quantized_checkpoint(const std::filesystem::path& dir, const LlamaConfig& config, const LlamaWeights& w,
-                               const nlohmann::json& extra) {
-  const auto tensors = quantized_tensors(config, w);
-  const std::string format = nn::quant_format_name(w.quant);
+namespace {
+
+// The stored quantized checkpoint of `w` (quantized, or quantized here to `format` matrix by
+// matrix: quantized_tensor_plan), written one tensor at a time: the header first, then each
+// tensor as it is made, so that no more than one matrix's quants are held.
+void write_quantized(const std::filesystem::path& dir, const LlamaConfig& config, LlamaWeights& w,
+                     nn::QuantFormat format, const nlohmann::json& extra,
+                     const std::function<void(int64_t, int64_t)>& progress = {}) {
+  if (w.quant != nn::QuantFormat::None) format = w.quant;
+  const auto plan = quantized_tensor_plan(config, w, format);
+  std::vector<io::SafetensorsEntry> entries;
+  for (const auto& t : plan) entries.push_back({t.name, t.dtype, t.shape});
+  const std::string name = nn::quant_format_name(format);
   std::filesystem::create_directories(dir);
-  io::save_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}, {kQuantKey, format}});
+  io::SafetensorsWriter file(dir / "model.safetensors", entries, {{"format", "pt"}, {kQuantKey, name}});
+  for (size_t i = 0; i < plan.size(); ++i) {
+    file.write(plan[i].name, plan[i].make());
+    if (progress) progress(static_cast<int64_t>(i + 1), static_cast<int64_t>(plan.size()));
+  }
+  file.commit();
   auto j = config_json(config, at::kBFloat16);
   j.update(extra);
-  j[kQuantKey] = format;
+  j[kQuantKey] = name;
   io::write_file_atomic(dir / "config.json", j.dump(1) + "\n");
 }
 
-void quantize_checkpoint(const std::filesystem::path& in, nn::QuantFormat format, const std::filesystem::path& out) {
+}  // namespace
+
+void save_quantized_checkpoint(const std::filesystem::path& dir, const LlamaConfig& config, const LlamaWeights& w,
+                               const nlohmann::json& extra) {
+  if (w.quant == nn::QuantFormat::None) throw InputError("quantized_tensors: the weights are not quantized");
+  auto handles = w;  // the plan takes its tensors by reference; the caller's stay as they are
+  write_quantized(dir, config, handles, w.quant, extra);
+}
+
+void quantize_checkpoint(const std::filesystem::path& in, nn::QuantFormat format, const std::filesystem::path& out,
+                         const std::function<void(int64_t, int64_t)>& progress) {
   if (format == nn::QuantFormat::None) throw InputError("quantize: no format given (expected q8 or q4)");
   if (!std::filesystem::is_directory(in))
     throw InputError(fmt::format("{}: no such model directory", in.string()));
@@ -95,9 +120,10 @@ void quantize_checkpoint(const std::filesystem::path& in, nn::QuantFormat format
   if (const auto stored = stored_quant_format(in / "config.json"); stored != nn::QuantFormat::None)
     throw InputError(fmt::format("{}: already quantized ({}); quantize the unquantized checkpoint instead", in.string(),
                                  nn::quant_format_name(stored)));
+  // Read lazily (a safetensors source stays mapped) and written matrix by matrix: memory holds
+  // about one matrix, not the quantized model.
   auto model = load_model(in, {.dtype = source_dtype(in)});
-  quantize_model(model, format);
-  save_quantized_checkpoint(out, model.config, model.weights);
+  write_quantized(out, model.config, model.weights, format, nlohmann::json::object(), progress);
   if (std::filesystem::exists(in / "tokenizer.model"))
     std::filesystem::copy_file(in / "tokenizer.model", out / "tokenizer.model",
                                std::filesystem::copy_options::overwrite_existing);

@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
+#include <memory>
 #include <set>
 
 #include "io/error.h"
@@ -205,27 +207,73 @@ void quantize_weights(LlamaWeights& w, nn::QuantFormat format) {
   w.quant = format;
 }
 
-io::TensorMap quantized_tensors(const LlamaConfig& c, const LlamaWeights& w) {
-  if (w.quant == nn::QuantFormat::None) throw InputError("quantized_tensors: the weights are not quantized");
-  auto bf16 = [](const torch::Tensor& t) { return t.to(torch::kBFloat16).contiguous(); };
-  io::TensorMap out{{kEmbedKey, bf16(w.embed)}, {kNormKey, w.norm.to(torch::kFloat32).contiguous()}};
-  auto put_quant = [&](const std::string& key, const nn::QuantMatrix& m) {
-    out[key + ".q"] = m.q;
-    out[key + ".scale"] = m.scale;
-  };
+namespace {
+
+// The plan's entries for one matrix: stored quantized (`quant` defined), quantized here to
+// `format` (a width that divides into blocks), or kept as bf16.
+void plan_matrix(std::vector<PlannedTensor>& plan, const std::string& key, torch::Tensor& source,
+                 nn::QuantMatrix& quant, nn::QuantFormat format) {
+  auto bf16 = [&source] { return source.to(torch::kBFloat16).contiguous(); };
+  if (!quant.defined() && (format == nn::QuantFormat::None || source.size(1) % nn::kQuantBlock != 0)) {
+    plan.push_back({key, at::kBFloat16, source.sizes().vec(), bf16});
+    return;
+  }
+  if (quant.defined()) {
+    plan.push_back({key + ".q", quant.q.scalar_type(), quant.q.sizes().vec(), [&quant] { return quant.q; }});
+    plan.push_back({key + ".scale", quant.scale.scalar_type(), quant.scale.sizes().vec(), [&quant] { return quant.scale; }});
+    return;
+  }
+  const int64_t rows = source.size(0), cols = source.size(1);
+  auto made = std::make_shared<nn::QuantMatrix>();  // between the two calls only
+  const bool q8 = format == nn::QuantFormat::Q8;
+  plan.push_back({key + ".q", q8 ? at::kChar : at::kByte, {rows, q8 ? cols : cols / 2}, [&source, made, format] {
+                    *made = nn::quantize(source, format);
+                    io::release_mapped_pages(source);
+                    source = torch::Tensor();
+                    return made->q;
+                  }});
+  plan.push_back({key + ".scale", at::kHalf, {rows, cols / nn::kQuantBlock}, [made] {
+                    auto scale = made->scale;
+                    *made = nn::QuantMatrix();
+                    return scale;
+                  }});
+}
+
+}  // namespace
+
+std::vector<PlannedTensor> quantized_tensor_plan(const LlamaConfig& c, LlamaWeights& w, nn::QuantFormat format) {
+  if (w.quant != nn::QuantFormat::None) format = w.quant;  // stored parts (`format` unused)
+  std::vector<PlannedTensor> plan;
+  plan.push_back({kEmbedKey, at::kBFloat16, w.embed.sizes().vec(), [&w] { return w.embed.to(torch::kBFloat16).contiguous(); }});
+  plan.push_back({kNormKey, at::kFloat, w.norm.sizes().vec(), [&w] { return w.norm.to(torch::kFloat32).contiguous(); }});
   for (size_t l = 0; l < w.layers.size(); ++l) {
-    const auto& L = w.layers[l];
+    auto& L = w.layers[l];
     for (const auto& row : kHfLayerKeys) {
       const auto key = fmt::format("model.layers.{}.{}", l, row.name);
-      if (row.is_norm) out[key] = (L.*row.field).to(torch::kFloat32).contiguous();
-      else if ((L.*row.quant).defined()) put_quant(key, L.*row.quant);
-      else out[key] = bf16(L.*row.field);
+      if (row.is_norm) {
+        auto& norm = L.*row.field;
+        plan.push_back({key, at::kFloat, norm.sizes().vec(), [&norm] { return norm.to(torch::kFloat32).contiguous(); }});
+        continue;
+      }
+      if ((L.*row.lora).defined())
+        throw InputError(fmt::format("quantize: '{}' has an unmerged LoRA adapter; merge it first", row.name));
+      plan_matrix(plan, key, L.*row.field, L.*row.quant, format);
     }
   }
   if (!c.tie_word_embeddings) {
-    if (!w.q_lm_head.defined()) throw InputError("quantized_tensors: the untied head is not quantized");
-    put_quant(kHeadKey, w.q_lm_head);
+    if (w.quant != nn::QuantFormat::None && !w.q_lm_head.defined())
+      throw InputError("quantized_tensors: the untied head is not quantized");
+    plan_matrix(plan, kHeadKey, w.lm_head, w.q_lm_head, nn::QuantFormat::Q8);
   }
+  std::sort(plan.begin(), plan.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  return plan;
+}
+
+io::TensorMap quantized_tensors(const LlamaConfig& c, const LlamaWeights& w) {
+  if (w.quant == nn::QuantFormat::None) throw InputError("quantized_tensors: the weights are not quantized");
+  auto handles = w;  // the plan takes its tensors by reference; the caller's stay as they are
+  io::TensorMap out;
+  for (const auto& t : quantized_tensor_plan(c, handles, w.quant)) out[t.name] = t.make();
   return out;
 }
 

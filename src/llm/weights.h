@@ -6,6 +6,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
+
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -79,6 +81,21 @@ LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfi
 // `stored`): quantized projections and untied head as `<key>.q` / `<key>.scale`, the other
 // matrices bf16, norms fp32. Unquantized weights → InputError.
 io::TensorMap quantized_tensors(const LlamaConfig& config, const LlamaWeights& weights);
+
+// One tensor of that layout, declared (name, dtype, shape) before it is made: a file can then be
+// written one tensor at a time (io::SafetensorsWriter).
+struct PlannedTensor {
+  std::string name;
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+  std::function<torch::Tensor()> make;
+};
+// The tensors of quantized_tensors in name order, each made when asked. Quantized weights give
+// their stored parts. Unquantized ones (`format` q8 or q4) are quantized as quantize_weights
+// would, one matrix at a time: its `.q` quantizes it and frees the source matrix (a mapped
+// checkpoint's pages too), its `.scale` hands the rest over; the untied head goes to q8. Each
+// `make` runs once, in order; `w` must outlive the calls. A LoRA left unmerged → InputError.
+std::vector<PlannedTensor> quantized_tensor_plan(const LlamaConfig& config, LlamaWeights& w, nn::QuantFormat format);
 
 // After quantize_weights on weights of any dtype: the matrices left unquantized (embedding, a
 // tied head, projections whose input size is not a multiple of 32) rounded to bf16, as the
