@@ -119,8 +119,7 @@ void add_bench_encode(CLI::App& bench) {
     if (o->dtype != "f32" && o->dtype != "bf16" && o->dtype != "both") {
       throw InputError(fmt::format("--dtype: '{}' (expected f32, bf16 or both)", o->dtype));
     }
-    const auto quant = nn::parse_quant_format(o->quant, "--quant");
-    if (quant == nn::QuantFormat::Q4) throw InputError("--quant: the vision tower takes none or q8, not q4");
+    const auto quant = vision::parse_vision_quant(o->quant, "--quant");
     if (quant != nn::QuantFormat::None && !device.is_cpu()) throw InputError("--quant q8 runs on the CPU only");
     // bf16 first: its peak RSS is then not inflated by fp32 pages the allocator keeps.
     if (o->dtype != "f32") bench_one(o->arch, torch::kBFloat16, quant, o->iters, o->batch, device, o->sync_check);

@@ -119,7 +119,7 @@ Stages bench_arch(const Opts& o) {
   const auto device = o.device.device();
   auto t0 = Clock::now();
   auto vweights = vision::random_weights(vcfg, dtype, 0);
-  vision::quantize_weights(vweights, nn::parse_quant_format(o.vision_quant.empty() ? "none" : o.vision_quant, "--vision-quant"));
+  vision::quantize_weights(vweights, vision::parse_vision_quant(o.vision_quant.empty() ? "none" : o.vision_quant, "--vision-quant"));
   vision::move_weights(vweights, device);
   const auto quant = nn::parse_quant_format(o.quant, "--quant");
   if (quant != nn::QuantFormat::None && dtype != torch::kBFloat16)
@@ -218,9 +218,7 @@ void add_bench_model(CLI::App& bench) {
   cmd->callback([o] {
     if (o->iters < 1 || o->tokens < 1) throw InputError("--iters and --tokens must be >= 1");
     nn::parse_quant_format(o->quant, "--quant");  // before any loading: a typo fails at once
-    if (!o->vision_quant.empty() &&
-        nn::parse_quant_format(o->vision_quant, "--vision-quant") == nn::QuantFormat::Q4)
-      throw InputError("--vision-quant: the vision tower takes none or q8, not q4");
+    if (!o->vision_quant.empty()) vision::parse_vision_quant(o->vision_quant, "--vision-quant");
     if (!o->references.empty() && o->model.empty())
       throw InputError("--reference needs --model (the --arch presets have random weights and no references)");
     const auto st = o->model.empty() ? bench_arch(*o) : bench_bundle(*o);

@@ -74,8 +74,7 @@ void add_encode_image(CLI::App& app) {
     }
     if (o->view != "encoder" && o->view != "map") throw InputError(fmt::format("--view: '{}' (expected encoder or map)", o->view));
     const auto resampler = image::parse_resampler(o->resampler);
-    vision::VisionOptions vo{.dtype = parse_dtype(o->dtype), .quant = nn::parse_quant_format(o->quant, "--quant")};
-    if (vo.quant == nn::QuantFormat::Q4) throw InputError("--quant: the vision tower takes none or q8, not q4");
+    vision::VisionOptions vo{.dtype = parse_dtype(o->dtype), .quant = vision::parse_vision_quant(o->quant, "--quant")};
     if (!o->family.empty()) vo.family = vision::parse_family(o->family);
     if (!o->config.empty()) vo.config = vision::read_config_file(o->config);
 

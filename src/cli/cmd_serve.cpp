@@ -18,6 +18,7 @@
 #include "serve/iadgpt_engine.h"
 #include "serve/map_engine.h"
 #include "serve/server.h"
+#include "vision/vit.h"
 
 namespace iadgpt::cli {
 
@@ -75,10 +76,8 @@ void add_serve(CLI::App& app) {
     serve::validate(o->server);  // before the model loads: a bad flag fails at once
     auto bundle = model::read_bundle(o->model);
     o->device.apply(bundle.device);
-    if (!o->vision_quant.empty()) {
-      bundle.vision_quant = o->vision_quant;
-      model::vision_quant_format(bundle);  // none or q8, before the model loads
-    }
+    if (!o->vision_quant.empty())  // none or q8, checked before the model loads
+      bundle.vision_quant = nn::quant_format_name(vision::parse_vision_quant(o->vision_quant, "--vision-quant"));
     // --threads (all cores by default) is the total: the workers share it.
     o->server.threads_per_worker = std::max(1, torch::get_num_threads() / std::max(1, o->server.workers));
     // Signals are taken by one thread with sigwait (stop() is not async-signal-safe); block

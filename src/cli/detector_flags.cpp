@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "io/error.h"
+#include "vision/vit.h"
 
 namespace iadgpt::cli {
 
@@ -28,14 +29,6 @@ void DetectorFlags::add_to(CLI::App& cmd) {
   cmd.add_option("--cache", cache_dir, "Directory caching prompt embeddings per model, class and prompt set");
   device.add_to(cmd, "cpu, or the bundle's with --model");
 }
-
-namespace {
-nn::QuantFormat parse_vision_quant(const std::string& value) {
-  const auto format = nn::parse_quant_format(value, "--vision-quant");
-  if (format == nn::QuantFormat::Q4) throw InputError("--vision-quant: the vision tower takes none or q8, not q4");
-  return format;
-}
-}  // namespace
 
 anomaly::DetectorOptions DetectorFlags::options() const {
   anomaly::DetectorOptions opt;
@@ -66,14 +59,15 @@ anomaly::DetectorOptions DetectorFlags::options() const {
   else if (dtype == "bf16") opt.dtype = torch::kBFloat16;
   else throw InputError(fmt::format("--dtype must be f32 or bf16, got '{}'", dtype));
   if (size < 0 || top_k < 0) throw InputError("--size and --top-k must not be negative");
-  if (!vision_quant.empty()) opt.vision_quant = parse_vision_quant(vision_quant);
+  if (!vision_quant.empty()) opt.vision_quant = vision::parse_vision_quant(vision_quant, "--vision-quant");
   opt.device = device.device();
   return opt;
 }
 
 void DetectorFlags::apply_to(model::Bundle& bundle) const {
   device.apply(bundle.device);
-  if (!vision_quant.empty()) bundle.vision_quant = nn::quant_format_name(parse_vision_quant(vision_quant));
+  if (!vision_quant.empty())
+    bundle.vision_quant = nn::quant_format_name(vision::parse_vision_quant(vision_quant, "--vision-quant"));
 }
 
 std::vector<std::filesystem::path> collect_images(const std::vector<std::string>& inputs) {

@@ -220,10 +220,7 @@ nlohmann::json bundle_to_json(const Bundle& b) {
 }
 
 nn::QuantFormat vision_quant_format(const Bundle& b) {
-  const auto what = fmt::format("{}: field 'vision_quant'", where(b.dir));
-  const auto format = nn::parse_quant_format(b.vision_quant, what);
-  if (format == nn::QuantFormat::Q4) throw InputError(fmt::format("{}: the vision tower takes none or q8, not q4", what));
-  return format;
+  return vision::parse_vision_quant(b.vision_quant, fmt::format("{}: field 'vision_quant'", where(b.dir)));
 }
 
 void validate_llm_quant(const Bundle& b) {

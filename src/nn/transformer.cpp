@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "io/error.h"
+#include "io/mapped_file.h"
 
 #include "nn/device.h"
 #include "nn/weights.h"
@@ -104,6 +105,7 @@ void quantize_block(BlockWeights& w, QuantFormat format, std::string_view where)
       throw InputError(fmt::format("{}: {} weight [{}, {}]: its input width is not a multiple of {}, so it cannot be quantized",
                                    where, slot.name, weight.size(0), weight.size(1), kQuantBlock));
     w.*slot.quant = quantize(weight, format);
+    io::release_mapped_pages(weight);  // a mapped checkpoint's pages, read once (io/mapped_file.h)
     weight = torch::Tensor();
   }
 }

@@ -101,6 +101,12 @@ void convert_weights(VitWeights& w, torch::Dtype dtype) {
   for (auto& b : w.blocks) nn::convert_block(b, dtype);
 }
 
+nn::QuantFormat parse_vision_quant(std::string_view name, std::string_view what) {
+  const auto format = nn::parse_quant_format(name, what);
+  if (format == nn::QuantFormat::Q4) throw InputError(fmt::format("{}: the vision tower takes none or q8, not q4", what));
+  return format;
+}
+
 void quantize_weights(VitWeights& w, nn::QuantFormat format) {
   if (format == nn::QuantFormat::Q4)
     throw InputError("the vision tower is quantized to q8 only (q4 is for the LLM: its maps were not checked)");

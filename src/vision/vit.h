@@ -69,6 +69,9 @@ VitOutput vit_forward(const VitWeights& w, const VitConfig& cfg, const torch::Te
 
 // Casts every tensor (bf16 fast path).
 void convert_weights(VitWeights& w, torch::Dtype dtype);
+// A vision quantization format by name: none or q8; q4 or anything else → InputError naming
+// `what` (a flag, a bundle field).
+nn::QuantFormat parse_vision_quant(std::string_view name, std::string_view what);
 // Quantizes every block's four matrices (nn::quantize_block; the stem, LayerNorms, biases and
 // projection stay as they are). q8 only: q4 → InputError (its maps were not checked); none: nothing.
 void quantize_weights(VitWeights& w, nn::QuantFormat format);
