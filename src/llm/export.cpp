@@ -104,7 +104,7 @@ void write_quantized(const std::filesystem::path& dir, const LlamaConfig& config
 
 void save_quantized_checkpoint(const std::filesystem::path& dir, const LlamaConfig& config, const LlamaWeights& w,
                                const nlohmann::json& extra) {
-  if (w.quant == nn::QuantFormat::None) throw InputError("quantized_tensors: the weights are not quantized");
+  if (w.quant == nn::QuantFormat::None) throw InputError("save_quantized_checkpoint: the weights are not quantized");
   auto handles = w;  // the plan takes its tensors by reference; the caller's stay as they are
   write_quantized(dir, config, handles, w.quant, extra);
 }
