@@ -83,6 +83,23 @@ nn::QuantMatrix take_quant(const io::TensorMap& tensors, const std::string& key,
   }
 }
 
+// The quantization policy, written once (quantizing at load, quantize_weights, the stored plan,
+// reading a stored checkpoint): the format a matrix of input width `cols` takes when the model's
+// projections go to `format` (none: not quantized). A projection takes `format`; the untied head
+// takes q8 for every format (weights.h quantize_weights says why). A width that does not divide
+// into blocks of 32 keeps the matrix in the model dtype, as llama.cpp falls back to another type
+// for such tensors (real LLaMA shapes all divide).
+nn::QuantFormat matrix_format(int64_t cols, nn::QuantFormat format, bool head) {
+  if (format == nn::QuantFormat::None || cols % nn::kQuantBlock != 0) return nn::QuantFormat::None;
+  return head ? nn::QuantFormat::Q8 : format;
+}
+
+// A quantized projection would drop its unmerged adapter: refused, naming it.
+void require_merged(const LayerWeights& L, const LayerKey& row) {
+  if ((L.*row.lora).defined())
+    throw InputError(fmt::format("quantize: '{}' has an unmerged LoRA adapter; merge it first", row.name));
+}
+
 // Tensors that HF checkpoints may carry but that are recomputed here.
 bool ignorable(const std::string& key) { return key.ends_with(".rotary_emb.inv_freq"); }
 
@@ -101,15 +118,15 @@ LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfi
   for (int64_t l = 0; l < c.num_layers; ++l) {
     for (const auto& row : kHfLayerKeys) {
       const auto key = fmt::format("model.layers.{}.{}", l, row.name);
-      const bool divisible = !row.is_norm && row.shape(c)[1] % nn::kQuantBlock == 0;
-      if (stored != nn::QuantFormat::None && divisible) {
+      const auto cols = row.shape(c)[1];
+      if (!row.is_norm && matrix_format(cols, stored, false) != nn::QuantFormat::None) {
         w.layers[l].*row.quant = take_quant(tensors, key, row.shape(c), stored, source, used);
         continue;
       }
       // Quantized projections are quantized from an fp32 copy of one matrix at a time.
-      const bool quantized = quant != nn::QuantFormat::None && divisible;
-      auto t = take(tensors, key, row.shape(c), source, row.is_norm || quantized ? torch::kFloat32 : dtype, used);
-      if (quantized) w.layers[l].*row.quant = nn::quantize(t, quant);
+      const auto format = row.is_norm ? nn::QuantFormat::None : matrix_format(cols, quant, false);
+      auto t = take(tensors, key, row.shape(c), source, row.is_norm || format != nn::QuantFormat::None ? torch::kFloat32 : dtype, used);
+      if (format != nn::QuantFormat::None) w.layers[l].*row.quant = nn::quantize(t, format);
       else w.layers[l].*row.field = std::move(t);
     }
   }
@@ -123,11 +140,12 @@ LlamaWeights weights_from_tensors(const io::TensorMap& tensors, const LlamaConfi
         throw InputError(fmt::format("{}: config.json has tie_word_embeddings true but tensor '{}' differs from '{}'",
                                      source, kHeadKey, kEmbedKey));
     }
-  } else if (stored != nn::QuantFormat::None) {
-    w.q_lm_head = take_quant(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, nn::QuantFormat::Q8, source, used);
+  } else if (const auto head_stored = matrix_format(c.hidden_size, stored, true); head_stored != nn::QuantFormat::None) {
+    w.q_lm_head = take_quant(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, head_stored, source, used);
   } else {
-    w.lm_head = take(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, source, quant != nn::QuantFormat::None ? torch::kFloat32 : dtype, used);
-    if (quant != nn::QuantFormat::None) w.q_lm_head = nn::quantize(w.lm_head, nn::QuantFormat::Q8), w.lm_head = torch::Tensor();
+    const auto head = matrix_format(c.hidden_size, quant, true);
+    w.lm_head = take(tensors, kHeadKey, {c.vocab_size, c.hidden_size}, source, head != nn::QuantFormat::None ? torch::kFloat32 : dtype, used);
+    if (head != nn::QuantFormat::None) w.q_lm_head = nn::quantize(w.lm_head, head), w.lm_head = torch::Tensor();
   }
   w.quant = stored != nn::QuantFormat::None ? stored : quant;
   for (const auto& [key, t] : tensors) {
@@ -186,38 +204,38 @@ void quantize_weights(LlamaWeights& w, nn::QuantFormat format) {
   if (format == nn::QuantFormat::None) return;
   if (w.quant != nn::QuantFormat::None)
     throw InputError(fmt::format("the weights are already quantized ({})", nn::quant_format_name(w.quant)));
+  // Frees each source matrix at once (or its pages, when it views a mapped checkpoint): peak
+  // memory is one matrix more.
+  auto replace = [](torch::Tensor& source, nn::QuantMatrix& quant, nn::QuantFormat matrix) {
+    if (matrix == nn::QuantFormat::None) return;  // stays in the model dtype
+    quant = nn::quantize(source, matrix);
+    io::release_mapped_pages(source);
+    source = torch::Tensor();
+  };
   for (auto& L : w.layers) {
     for (const auto& row : kHfLayerKeys) {
       if (row.is_norm) continue;
-      if ((L.*row.lora).defined())
-        throw InputError(fmt::format("quantize: '{}' has an unmerged LoRA adapter; merge it first", row.name));
-      if ((L.*row.field).size(1) % nn::kQuantBlock != 0) continue;  // stays in the model dtype (header)
-      L.*row.quant = nn::quantize(L.*row.field, format);
-      // Frees the source matrix now (or its pages, when it views a mapped checkpoint): peak
-      // memory is one matrix more.
-      io::release_mapped_pages(L.*row.field);
-      L.*row.field = torch::Tensor();
+      require_merged(L, row);
+      replace(L.*row.field, L.*row.quant, matrix_format((L.*row.field).size(1), format, false));
     }
   }
-  if (!w.lm_head.is_same(w.embed)) {
-    w.q_lm_head = nn::quantize(w.lm_head, nn::QuantFormat::Q8);
-    io::release_mapped_pages(w.lm_head);
-    w.lm_head = torch::Tensor();
-  }
+  if (!w.lm_head.is_same(w.embed)) replace(w.lm_head, w.q_lm_head, matrix_format(w.lm_head.size(1), format, true));
   w.quant = format;
 }
 
 namespace {
 
 // The plan's entries for one matrix: stored quantized (`quant` defined), quantized here to
-// `format` (a width that divides into blocks), or kept as bf16.
+// `format` (matrix_format's choice), or kept as bf16 (none).
 void plan_matrix(std::vector<PlannedTensor>& plan, const std::string& key, torch::Tensor& source,
                  nn::QuantMatrix& quant, nn::QuantFormat format) {
   auto bf16 = [&source] { return source.to(torch::kBFloat16).contiguous(); };
-  if (!quant.defined() && (format == nn::QuantFormat::None || source.size(1) % nn::kQuantBlock != 0)) {
+  if (!quant.defined() && format == nn::QuantFormat::None) {
     plan.push_back({key, at::kBFloat16, source.sizes().vec(), bf16});
     return;
   }
+  if (!quant.defined() && !source.defined())
+    throw InputError(fmt::format("quantized checkpoint: '{}' is neither quantized nor present", key));
   if (quant.defined()) {
     plan.push_back({key + ".q", quant.q.scalar_type(), quant.q.sizes().vec(), [&quant] { return quant.q; }});
     plan.push_back({key + ".scale", quant.scale.scalar_type(), quant.scale.sizes().vec(), [&quant] { return quant.scale; }});
@@ -255,16 +273,12 @@ std::vector<PlannedTensor> quantized_tensor_plan(const LlamaConfig& c, LlamaWeig
         plan.push_back({key, at::kFloat, norm.sizes().vec(), [&norm] { return norm.to(torch::kFloat32).contiguous(); }});
         continue;
       }
-      if ((L.*row.lora).defined())
-        throw InputError(fmt::format("quantize: '{}' has an unmerged LoRA adapter; merge it first", row.name));
-      plan_matrix(plan, key, L.*row.field, L.*row.quant, format);
+      require_merged(L, row);
+      const int64_t cols = (L.*row.quant).defined() ? (L.*row.quant).cols() : (L.*row.field).size(1);
+      plan_matrix(plan, key, L.*row.field, L.*row.quant, matrix_format(cols, format, false));
     }
   }
-  if (!c.tie_word_embeddings) {
-    if (w.quant != nn::QuantFormat::None && !w.q_lm_head.defined())
-      throw InputError("quantized_tensors: the untied head is not quantized");
-    plan_matrix(plan, kHeadKey, w.lm_head, w.q_lm_head, nn::QuantFormat::Q8);
-  }
+  if (!c.tie_word_embeddings) plan_matrix(plan, kHeadKey, w.lm_head, w.q_lm_head, matrix_format(c.hidden_size, format, true));
   std::sort(plan.begin(), plan.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   return plan;
 }
@@ -284,6 +298,8 @@ void finish_quantized(LlamaWeights& w) {
   for (auto& L : w.layers)
     for (const auto& row : kHfLayerKeys)
       if (!row.is_norm && (L.*row.field).defined()) L.*row.field = (L.*row.field).to(torch::kBFloat16).contiguous();
+  // An untied head left unquantized (matrix_format: its width does not divide into blocks).
+  if (!tied && w.lm_head.defined()) w.lm_head = w.lm_head.to(torch::kBFloat16).contiguous();
 }
 
 int64_t weight_bytes(const LlamaWeights& w) {

@@ -105,8 +105,9 @@ void finish_quantized(LlamaWeights& weights);
 // Replaces the projections (and an untied head) by their quantized form, one matrix at a time,
 // freeing each source matrix as it goes. The head is quantized to q8 for both formats: it is the
 // one matrix whose error reaches the logits directly (llama.cpp keeps its head at 6 bits or more
-// for Q4_0 too). A matrix whose input size is not a multiple of 32 stays in the model dtype (as
-// llama.cpp falls back to another type for such tensors; real LLaMA shapes all divide).
+// for Q4_0 too). A matrix (head included) whose input size is not a multiple of 32 stays in the
+// model dtype (as llama.cpp falls back to another type for such tensors; real LLaMA shapes all
+// divide). The same rule serves quantizing at load, the stored layout and reading it back.
 // Already-quantized weights or a LoRA left unmerged → InputError.
 void quantize_weights(LlamaWeights& w, nn::QuantFormat format);
 

@@ -270,3 +270,42 @@ TEST(QuantStore, QuantizeHoldsAboutOneMatrixNotTheQuantizedModel) {
     EXPECT_TRUE(torch::equal(written.at(name), tensor)) << name;
   }
 }
+
+TEST(QuantStore, MatricesThatDoNotDivideIntoBlocksStayBf16TheSameWayInEveryPath) {
+  // One rule (weights.cpp matrix_format) decides which matrices are quantized: quantizing at load,
+  // in memory, the stored file and reading it back. A hidden size of 48 does not divide into
+  // blocks of 32: q, k, v, gate, up and the untied head (input width 48) stay bf16; o (width 48)
+  // too; down (width 64) is quantized. Before the rule was shared, the stored plan wrote the head
+  // as bf16 while loading it expected `.q`/`.scale`, and quantizing at load refused the head.
+  llm::LlamaConfig c;
+  c.vocab_size = 300, c.hidden_size = 48, c.intermediate_size = 64, c.num_layers = 2, c.num_heads = 4,
+  c.num_kv_heads = 4, c.tie_word_embeddings = false;
+  const auto dir = t::scratch("quant-store-ragged");
+  llm::save_hf_checkpoint(dir / "bf16", c, llm::random_weights(c, torch::kBFloat16, 5));
+  llm::quantize_checkpoint(dir / "bf16", nn::QuantFormat::Q4, dir / "q4");
+
+  const auto written = io::load_safetensors(dir / "q4" / "model.safetensors");
+  EXPECT_EQ(written.at("lm_head.weight").scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(written.at("model.layers.0.self_attn.q_proj.weight").scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(written.count("model.layers.0.mlp.down_proj.weight.q"), 1u);
+
+  const auto from_file = llm::load_model(dir / "q4", {.dtype = torch::kBFloat16});
+  const auto at_load = llm::load_model(dir / "bf16", {.dtype = torch::kBFloat16, .quant = nn::QuantFormat::Q4});
+  auto in_memory = llm::load_model(dir / "bf16", {.dtype = torch::kBFloat16});
+  llm::quantize_model(in_memory, nn::QuantFormat::Q4);
+  for (const llm::LlamaModel* m : std::array<const llm::LlamaModel*, 3>{&from_file, &at_load, &in_memory}) {
+    EXPECT_FALSE(m->weights.q_lm_head.defined());
+    ASSERT_TRUE(m->weights.lm_head.defined());
+    EXPECT_EQ(m->weights.lm_head.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(m->weights.layers[0].q_down.defined());
+    EXPECT_FALSE(m->weights.layers[0].q_wq.defined());
+  }
+  const std::vector<int64_t> ids = {1, 15, 230, 7, 99};
+  auto logits = [&](const llm::LlamaModel& m) {
+    llm::KvCache cache(m, 16);
+    return llm::forward_tokens(m, cache, ids, llm::Logits::All);
+  };
+  const auto expected = logits(at_load);
+  EXPECT_TRUE(torch::equal(logits(from_file), expected));
+  EXPECT_TRUE(torch::equal(logits(in_memory), expected));
+}
