@@ -306,7 +306,7 @@ namespace {
 // tower twice (bf16 tensors and their quants).
 VisionModel build_vision(const io::Checkpoint& ckpt, const VisionOptions& o, io::Checkpoint* owned) {
   VisionModel m;
-  quantize_weights(m.weights, o.quant);  // no blocks yet: only checks the format (q8 or none)
+  require_vision_quant(o.quant, source_name(ckpt));  // before any tensor is read
   m.config = infer_vit_config(ckpt, o);
   const auto& c = m.config;
   const auto& map = key_map(c.family);

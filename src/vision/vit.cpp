@@ -101,15 +101,22 @@ void convert_weights(VitWeights& w, torch::Dtype dtype) {
   for (auto& b : w.blocks) nn::convert_block(b, dtype);
 }
 
+void require_vision_quant(nn::QuantFormat format, std::string_view what) {
+  if (format == nn::QuantFormat::Q4)
+    throw InputError(fmt::format("{}: the vision tower takes none or q8, not q4 (q4 is for the LLM: its maps were not checked)", what));
+}
+
 nn::QuantFormat parse_vision_quant(std::string_view name, std::string_view what) {
-  const auto format = nn::parse_quant_format(name, what);
-  if (format == nn::QuantFormat::Q4) throw InputError(fmt::format("{}: the vision tower takes none or q8, not q4", what));
-  return format;
+  for (auto format : {nn::QuantFormat::None, nn::QuantFormat::Q8, nn::QuantFormat::Q4})
+    if (name == nn::quant_format_name(format)) {
+      require_vision_quant(format, what);
+      return format;
+    }
+  throw InputError(fmt::format("{}: unknown vision tower format '{}' (expected none or q8)", what, name));
 }
 
 void quantize_weights(VitWeights& w, nn::QuantFormat format) {
-  if (format == nn::QuantFormat::Q4)
-    throw InputError("the vision tower is quantized to q8 only (q4 is for the LLM: its maps were not checked)");
+  require_vision_quant(format, "quantize_weights");
   for (size_t i = 0; i < w.blocks.size(); ++i) nn::quantize_block(w.blocks[i], format, fmt::format("vision block {}", i));
 }
 

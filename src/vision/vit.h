@@ -69,11 +69,14 @@ VitOutput vit_forward(const VitWeights& w, const VitConfig& cfg, const torch::Te
 
 // Casts every tensor (bf16 fast path).
 void convert_weights(VitWeights& w, torch::Dtype dtype);
-// A vision quantization format by name: none or q8; q4 or anything else → InputError naming
-// `what` (a flag, a bundle field).
+// The formats the vision tower takes, written once: none or q8. q4 → InputError naming `what`
+// (its maps were not checked: README "int8 tower").
+void require_vision_quant(nn::QuantFormat format, std::string_view what);
+// A vision quantization format by name (require_vision_quant's rule); q4 or an unknown name →
+// InputError naming `what` (a flag, a bundle field).
 nn::QuantFormat parse_vision_quant(std::string_view name, std::string_view what);
 // Quantizes every block's four matrices (nn::quantize_block; the stem, LayerNorms, biases and
-// projection stay as they are). q8 only: q4 → InputError (its maps were not checked); none: nothing.
+// projection stay as they are). q8; none: nothing; q4 → InputError (require_vision_quant).
 void quantize_weights(VitWeights& w, nn::QuantFormat format);
 // Moves every tensor to `device` (nn/device.h), once after loading. Quantized blocks: CPU only.
 void move_weights(VitWeights& w, const torch::Device& device);
