@@ -226,14 +226,16 @@ TEST(Quant, GemmOnEveryPathMatchesDoubleReferenceForEachInputRow) {
   // term, whose 2·nb block terms are fewer than the cols/4 + 40 allowed), for q4 one pass's s_x/2;
   // with InputPasses::One (the vision tower's) one pass's s_x/2 for both formats.
   // Shapes: inputs around the VNNI path's groups of 16 and pairs of groups (2, 5, 16, 17, 31, 33,
-  // 40, 48), rows ragged against its 4-row micro-kernel and over several weight tiles (tiles of
-  // 32 rows at 2048 columns, 64 at 96), columns 1 to 33 blocks; exact and random inputs mixed in
-  // one X. Outputs start as NaN, so one never written fails.
+  // 40, 48, 19), rows ragged against its 4-row micro-kernel and over several weight tiles (tiles of
+  // 32 rows at 2048 columns, 64 at 96), columns 1 to 100 blocks: past 64 blocks (2112, 3200) the
+  // tile is taken 8 blocks at a time, with a short last chunk (66 = 8·8 + 2 blocks); exact and
+  // random inputs mixed in one X. Outputs start as NaN, so one never written fails.
   struct Shape {
     int64_t rows, cols, n;
   };
-  const std::vector<Shape> shapes{{1, 32, 2},     {3, 64, 17},  {5, 480, 16},  {7, 544, 33},
-                                  {13, 1056, 5}, {203, 2048, 40}, {1001, 96, 31}, {70, 64, 48}};
+  const std::vector<Shape> shapes{{1, 32, 2},     {3, 64, 17},     {5, 480, 16},   {7, 544, 33},
+                                  {13, 1056, 5}, {203, 2048, 40}, {1001, 96, 31}, {70, 64, 48},
+                                  {67, 2112, 19}, {9, 3200, 50}};
   const int threads_before = torch::get_num_threads();
   for (const auto isa : kAllPaths) {
     if (!nn::matvec_isa_supported(isa)) {
