@@ -7,7 +7,8 @@
 // - Activations, packed once per call: inputs in groups of 16, one int32 lane each; for block b and
 //   step k (elements 32b+4k .. 32b+4k+3) the 16 inputs' four int8 values fill one 64-byte line.
 //   q8's residual passes are more inputs after the main ones.
-// - Weights, a tile of rows at a time into a per-thread buffer that stays in cache: unsigned bytes,
+// - Weights, a tile of rows at a time into a per-thread buffer that stays in cache (rows wider than
+//   64 blocks in chunks of 8 blocks, the running sums kept between chunks): unsigned bytes,
 //   q + 128 (q8, the sign bit flipped) or q + 8 (q4 nibbles unpacked to one per byte), as vpdpbusd
 //   wants; the scales widened to fp32.
 // - Micro-kernel: 4 rows × 32 inputs. Per step, 4 bytes of a row are broadcast to all lanes and
@@ -41,14 +42,15 @@ namespace qgemm {  // (named: the module is one unity translation unit)
 constexpr int64_t kLanes = 16;      // inputs per group: one int32 lane each
 constexpr int64_t kSteps = 8;       // 4-element steps per block of 32
 constexpr int64_t kQuadRows = 4;    // rows per micro-kernel call
-// Weight tiles and the passes over them (tile_product). Where an input pair's whole row fits in L1
-// (2 groups × 64 blocks × 512 B = 64 KB at most, widths up to 2048), a tile of about 64 KB of
-// weights passes once against each pair (the pair stays in L1 while every row of the tile
-// passes). Wider rows (LLaMA-7B's down projection, 11008; the vision MLP's 5120) would stream the
-// pair from L2 or beyond for every 4 rows, so the tile (64 rows) is taken 8 blocks at a time: a
-// chunk of the tile (16 KB) and of a pair (8 KB) stay in L1. Measured on the Intel VM (min of 15
-// calls): 4096 × 11008 at 82 inputs, two passes, 33.5–40 → 21–22 ms; 5120 × 1280 at 257 inputs
-// was 10–15 % slower chunked, hence the two regimes.
+// Weight tiles and the passes over them (tile_product). Where an input pair's whole row is small
+// (2 groups × nb blocks × 512 B, at most 64 KB: widths up to 2048), a tile of about 64 KB of
+// weights passes once against each pair, the pair staying in L1/L2 while every row of the tile
+// passes. Wider rows (LLaMA-7B's down projection, 11008 wide; the vision MLP's second matrix,
+// 5120) would stream the pair from L2 or beyond for every 4 rows, so the tile (64 rows) is taken
+// 8 blocks at a time: a chunk of the tile (16 KB) and of a pair (8 KB) stay in L1. Measured on the
+// Intel VM (min of 15 calls): 4096 × 11008 at 82 inputs, two passes, 29–40 → 21–22 ms; 1280 × 5120
+// at 257 inputs the same within the VM's noise; 5120 × 1280 at 257 inputs was 10–15 % slower
+// chunked, hence the two regimes.
 constexpr int64_t kTileBytes = 64 << 10;
 constexpr int64_t kWholeRowBlocks = 64;
 constexpr int64_t kChunkedTileRows = 64;
