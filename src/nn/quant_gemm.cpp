@@ -203,10 +203,11 @@ IADGPT_QGEMM_TARGET __m512 pairs_hi(__m512 a, __m512 b) {
   return _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(0xFF, _mm512_castps_pd(a), _mm512_castps_pd(b)));
 }
 
-// The micro-kernel's output for one group (16 inputs × 4 rows, row-major in `out` with a row
-// stride of `stride` floats) into Y [n, rows] at row t0 and column c0: each input's 4 values are one
-// 128-bit store (a 4 × 4 transpose within each 128-bit lane), the rows past the matrix's end and the
-// inputs past n left out. `add`: Y += instead of Y = (a residual pass, split_input).
+// The micro-kernel's sums for one group (4 rows × 16 inputs, row-major in `out` with a row stride
+// of `stride` floats) into row-major Y (`rows` floats per input) from `y` on: each input's 4
+// values are one 128-bit store (a 4 × 4 transpose within each 128-bit lane); rows past
+// `valid_rows` (the matrix's end) and inputs past `valid_inputs` are left out. `add`: Y += instead
+// of Y = (a residual pass, split_input).
 IADGPT_QGEMM_TARGET void store_group(const float* out, int64_t stride, int64_t valid_inputs, int64_t valid_rows,
                                      bool add, float* y, int64_t rows) {
   const __m512 v0 = _mm512_loadu_ps(out), v1 = _mm512_loadu_ps(out + stride);
