@@ -97,7 +97,9 @@ TEST(MvtecAd, HazelnutToyMasksWithoutSuffix) {
   EXPECT_EQ(count_by_defect(s, Split::Train), (std::map<std::string, int>{{"good", 10}}));
   EXPECT_EQ(count_by_defect(s, Split::Test), (std::map<std::string, int>{{"colour", 4}, {"good", 4}}));
   for (const auto& x : s) {
-    if (x.mask) EXPECT_EQ(x.mask->filename().string(), x.image.stem().string() + ".png");
+    if (x.mask) {
+      EXPECT_EQ(x.mask->filename().string(), x.image.stem().string() + ".png");
+    }
   }
   expect_masks_match_manifest(s, root);
 }

@@ -144,7 +144,9 @@ TEST(DemoPipeline, ScaledDownRunWritesTheReportAndPrintsTheAccuracy) {
       if (word == "no") says_yes = false;
     }
     const bool right = says_yes ? *says_yes == anomalous : mark == "ok";
-    if (says_yes) EXPECT_EQ(mark, right ? "ok" : "bad") << answer;
+    if (says_yes) {
+      EXPECT_EQ(mark, right ? "ok" : "bad") << answer;
+    }
     const auto cls = m.str(0).substr(m.str(0).find("alt=\"") + 5);
     auto& pc = per_class[cls.substr(0, cls.find(' '))];
     pc.first += right, pc.second += 1;

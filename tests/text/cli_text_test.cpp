@@ -20,8 +20,6 @@ using iadgpt::test::fixture;
 
 const fs::path kVocab = data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz");
 
-std::string quote(const std::string& s) { return iadgpt::test::shell_quote(s); }
-
 struct Result {
   int code;
   std::string out, err;
