@@ -1,7 +1,9 @@
-// `iadgpt convert --in CHECKPOINT --out FILE.safetensors [--dtype bf16|f32] [--keys vision|all]`:
-// rewrites a downloaded checkpoint as safetensors, which every command memory-maps (no parse,
-// no copy, no conversion at load). Tensors are read one at a time and converted as read; with
-// --keys all they are also written as they come (io::convert_to_safetensors).
+// `iadgpt convert --in CHECKPOINT --out FILE.safetensors [--dtype bf16|f32] [--keys vision|all]
+// [--quant none|q8]`: rewrites a downloaded checkpoint as safetensors, which every command
+// memory-maps (no parse, no copy, no conversion at load). Tensors are read one at a time and
+// converted as read; with --keys all they are also written as they come
+// (io::convert_to_safetensors). --quant q8 stores the vision tower's block matrices quantized
+// (vision/loader.h kStoredVisionQuantKey), so that an int8 tower loads without quantizing.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -17,7 +19,7 @@ namespace iadgpt::cli {
 
 void add_convert(CLI::App& app) {
   struct Opts {
-    std::string in, out, dtype = "bf16", keys = "vision", config, family;
+    std::string in, out, dtype = "bf16", keys = "vision", config, family, quant = "none";
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("convert", "Rewrite a checkpoint (.pth/.pt/.bin, HF directory) as safetensors");
@@ -31,18 +33,29 @@ void add_convert(CLI::App& app) {
       ->check(CLI::IsMember({"vision", "all"}));
   cmd->add_option("--config", o->config, "JSON config for the vision tower (as for encode-image)");
   cmd->add_option("--family", o->family, "Override family detection: imagebind, openai, openclip, hf");
+  cmd->add_option("--quant", o->quant,
+                  "With --keys vision: none, or q8 to store the blocks' matrices as int8 quants of the --dtype weights "
+                  "(what --vision-quant q8 loads, without quantizing at load); an LLM is quantized by `iadgpt quantize`")
+      ->capture_default_str();
   cmd->callback([o] {
+    const auto quant = vision::parse_vision_quant(o->quant, "--quant");
+    if (quant != nn::QuantFormat::None && o->keys != "vision")
+      throw InputError("--quant: only the vision tower (--keys vision) is quantized by convert; for an LLM use `iadgpt quantize`");
     const auto t0 = std::chrono::steady_clock::now();
     const auto dtype = o->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
     io::ConvertStats stats;
     if (o->keys == "vision") {  // the tower only (about 1.3 GB in bf16): read whole, then written
-      vision::VisionOptions vo{.dtype = dtype};
+      vision::VisionOptions vo{.dtype = dtype, .quant = quant};
       if (!o->family.empty()) vo.family = vision::parse_family(o->family);
       if (!o->config.empty()) vo.config = vision::read_config_file(o->config);
       const auto ckpt = vision::read_vision_tensors(o->in, vo);
-      for (const auto& [k, t] : ckpt.tensors) stats.parameters += t.numel();
+      const bool stored = vision::stored_vision_quant(ckpt) != nn::QuantFormat::None;
+      for (const auto& [key, t] : ckpt.tensors)  // a stored matrix's parameters are its quants, not its scales
+        if (!(stored && key.ends_with(".scale"))) stats.parameters += t.numel();
       stats.tensors = static_cast<int64_t>(ckpt.tensors.size());
-      io::save_safetensors(o->out, ckpt.tensors, {{"format", "pt"}});
+      auto metadata = ckpt.metadata;  // the stored format, when quantized
+      metadata["format"] = "pt";
+      io::save_safetensors(o->out, ckpt.tensors, metadata);
     } else {  // every tensor (an LLM: 13.5 GB at 7B in bf16): streamed, 256 MiB at a time
       std::unique_ptr<Progress> bar;
       stats = io::convert_to_safetensors(o->in, o->out,
@@ -53,8 +66,8 @@ void add_convert(CLI::App& app) {
                                          {{"format", "pt"}});
     }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::cout << fmt::format("wrote {}: {} tensors, {} parameters, {} ({:.1f} s)\n", o->out, stats.tensors,
-                             stats.parameters, o->dtype, s);
+    std::cout << fmt::format("wrote {}: {} tensors, {} parameters, {}{} ({:.1f} s)\n", o->out, stats.tensors,
+                             stats.parameters, o->dtype, quant == nn::QuantFormat::None ? "" : ", block matrices q8", s);
   });
 }
 

@@ -54,7 +54,8 @@ nlohmann::json describe(const io::Checkpoint& ckpt, const std::optional<vision::
     j["vision"] = {{"image_size", c.image_size}, {"patch_size", c.patch_size}, {"width", c.width},
                    {"layers", c.layers},         {"heads", c.heads},           {"mlp_dim", c.mlp_dim},
                    {"embed_dim", c.embed_dim},   {"eps", c.eps},               {"activation", activation_name(c.activation)},
-                   {"parameters", c.parameter_count()}, {"default_taps", c.default_taps()}};
+                   {"parameters", c.parameter_count()}, {"default_taps", c.default_taps()},
+                   {"stored_quant", nn::quant_format_name(vision::stored_vision_quant(ckpt))}};
   } catch (const InputError& e) {
     j["vision_error"] = e.what();  // e.g. heads unknown without a config: still describe the file
   }
@@ -73,11 +74,12 @@ void print_text(const nlohmann::json& j) {
   if (j.contains("vision")) {
     const auto& v = j["vision"];
     std::cout << fmt::format(
-        "vision:     {}px patch {}, width {}, {} blocks, {} heads, mlp {}, embed {}, eps {}, {}, {} parameters\n",
+        "vision:     {}px patch {}, width {}, {} blocks, {} heads, mlp {}, embed {}, eps {}, {}, {} parameters{}\n",
         v["image_size"].get<int64_t>(), v["patch_size"].get<int64_t>(), v["width"].get<int64_t>(),
         v["layers"].get<int64_t>(), v["heads"].get<int64_t>(), v["mlp_dim"].get<int64_t>(),
         v["embed_dim"].get<int64_t>(), v["eps"].get<double>(), v["activation"].get<std::string>(),
-        v["parameters"].get<int64_t>());
+        v["parameters"].get<int64_t>(),
+        v["stored_quant"] == "none" ? "" : fmt::format(", block matrices stored {}", v["stored_quant"].get<std::string>()));
   }
   if (j.contains("vision_error")) std::cout << "vision:     " << j["vision_error"].get<std::string>() << "\n";
 }

@@ -84,17 +84,6 @@ void convert_block(BlockWeights& w, torch::Dtype dtype) {
     if (t->defined()) *t = convert_weight(*t, dtype);
 }
 
-namespace {
-struct QuantSlot {
-  const char* name;
-  torch::Tensor BlockWeights::*weight;
-  QuantMatrix BlockWeights::*quant;
-};
-constexpr QuantSlot kQuantSlots[] = {{"qkv", &BlockWeights::qkv_weight, &BlockWeights::qkv_quant},
-                                     {"out", &BlockWeights::out_weight, &BlockWeights::out_quant},
-                                     {"fc1", &BlockWeights::fc1_weight, &BlockWeights::fc1_quant},
-                                     {"fc2", &BlockWeights::fc2_weight, &BlockWeights::fc2_quant}};
-}  // namespace
 
 void quantize_block(BlockWeights& w, QuantFormat format, std::string_view where) {
   if (format == QuantFormat::None) return;

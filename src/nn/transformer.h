@@ -45,6 +45,18 @@ struct BlockWeights {
   QuantMatrix qkv_quant, out_quant, fc1_quant, fc2_quant;
 };
 
+// The four matrices a block may hold quantized, each with its quantized slot (quantize_block,
+// and a loader reading matrices stored quantized).
+struct QuantSlot {
+  const char* name;
+  torch::Tensor BlockWeights::*weight;
+  QuantMatrix BlockWeights::*quant;
+};
+inline constexpr QuantSlot kQuantSlots[] = {{"qkv", &BlockWeights::qkv_weight, &BlockWeights::qkv_quant},
+                                            {"out", &BlockWeights::out_weight, &BlockWeights::out_quant},
+                                            {"fc1", &BlockWeights::fc1_weight, &BlockWeights::fc1_quant},
+                                            {"fc2", &BlockWeights::fc2_weight, &BlockWeights::fc2_quant}};
+
 // y = x Wᵀ + b with W given as a tensor or, when `quant` is defined, quantized (then x is taken in
 // fp32 and y returned in x's dtype). x: [..., in].
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const QuantMatrix& quant,

@@ -7,6 +7,8 @@
 
 #include "io/error.h"
 #include "io/heap.h"
+#include "io/mapped_file.h"
+#include "nn/transformer.h"
 #include "nn/weights.h"
 
 namespace iadgpt::vision {
@@ -37,6 +39,12 @@ struct BlockRow {
   Fix fix = Fix::None;
 };
 
+// Where `field` may be stored quantized (null: never, it stays in the model dtype).
+nn::QuantMatrix nn::BlockWeights::*quant_slot(torch::Tensor nn::BlockWeights::*field) {
+  for (const auto& slot : nn::kQuantSlots)
+    if (slot.weight == field) return slot.quant;
+  return nullptr;
+}
 struct KeyMap {
   std::vector<TopRow> top;
   std::vector<BlockRow> block;
@@ -178,6 +186,15 @@ const torch::Tensor& need(const io::Checkpoint& ckpt, const std::string& key, Fa
   return it->second;
 }
 
+// The checkpoint keys one row reads: its own, or HF's separate q, k and v projections.
+std::vector<std::string> source_keys(const std::string& key, Fix fix) {
+  if (fix != Fix::ConcatQkv) return {key};
+  return {replace(key, "{qkv}", "q"), replace(key, "{qkv}", "k"), replace(key, "{qkv}", "v")};
+}
+
+// A matrix stored quantized is the two tensors `<key>.q` and `<key>.scale` (nn/quant.h layout).
+constexpr const char* kQuantSuffixes[] = {".q", ".scale"};
+
 std::vector<int64_t> shape_of(std::string_view spec, const VitConfig& c) {
   std::vector<int64_t> shape;
   size_t start = 0;
@@ -278,7 +295,8 @@ VitConfig infer_vit_config(const io::Checkpoint& ckpt, const VisionOptions& o) {
   c.image_size = grid * c.patch_size;
   while (ckpt.tensors.count(block_key(block_row(map, &BW::ln1_weight).key, c.layers))) ++c.layers;
   if (c.layers == 0) need(ckpt, block_key(block_row(map, &BW::ln1_weight).key, 0), family);  // throws, naming the key
-  c.mlp_dim = need(ckpt, block_key(block_row(map, &BW::fc1_weight).key, 0), family).size(0);
+  const bool stored = stored_vision_quant(ckpt) != nn::QuantFormat::None;
+  c.mlp_dim = need(ckpt, block_key(block_row(map, &BW::fc1_weight).key, 0) + (stored ? ".q" : ""), family).size(0);
 
   const auto& proj_row = top_row(map, &W::proj);
   if (auto it = ckpt.tensors.find(proj_row.key); it != ckpt.tensors.end()) {
@@ -301,29 +319,26 @@ VitConfig infer_vit_config(const io::Checkpoint& ckpt, const VisionOptions& o) {
 
 namespace {
 
-// load_vision over `ckpt`. With `owned` (the same checkpoint, the caller's to spend), each block's
-// keys are dropped from it once the block is quantized, so that a q8 load never holds the whole
-// tower twice (bf16 tensors and their quants).
-VisionModel build_vision(const io::Checkpoint& ckpt, const VisionOptions& o, io::Checkpoint* owned) {
+// load_vision over `ckpt`: the blocks' matrices come from their stored quants in a
+// stored-quantized checkpoint (stored_vision_quant), else in `o.dtype`, quantized here when
+// `o.quant` asks for it.
+VisionModel build_vision(const io::Checkpoint& ckpt, const VisionOptions& o) {
   VisionModel m;
-  require_vision_quant(o.quant, source_name(ckpt));  // before any tensor is read
+  const std::string source = source_name(ckpt);
+  require_vision_quant(o.quant, source);  // before any tensor is read
+  const auto stored = stored_vision_quant(ckpt);
   m.config = infer_vit_config(ckpt, o);
   const auto& c = m.config;
   const auto& map = key_map(c.family);
-  const std::string source = source_name(ckpt);
 
-  std::vector<std::string> read_keys;  // of the current block
   // Reads one tensor with its shape checked against the config; converts to our layout.
   auto read = [&](const std::string& key, const char* spec, Fix fix) -> torch::Tensor {
     if (fix == Fix::ConcatQkv) {
       std::vector<torch::Tensor> parts;
-      for (const char* p : {"q", "k", "v"}) {
-        read_keys.push_back(replace(key, "{qkv}", p));
-        parts.push_back(nn::take(ckpt.tensors, read_keys.back(), shape_of(spec, c), source, o.dtype));
-      }
+      for (const auto& part : source_keys(key, fix))
+        parts.push_back(nn::take(ckpt.tensors, part, shape_of(spec, c), source, o.dtype));
       return torch::cat(parts, 0);
     }
-    read_keys.push_back(key);
     if (!ckpt.tensors.count(key)) need(ckpt, key, c.family);
     // The frame sum is taken in fp32 so that a bf16 model rounds once, not twice.
     auto t = nn::take(ckpt.tensors, key, shape_of(spec, c), source, fix == Fix::SumFrames ? torch::kFloat32 : o.dtype);
@@ -334,6 +349,25 @@ VisionModel build_vision(const io::Checkpoint& ckpt, const VisionOptions& o, io:
       default: return t;
     }
   };
+  // A matrix stored quantized: its `.q` and `.scale`, validated against the config's shape (a
+  // view of the file, no copy; HF's q, k and v stacked by rows, as the quants are per row).
+  auto read_quant = [&](const std::string& key, const char* spec, Fix fix) -> nn::QuantMatrix {
+    const auto shape = shape_of(spec, c);
+    std::vector<torch::Tensor> qs, scales;
+    for (const auto& part : source_keys(key, fix)) {
+      const auto& q = need(ckpt, part + ".q", c.family);
+      const auto& scale = need(ckpt, part + ".scale", c.family);
+      try {
+        auto matrix = nn::quant_matrix_from_tensors(stored, q, scale, shape[0], shape[1], part);
+        qs.push_back(matrix.q);
+        scales.push_back(matrix.scale);
+      } catch (const InputError& e) {
+        throw InputError(fmt::format("{}: {}", source, e.what()));
+      }
+    }
+    if (qs.size() == 1) return {stored, qs[0], scales[0]};
+    return {stored, torch::cat(qs, 0), torch::cat(scales, 0)};
+  };
 
   for (const auto& r : map.top) {
     if (r.optional && !ckpt.tensors.count(r.key)) continue;
@@ -341,36 +375,76 @@ VisionModel build_vision(const io::Checkpoint& ckpt, const VisionOptions& o, io:
   }
   m.weights.blocks.resize(c.layers);
   for (int64_t i = 0; i < c.layers; ++i) {
-    read_keys.clear();
-    for (const auto& r : map.block) m.weights.blocks[i].*(r.field) = read(block_key(r.key, i), r.shape, r.fix);
-    if (o.quant == nn::QuantFormat::None) continue;
-    nn::quantize_block(m.weights.blocks[i], o.quant, fmt::format("{}: vision block {}", source, i));
-    if (owned)
-      for (const auto& key : read_keys) owned->tensors.erase(key);
+    auto& block = m.weights.blocks[i];
+    for (const auto& r : map.block) {
+      const auto key = block_key(r.key, i);
+      if (auto slot = quant_slot(r.field); slot && stored != nn::QuantFormat::None) block.*slot = read_quant(key, r.shape, r.fix);
+      else block.*(r.field) = read(key, r.shape, r.fix);
+    }
+    if (stored == nn::QuantFormat::None)
+      nn::quantize_block(block, o.quant, fmt::format("{}: vision block {}", source, i));
   }
+  m.quant = stored != nn::QuantFormat::None ? stored : o.quant;
   return m;
 }
 
 }  // namespace
 
-VisionModel load_vision(const io::Checkpoint& ckpt, const VisionOptions& o) { return build_vision(ckpt, o, nullptr); }
+nn::QuantFormat stored_vision_quant(const io::Checkpoint& ckpt) {
+  const auto it = ckpt.metadata.find(kStoredVisionQuantKey);
+  if (it == ckpt.metadata.end()) return nn::QuantFormat::None;
+  return parse_vision_quant(it->second, fmt::format("{}: metadata '{}'", source_name(ckpt), kStoredVisionQuantKey));
+}
+
+void quantize_vision_tensors(io::Checkpoint& ckpt, const VitConfig& c, nn::QuantFormat format) {
+  const std::string source = source_name(ckpt);
+  require_vision_quant(format, source);
+  if (format == nn::QuantFormat::None || stored_vision_quant(ckpt) != nn::QuantFormat::None) return;
+  const auto& map = key_map(c.family);
+  for (int64_t i = 0; i < c.layers; ++i) {
+    for (const auto& r : map.block) {
+      if (!quant_slot(r.field)) continue;
+      for (const auto& key : source_keys(block_key(r.key, i), r.fix)) {
+        const auto stored_dtype = need(ckpt, key, c.family).scalar_type();
+        const auto weight = nn::take(ckpt.tensors, key, shape_of(r.shape, c), source, stored_dtype);
+        nn::QuantMatrix matrix;
+        try {
+          matrix = nn::quantize(weight, format);
+        } catch (const InputError& e) {
+          throw InputError(fmt::format("{}: tensor '{}': {}", source, key, e.what()));
+        }
+        io::release_mapped_pages(weight);  // a mapped file's pages, read once (io/mapped_file.h)
+        ckpt.tensors.erase(key);
+        ckpt.tensors[key + ".q"] = matrix.q;
+        ckpt.tensors[key + ".scale"] = matrix.scale;
+      }
+    }
+  }
+  ckpt.metadata[kStoredVisionQuantKey] = nn::quant_format_name(format);
+}
+
+VisionModel load_vision(const io::Checkpoint& ckpt, const VisionOptions& o) { return build_vision(ckpt, o); }
 
 VisionKeys vision_keys(const io::Checkpoint& headers, const VisionOptions& o) {
   VisionKeys k{.config = infer_vit_config(headers, o)};
   const auto& map = key_map(k.config.family);
-  auto add = [&](const std::string& key, Fix fix) {
-    if (fix == Fix::ConcatQkv) {
-      for (const char* p : {"q", "k", "v"}) k.keys.insert(replace(key, "{qkv}", p));
-      return;
+  const bool stored = stored_vision_quant(headers) != nn::QuantFormat::None;
+  auto add = [&](const std::string& key, Fix fix, bool quantized) {
+    for (const auto& part : source_keys(key, fix)) {
+      if (!quantized) k.keys.insert(part);
+      if (fix == Fix::SumFrames) k.fp32_keys.insert(part);
+      if (quantized)
+        for (const char* suffix : kQuantSuffixes) {
+          k.keys.insert(part + suffix);
+          k.stored_keys.insert(part + suffix);
+        }
     }
-    k.keys.insert(key);
-    if (fix == Fix::SumFrames) k.fp32_keys.insert(key);
   };
   for (const auto& r : map.top) {
-    if (!r.optional || headers.tensors.count(r.key)) add(r.key, r.fix);
+    if (!r.optional || headers.tensors.count(r.key)) add(r.key, r.fix, false);
   }
   for (int64_t i = 0; i < k.config.layers; ++i) {
-    for (const auto& r : map.block) add(block_key(r.key, i), r.fix);
+    for (const auto& r : map.block) add(block_key(r.key, i), r.fix, stored && quant_slot(r.field));
   }
   return k;
 }
@@ -379,14 +453,17 @@ io::Checkpoint read_vision_tensors(const std::filesystem::path& path, const Visi
   const auto headers = io::load_checkpoint(path, {.headers_only = true});
   const auto wanted = vision_keys(headers, o);
   auto ckpt = io::load_checkpoint(path, {.float_dtype = o.dtype, .keys = [&](const std::string& key) {
-                                           return (wanted.keys.count(key) && !wanted.fp32_keys.count(key)) ||
+                                           return (wanted.keys.count(key) && !wanted.fp32_keys.count(key) &&
+                                                   !wanted.stored_keys.count(key)) ||
                                                   key == "input_resolution";
                                          }});
-  if (!wanted.fp32_keys.empty()) {
-    auto fp32 = io::load_checkpoint(path, {.float_dtype = torch::kFloat32,
-                                           .keys = [&](const std::string& key) { return wanted.fp32_keys.count(key) > 0; }});
-    ckpt.tensors.merge(fp32.tensors);
+  for (const auto* kept : {&wanted.fp32_keys, &wanted.stored_keys}) {
+    if (kept->empty()) continue;
+    auto more = io::load_checkpoint(path, {.float_dtype = kept == &wanted.fp32_keys ? std::optional(torch::kFloat32) : std::nullopt,
+                                           .keys = [&](const std::string& key) { return kept->count(key) > 0; }});
+    ckpt.tensors.merge(more.tensors);
   }
+  quantize_vision_tensors(ckpt, wanted.config, o.quant);
   if (config) *config = wanted.config;
   return ckpt;
 }
@@ -397,7 +474,7 @@ VisionModel load_vision(const std::filesystem::path& path, const VisionOptions& 
   // The family detected on all headers: a filtered map may lack a hint (file name, TorchScript).
   VisionOptions with_family = o;
   with_family.family = config.family;
-  auto model = build_vision(*ckpt, with_family, &*ckpt);
+  auto model = build_vision(*ckpt, with_family);
   ckpt.reset();
   io::release_free_heap();  // the read buffers and any tensor the model did not keep
   return model;
