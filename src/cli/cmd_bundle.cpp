@@ -44,7 +44,7 @@ void add_bundle(CLI::App& app) {
 
   struct Create {
     std::string vision, text, vocab, vision_config, llm, tokenizer, lora, delta, anomalygpt, decoder, tge, mmf, prompts;
-    std::string expert = "mmf", mode = "self-supervised", dtype = "f32", quant = "auto", vision_quant = "none", out;
+    std::string expert = "mmf", mode = "self-supervised", dtype = "f32", quant = "auto", vision_quant = "auto", out;
     std::vector<int64_t> taps;
     int64_t size = 224;
     double threshold = 0.5, lora_alpha = 32;
@@ -72,7 +72,8 @@ void add_bundle(CLI::App& app) {
   create->add_option("--size", c->size, "Input side S")->capture_default_str();
   create->add_option("--dtype", c->dtype, "f32 | bf16 (towers and LLM)")->capture_default_str();
   create->add_option("--vision-quant", c->vision_quant,
-                     "vision tower: none | q8 (its matrices in int8 at load: faster encode on AVX-512 VNNI CPUs, CPU only)")
+                     "vision tower: auto (as stored: a tower written by `iadgpt convert --quant q8` runs in q8, any other "
+                     "unquantized) | none | q8 (its matrices in int8 at load: faster encode on AVX-512 VNNI CPUs, CPU only)")
       ->capture_default_str();
   create->add_option("--quant", c->quant,
                      "LLM weights: auto (as stored: a directory written by `iadgpt quantize` runs in its format, any "
@@ -102,16 +103,19 @@ void add_bundle(CLI::App& app) {
     b.expert = c->expert;
     b.mode = c->mode;
     b.dtype = c->dtype;
-    b.vision_quant = c->vision_quant;
+    b.vision_quant = c->vision_quant != "auto" ? c->vision_quant
+                                               : nn::quant_format_name(vision::stored_vision_quant(
+                                                     io::load_checkpoint(b.vision, {.headers_only = true})));
     b.taps = c->taps;
     b.image_size = c->size;
     b.threshold = c->threshold;
     if (!fs::exists(b.llm / "config.json"))
       throw InputError(fmt::format("--llm {}: no config.json (expected a Hugging Face LLaMA directory)", b.llm.string()));
     b.quant = c->quant == "auto" ? nn::quant_format_name(llm::stored_quant_format(b.llm / "config.json")) : c->quant;
-    // Field checks first (nothing written for a typo or a format the LLM is not stored in), then files.
+    // Field checks first (nothing written for a typo or a format a model is not stored in), then files.
     b = model::bundle_from_json(model::bundle_to_json(b), b.dir);
     model::validate_llm_quant(b);
+    model::validate_vision_quant(b);
     if (c->init_random >= 0) {
       std::vector<std::string> parts;
       const auto deltas = model::load_deltas(b);

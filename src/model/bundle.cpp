@@ -233,6 +233,13 @@ void validate_llm_quant(const Bundle& b) {
                                  "give the unquantized LLM with this LoRA to `iadgpt quantize`", where(b.dir), b.quant));
 }
 
+void validate_vision_quant(const Bundle& b) {
+  const auto stored = vision::stored_vision_quant(io::load_checkpoint(b.vision, {.headers_only = true}));
+  if (stored != nn::QuantFormat::None && vision_quant_format(b) != stored)
+    throw InputError(fmt::format("{}: field 'vision_quant' is '{}', but the vision tower {} is stored quantized as {}",
+                                 where(b.dir), b.vision_quant, b.vision.string(), nn::quant_format_name(stored)));
+}
+
 void validate_bundle(const Bundle& b) {
   const auto& dir = b.dir;
   require_exists(dir, "vision", b.vision);
@@ -256,6 +263,7 @@ void validate_bundle(const Bundle& b) {
   vision::VisionOptions vopt;
   vopt.config = b.vision_config;
   const auto vcfg = vision::infer_vit_config(io::load_checkpoint(b.vision, {.headers_only = true}), vopt);
+  validate_vision_quant(b);
   const int64_t layers = b.taps.empty() ? static_cast<int64_t>(vcfg.default_taps().size()) : static_cast<int64_t>(b.taps.size());
   for (auto t : b.taps)
     if (t >= vcfg.layers)

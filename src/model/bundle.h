@@ -89,6 +89,9 @@ nn::QuantFormat vision_quant_format(const Bundle& bundle);
 // The part of validate_bundle about the LLM's stored format: a stored quantized LLM needs `quant`
 // to name its format, and takes no LoRA (InputError naming the field). Cheap: reads config.json.
 void validate_llm_quant(const Bundle& bundle);
+// The same for the vision tower: one stored quantized (`iadgpt convert --quant q8`) needs
+// `vision_quant` to name its format (InputError naming the field). Reads the file's headers.
+void validate_vision_quant(const Bundle& bundle);
 
 // The tensors of `delta` then `anomalygpt` (later keys win); nullopt when neither is given.
 std::optional<std::map<std::string, at::Tensor>> load_deltas(const Bundle& bundle);

@@ -153,3 +153,32 @@ TEST(QuantizeCli, BundleCreateWritesTheVisionTowersFormatAndDetectRunsIt) {
   expect_one_line_naming(r, "vision_quant");
   EXPECT_FALSE(fs::exists(dir / "q4")) << "nothing may be written for a refused bundle";
 }
+
+// A tower stored quantized (`convert --quant q8`): `bundle create` takes its format by default
+// (auto), refuses a bundle field that says otherwise, and the bundle's detect runs.
+TEST(QuantizeCli, BundleOfAStoredInt8TowerTakesItsFormat) {
+  const auto dir = test::scratch("cli-vision-stored");
+  const auto tower = (dir / "tower_q8.safetensors").string();
+  auto r = run_iadgpt({"convert", "--in", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string(), "--config",
+                       test::fixture("imagebind_tiny/config.json").string(), "--out", tower, "--quant", "q8"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<std::string> create = {
+      "bundle", "create", "--vision", tower, "--vision-config", test::fixture("imagebind_tiny/config.json").string(),
+      "--text", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string(), "--vocab", test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string(), "--llm",
+      test::fixture("llama_tiny").string(), "--tokenizer", test::fixture("stories260K/tokenizer.model").string(),
+      "--init-random", "3", "--dtype", "bf16"};
+  auto with = [&](std::vector<std::string> extra) {
+    auto args = create;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_iadgpt(args);
+  };
+  r = with({"--out", (dir / "auto").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_json(dir / "auto" / "iadgpt.json").at("vision_quant"), "q8");
+  const auto image = test::data("mvtec_ad/grid/test/good/000.png").string();
+  r = run_iadgpt({"detect", "--model", (dir / "auto").string(), "--no-generate", "--out", (dir / "out").string(), image});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = with({"--vision-quant", "none", "--out", (dir / "none").string()});
+  expect_one_line_naming(r, "field 'vision_quant' is 'none', but the vision tower");
+  EXPECT_FALSE(fs::exists(dir / "none")) << "nothing may be written for a refused bundle";
+}
