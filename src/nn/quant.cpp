@@ -110,9 +110,14 @@ const char* quant_format_name(QuantFormat format) {
   return "?";
 }
 
-QuantFormat parse_quant_format(std::string_view name, std::string_view what) {
+std::optional<QuantFormat> quant_format_named(std::string_view name) {
   for (auto f : {QuantFormat::None, QuantFormat::Q8, QuantFormat::Q4})
     if (name == quant_format_name(f)) return f;
+  return std::nullopt;
+}
+
+QuantFormat parse_quant_format(std::string_view name, std::string_view what) {
+  if (const auto format = quant_format_named(name)) return *format;
   throw InputError(fmt::format("{}: unknown quantization format '{}' (expected none, q8 or q4)", what, name));
 }
 

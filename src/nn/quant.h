@@ -27,6 +27,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -41,7 +42,9 @@ inline constexpr int64_t kQuantBlock = 32;
 
 // "none" | "q8" | "q4".
 const char* quant_format_name(QuantFormat format);
-// The inverse; anything else → InputError naming `what` (a flag, a file).
+// The inverse: the format of that name, if there is one.
+std::optional<QuantFormat> quant_format_named(std::string_view name);
+// The same, where anything else → InputError naming `what` (a flag, a file).
 QuantFormat parse_quant_format(std::string_view name, std::string_view what);
 
 struct QuantMatrix {

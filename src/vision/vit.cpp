@@ -107,11 +107,10 @@ void require_vision_quant(nn::QuantFormat format, std::string_view what) {
 }
 
 nn::QuantFormat parse_vision_quant(std::string_view name, std::string_view what) {
-  for (auto format : {nn::QuantFormat::None, nn::QuantFormat::Q8, nn::QuantFormat::Q4})
-    if (name == nn::quant_format_name(format)) {
-      require_vision_quant(format, what);
-      return format;
-    }
+  if (const auto format = nn::quant_format_named(name)) {
+    require_vision_quant(*format, what);
+    return *format;
+  }
   throw InputError(fmt::format("{}: unknown vision tower format '{}' (expected none or q8)", what, name));
 }
 
