@@ -128,18 +128,27 @@ TEST(QuantizeCli, BadInputExitsTwoNamingTheProblem) {
   expect_one_line_naming(run_iadgpt({"quantize", "--in", tiny, "--format", "q8", "--out", tiny}), "must differ from --in");
 }
 
-TEST(QuantizeCli, BundleCreateWritesTheVisionTowersFormatAndDetectRunsIt) {
-  const auto dir = test::scratch("cli-vision-quant");
-  const std::vector<std::string> create = {
-      "bundle", "create", "--vision", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string(),
-      "--vision-config", test::fixture("imagebind_tiny/config.json").string(), "--vocab",
+namespace {
+
+// `bundle create` of imagebind_tiny (text tower from the fixture) and llama_tiny with random
+// adapters, the vision tower from `vision`, plus `extra`.
+test::RunResult create_tiny_bundle(const std::string& vision, const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {
+      "bundle", "create", "--vision", vision, "--vision-config", test::fixture("imagebind_tiny/config.json").string(),
+      "--text", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string(), "--vocab",
       test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string(), "--llm",
       test::fixture("llama_tiny").string(), "--tokenizer", test::fixture("stories260K/tokenizer.model").string(),
       "--init-random", "3", "--dtype", "bf16"};
-  auto with = [&](std::vector<std::string> extra) {
-    auto args = create;
-    args.insert(args.end(), extra.begin(), extra.end());
-    return run_iadgpt(args);
+  args.insert(args.end(), extra.begin(), extra.end());
+  return run_iadgpt(args);
+}
+
+}  // namespace
+
+TEST(QuantizeCli, BundleCreateWritesTheVisionTowersFormatAndDetectRunsIt) {
+  const auto dir = test::scratch("cli-vision-quant");
+  auto with = [&](const std::vector<std::string>& extra) {
+    return create_tiny_bundle(test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string(), extra);
   };
   auto r = with({"--vision-quant", "q8", "--out", (dir / "q8").string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -162,16 +171,7 @@ TEST(QuantizeCli, BundleOfAStoredInt8TowerTakesItsFormat) {
   auto r = run_iadgpt({"convert", "--in", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string(), "--config",
                        test::fixture("imagebind_tiny/config.json").string(), "--out", tower, "--quant", "q8"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::vector<std::string> create = {
-      "bundle", "create", "--vision", tower, "--vision-config", test::fixture("imagebind_tiny/config.json").string(),
-      "--text", test::fixture("imagebind_tiny/imagebind_tiny.safetensors").string(), "--vocab", test::data("tokenizers/openai_clip/bpe_simple_vocab_16e6.txt.gz").string(), "--llm",
-      test::fixture("llama_tiny").string(), "--tokenizer", test::fixture("stories260K/tokenizer.model").string(),
-      "--init-random", "3", "--dtype", "bf16"};
-  auto with = [&](std::vector<std::string> extra) {
-    auto args = create;
-    args.insert(args.end(), extra.begin(), extra.end());
-    return run_iadgpt(args);
-  };
+  auto with = [&](const std::vector<std::string>& extra) { return create_tiny_bundle(tower, extra); };
   r = with({"--out", (dir / "auto").string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(read_json(dir / "auto" / "iadgpt.json").at("vision_quant"), "q8");

@@ -5,6 +5,7 @@
 
 #include <fstream>
 
+#include "common/errors.h"
 #include "common/run.h"
 #include "common/shared.h"
 #include "io/checkpoint.h"
@@ -25,15 +26,6 @@ VisionOptions options_for(const std::string& file, torch::Dtype dtype, nn::Quant
     o.config = nlohmann::json::parse(in);
   }
   return o;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  }
-  return "(no InputError)";
 }
 
 const std::vector<std::string> kLayouts = {"imagebind_tiny/imagebind_tiny.pth", "openai_clip_tiny/openai_clip_tiny.pt",
@@ -111,7 +103,7 @@ TEST(StoredInt8Tower, BrokenQuantsAreNamed) {
   auto load = [&](const std::function<void(io::Checkpoint&)>& breaks) {
     auto ckpt = good;
     breaks(ckpt);
-    return error_of([&] { load_vision(ckpt, options_for(file, torch::kBFloat16)); });
+    return test::input_error_message([&] { load_vision(ckpt, options_for(file, torch::kBFloat16)); });
   };
   auto msg = load([&](io::Checkpoint& c) { c.tensors.erase(key + ".scale"); });
   EXPECT_NE(msg.find(key + ".scale"), std::string::npos) << msg;
