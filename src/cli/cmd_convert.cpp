@@ -44,14 +44,16 @@ void add_convert(CLI::App& app) {
     const auto t0 = std::chrono::steady_clock::now();
     const auto dtype = o->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
     io::ConvertStats stats;
+    std::string stored_note;  // ", block matrices stored q8" for a tower written quantized
     if (o->keys == "vision") {  // the tower only (about 1.3 GB in bf16): read whole, then written
       vision::VisionOptions vo{.dtype = dtype, .quant = quant};
       if (!o->family.empty()) vo.family = vision::parse_family(o->family);
       if (!o->config.empty()) vo.config = vision::read_config_file(o->config);
       const auto ckpt = vision::read_vision_tensors(o->in, vo);
-      const bool stored = vision::stored_vision_quant(ckpt) != nn::QuantFormat::None;
+      const auto stored = vision::stored_vision_quant(ckpt);
+      if (stored != nn::QuantFormat::None) stored_note = fmt::format(", block matrices stored {}", nn::quant_format_name(stored));
       for (const auto& [key, t] : ckpt.tensors)  // a stored matrix's parameters are its quants, not its scales
-        if (!(stored && key.ends_with(".scale"))) stats.parameters += t.numel();
+        if (!(stored != nn::QuantFormat::None && key.ends_with(".scale"))) stats.parameters += t.numel();
       stats.tensors = static_cast<int64_t>(ckpt.tensors.size());
       auto metadata = ckpt.metadata;  // the stored format, when quantized
       metadata["format"] = "pt";
@@ -67,7 +69,7 @@ void add_convert(CLI::App& app) {
     }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::cout << fmt::format("wrote {}: {} tensors, {} parameters, {}{} ({:.1f} s)\n", o->out, stats.tensors,
-                             stats.parameters, o->dtype, quant == nn::QuantFormat::None ? "" : ", block matrices q8", s);
+                             stats.parameters, o->dtype, stored_note, s);
   });
 }
 

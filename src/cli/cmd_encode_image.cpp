@@ -105,13 +105,14 @@ void add_encode_image(CLI::App& app) {
 
     io::TensorMap result = {{"pixel_values", pixels}, {"embedding", out.embedding}, {"embedding_raw", out.embedding_raw}};
     for (size_t k = 0; k < taps.size(); ++k) result[fmt::format("tap.{}", taps[k])] = out.taps[k];
+    const std::string quant = nn::quant_format_name(model.quant);  // as asked, or as the file is stored
     io::save_safetensors(o->out, result,
-                         {{"family", std::string(vision::family_name(model.config.family))}, {"dtype", o->dtype}, {"quant", nn::quant_format_name(model.quant)}});
+                         {{"family", std::string(vision::family_name(model.config.family))}, {"dtype", o->dtype}, {"quant", quant}});
     auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
     std::cerr << fmt::format("encode-image: {} ({}{}), load {:.0f} ms, preprocess {:.0f} ms, encode {:.0f} ms "
                              "({:.1f} ms/image), wrote {}\n",
                              vision::family_name(model.config.family), o->dtype,
-                             model.quant == nn::QuantFormat::None ? "" : fmt::format("+{}", nn::quant_format_name(model.quant)), ms(t0, t1), ms(t1, t2), ms(t2, t3),
+                             quant == "none" ? "" : "+" + quant, ms(t0, t1), ms(t1, t2), ms(t2, t3),
                              ms(t2, t3) / pixels.size(0), o->out);
   });
 }

@@ -45,6 +45,7 @@ nn::QuantMatrix nn::BlockWeights::*quant_slot(torch::Tensor nn::BlockWeights::*f
     if (slot.weight == field) return slot.quant;
   return nullptr;
 }
+
 struct KeyMap {
   std::vector<TopRow> top;
   std::vector<BlockRow> block;
@@ -431,13 +432,15 @@ VisionKeys vision_keys(const io::Checkpoint& headers, const VisionOptions& o) {
   const bool stored = stored_vision_quant(headers) != nn::QuantFormat::None;
   auto add = [&](const std::string& key, Fix fix, bool quantized) {
     for (const auto& part : source_keys(key, fix)) {
-      if (!quantized) k.keys.insert(part);
       if (fix == Fix::SumFrames) k.fp32_keys.insert(part);
-      if (quantized)
-        for (const char* suffix : kQuantSuffixes) {
-          k.keys.insert(part + suffix);
-          k.stored_keys.insert(part + suffix);
-        }
+      if (!quantized) {
+        k.keys.insert(part);
+        continue;
+      }
+      for (const char* suffix : kQuantSuffixes) {
+        k.keys.insert(part + suffix);
+        k.stored_keys.insert(part + suffix);
+      }
     }
   };
   for (const auto& r : map.top) {
@@ -459,8 +462,8 @@ io::Checkpoint read_vision_tensors(const std::filesystem::path& path, const Visi
                                          }});
   for (const auto* kept : {&wanted.fp32_keys, &wanted.stored_keys}) {
     if (kept->empty()) continue;
-    auto more = io::load_checkpoint(path, {.float_dtype = kept == &wanted.fp32_keys ? std::optional(torch::kFloat32) : std::nullopt,
-                                           .keys = [&](const std::string& key) { return kept->count(key) > 0; }});
+    const auto dtype = kept == &wanted.fp32_keys ? std::optional(torch::kFloat32) : std::nullopt;  // else as stored
+    auto more = io::load_checkpoint(path, {.float_dtype = dtype, .keys = [&](const std::string& key) { return kept->count(key) > 0; }});
     ckpt.tensors.merge(more.tensors);
   }
   quantize_vision_tensors(ckpt, wanted.config, o.quant);
