@@ -26,7 +26,7 @@ namespace {
 // thread. Measured on the Zen 5 test machine (sum of every TinyLlama matrix, 2 threads), this beat
 // blocks of 2, 4 or 8 rows sharing each load of x (four interleaved streams: 63 against 58 ms at
 // 4 rows; 71 at 8); x is re-read from L1 for every row, which costs nothing next to DRAM.
-// Software prefetch on top of it measured slower here, so there is none.
+// (Software prefetch came later: simd_x86.h, prefetch_ahead.)
 
 inline float bf16_to_float(uint16_t bits) {
   const uint32_t widened = static_cast<uint32_t>(bits) << 16;
@@ -126,15 +126,17 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void matvec_rows_avx512bf
 
 // ---- Streaming reads for measure_read_bandwidth: XOR every 64 bytes into a register so the loads
 // cannot be dropped; n64 is the number of 64-byte lines. With `Prefetch`, each line is also
-// prefetched 2 KiB ahead: on the Zen 5 test machine a plain read reached 37-40 GB/s and the
-// prefetched one 46-48 GB/s at 2 threads, so the probe takes the better of the two. ----
+// prefetched as the kernels prefetch their weights (simd::prefetch_ahead): on the Zen 5 test
+// machine a plain read reached 37-40 GB/s and a prefetched one 46-48 GB/s at 2 threads, so the
+// probe takes the better of the two; with the kernels' own prefetch, a kernel that streams as
+// well as it can reads at the probe's rate. ----
 
 template <bool Prefetch>
 __attribute__((target("avx512f"))) uint64_t read_lines_avx512(const char* p, int64_t n64) {
   __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
   int64_t i = 0;
   for (; i + 2 <= n64; i += 2) {
-    if (Prefetch) _mm_prefetch(p + i * 64 + 2048, _MM_HINT_T0), _mm_prefetch(p + i * 64 + 2048 + 64, _MM_HINT_T0);
+    if (Prefetch) simd::prefetch_ahead(p + i * 64), simd::prefetch_ahead(p + i * 64 + 64);
     a = _mm512_xor_si512(a, _mm512_loadu_si512(p + i * 64));
     b = _mm512_xor_si512(b, _mm512_loadu_si512(p + i * 64 + 64));
   }
@@ -150,7 +152,7 @@ template <bool Prefetch>
 __attribute__((target("avx2"))) uint64_t read_lines_avx2(const char* p, int64_t n64) {
   __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
   for (int64_t i = 0; i < n64; ++i) {
-    if (Prefetch) _mm_prefetch(p + i * 64 + 2048, _MM_HINT_T0);
+    if (Prefetch) simd::prefetch_ahead(p + i * 64);
     a = _mm256_xor_si256(a, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i * 64)));
     b = _mm256_xor_si256(b, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i * 64 + 32)));
   }
