@@ -126,10 +126,10 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void matvec_rows_avx512bf
 
 // ---- Streaming reads for measure_read_bandwidth: XOR every 64 bytes into a register so the loads
 // cannot be dropped; n64 is the number of 64-byte lines. With `Prefetch`, each line is also
-// prefetched as the kernels prefetch their weights (simd::prefetch_ahead): on the Zen 5 test
-// machine a plain read reached 37-40 GB/s and a prefetched one 46-48 GB/s at 2 threads, so the
-// probe takes the better of the two; with the kernels' own prefetch, a kernel that streams as
-// well as it can reads at the probe's rate. ----
+// prefetched as the kernels prefetch their weights (simd::prefetch_ahead), so a kernel that
+// streams as well as it can reads at the probe's rate. On the Zen 5 test machine a plain read
+// reached 37-40 GB/s and one prefetching 2 KiB ahead into L1 46-48 GB/s at 2 threads, so the
+// probe takes the better of the two. ----
 
 template <bool Prefetch>
 __attribute__((target("avx512f"))) uint64_t read_lines_avx512(const char* p, int64_t n64) {
