@@ -5,6 +5,11 @@
 #
 #   bash scripts/llama-cpp-compare.sh [--arch tinyllama-1.1b|llama-7b] [--formats bf16,q8,q4]
 #        [--threads 2] [--runs 3] [--prefill 64] [--decode 32] [--work DIR] [--iadgpt PATH]
+#        [--from-files]
+#
+# --from-files: time ours on checkpoints read from files (`bench llm --model`: a Hugging Face
+# directory of the random weights, and its q8/q4 from `iadgpt quantize`, written once into --work),
+# memory-mapped from the page cache as llama.cpp maps its GGUF, instead of weights made in memory.
 #
 # Needs node + npm (the pinned package in scripts/llama-cpp is installed on first use), python3,
 # and a built iadgpt. The GGUF files (2.2 / 1.2 / 0.65 GB for TinyLlama; 13.5 / 7.2 / 3.9 GB for
@@ -13,7 +18,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 arch=tinyllama-1.1b formats=bf16,q8,q4 threads=2 runs=3 prefill=64 decode=32
-work="$root/llama-cpp-work" iadgpt="$root/build/iadgpt"
+work="$root/llama-cpp-work" iadgpt="$root/build/iadgpt" from_files=0
 fail() { echo "llama-cpp-compare: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -25,7 +30,8 @@ while [ $# -gt 0 ]; do
     --decode) decode="${2:?}"; shift 2 ;;
     --work) work="${2:?}"; shift 2 ;;
     --iadgpt) iadgpt="${2:?}"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --from-files) from_files=1; shift ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) fail "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -65,13 +71,31 @@ for f in "${fmts[@]}"; do
   fi
 done
 
+# --from-files: our checkpoints, one per format (bf16: the HF directory itself).
+ours_dir() { [ "$1" = bf16 ] && echo "$work/$arch-hf" || echo "$work/$arch-hf-$1"; }
+if [ "$from_files" = 1 ]; then
+  if [ ! -s "$work/$arch-hf/model.safetensors" ]; then
+    echo "writing $work/$arch-hf ..." >&2
+    rm -rf "$work/$arch-hf.part"
+    "$iadgpt" --threads "$threads" bench llm --arch "$arch" --prefill 1 --decode 1 --write-hf "$work/$arch-hf.part" >/dev/null 2>&1 ||
+      fail "could not write $work/$arch-hf"
+    mv "$work/$arch-hf.part" "$work/$arch-hf"
+  fi
+  for f in "${fmts[@]}"; do
+    [ "$f" = bf16 ] || [ -s "$(ours_dir "$f")/config.json" ] ||
+      "$iadgpt" quantize --in "$work/$arch-hf" --format "$f" --out "$(ours_dir "$f")" >&2 ||
+      fail "could not quantize $work/$arch-hf to $f"
+  done
+fi
+
 for run in $(seq "$runs"); do
   for f in "${fmts[@]}"; do
     quant=$([ "$f" = bf16 ] && echo none || echo "$f")
     gguf_format=$([ "$f" = bf16 ] && echo bf16 || echo "${f}_0")
     echo "run $run/$runs, $f: iadgpt ..." >&2
-    "$iadgpt" --threads "$threads" bench llm --arch "$arch" --quant "$quant" --prefill "$prefill" \
-      --decode "$decode" --json 2>/dev/null | tail -1 | python3 -c '
+    subject=(--arch "$arch" --quant "$quant")
+    [ "$from_files" = 1 ] && subject=(--model "$(ours_dir "$f")")
+    "$iadgpt" --threads "$threads" bench llm "${subject[@]}" --prefill "$prefill" --decode "$decode" --json 2>/dev/null | tail -1 | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
 print(json.dumps({"program": "iadgpt", "format": sys.argv[1], "pp_tok_s": r["prefill_tok_s"],
@@ -85,13 +109,14 @@ for line in sys.stdin:
   done
 done
 
-python3 - "$results" "$arch" "$threads" "$prefill" "$decode" <<'PY'
+python3 - "$results" "$arch" "$threads" "$prefill" "$decode" "$from_files" <<'PY'
 import json, statistics, sys
-path, arch, threads, prefill, decode = sys.argv[1:]
+path, arch, threads, prefill, decode, from_files = sys.argv[1:]
 rows = [json.loads(l) for l in open(path)]
 def cell(values):
     return f"{min(values):.1f}–{max(values):.1f}" if values else "–"
-print(f"\n{arch}, {threads} threads, prefill {prefill} tokens, decode {decode} tokens, ranges over the runs:\n")
+source = "checkpoints read from files" if from_files == "1" else "weights made in memory"
+print(f"\n{arch}, {threads} threads, prefill {prefill} tokens, decode {decode} tokens, ours on {source}, ranges over the runs:\n")
 print("| format | iadgpt decode tok/s | llama.cpp decode tok/s | decode ratio (medians) | iadgpt prefill tok/s | llama.cpp prefill tok/s | prefill ratio |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 for fmt in dict.fromkeys(r["format"] for r in rows):

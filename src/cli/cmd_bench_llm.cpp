@@ -1,6 +1,8 @@
-// `iadgpt bench llm`: the real-size decoder with random weights (created directly in bf16), timing
-// prefill and decode next to the limit measured in the same run: decoding one token reads every
-// weight once, so the bytes a step reads ÷ memory bandwidth bounds the time per token from below.
+// `iadgpt bench llm`: the real-size decoder with random weights (created directly in bf16), or
+// loaded from files with --model (memory-mapped, as a user's converted checkpoint runs and as
+// llama.cpp runs a GGUF), timing prefill and decode next to the limit measured in the same run:
+// decoding one token reads every weight once, so the bytes a step reads ÷ memory bandwidth bounds
+// the time per token from below.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -63,20 +65,43 @@ double batched_decode_ms(const llm::LlamaModel& model, const llm::KvCache& cache
   return total / static_cast<double>(steps > 1 ? steps - 1 : 1) * 1e3;
 }
 
+struct LlmBenchOpts {
+  std::string arch = "tinyllama-1.1b", dtype = "bf16", quant = "none", model;
+  int64_t prefill = 64, decode = 16, batch = 1;
+  uint64_t seed = 0;
+  bool json = false, sync_check = false;
+  std::string write_hf;
+  DeviceFlag device;
+};
+
+// The model under test: random weights of --arch (written out first with --write-hf), or the
+// checkpoint in --model as `generate` loads it. The weights of a bf16 or stored quantized
+// safetensors file stay memory-mapped, so its pages are the page cache's, as llama.cpp's GGUF are.
+llm::LlamaModel bench_model(const LlmBenchOpts& o, torch::Dtype dtype, nn::QuantFormat quant) {
+  if (!o.model.empty()) return llm::load_model(o.model, {.dtype = dtype, .quant = quant});
+  const auto config = llm::LlamaConfig::preset(o.arch);
+  auto weights = llm::random_weights(config, dtype, o.seed);
+  if (!o.write_hf.empty()) {  // before quantization: the GGUF converter wants the unquantized weights
+    const auto write_start = Clock::now();
+    llm::save_hf_checkpoint(o.write_hf, config, weights,
+                            {{"iadgpt_note", fmt::format("random weights of `iadgpt bench llm --arch {} --seed {}`", o.arch, o.seed)}});
+    std::cerr << fmt::format("wrote {} (config.json, model.safetensors) in {:.1f} s\n", o.write_hf, since(write_start));
+  }
+  llm::quantize_weights(weights, quant);  // matrix by matrix, each bf16 source freed at once
+  return llm::LlamaModel(config, std::move(weights), dtype, o.arch);
+}
+
 }  // namespace
 
 void add_bench_llm(CLI::App& bench) {
-  struct Opts {
-    std::string arch = "tinyllama-1.1b", dtype = "bf16", quant = "none";
-    int64_t prefill = 64, decode = 16, batch = 1;
-    uint64_t seed = 0;
-    bool json = false, sync_check = false;
-    std::string write_hf;
-    DeviceFlag device;
-  };
-  auto o = std::make_shared<Opts>();
-  auto* cmd = bench.add_subcommand("llm", "Decoder speed and memory at real size (random weights)");
-  cmd->add_option("--arch", o->arch, "llama-7b | tinyllama-1.1b")->capture_default_str();
+  auto o = std::make_shared<LlmBenchOpts>();
+  auto* cmd = bench.add_subcommand("llm", "Decoder speed and memory at real size (random weights, or --model)");
+  auto* arch = cmd->add_option("--arch", o->arch, "llama-7b | tinyllama-1.1b")->capture_default_str();
+  auto* model = cmd->add_option("--model", o->model,
+                                "time a checkpoint from files instead (Hugging Face directory, or one written by "
+                                "`iadgpt quantize`): bf16 and stored quantized weights stay memory-mapped, as a "
+                                "user runs them and as llama.cpp runs a GGUF");
+  model->excludes(arch);
   cmd->add_option("--dtype", o->dtype, "weights: bf16 | f32")->capture_default_str();
   cmd->add_option("--quant", o->quant, "projections quantized in memory: none | q8 | q4 (head q8; needs bf16)")
       ->capture_default_str();
@@ -93,7 +118,8 @@ void add_bench_llm(CLI::App& bench) {
                 "(c10's sync-debug mode; nothing on the CPU)");
   cmd->add_option("--write-hf", o->write_hf,
                   "also write the random weights as a Hugging Face directory (config.json + model.safetensors), "
-                  "e.g. for llama.cpp's convert_hf_to_gguf.py: docs/LLAMA_CPP_COMPARISON.md");
+                  "e.g. for llama.cpp's convert_hf_to_gguf.py: docs/LLAMA_CPP_COMPARISON.md")
+      ->excludes(model);
   o->device.add_to(*cmd, "cpu; the bandwidth limit and GEMM peak are always the CPU's");
   cmd->callback([o] {
     if (o->prefill < 1 || o->decode < 1) throw InputError("--prefill and --decode must be >= 1");
@@ -101,14 +127,21 @@ void add_bench_llm(CLI::App& bench) {
     if (o->batch < 1 || o->batch > 256) throw InputError(fmt::format("--batch must be in [1, 256], got {}", o->batch));
     if (o->batch > 1 && !device.is_cpu())
       throw InputError("--batch measures the shared decode step of the CPU kernels: use it with --device cpu");
-    const auto config = llm::LlamaConfig::preset(o->arch);
-    const auto dtype = llm::resolve_dtype(o->dtype, "");
+    const auto dtype = llm::resolve_dtype(o->dtype, o->model);
     const auto quant = nn::parse_quant_format(o->quant, "--quant");
     if (quant != nn::QuantFormat::None && dtype != torch::kBFloat16)
       throw InputError("--quant q8|q4 needs --dtype bf16 (embeddings and the KV cache stay bf16)");
-    std::cerr << fmt::format("bench llm: {} ({:.2f} B parameters), {} weights, quant {}, {} threads ({} in the "
-                             "decode kernels)\n", o->arch, config.parameter_count() / 1e9, o->dtype, o->quant,
-                             torch::get_num_threads(), nn::kernel_threads());
+    // The header comes before the long creation of random weights, but after a checkpoint loaded,
+    // so that a bad --model gets its one line of error alone.
+    auto header = [&] {
+      std::cerr << fmt::format("bench llm: {}, {} weights, {} threads ({} in the decode kernels)\n",
+                               o->model.empty() ? o->arch : o->model, o->dtype, torch::get_num_threads(),
+                               nn::kernel_threads());
+    };
+    if (o->model.empty()) {
+      llm::LlamaConfig::preset(o->arch);  // an unknown --arch fails before any output
+      header();
+    }
     // A streaming read of a buffer 16x the 32 MiB last-level cache of the machines we measure on,
     // with the decode kernels' threads and vector width: the bandwidth a decode step can reach.
     // Measured before the weights exist, so its buffer does not raise the peak RSS reported below.
@@ -116,26 +149,28 @@ void add_bench_llm(CLI::App& bench) {
     const int64_t probe_bytes = int64_t{512} << 20;
     const double bandwidth = nn::measure_read_bandwidth(probe_bytes, 10, isa);
     auto t0 = Clock::now();
-    auto weights = llm::random_weights(config, dtype, o->seed);
-    if (!o->write_hf.empty()) {  // before quantization: the GGUF converter wants the unquantized weights
-      const auto write_start = Clock::now();
-      llm::save_hf_checkpoint(o->write_hf, config, weights,
-                              {{"iadgpt_note", fmt::format("random weights of `iadgpt bench llm --arch {} --seed {}`", o->arch, o->seed)}});
-      std::cerr << fmt::format("wrote {} (config.json, model.safetensors) in {:.1f} s\n", o->write_hf, since(write_start));
-      t0 = Clock::now();
-    }
-    llm::quantize_weights(weights, quant);  // matrix by matrix, each bf16 source freed at once
-    llm::LlamaModel model(config, std::move(weights), dtype, o->arch);
+    auto model = bench_model(*o, dtype, quant);
     llm::move_model(model, device);
     const double init_s = since(t0);
+    if (!o->model.empty()) header();
+    const auto& config = model.config;
+    const auto stored_quant = model.weights.quant;
     const int64_t bytes = llm::weight_bytes(model.weights);
-    std::cerr << fmt::format("weights: {:.2f} GB created{} in {:.1f} s\n", bytes / 1e9,
-                             quant == nn::QuantFormat::None ? "" : " and quantized", init_s);
+    std::cerr << fmt::format("weights: {:.2f} B parameters, {:.2f} GB, projections {}, {} in {:.1f} s\n",
+                             config.parameter_count() / 1e9, bytes / 1e9, nn::quant_format_name(stored_quant),
+                             o->model.empty() ? "created" : "loaded", init_s);
+    // Untimed, as llama-bench's warm-up run: one token through every layer faults in the pages of
+    // weights mapped from a file (and the decode buffers), which would otherwise land in the prefill.
+    {
+      llm::KvCache warm(model, 1);
+      const int64_t first[1] = {3};
+      llm::forward_tokens(model, warm, first, llm::Logits::Last);
+    }
 
     const std::string kernels = dtype != torch::kBFloat16 ? "torch GEMM (f32 weights)"
-                                : quant == nn::QuantFormat::None
+                                : stored_quant == nn::QuantFormat::None
                                     ? nn::matvec_isa_name(isa)
-                                    : fmt::format("{} {}", o->quant, nn::matvec_isa_name(isa));
+                                    : fmt::format("{} {}", nn::quant_format_name(stored_quant), nn::matvec_isa_name(isa));
     const int64_t token_bytes = decode_bytes_per_token(model.weights);
     const double limit_ms = token_bytes / bandwidth * 1e3;
     std::cerr << fmt::format(
@@ -193,7 +228,8 @@ void add_bench_llm(CLI::App& bench) {
       std::cerr << fmt::format("batched decode: {} sequences: {:.1f} ms/step = {:.2f} tok/s ({:.2f}x one sequence's)\n",
                                o->batch, batch_ms, 1e3 * o->batch / batch_ms, decode_ms * o->batch / batch_ms);
     }
-    nlohmann::json j{{"arch", o->arch},
+    nlohmann::json j{{"arch", o->model.empty() ? o->arch : std::string()},
+                     {"model", o->model},
                      {"dtype", o->dtype},
                      {"threads", torch::get_num_threads()},
                      {"kernel_threads", nn::kernel_threads()},
@@ -202,7 +238,7 @@ void add_bench_llm(CLI::App& bench) {
                      {"init_seconds", init_s},
                      {"read_bandwidth_gb_s", bandwidth / 1e9},
                      {"decode_bytes_per_token", token_bytes},
-                     {"quant", o->quant},
+                     {"quant", nn::quant_format_name(stored_quant)},
                      {"decode_kernels", kernels},
                      {"prefill_tokens", o->prefill},
                      {"prefill_tok_s", o->prefill / prefill_s},
