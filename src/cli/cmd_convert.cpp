@@ -53,7 +53,7 @@ void add_convert(CLI::App& app) {
       const auto stored = vision::stored_vision_quant(ckpt);
       if (stored != nn::QuantFormat::None) stored_note = fmt::format(", block matrices stored {}", nn::quant_format_name(stored));
       for (const auto& [key, t] : ckpt.tensors)  // a stored matrix's parameters are its quants, not its scales
-        if (!(stored != nn::QuantFormat::None && key.ends_with(".scale"))) stats.parameters += t.numel();
+        if (!(stored != nn::QuantFormat::None && key.ends_with(nn::kQuantScaleSuffix))) stats.parameters += t.numel();
       stats.tensors = static_cast<int64_t>(ckpt.tensors.size());
       auto metadata = ckpt.metadata;  // the stored format, when quantized
       metadata["format"] = "pt";

@@ -68,7 +68,7 @@ torch::Tensor take(const io::TensorMap& tensors, const std::string& key, const S
 // `<key>.scale`, validated against the shape the config implies; errors name the key.
 nn::QuantMatrix take_quant(const io::TensorMap& tensors, const std::string& key, const Shape& shape, nn::QuantFormat format,
                        const std::string& source, std::set<std::string>& used) {
-  const auto q_key = key + ".q", s_key = key + ".scale";
+  const auto q_key = nn::quant_codes_key(key), s_key = nn::quant_scale_key(key);
   for (const auto& k : {q_key, s_key})
     if (!tensors.count(k))
       throw InputError(fmt::format("{}: missing tensor '{}' (the checkpoint is stored quantized, {}; weight shape {})",
@@ -237,20 +237,20 @@ void plan_matrix(std::vector<PlannedTensor>& plan, const std::string& key, torch
   if (!quant.defined() && !source.defined())
     throw InputError(fmt::format("quantized checkpoint: '{}' is neither quantized nor present", key));
   if (quant.defined()) {
-    plan.push_back({key + ".q", quant.q.scalar_type(), quant.q.sizes().vec(), [&quant] { return quant.q; }});
-    plan.push_back({key + ".scale", quant.scale.scalar_type(), quant.scale.sizes().vec(), [&quant] { return quant.scale; }});
+    plan.push_back({nn::quant_codes_key(key), quant.q.scalar_type(), quant.q.sizes().vec(), [&quant] { return quant.q; }});
+    plan.push_back({nn::quant_scale_key(key), quant.scale.scalar_type(), quant.scale.sizes().vec(), [&quant] { return quant.scale; }});
     return;
   }
   const int64_t rows = source.size(0), cols = source.size(1);
   auto made = std::make_shared<nn::QuantMatrix>();  // between the two calls only
   const bool q8 = format == nn::QuantFormat::Q8;
-  plan.push_back({key + ".q", q8 ? at::kChar : at::kByte, {rows, q8 ? cols : cols / 2}, [&source, made, format] {
+  plan.push_back({nn::quant_codes_key(key), q8 ? at::kChar : at::kByte, {rows, q8 ? cols : cols / 2}, [&source, made, format] {
                     *made = nn::quantize(source, format);
                     io::release_mapped_pages(source);
                     source = torch::Tensor();
                     return made->q;
                   }});
-  plan.push_back({key + ".scale", at::kHalf, {rows, cols / nn::kQuantBlock}, [made] {
+  plan.push_back({nn::quant_scale_key(key), at::kHalf, {rows, cols / nn::kQuantBlock}, [made] {
                     auto scale = made->scale;
                     *made = nn::QuantMatrix();
                     return scale;

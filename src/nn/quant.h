@@ -40,6 +40,14 @@ enum class QuantFormat { None, Q8, Q4 };
 
 inline constexpr int64_t kQuantBlock = 32;
 
+// In a checkpoint, a matrix stored quantized is two tensors beside its weight's key: the codes
+// (`<key>.q`) and the fp16 scales (`<key>.scale`). The LLM's and the vision tower's loaders and
+// writers all name them through these.
+inline constexpr std::string_view kQuantCodesSuffix = ".q";
+inline constexpr std::string_view kQuantScaleSuffix = ".scale";
+inline std::string quant_codes_key(std::string_view key) { return std::string(key).append(kQuantCodesSuffix); }
+inline std::string quant_scale_key(std::string_view key) { return std::string(key).append(kQuantScaleSuffix); }
+
 // "none" | "q8" | "q4".
 const char* quant_format_name(QuantFormat format);
 // The inverse: the format of that name, if there is one.

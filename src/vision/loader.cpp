@@ -193,9 +193,6 @@ std::vector<std::string> source_keys(const std::string& key, Fix fix) {
   return {replace(key, "{qkv}", "q"), replace(key, "{qkv}", "k"), replace(key, "{qkv}", "v")};
 }
 
-// A matrix stored quantized is the two tensors `<key>.q` and `<key>.scale` (nn/quant.h layout).
-constexpr const char* kQuantSuffixes[] = {".q", ".scale"};
-
 std::vector<int64_t> shape_of(std::string_view spec, const VitConfig& c) {
   std::vector<int64_t> shape;
   size_t start = 0;
@@ -297,7 +294,8 @@ VitConfig infer_vit_config(const io::Checkpoint& ckpt, const VisionOptions& o) {
   while (ckpt.tensors.count(block_key(block_row(map, &BW::ln1_weight).key, c.layers))) ++c.layers;
   if (c.layers == 0) need(ckpt, block_key(block_row(map, &BW::ln1_weight).key, 0), family);  // throws, naming the key
   const bool stored = stored_vision_quant(ckpt) != nn::QuantFormat::None;
-  c.mlp_dim = need(ckpt, block_key(block_row(map, &BW::fc1_weight).key, 0) + (stored ? ".q" : ""), family).size(0);
+  const auto fc1_key = block_key(block_row(map, &BW::fc1_weight).key, 0);
+  c.mlp_dim = need(ckpt, stored ? nn::quant_codes_key(fc1_key) : fc1_key, family).size(0);
 
   const auto& proj_row = top_row(map, &W::proj);
   if (auto it = ckpt.tensors.find(proj_row.key); it != ckpt.tensors.end()) {
@@ -356,8 +354,8 @@ VisionModel build_vision(const io::Checkpoint& ckpt, const VisionOptions& o) {
     const auto shape = shape_of(spec, c);
     std::vector<torch::Tensor> qs, scales;
     for (const auto& part : source_keys(key, fix)) {
-      const auto& q = need(ckpt, part + ".q", c.family);
-      const auto& scale = need(ckpt, part + ".scale", c.family);
+      const auto& q = need(ckpt, nn::quant_codes_key(part), c.family);
+      const auto& scale = need(ckpt, nn::quant_scale_key(part), c.family);
       try {
         auto matrix = nn::quant_matrix_from_tensors(stored, q, scale, shape[0], shape[1], part);
         qs.push_back(matrix.q);
@@ -416,8 +414,8 @@ void quantize_vision_tensors(io::Checkpoint& ckpt, const VitConfig& c, nn::Quant
         }
         io::release_mapped_pages(weight);  // a mapped file's pages, read once (io/mapped_file.h)
         ckpt.tensors.erase(key);
-        ckpt.tensors[key + ".q"] = matrix.q;
-        ckpt.tensors[key + ".scale"] = matrix.scale;
+        ckpt.tensors[nn::quant_codes_key(key)] = matrix.q;
+        ckpt.tensors[nn::quant_scale_key(key)] = matrix.scale;
       }
     }
   }
@@ -437,9 +435,9 @@ VisionKeys vision_keys(const io::Checkpoint& headers, const VisionOptions& o) {
         k.keys.insert(part);
         continue;
       }
-      for (const char* suffix : kQuantSuffixes) {
-        k.keys.insert(part + suffix);
-        k.stored_keys.insert(part + suffix);
+      for (const auto& stored_key : {nn::quant_codes_key(part), nn::quant_scale_key(part)}) {
+        k.keys.insert(stored_key);
+        k.stored_keys.insert(stored_key);
       }
     }
   };
