@@ -77,18 +77,28 @@ struct LlmBenchOpts {
 // The model under test: random weights of --arch (written out first with --write-hf), or the
 // checkpoint in --model as `generate` loads it. The weights of a bf16 or stored quantized
 // safetensors file stay memory-mapped, so its pages are the page cache's, as llama.cpp's GGUF are.
-llm::LlamaModel bench_model(const LlmBenchOpts& o, torch::Dtype dtype, nn::QuantFormat quant) {
-  if (!o.model.empty()) return llm::load_model(o.model, {.dtype = dtype, .quant = quant});
+// `seconds`: creating (and quantizing) or loading them, the --write-hf output not counted.
+llm::LlamaModel bench_model(const LlmBenchOpts& o, torch::Dtype dtype, nn::QuantFormat quant, double& seconds) {
+  auto t0 = Clock::now();
+  if (!o.model.empty()) {
+    auto model = llm::load_model(o.model, {.dtype = dtype, .quant = quant});
+    seconds = since(t0);
+    return model;
+  }
   const auto config = llm::LlamaConfig::preset(o.arch);
   auto weights = llm::random_weights(config, dtype, o.seed);
+  seconds = since(t0);
   if (!o.write_hf.empty()) {  // before quantization: the GGUF converter wants the unquantized weights
     const auto write_start = Clock::now();
     llm::save_hf_checkpoint(o.write_hf, config, weights,
                             {{"iadgpt_note", fmt::format("random weights of `iadgpt bench llm --arch {} --seed {}`", o.arch, o.seed)}});
     std::cerr << fmt::format("wrote {} (config.json, model.safetensors) in {:.1f} s\n", o.write_hf, since(write_start));
   }
+  t0 = Clock::now();
   llm::quantize_weights(weights, quant);  // matrix by matrix, each bf16 source freed at once
-  return llm::LlamaModel(config, std::move(weights), dtype, o.arch);
+  llm::LlamaModel model(config, std::move(weights), dtype, o.arch);
+  seconds += since(t0);
+  return model;
 }
 
 }  // namespace
@@ -148,10 +158,11 @@ void add_bench_llm(CLI::App& bench) {
     const auto isa = nn::best_matvec_isa();
     const int64_t probe_bytes = int64_t{512} << 20;
     const double bandwidth = nn::measure_read_bandwidth(probe_bytes, 10, isa);
+    double init_s = 0;
+    auto model = bench_model(*o, dtype, quant, init_s);
     auto t0 = Clock::now();
-    auto model = bench_model(*o, dtype, quant);
     llm::move_model(model, device);
-    const double init_s = since(t0);
+    init_s += since(t0);
     if (!o->model.empty()) header();
     const auto& config = model.config;
     const auto stored_quant = model.weights.quant;
