@@ -5,10 +5,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/expect_usage_error.h"
 #include "common/run.h"
 #include "common/shared.h"
 
 using namespace iadgpt;
+using test::expect_one_line_naming;
 using test::run_iadgpt;
 
 namespace {
@@ -18,12 +20,6 @@ nlohmann::json bench_json(const test::RunResult& r) {
   const auto last = r.out.rfind('{');
   EXPECT_NE(last, std::string::npos) << r.out;
   return nlohmann::json::parse(r.out.substr(last));
-}
-
-void expect_one_line_naming(const test::RunResult& r, const std::string& what) {
-  EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_NE(r.err.find(what), std::string::npos) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
 }
 
 }  // namespace

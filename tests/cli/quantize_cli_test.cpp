@@ -6,10 +6,12 @@
 
 #include <fstream>
 
+#include "cli/expect_usage_error.h"
 #include "common/run.h"
 #include "common/shared.h"
 
 using namespace iadgpt;
+using test::expect_one_line_naming;
 using test::run_iadgpt;
 namespace fs = std::filesystem;
 
@@ -18,13 +20,6 @@ namespace {
 nlohmann::json read_json(const fs::path& p) {
   std::ifstream in(p);
   return nlohmann::json::parse(in);
-}
-
-// One line on stderr, starting with the program's prefix.
-void expect_one_line_naming(const test::RunResult& r, const std::string& what) {
-  EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_NE(r.err.find(what), std::string::npos) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
 }
 
 }  // namespace
