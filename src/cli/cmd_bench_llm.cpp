@@ -101,6 +101,17 @@ llm::LlamaModel bench_model(const LlmBenchOpts& o, torch::Dtype dtype, nn::Quant
   return model;
 }
 
+// Untimed, as llama-bench's warm-up run: tokens through every layer fault in the pages of weights
+// mapped from a file (and the decode buffers), which would otherwise land in the prefill. Two of
+// them: the second read of a page moves it to the kernel's active list, so that when the page
+// cache is short (LLaMA-7B's file beside llama.cpp's GGUF of it exceed 24 GiB) the timed run does
+// not read evicted weights from disk again (it did after one token: 61 k major faults and half the
+// prefill rate).
+void warm_up(const llm::LlamaModel& model) {
+  llm::KvCache warm(model, 2);
+  for (const int64_t token : {3, 4}) llm::forward_tokens(model, warm, std::span(&token, 1), llm::Logits::Last);
+}
+
 }  // namespace
 
 void add_bench_llm(CLI::App& bench) {
@@ -170,16 +181,7 @@ void add_bench_llm(CLI::App& bench) {
     std::cerr << fmt::format("weights: {:.2f} B parameters, {:.2f} GB, projections {}, {} in {:.1f} s\n",
                              config.parameter_count() / 1e9, bytes / 1e9, nn::quant_format_name(stored_quant),
                              o->model.empty() ? "created" : "loaded", init_s);
-    // Untimed, as llama-bench's warm-up run: tokens through every layer fault in the pages of
-    // weights mapped from a file (and the decode buffers), which would otherwise land in the prefill.
-    // Two of them: the second read of a page moves it to the kernel's active list, so that when the
-    // page cache is short (LLaMA-7B's file beside llama.cpp's GGUF of it exceed 24 GiB) the timed
-    // run does not read evicted weights from disk again (it did after one token: 61 k major faults
-    // and half the prefill rate).
-    {
-      llm::KvCache warm(model, 2);
-      for (const int64_t token : {3, 4}) llm::forward_tokens(model, warm, std::span(&token, 1), llm::Logits::Last);
-    }
+    warm_up(model);
 
     const std::string kernels = dtype != torch::kBFloat16 ? "torch GEMM (f32 weights)"
                                 : stored_quant == nn::QuantFormat::None

@@ -17,9 +17,9 @@ namespace {
 
 // The JSON line `bench llm --json` prints last on stdout.
 nlohmann::json bench_json(const test::RunResult& r) {
-  const auto last = r.out.rfind('{');
-  EXPECT_NE(last, std::string::npos) << r.out;
-  return nlohmann::json::parse(r.out.substr(last));
+  std::string out = r.out;
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return nlohmann::json::parse(out.substr(out.rfind('\n') + 1));
 }
 
 }  // namespace
