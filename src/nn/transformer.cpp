@@ -1,5 +1,6 @@
 #include "nn/transformer.h"
 
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 
 #include <cmath>
@@ -12,9 +13,49 @@
 
 namespace iadgpt::nn {
 
+bool linear_rows_by_thread(const torch::Tensor& x, const torch::Tensor& weight) {
+  const int64_t threads = at::get_num_threads();
+  return threads > 1 && !at::in_parallel_region() && x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 &&
+         weight.scalar_type() == torch::kBFloat16 && x.dim() >= 1 && x.size(-1) > 0 &&
+         x.numel() / x.size(-1) >= kRowsPerThreadToSplit * threads;
+}
+
+bool attention_by_head(const torch::Tensor& x, int64_t heads) {
+  const double length = static_cast<double>(x.size(1));
+  return x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 &&
+         static_cast<double>(x.size(0) * heads) * length * length * sizeof(float) > kBatchedScoresBytes;
+}
+
+namespace {
+
+// y = x Wᵀ + b for the rows of x split evenly over the intra-op threads, each thread one
+// single-threaded oneDNN product of its rows (inside the parallel region oneDNN runs on the
+// calling thread) written straight into its rows of y. See linear_rows_by_thread.
+torch::Tensor linear_split_rows(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  const auto rows = x.reshape({-1, x.size(-1)}).contiguous();
+  const int64_t n = rows.size(0), threads = at::get_num_threads();
+  auto y = torch::empty({n, weight.size(0)}, rows.options());
+  const auto weight_t = weight.t();
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = n * t / threads, r1 = n * (t + 1) / threads;
+      auto out = y.narrow(0, r0, r1 - r0);
+      const auto in = rows.narrow(0, r0, r1 - r0);
+      if (bias.defined()) at::addmm_out(out, bias, in, weight_t);
+      else at::mm_out(out, in, weight_t);
+    }
+  });
+  auto sizes = x.sizes().vec();
+  sizes.back() = weight.size(0);
+  return y.view(sizes);
+}
+
+}  // namespace
+
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const QuantMatrix& quant,
                      const torch::Tensor& bias) {
-  if (!quant.defined()) return torch::linear(x, weight, bias);
+  if (!quant.defined())
+    return linear_rows_by_thread(x, weight) ? linear_split_rows(x, weight, bias) : torch::linear(x, weight, bias);
   auto sizes = x.sizes().vec();
   const auto rows = x.reshape({-1, x.size(-1)}).to(torch::kFloat32).contiguous();
   auto y = torch::empty({rows.size(0), quant.rows()}, rows.options());
@@ -40,31 +81,63 @@ torch::Tensor activation(const torch::Tensor& x, Activation kind) {
   switch (kind) {
     case Activation::Gelu:
       return torch::gelu(x);  // exact erf form, as nn.GELU() defaults
-    case Activation::QuickGelu:
-      return x * torch::sigmoid(1.702 * x);
+    case Activation::QuickGelu: {
+      // x·σ(1.702x) with one temporary: the same three roundings as the out-of-place form.
+      auto y = x * 1.702;
+      y.sigmoid_();
+      return y.mul_(x);
+    }
   }
   throw std::logic_error("unknown activation");
 }
+
+namespace {
+
+// softmax(q kᵀ + mask) v for one head; q, k, v [L, head_dim] (q already scaled). Softmax in fp32:
+// bf16 exponentials of near-tied scores otherwise collapse.
+torch::Tensor head_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const torch::Tensor& additive_mask) {
+  auto scores = torch::matmul(q, k.transpose(-2, -1));
+  if (additive_mask.defined()) scores = scores + additive_mask.to(scores.scalar_type());
+  auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(v.scalar_type());
+  return torch::matmul(probs, v);
+}
+
+// The same per (batch, head) pair, the pairs split over the intra-op threads (attention_by_head).
+// qkv [B, L, 3, heads, head_dim]; q scaled; returns the context [B, L, heads, head_dim].
+torch::Tensor attention_head_by_head(const torch::Tensor& qkv, const torch::Tensor& q_scaled,
+                                     const torch::Tensor& additive_mask) {
+  const int64_t batch = qkv.size(0), heads = qkv.size(3);
+  auto context = torch::empty({batch, qkv.size(1), heads, qkv.size(4)}, qkv.options());
+  at::parallel_for(0, batch * heads, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / heads, h = i % heads;
+      const auto k = qkv[b].select(1, 1).select(1, h), v = qkv[b].select(1, 2).select(1, h);
+      context[b].select(1, h).copy_(head_attention(q_scaled[b].select(1, h), k, v, additive_mask));
+    }
+  });
+  return context;
+}
+
+}  // namespace
 
 torch::Tensor self_attention(const torch::Tensor& x, const BlockWeights& w, const BlockConfig& cfg,
                              const torch::Tensor& additive_mask) {
   const int64_t batch = x.size(0), length = x.size(1), width = x.size(2);
   const int64_t head_dim = width / cfg.heads;
 
-  // [B, L, 3D] -> three [B, heads, L, head_dim] views.
-  auto qkv = linear(x, w.qkv_weight, w.qkv_quant, w.qkv_bias)
-                 .view({batch, length, 3, cfg.heads, head_dim})
-                 .permute({2, 0, 3, 1, 4});
-  auto q = qkv[0], k = qkv[1], v = qkv[2];
-
+  // [B, L, 3D] -> [B, L, 3, heads, head_dim]: q, k, v of each head.
+  auto qkv = linear(x, w.qkv_weight, w.qkv_quant, w.qkv_bias).view({batch, length, 3, cfg.heads, head_dim});
   // Scale q before the product, as nn.MultiheadAttention does, so fp32 rounding matches.
-  q = q * (1.0 / std::sqrt(static_cast<double>(head_dim)));
-  auto scores = torch::matmul(q, k.transpose(-2, -1));  // [B, heads, L, L]
-  if (additive_mask.defined()) scores = scores + additive_mask.to(scores.scalar_type());
-  // Softmax in fp32: bf16 exponentials of near-tied scores otherwise collapse.
-  auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(v.scalar_type());
-  auto context = torch::matmul(probs, v).transpose(1, 2).reshape({batch, length, width});
-  return linear(context, w.out_weight, w.out_quant, w.out_bias);
+  const auto q = qkv.select(2, 0) * (1.0 / std::sqrt(static_cast<double>(head_dim)));  // [B, L, heads, head_dim]
+  torch::Tensor context;
+  if (attention_by_head(x, cfg.heads)) {
+    context = attention_head_by_head(qkv, q, additive_mask);
+  } else {
+    const auto k = qkv.select(2, 1).transpose(1, 2), v = qkv.select(2, 2).transpose(1, 2);  // [B, heads, L, head_dim]
+    context = head_attention(q.transpose(1, 2), k, v, additive_mask).transpose(1, 2);
+  }
+  return linear(context.reshape({batch, length, width}), w.out_weight, w.out_quant, w.out_bias);
 }
 
 torch::Tensor block_forward(const torch::Tensor& x, const BlockWeights& w, const BlockConfig& cfg,

@@ -66,6 +66,24 @@ torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& weight,
                          const torch::Tensor& bias, double eps);
 torch::Tensor activation(const torch::Tensor& x, Activation kind);
 
+// Two ways of running the same bf16 products on the CPU, chosen by shape, each giving what the
+// plain ATen call gives up to summation order. Measured on the 2-vCPU Zen 4 VM (2026-12-06, 2
+// threads, ms per call, best of 10):
+// - linear_rows_by_thread: the rows of x split evenly over the threads, each thread one
+//   single-threaded product (bit-identical to torch::linear in that measurement). oneDNN's own
+//   threading of a product lost 13–20 % at CLIP-336's 577 rows (fc1 4096×1024: 14.8 → 12.1; qkv
+//   10.6 → 8.7) and was level with it at ImageBind's 257 (5120×1280: 9.1 / 9.3) and ahead at
+//   LLaMA's 82 prompt tokens (7.7 / 8.2): hence at least kRowsPerThreadToSplit rows per thread.
+// - attention_by_head: scores, softmax and context one (batch, head) pair at a time, the pairs
+//   split over the threads, so each head's [L, L] scores stay in cache instead of all heads'
+//   (B·heads·L² fp32) passing through memory: CLIP-336 (16 × 577², 21 MB) 9.5 → 7.2 ms per layer;
+//   ImageBind (16 × 257², 4.2 MB) 1.7 → 1.9, hence only above kBatchedScoresBytes.
+inline constexpr int64_t kRowsPerThreadToSplit = 256;
+inline constexpr double kBatchedScoresBytes = 8 << 20;
+bool linear_rows_by_thread(const torch::Tensor& x, const torch::Tensor& weight);
+// x [B, L, D]: the block's input.
+bool attention_by_head(const torch::Tensor& x, int64_t heads);
+
 // Multi-head self-attention with a packed q/k/v projection; `additive_mask` is [L, L] (0 / -inf)
 // or undefined for full attention. x: [B, L, D] batch-first.
 torch::Tensor self_attention(const torch::Tensor& x, const BlockWeights& w, const BlockConfig& cfg,

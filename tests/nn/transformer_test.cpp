@@ -101,6 +101,32 @@ TEST(TransformerBlock, Bf16PathStaysCloseToFp32) {
   EXPECT_LT((out - ref).abs().max().item<double>(), 0.1);
 }
 
+// At a length where bf16 takes the rows-by-thread products and the head-by-head attention
+// (transformer.h), with and without a causal mask, against the fp32 MultiheadAttention composition.
+TEST(TransformerBlock, Bf16LongSequenceByThreadAndByHeadStaysCloseToFp32) {
+  const int threads_before = torch::get_num_threads();
+  torch::set_num_threads(2);
+  auto w = random_block(64, 128);
+  torch::manual_seed(7);
+  const int64_t length = 600, heads = 16;
+  auto x = torch::randn({1, length, 64});
+  nn::BlockConfig cfg{.width = 64, .heads = heads, .eps = 1e-6, .activation = nn::Activation::Gelu};
+  auto w16 = w;
+  nn::convert_block(w16, torch::kBFloat16);
+  const auto x16 = x.to(torch::kBFloat16);
+  // The shape must take both paths, or this test checks the plain ones.
+  EXPECT_TRUE(nn::linear_rows_by_thread(x16, w16.qkv_weight));
+  EXPECT_TRUE(nn::attention_by_head(x16, heads));
+  const auto causal = torch::full({length, length}, -INFINITY).triu(1);
+  for (const auto& mask : {torch::Tensor(), causal}) {
+    auto out = nn::block_forward(x16, w16, cfg, mask).to(torch::kFloat32);
+    auto ref = reference_block(x, w, heads, 1e-6, mask);
+    // As Bf16PathStaysCloseToFp32: ~2^-8 relative per op, a few ops deep, on O(1) values.
+    EXPECT_LT((out - ref).abs().max().item<double>(), 0.1) << (mask.defined() ? "causal" : "full");
+  }
+  torch::set_num_threads(threads_before);
+}
+
 TEST(TransformerBlock, Int8BlockMatchesTheReferenceOnItsDequantizedWeights) {
   // quantize_block: the four matrices become q8 (their tensors dropped) and the block runs the int8
   // GEMM with one activation pass. Against the independent composition above given the same
