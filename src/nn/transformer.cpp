@@ -81,12 +81,8 @@ torch::Tensor activation(const torch::Tensor& x, Activation kind) {
   switch (kind) {
     case Activation::Gelu:
       return torch::gelu(x);  // exact erf form, as nn.GELU() defaults
-    case Activation::QuickGelu: {
-      // x·σ(1.702x) with one temporary: the same three roundings as the out-of-place form.
-      auto y = x * 1.702;
-      y.sigmoid_();
-      return y.mul_(x);
-    }
+    case Activation::QuickGelu:
+      return x * torch::sigmoid(1.702 * x);
   }
   throw std::logic_error("unknown activation");
 }
