@@ -15,14 +15,14 @@ namespace iadgpt::nn {
 
 bool linear_rows_by_thread(const torch::Tensor& x, const torch::Tensor& weight) {
   const int64_t threads = at::get_num_threads();
-  return threads > 1 && !at::in_parallel_region() && x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 &&
-         weight.scalar_type() == torch::kBFloat16 && x.dim() >= 1 && x.size(-1) > 0 &&
+  return threads > 1 && !at::in_parallel_region() && !at::GradMode::is_enabled() && x.device().is_cpu() &&
+         x.scalar_type() == torch::kBFloat16 && weight.scalar_type() == torch::kBFloat16 && x.dim() >= 1 && x.size(-1) > 0 &&
          x.numel() / x.size(-1) >= kRowsPerThreadToSplit * threads;
 }
 
 bool attention_by_head(const torch::Tensor& x, int64_t heads) {
   const double length = static_cast<double>(x.size(1));
-  return x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 &&
+  return !at::GradMode::is_enabled() && x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 &&
          static_cast<double>(x.size(0) * heads) * length * length * sizeof(float) > kBatchedScoresBytes;
 }
 

@@ -66,8 +66,9 @@ torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& weight,
                          const torch::Tensor& bias, double eps);
 torch::Tensor activation(const torch::Tensor& x, Activation kind);
 
-// Two ways of running the same bf16 products on the CPU, chosen by shape, each giving what the
-// plain ATen call gives up to summation order. Measured on the 2-vCPU Zen 4 VM (2026-12-06, 2
+// Two ways of running the same bf16 products on the CPU, chosen by shape, for inference only (the
+// row split writes through out= products, which record no gradients), each giving what the plain
+// ATen call gives up to summation order. Measured on the 2-vCPU Zen 4 VM (2026-12-06, 2
 // threads, ms per call, best of 10):
 // - linear_rows_by_thread: the rows of x split evenly over the threads, each thread one
 //   single-threaded product (bit-identical to torch::linear in that measurement). oneDNN's own
