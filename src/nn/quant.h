@@ -112,7 +112,8 @@ enum class InputPasses { ForFormat, One };
 // passes leave ≤ s_x/508 of activation error per element (one: s_x/2), about bf16's: a q8 prompt
 // decides as the bf16 model does. q4 takes one pass: its weights' error is 16 times that of one
 // pass. AVX-512 VNNI path: the weights unpacked a cache-sized tile at a time, a 4-row × 32-input
-// micro-kernel (quant_gemm.cpp); AVX2 and scalar: matvec_quant_multi. `scratch` (uint8) is grown
+// micro-kernel on whole groups of 16 inputs, and a few inputs left over (at most 3 activation
+// rows) through matvec_quant_multi (quant_gemm.cpp); AVX2 and scalar: matvec_quant_multi. `scratch` (uint8) is grown
 // when too small and reused otherwise. Rows split over intra-op threads.
 void gemm_quant(const QuantMatrix& w, const float* x, int64_t n, float* y, MatvecIsa isa, torch::Tensor& scratch,
                 InputPasses passes = InputPasses::ForFormat);
