@@ -95,7 +95,7 @@ model::Bundle train_bundle(const fs::path& dir, const std::vector<std::string>& 
       {"map", "few-shot"},
       {"decision_weight", 1.0},
       {"map_warmup", {{"steps", 50}, {"per_image", 4}}},
-      {"stages", {{{"stage", 1}, {"steps", 10}}, {{"stage", 2}, {"steps", 30}}, {{"stage", 3}, {"steps", 30}}}},
+      {"stages", {{{"stage", 1}, {"steps", 10}}, {{"stage", 2}, {"steps", 30}}, {{"stage", 3}, {"steps", 45}}}},
       {"batch_size", 8},
       {"checkpoint_every", 0},
       {"resume", false}});
@@ -168,7 +168,12 @@ TEST(QuantDecision, TrainedBundleDecidesYesNoAsBf16OnAtLeast98PercentOfParts) {
   // 320 held-out and validation parts, src/llm/README.md): q8 moves the decision's log-odds by at
   // most 0.03–0.06 and agreed on 100/100 parts here; q4 by at most 0.44–0.47, and agreed on 97/100
   // here: its 3 flips were parts whose bf16 log-odds lay within that shift of 0 (a barely
-  // trained model leaves parts there). So: q8 agrees on ≥ 98 % (the issue's bound); q4 agrees on
+  // trained model leaves parts there). On the Zen 4 VM the 70-step bundle left 23 parts within
+  // |log-odds| < 1 and q8 flipped two at 0.031 and 0.062 (one or two bf16 steps of the logits):
+  // 98/100, on the bound. Stage 3 now takes 45 steps instead of 30 (85 in all, +13 s): 97 parts
+  // at |log-odds| ≥ 1, q8 and q4 100/100, shifts 0.094 and 0.375 (2026-12-06, Zen 4); with
+  // ATEN_CPU_CAPABILITY=avx512 (another trained bundle) 96 at ≥ 1, q8 and q4 99/100 (one part at
+  // 0.031 flipped), shifts 0.062 and 0.375. So: q8 agrees on ≥ 98 % (the issue's bound); q4 agrees on
   // ≥ 98 % of the parts whose bf16 margin |log-odds| is ≥ 1 (twice its largest shift) and on
   // ≥ 95 % overall (what a model with a few parts at the boundary keeps); the shifts themselves
   // stay under 0.25 (q8) and 1.0 (q4), about 4× and 2× what was measured: a structural error
@@ -219,7 +224,9 @@ TEST(QuantDecision, Int8VisionTowerKeepsTheMapsAndTheDecision) {
              "pixel AUROC bf16 {:.4f}, q8 {:.4f}\n",
              agree, t.parts.size(), max_shift, max_map, auroc_bf16, auroc_q8);
   // Bounds, measured here (2026-12-05): 100/100 parts agree, log-odds move by ≤ 0.062, map values
-  // (0..1) by ≤ 0.0038, pixel AUROC 0.8813 → 0.8809. The decision: ≥ 98 % agreement, as the
+  // (0..1) by ≤ 0.0038, pixel AUROC 0.8813 → 0.8809; with the 85-step bundle (2026-12-06, Zen 4)
+  // 100/100, ≤ 0.094, ≤ 0.0038, 0.8813 → 0.8810 (avx512 dispatch: 99/100, 0.156). (A 100-step bundle moved by 0.25, on the bound:
+  // its larger logits have larger bf16 steps.) The decision: ≥ 98 % agreement, as the
   // issue asks of quantization, and a shift under 0.25 (4× measured; the LLM's q8 bound above).
   // The maps: ≤ 0.02 (5× measured), and the pixel AUROC within 0.01 of bf16's. With the
   // quantized layers' bias left out (a structural bug), 95/100 agreed, the shift was 0.44 and
