@@ -225,9 +225,9 @@ TEST(QuantDecision, Int8VisionTowerKeepsTheMapsAndTheDecision) {
              agree, t.parts.size(), max_shift, max_map, auroc_bf16, auroc_q8);
   // Bounds, measured here (2026-12-05): 100/100 parts agree, log-odds move by ≤ 0.062, map values
   // (0..1) by ≤ 0.0038, pixel AUROC 0.8813 → 0.8809; with the 85-step bundle (2026-12-06, Zen 4)
-  // 100/100, ≤ 0.094, ≤ 0.0038, 0.8813 → 0.8810 (avx512 dispatch: 99/100, 0.156). (A 100-step bundle moved by 0.25, on the bound:
-  // its larger logits have larger bf16 steps.) The decision: ≥ 98 % agreement, as the
-  // issue asks of quantization, and a shift under 0.25 (4× measured; the LLM's q8 bound above).
+  // 100/100, ≤ 0.094, ≤ 0.0038, 0.8813 → 0.8810 (avx512 dispatch: 99/100, 0.156). (A 100-step
+  // bundle moved by 0.25, on the bound: its larger logits have larger bf16 steps.) The decision:
+  // ≥ 98 % agreement, as the issue asks of quantization, and a shift under 0.25 (4× measured; the LLM's q8 bound above).
   // The maps: ≤ 0.02 (5× measured), and the pixel AUROC within 0.01 of bf16's. With the
   // quantized layers' bias left out (a structural bug), 95/100 agreed, the shift was 0.44 and
   // the map moved by 0.033: three of the four checks fail.
