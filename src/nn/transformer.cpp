@@ -9,6 +9,7 @@
 #include "io/mapped_file.h"
 
 #include "nn/device.h"
+#include "nn/softmax.h"
 #include "nn/weights.h"
 
 namespace iadgpt::nn {
@@ -89,14 +90,20 @@ torch::Tensor activation(const torch::Tensor& x, Activation kind) {
 
 namespace {
 
-// softmax(q kᵀ + mask) v for one head; q, k, v [L, head_dim] (q already scaled). Softmax in fp32:
-// bf16 exponentials of near-tied scores otherwise collapse.
+// Softmax in fp32: bf16 exponentials of near-tied scores otherwise collapse. bf16 inference on the
+// CPU in one pass over the scores (softmax.h); otherwise through an fp32 copy.
+torch::Tensor attention_softmax(const torch::Tensor& scores) {
+  if (!at::GradMode::is_enabled() && scores.device().is_cpu() && scores.scalar_type() == torch::kBFloat16)
+    return softmax_bf16(scores);
+  return torch::softmax(scores.to(torch::kFloat32), -1).to(scores.scalar_type());
+}
+
+// softmax(q kᵀ + mask) v for one head, or for [B, heads] of them; q already scaled.
 torch::Tensor head_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const torch::Tensor& additive_mask) {
   auto scores = torch::matmul(q, k.transpose(-2, -1));
   if (additive_mask.defined()) scores = scores + additive_mask.to(scores.scalar_type());
-  auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(v.scalar_type());
-  return torch::matmul(probs, v);
+  return torch::matmul(attention_softmax(scores), v);
 }
 
 // The same per (batch, head) pair, the pairs split over the intra-op threads (attention_by_head).

@@ -1,0 +1,115 @@
+#include "nn/softmax.h"
+
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "io/error.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define IADGPT_SOFTMAX_X86 1
+#endif
+
+namespace iadgpt::nn {
+namespace {
+namespace smx {  // (named: the module is one unity translation unit)
+
+void softmax_row_scalar(const at::BFloat16* s, at::BFloat16* out, int64_t n, float* e) {
+  float max = -std::numeric_limits<float>::infinity();
+  for (int64_t c = 0; c < n; ++c) max = std::max(max, static_cast<float>(s[c]));
+  float sum = 0;
+  for (int64_t c = 0; c < n; ++c) sum += e[c] = std::exp(static_cast<float>(s[c]) - max);
+  const float inv = 1.0f / sum;
+  for (int64_t c = 0; c < n; ++c) out[c] = at::BFloat16(e[c] * inv);  // round to nearest even
+}
+
+#ifdef IADGPT_SOFTMAX_X86
+#define IADGPT_SOFTMAX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+IADGPT_SOFTMAX_TARGET inline __mmask16 lanes_left(int64_t c, int64_t n) {
+  return c + 16 <= n ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - c)) - 1);
+}
+
+// 16 bf16 values as fp32 (bf16 is the top half of an fp32); lanes outside `m` are 0.
+IADGPT_SOFTMAX_TARGET inline __m512 load_bf16(const at::BFloat16* p, __mmask16 m) {
+  const __m256i bits = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// e^x for x ≤ 0 (a score minus its row's max): 2^n · e^r, n = round(x / ln 2), r = x − n ln 2
+// with ln 2 in two parts (Cody–Waite), |r| ≤ ln 2 / 2, where the Taylor terms to r^6 leave a
+// relative error below 2^-22. Below −87 (and for NaN) 0: e^-87 is under fp32's smallest normal,
+// and a masked −inf must give exactly 0.
+IADGPT_SOFTMAX_TARGET inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln 2, high bits (exact n·hi)
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);  // ln 2 − hi
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
+  return _mm512_maskz_scalef_ps(live, p, n);
+}
+
+// One row; `e`: n floats (the exponentials between the sum and the scaling).
+IADGPT_SOFTMAX_TARGET void softmax_row_avx512(const at::BFloat16* s, at::BFloat16* out, int64_t n, float* e) {
+  __m512 max = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = lanes_left(c, n);
+    max = _mm512_mask_max_ps(max, m, max, load_bf16(s + c, m));
+  }
+  const __m512 row_max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = lanes_left(c, n);
+    const __m512 ex = _mm512_maskz_mov_ps(m, exp_nonpositive(_mm512_sub_ps(load_bf16(s + c, m), row_max)));
+    _mm512_mask_storeu_ps(e + c, m, ex);
+    sum = _mm512_add_ps(sum, ex);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = lanes_left(c, n);
+    const __m256bh probs = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, e + c), inv));
+    _mm256_mask_storeu_epi16(out + c, m, reinterpret_cast<const __m256i&>(probs));
+  }
+}
+#endif  // IADGPT_SOFTMAX_X86
+
+}  // namespace smx
+}  // namespace
+
+void softmax_rows_bf16(const at::BFloat16* scores, at::BFloat16* probs, int64_t rows, int64_t cols, MatvecIsa isa) {
+  // About 64 K scores per task: enough to cover the parallel region's start.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(cols, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    std::vector<float> e(static_cast<size_t>(cols));
+    for (int64_t r = r0; r < r1; ++r) {
+#ifdef IADGPT_SOFTMAX_X86
+      if (isa == MatvecIsa::Avx512Bf16) {
+        smx::softmax_row_avx512(scores + r * cols, probs + r * cols, cols, e.data());
+        continue;
+      }
+#endif
+      smx::softmax_row_scalar(scores + r * cols, probs + r * cols, cols, e.data());
+    }
+  });
+}
+
+torch::Tensor softmax_bf16(const torch::Tensor& scores, MatvecIsa isa) {
+  if (scores.scalar_type() != torch::kBFloat16 || !scores.device().is_cpu() || scores.dim() == 0)
+    throw InputError(fmt::format("softmax_bf16: expected bf16 scores on the CPU with at least one dimension, got {} {} [{}]",
+                                 c10::toString(scores.scalar_type()), scores.device().str(), fmt::join(scores.sizes(), ", ")));
+  if (!matvec_isa_supported(isa))
+    throw InputError(fmt::format("softmax_bf16: this CPU does not support the {} path", matvec_isa_name(isa)));
+  const auto in = scores.contiguous();
+  auto out = torch::empty_like(in);
+  const int64_t cols = in.size(-1), rows = cols == 0 ? 0 : in.numel() / cols;
+  softmax_rows_bf16(in.data_ptr<at::BFloat16>(), out.data_ptr<at::BFloat16>(), rows, cols, isa);
+  return out;
+}
+
+}  // namespace iadgpt::nn
