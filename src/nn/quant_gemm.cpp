@@ -390,8 +390,9 @@ void gemm_vnni(const QuantMatrix& w, const float* x, int64_t n, float* y, InputP
 // rows (inputs × passes) are at most kTailRowsByKernels. A padded group costs what 16 inputs cost;
 // the decode kernels stream the matrix once per call and then pay per row. Measured on the Zen 4
 // VM (2 threads, 4096 × 4096 q4, ms): 80 inputs 4.6; 80 + 1, 2, 4 by the decode kernels 0.21,
-// 0.52, 0.82 more; a padded 81st to 96th input 0.7–0.9 more. LLaMA's 82-token prompt: 6–7 %
-// faster in q4 (its q8 keeps the padded group: 2 inputs × 2 passes); a ViT's 257 tokens: 8–12 %.
+// 0.52, 0.82 more; a padded 81st to 96th input 0.7–0.9 more. Per matrix, over two sittings: q4
+// at LLaMA-7B's 82 prompt tokens 3–7 % faster (its q8 keeps the padded group: 2 inputs × 2
+// passes); q8 (one pass) at a ViT's 257 tokens 0–12 %.
 int64_t tail_by_kernels(int64_t n, QuantFormat format, InputPasses passes) {
   constexpr int64_t kTailRowsByKernels = 3;
   const int64_t tail = n % kLanes;

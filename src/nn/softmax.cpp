@@ -42,8 +42,9 @@ IADGPT_SOFTMAX_TARGET inline __m512 load_bf16(const at::BFloat16* p, __mmask16 m
 
 // e^x for x ≤ 0 (a score minus its row's max): 2^n · e^r, n = round(x / ln 2), r = x − n ln 2
 // with ln 2 in two parts (Cody–Waite), |r| ≤ ln 2 / 2, where the Taylor terms to r^6 leave a
-// relative error below 2^-22. Below −87 (and for NaN) 0: e^-87 is under fp32's smallest normal,
-// and a masked −inf must give exactly 0.
+// relative error of about 2^-23 (r^7/7!), the fp32 rounding a few 2^-24 more. Below −87 (and for
+// NaN) 0: the exact value is under 1.7e-38, 2^-125 of the row's largest term (e^0), which no sum
+// of the context can see; and a masked −inf must give exactly 0.
 IADGPT_SOFTMAX_TARGET inline __m512 exp_nonpositive(__m512 x) {
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

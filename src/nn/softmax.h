@@ -10,8 +10,9 @@
 //
 // Paths (MatvecIsa, as the matvec kernels choose them): AVX-512 (F, BW, BF16: `vcvtneps2bf16`
 // rounds to nearest even), e^x as 2^n · e^r with a degree-6 Taylor polynomial (relative error
-// under 2^-22, far below bf16's 2^-9); every other path the scalar loop with std::exp. A −inf
-// score (a masked position) gives exactly 0; a row of −inf only gives NaN, as torch::softmax does.
+// about 2^-23, far below bf16's 2^-9), and 0 for a probability under 1.7e-38 (e^-87 of the row's
+// largest); every other path the scalar loop with std::exp. A −inf score (a masked position)
+// gives exactly 0; a row of −inf only gives NaN, as torch::softmax does.
 #pragma once
 #include <torch/torch.h>
 

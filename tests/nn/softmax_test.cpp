@@ -41,6 +41,14 @@ TEST(SoftmaxBf16, EveryPathIsWithinHalfABf16StepOfFloat64OnRaggedMaskedRows) {
   }
 }
 
+TEST(SoftmaxBf16, ARowMaskedWholeGivesNaNAsTorchDoes) {
+  const auto row = torch::full({1, 20}, -std::numeric_limits<float>::infinity()).to(torch::kBFloat16);
+  EXPECT_TRUE(torch::softmax(row.to(torch::kFloat32), -1).isnan().all().item<bool>());  // the reference
+  for (const auto isa : {nn::MatvecIsa::Avx512Bf16, nn::MatvecIsa::Scalar})
+    if (nn::matvec_isa_supported(isa))
+      EXPECT_TRUE(nn::softmax_bf16(row, isa).isnan().all().item<bool>()) << nn::matvec_isa_name(isa);
+}
+
 TEST(SoftmaxBf16, RejectsAnotherDtype) {
   EXPECT_THROW(nn::softmax_bf16(torch::randn({3, 4})), InputError);
 }
