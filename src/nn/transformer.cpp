@@ -13,17 +13,25 @@
 #include "nn/weights.h"
 
 namespace iadgpt::nn {
+namespace {
+
+// Where the bf16 routes of transformer.h and softmax.h apply: bf16 on the CPU, no gradients.
+bool bf16_cpu_inference(const torch::Tensor& t) {
+  return !at::GradMode::is_enabled() && t.device().is_cpu() && t.scalar_type() == torch::kBFloat16;
+}
+
+}  // namespace
 
 bool linear_rows_by_thread(const torch::Tensor& x, const torch::Tensor& weight) {
   const int64_t threads = at::get_num_threads();
-  return threads > 1 && !at::in_parallel_region() && !at::GradMode::is_enabled() && x.device().is_cpu() &&
-         x.scalar_type() == torch::kBFloat16 && weight.scalar_type() == torch::kBFloat16 && x.dim() >= 1 && x.size(-1) > 0 &&
+  return threads > 1 && !at::in_parallel_region() && bf16_cpu_inference(x) &&
+         weight.scalar_type() == torch::kBFloat16 && x.dim() >= 1 && x.size(-1) > 0 &&
          x.numel() / x.size(-1) >= kRowsPerThreadToSplit * threads;
 }
 
 bool attention_by_head(const torch::Tensor& x, int64_t heads) {
   const double length = static_cast<double>(x.size(1));
-  return !at::GradMode::is_enabled() && x.device().is_cpu() && x.scalar_type() == torch::kBFloat16 &&
+  return bf16_cpu_inference(x) &&
          static_cast<double>(x.size(0) * heads) * length * length * sizeof(float) > kBatchedScoresBytes;
 }
 
@@ -93,8 +101,7 @@ namespace {
 // Softmax in fp32: bf16 exponentials of near-tied scores otherwise collapse. bf16 inference on the
 // CPU in one pass over the scores (softmax.h); otherwise through an fp32 copy.
 torch::Tensor attention_softmax(const torch::Tensor& scores) {
-  if (!at::GradMode::is_enabled() && scores.device().is_cpu() && scores.scalar_type() == torch::kBFloat16)
-    return softmax_bf16(scores);
+  if (bf16_cpu_inference(scores)) return softmax_bf16(scores);
   return torch::softmax(scores.to(torch::kFloat32), -1).to(scores.scalar_type());
 }
 
