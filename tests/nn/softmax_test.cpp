@@ -31,7 +31,7 @@ TEST(SoftmaxBf16, EveryPathIsWithinHalfABf16StepOfFloat64OnRaggedMaskedRows) {
       const auto probs = nn::softmax_bf16(scores, isa).to(torch::kFloat64);
       const auto ref = torch::softmax(scores.to(torch::kFloat64), -1);
       // Rounding to bf16 (8 significant bits) moves a value by at most 2^-8 of itself; the fp32
-      // exponentials, sum and scaling add a few 2^-24 (the polynomial's 2^-22 at most).
+      // exponentials, sum and scaling add a few 2^-24 (the polynomial's error is about 2^-23).
       const auto bound = ref * (std::ldexp(1.0, -8) + std::ldexp(1.0, -20));
       const auto err = (probs - ref).abs();
       EXPECT_TRUE(err.le(bound).all().item<bool>())

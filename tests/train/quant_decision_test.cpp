@@ -173,7 +173,8 @@ TEST(QuantDecision, TrainedBundleDecidesYesNoAsBf16OnAtLeast98PercentOfParts) {
   // 98/100, on the bound. Stage 3 now takes 45 steps instead of 30 (85 in all, +13 s): 97 parts
   // at |log-odds| ≥ 1, q8 and q4 100/100, shifts 0.094 and 0.375 (2026-12-06, Zen 4); with
   // ATEN_CPU_CAPABILITY=avx512 (another trained bundle) 96 at ≥ 1, q8 and q4 99/100 (one part at
-  // 0.031 flipped), shifts 0.062 and 0.375. So: q8 agrees on ≥ 98 % (the issue's bound); q4 agrees on
+  // 0.031 flipped), shifts 0.062 and 0.375.
+  // So: q8 agrees on ≥ 98 % (the issue's bound); q4 agrees on
   // ≥ 98 % of the parts whose bf16 margin |log-odds| is ≥ 1 (twice its largest shift) and on
   // ≥ 95 % overall (what a model with a few parts at the boundary keeps); the shifts themselves
   // stay under 0.25 (q8) and 1.0 (q4), about 4× and 2× what was measured: a structural error
@@ -227,7 +228,8 @@ TEST(QuantDecision, Int8VisionTowerKeepsTheMapsAndTheDecision) {
   // (0..1) by ≤ 0.0038, pixel AUROC 0.8813 → 0.8809; with the 85-step bundle (2026-12-06, Zen 4)
   // 100/100, ≤ 0.094, ≤ 0.0038, 0.8813 → 0.8810 (avx512 dispatch: 99/100, 0.156). (A 100-step
   // bundle moved by 0.25, on the bound: its larger logits have larger bf16 steps.) The decision:
-  // ≥ 98 % agreement, as the issue asks of quantization, and a shift under 0.25 (4× measured; the LLM's q8 bound above).
+  // ≥ 98 % agreement, as the issue asks of quantization, and a shift under 0.25 (4× measured; the
+  // LLM's q8 bound above).
   // The maps: ≤ 0.02 (5× measured), and the pixel AUROC within 0.01 of bf16's. With the
   // quantized layers' bias left out (a structural bug), 95/100 agreed, the shift was 0.44 and
   // the map moved by 0.033: three of the four checks fail.
