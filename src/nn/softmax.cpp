@@ -10,7 +10,7 @@
 #include "io/error.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
+#include "nn/simd_x86.h"
 #define IADGPT_SOFTMAX_X86 1
 #endif
 
@@ -28,36 +28,12 @@ void softmax_row_scalar(const at::BFloat16* s, at::BFloat16* out, int64_t n, flo
 }
 
 #ifdef IADGPT_SOFTMAX_X86
-#define IADGPT_SOFTMAX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
-IADGPT_SOFTMAX_TARGET inline __mmask16 lanes_left(int64_t c, int64_t n) {
-  return c + 16 <= n ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - c)) - 1);
-}
-
-// 16 bf16 values as fp32 (bf16 is the top half of an fp32); lanes outside `m` are 0.
-IADGPT_SOFTMAX_TARGET inline __m512 load_bf16(const at::BFloat16* p, __mmask16 m) {
-  const __m256i bits = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-// e^x for x ≤ 0 (a score minus its row's max): 2^n · e^r, n = round(x / ln 2), r = x − n ln 2
-// with ln 2 in two parts (Cody–Waite), |r| ≤ ln 2 / 2, where the Taylor terms to r^6 leave a
-// relative error of about 2^-23 (r^7/7!), the fp32 rounding a few 2^-24 more. Below −87 (and for
-// NaN) 0: the exact value is under 1.7e-38, 2^-125 of the row's largest term (e^0), which no sum
-// of the context can see; and a masked −inf must give exactly 0.
-IADGPT_SOFTMAX_TARGET inline __m512 exp_nonpositive(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln 2, high bits (exact n·hi)
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);  // ln 2 − hi
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
-  return _mm512_maskz_scalef_ps(live, p, n);
-}
+using simd::exp_nonpositive;
+using simd::lanes_left;
+using simd::load_bf16;
 
 // One row; `e`: n floats (the exponentials between the sum and the scaling).
-IADGPT_SOFTMAX_TARGET void softmax_row_avx512(const at::BFloat16* s, at::BFloat16* out, int64_t n, float* e) {
+IADGPT_AVX512_BF16_TARGET void softmax_row_avx512(const at::BFloat16* s, at::BFloat16* out, int64_t n, float* e) {
   __m512 max = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 m = lanes_left(c, n);
@@ -74,8 +50,7 @@ IADGPT_SOFTMAX_TARGET void softmax_row_avx512(const at::BFloat16* s, at::BFloat1
   const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 m = lanes_left(c, n);
-    const __m256bh probs = _mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, e + c), inv));
-    _mm256_mask_storeu_epi16(out + c, m, reinterpret_cast<const __m256i&>(probs));
+    simd::store_bf16(out + c, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e + c), inv), m);
   }
 }
 #endif  // IADGPT_SOFTMAX_X86

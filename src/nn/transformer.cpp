@@ -8,6 +8,8 @@
 #include "io/error.h"
 #include "io/mapped_file.h"
 
+#include "nn/activation_bf16.h"
+#include "nn/attention_bf16.h"
 #include "nn/device.h"
 #include "nn/softmax.h"
 #include "nn/weights.h"
@@ -27,6 +29,11 @@ bool linear_rows_by_thread(const torch::Tensor& x, const torch::Tensor& weight) 
   return threads > 1 && !at::in_parallel_region() && bf16_cpu_inference(x) &&
          weight.scalar_type() == torch::kBFloat16 && x.dim() >= 1 && x.size(-1) > 0 &&
          x.numel() / x.size(-1) >= kRowsPerThreadToSplit * threads;
+}
+
+bool attention_fused(const torch::Tensor& x, int64_t heads) {
+  return bf16_cpu_inference(x) && heads > 0 && x.size(-1) % heads == 0 &&
+         attention_bf16_supported(x.size(-1) / heads, best_matvec_isa());
 }
 
 bool attention_by_head(const torch::Tensor& x, int64_t heads) {
@@ -91,6 +98,7 @@ torch::Tensor activation(const torch::Tensor& x, Activation kind) {
     case Activation::Gelu:
       return torch::gelu(x);  // exact erf form, as nn.GELU() defaults
     case Activation::QuickGelu:
+      if (bf16_cpu_inference(x) && quick_gelu_bf16_supported(best_matvec_isa())) return quick_gelu_bf16(x);
       return x * torch::sigmoid(1.702 * x);
   }
   throw std::logic_error("unknown activation");
@@ -138,6 +146,10 @@ torch::Tensor self_attention(const torch::Tensor& x, const BlockWeights& w, cons
 
   // [B, L, 3D] -> [B, L, 3, heads, head_dim]: q, k, v of each head.
   auto qkv = linear(x, w.qkv_weight, w.qkv_quant, w.qkv_bias).view({batch, length, 3, cfg.heads, head_dim});
+  if (attention_fused(x, cfg.heads)) {
+    const auto context = attention_bf16(qkv.contiguous(), additive_mask);
+    return linear(context.view({batch, length, width}), w.out_weight, w.out_quant, w.out_bias);
+  }
   // Scale q before the product, as nn.MultiheadAttention does, so fp32 rounding matches.
   const auto q = qkv.select(2, 0) * (1.0 / std::sqrt(static_cast<double>(head_dim)));  // [B, L, heads, head_dim]
   torch::Tensor context;

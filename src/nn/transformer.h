@@ -84,6 +84,10 @@ inline constexpr double kBatchedScoresBytes = 8 << 20;
 bool linear_rows_by_thread(const torch::Tensor& x, const torch::Tensor& weight);
 // x [B, L, D]: the block's input.
 bool attention_by_head(const torch::Tensor& x, int64_t heads);
+// Ahead of both attention forms above where it applies: bf16 inference on a CPU with AVX-512
+// BF16 and heads whose width is a multiple of 16 (attention_bf16.h), the whole attention of a
+// head in one pass.
+bool attention_fused(const torch::Tensor& x, int64_t heads);
 
 // Multi-head self-attention with a packed q/k/v projection; `additive_mask` is [L, L] (0 / -inf)
 // or undefined for full attention. x: [B, L, D] batch-first.

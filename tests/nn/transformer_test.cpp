@@ -33,7 +33,7 @@ nn::BlockWeights random_block(int64_t width, int64_t hidden) {
 
 // Reference: torch::nn::MultiheadAttention (sequence-first), as the upstream towers use it.
 torch::Tensor reference_block(const torch::Tensor& x, const nn::BlockWeights& w, int64_t heads,
-                              double eps, const torch::Tensor& mask) {
+                              double eps, const torch::Tensor& mask, nn::Activation act = nn::Activation::Gelu) {
   const int64_t width = x.size(2);
   torch::nn::MultiheadAttention mha(torch::nn::MultiheadAttentionOptions(width, heads));
   torch::NoGradGuard no_grad;
@@ -51,7 +51,9 @@ torch::Tensor reference_block(const torch::Tensor& x, const nn::BlockWeights& w,
   auto attn = std::get<0>(mha->forward(normed, normed, normed, {}, false, mask.defined() ? mask : torch::Tensor()));
   auto h = seq + attn;
   auto hidden = torch::linear(ln(h, w.ln2_weight, w.ln2_bias), w.fc1_weight, w.fc1_bias);
-  auto out = h + torch::linear(0.5 * hidden * (1 + torch::erf(hidden / std::sqrt(2.0))), w.fc2_weight, w.fc2_bias);
+  const auto activated = act == nn::Activation::Gelu ? 0.5 * hidden * (1 + torch::erf(hidden / std::sqrt(2.0)))
+                                                     : hidden / (1 + torch::exp(-1.702 * hidden));
+  auto out = h + torch::linear(activated, w.fc2_weight, w.fc2_bias);
   return out.transpose(0, 1);
 }
 
@@ -126,6 +128,32 @@ TEST(TransformerBlock, Bf16LongSequenceByThreadAndByHeadStaysCloseToFp32) {
     EXPECT_LT((out - ref).abs().max().item<double>(), 0.1) << (mask.defined() ? "causal" : "full");
   }
   torch::set_num_threads(threads_before);
+}
+
+// Heads 64 wide in bf16 take the fused attention (attention_bf16.h) and QuickGELU the one-pass
+// kernel (activation_bf16.h): at a short (text, causal) and a long (vision) length, against the
+// fp32 MultiheadAttention composition.
+TEST(TransformerBlock, Bf16FusedAttentionAndQuickGeluStayCloseToFp32) {
+  torch::NoGradGuard no_grad;  // both kernels are for inference, as the towers run
+  auto w = random_block(128, 512);
+  nn::BlockConfig cfg{.width = 128, .heads = 2, .eps = 1e-6, .activation = nn::Activation::QuickGelu};
+  auto w16 = w;
+  nn::convert_block(w16, torch::kBFloat16);
+  for (const int64_t length : {77, 300}) {
+    torch::manual_seed(length);
+    auto x = torch::randn({2, length, 128});
+    const auto x16 = x.to(torch::kBFloat16);
+    // The shape must take the fused path, or this test checks the ATen ones.
+    ASSERT_TRUE(nn::attention_fused(x16, cfg.heads))
+        << "this CPU cannot run the avx512bf16 path; the test machines are AVX-512 BF16 CPUs";
+    const auto causal = torch::full({length, length}, -INFINITY).triu(1);
+    for (const auto& mask : {torch::Tensor(), causal}) {
+      auto out = nn::block_forward(x16, w16, cfg, mask).to(torch::kFloat32);
+      auto ref = reference_block(x, w, cfg.heads, 1e-6, mask, nn::Activation::QuickGelu);
+      // As Bf16PathStaysCloseToFp32: ~2^-8 relative per op, a few ops deep, on O(1) values.
+      EXPECT_LT((out - ref).abs().max().item<double>(), 0.1) << length << (mask.defined() ? " causal" : " full");
+    }
+  }
 }
 
 TEST(TransformerBlock, Int8BlockMatchesTheReferenceOnItsDequantizedWeights) {
