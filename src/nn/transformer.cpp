@@ -8,7 +8,7 @@
 #include "io/error.h"
 #include "io/mapped_file.h"
 
-#include "nn/activation_bf16.h"
+#include "nn/norm_act_bf16.h"
 #include "nn/attention_bf16.h"
 #include "nn/device.h"
 #include "nn/softmax.h"
@@ -88,6 +88,7 @@ torch::Tensor layer_norm(const torch::Tensor& x, const torch::Tensor& weight,
   if (x.scalar_type() == torch::kFloat32) {
     return torch::layer_norm(x, {x.size(-1)}, weight, bias, eps);
   }
+  if (bf16_cpu_inference(x) && norm_act_bf16_supported(best_matvec_isa())) return layer_norm_bf16(x, weight, bias, eps);
   auto y = torch::layer_norm(x.to(torch::kFloat32), {x.size(-1)}, weight.to(torch::kFloat32),
                              bias.to(torch::kFloat32), eps);
   return y.to(x.scalar_type());
@@ -98,7 +99,7 @@ torch::Tensor activation(const torch::Tensor& x, Activation kind) {
     case Activation::Gelu:
       return torch::gelu(x);  // exact erf form, as nn.GELU() defaults
     case Activation::QuickGelu:
-      if (bf16_cpu_inference(x) && quick_gelu_bf16_supported(best_matvec_isa())) return quick_gelu_bf16(x);
+      if (bf16_cpu_inference(x) && norm_act_bf16_supported(best_matvec_isa())) return quick_gelu_bf16(x);
       return x * torch::sigmoid(1.702 * x);
   }
   throw std::logic_error("unknown activation");

@@ -131,7 +131,7 @@ TEST(TransformerBlock, Bf16LongSequenceByThreadAndByHeadStaysCloseToFp32) {
 }
 
 // Heads 64 wide in bf16 take the fused attention (attention_bf16.h) and QuickGELU the one-pass
-// kernel (activation_bf16.h): at a short (text, causal) and a long (vision) length, against the
+// kernel (norm_act_bf16.h): at a short (text, causal) and a long (vision) length, against the
 // fp32 MultiheadAttention composition.
 TEST(TransformerBlock, Bf16FusedAttentionAndQuickGeluStayCloseToFp32) {
   torch::NoGradGuard no_grad;  // both kernels are for inference, as the towers run
