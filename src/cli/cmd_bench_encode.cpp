@@ -2,9 +2,12 @@
 // download), next to the GEMM throughput of this machine measured in the same run.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <iostream>
+#include <numeric>
+#include <vector>
 
 #include "cli/commands.h"
 #include "cli/device_flag.h"
@@ -66,14 +69,23 @@ void bench_one(const std::string& arch, torch::Dtype dtype, nn::QuantFormat quan
   const std::vector<int64_t> taps = cfg.default_taps();
   vision::vit_forward(weights, cfg, pixels, taps);  // warm-up: first-touch of activation memory
   nn::synchronize(device);
-  t0 = clock_type::now();
+  // Each forward timed on its own (waiting for the device after each), so that the best and the
+  // median can be read beside the mean, as scripts/pytorch-vit-bench.py reports PyTorch's: on a
+  // shared VM one slow forward moves the mean.
+  std::vector<double> seconds;
   {
     nn::SyncCheck check(sync_check);  // --sync-check: the encode loop makes no host copy at all
-    for (int i = 0; i < iters; ++i) vision::vit_forward(weights, cfg, pixels, taps);
-    nn::PlannedSync planned;
-    nn::synchronize(device);
+    for (int i = 0; i < iters; ++i) {
+      const auto start = clock_type::now();
+      vision::vit_forward(weights, cfg, pixels, taps);
+      nn::PlannedSync planned;
+      nn::synchronize(device);
+      seconds.push_back(seconds_since(start));
+    }
   }
-  const double per_batch = seconds_since(t0) / iters;
+  const double per_batch = std::accumulate(seconds.begin(), seconds.end(), 0.0) / iters;
+  std::sort(seconds.begin(), seconds.end());
+  const double best_ms = seconds.front() * 1e3 / batch, median_ms = seconds[seconds.size() / 2] * 1e3 / batch;
   const double rss = peak_rss_mib();
   const double gflops = cfg.flops_per_image() * batch / per_batch / 1e9;
   const double peak = gemm_gflops(dtype, device);
@@ -82,10 +94,11 @@ void bench_one(const std::string& arch, torch::Dtype dtype, nn::QuantFormat quan
   const std::string format = fmt::format("{}{}", dtype == torch::kBFloat16 ? "bf16" : "f32",
                                          quant == nn::QuantFormat::None ? "" : std::string("+") + nn::quant_format_name(quant));
   std::cout << fmt::format(
-      "{} {:>4}: {} params, {:.1f} GFLOP/image, init {:.1f} s | {:.1f} ms/image (batch {}, {} iters) | "
-      "{:.1f} GFLOP/s vs GEMM peak {:.1f} GFLOP/s ({:.0f}%) | peak RSS {:.0f} MiB (start {:.0f} MiB) | {} threads\n",
+      "{} {:>4}: {} params, {:.1f} GFLOP/image, init {:.1f} s | {:.1f} ms/image (batch {}, {} iters; best {:.1f}, "
+      "median {:.1f}) | {:.1f} GFLOP/s vs GEMM peak {:.1f} GFLOP/s ({:.0f}%) | peak RSS {:.0f} MiB (start {:.0f} MiB) | "
+      "{} threads\n",
       arch, format, cfg.parameter_count(), cfg.flops_per_image() / 1e9, init_s,
-      per_batch * 1e3 / batch, batch, iters, gflops, peak, 100.0 * gflops / peak, rss, rss0,
+      per_batch * 1e3 / batch, batch, iters, best_ms, median_ms, gflops, peak, 100.0 * gflops / peak, rss, rss0,
       torch::get_num_threads());
 }
 
