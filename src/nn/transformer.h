@@ -84,9 +84,11 @@ inline constexpr double kBatchedScoresBytes = 8 << 20;
 bool linear_rows_by_thread(const torch::Tensor& x, const torch::Tensor& weight);
 // x [B, L, D]: the block's input.
 bool attention_by_head(const torch::Tensor& x, int64_t heads);
-// Ahead of both attention forms above where it applies: bf16 inference on a CPU with AVX-512
-// BF16 and heads whose width is a multiple of 16 (attention_bf16.h), the whole attention of a
-// head in one pass.
+// Taken before either attention form (head by head above, or all heads batched) where it
+// applies: bf16 inference on a CPU with AVX-512 BF16 and heads whose width is a multiple of 16
+// (attention_bf16.h), each head's whole attention in one pass. Same sitting, same harnesses:
+// CLIP-336 7.25 (head by head) → 4.30 ms per layer; ImageBind (80-wide heads) 1.69 (batched) →
+// 1.07 ms.
 bool attention_fused(const torch::Tensor& x, int64_t heads);
 
 // Multi-head self-attention with a packed q/k/v projection; `additive_mask` is [L, L] (0 / -inf)
