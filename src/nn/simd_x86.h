@@ -1,5 +1,5 @@
 // x86 SIMD helpers shared by the CPU kernels (matvec.cpp, quant_matvec.cpp, softmax.cpp,
-// attention_bf16.cpp). Include
+// attention_bf16.cpp, norm_act_bf16.cpp). Include
 // only where <immintrin.h> exists (the kernels' IADGPT_*_X86 blocks); each function carries its
 // own target attribute, so the build stays generic x86-64.
 #pragma once
@@ -64,10 +64,14 @@ IADGPT_AVX512_BF16_TARGET inline __mmask16 lanes_left(int64_t c, int64_t n) {
   return c + 16 <= n ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - c)) - 1);
 }
 
+// (The all-lanes masked forms below, _mm512_maskz_*(kAllLanes, …), are the plain operations:
+// GCC 12's plain forms start from an "undefined" register that -Wmaybe-uninitialized reports.)
+inline constexpr __mmask16 kAllLanes = 0xFFFF;
+
 // 16 bf16 values as fp32 (bf16 is the top half of an fp32); lanes outside `m` are 0.
 IADGPT_AVX512_BF16_TARGET inline __m512 load_bf16(const void* p, __mmask16 m) {
   const __m256i bits = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAllLanes, _mm512_maskz_cvtepu16_epi32(kAllLanes, bits), 16));
 }
 
 // 16 fp32 values rounded to bf16 (nearest even, `vcvtneps2bf16`), stored in the lanes of `m`.
@@ -76,14 +80,14 @@ IADGPT_AVX512_BF16_TARGET inline void store_bf16(void* p, __m512 v, __mmask16 m)
   _mm256_mask_storeu_epi16(p, m, reinterpret_cast<const __m256i&>(rounded));
 }
 
-// e^x for x ≤ 0 (a score minus its row's max): 2^n · e^r, n = round(x / ln 2), r = x − n ln 2
+// e^x for x ≤ 0 (a score minus its row's max, or −|z| in QuickGELU's sigmoid): 2^n · e^r, n = round(x / ln 2), r = x − n ln 2
 // with ln 2 in two parts (Cody–Waite), |r| ≤ ln 2 / 2, where the Taylor terms to r^6 leave a
 // relative error of about 2^-23 (r^7/7!), the fp32 rounding a few 2^-24 more. Below −87 (and for
 // NaN) 0: the exact value is under 1.7e-38, 2^-125 of the row's largest term (e^0), which no sum
 // of the context can see; and a masked −inf must give exactly 0.
 IADGPT_AVX512_BF16_TARGET inline __m512 exp_nonpositive(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 n = _mm512_maskz_roundscale_ps(kAllLanes, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln 2, high bits (exact n·hi)
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);  // ln 2 − hi
   __m512 p = _mm512_set1_ps(1.0f / 720);

@@ -39,7 +39,7 @@ IADGPT_AVX512_BF16_TARGET void softmax_row_avx512(const at::BFloat16* s, at::BFl
     const __mmask16 m = lanes_left(c, n);
     max = _mm512_mask_max_ps(max, m, max, load_bf16(s + c, m));
   }
-  const __m512 row_max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+  const __m512 row_max = _mm512_set1_ps(simd::hmax16(max));
   __m512 sum = _mm512_setzero_ps();
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 m = lanes_left(c, n);
@@ -47,7 +47,7 @@ IADGPT_AVX512_BF16_TARGET void softmax_row_avx512(const at::BFloat16* s, at::BFl
     _mm512_mask_storeu_ps(e + c, m, ex);
     sum = _mm512_add_ps(sum, ex);
   }
-  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+  const __m512 inv = _mm512_set1_ps(1.0f / simd::hsum16(sum));
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 m = lanes_left(c, n);
     simd::store_bf16(out + c, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e + c), inv), m);

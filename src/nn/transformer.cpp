@@ -8,9 +8,9 @@
 #include "io/error.h"
 #include "io/mapped_file.h"
 
-#include "nn/norm_act_bf16.h"
 #include "nn/attention_bf16.h"
 #include "nn/device.h"
+#include "nn/norm_act_bf16.h"
 #include "nn/softmax.h"
 #include "nn/weights.h"
 
