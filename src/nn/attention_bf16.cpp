@@ -40,14 +40,14 @@ struct HeadScratch {
         keys(static_cast<size_t>(head_dim / 2 * key_columns)),
         values(static_cast<size_t>(value_pairs * head_dim)),
         scores(static_cast<size_t>(kRowBlock * key_columns)),
-        probs(static_cast<size_t>(kRowBlock * value_pairs)),
+        probs(static_cast<size_t>(kRowBlock * 2 * value_pairs)),
         context(static_cast<size_t>(kRowBlock * head_dim)) {}
   int64_t key_columns;           // L rounded up to 16; the columns past L are zero keys
-  int64_t value_pairs;           // ⌈L / 2⌉; an odd L's last pair holds a zero key row
+  int64_t value_pairs;           // ⌈L / 2⌉; an odd L's last pair holds a zero value row
   std::vector<uint32_t> keys;    // [head_dim / 2][key_columns]: (k[j][2p], k[j][2p+1]) at [p][j]
   std::vector<uint32_t> values;  // [value_pairs][head_dim]: (v[2p][d], v[2p+1][d]) at [p][d]
   std::vector<float> scores;     // [kRowBlock][key_columns]
-  std::vector<uint32_t> probs;   // [kRowBlock][value_pairs]: bf16 probabilities in pairs
+  std::vector<uint16_t> probs;   // [kRowBlock][2 · value_pairs]: bf16 probabilities, an odd L's last 0
   std::vector<float> context;    // [kRowBlock][head_dim]
 };
 
@@ -82,10 +82,19 @@ void pack_head(const HeadView& h, HeadScratch& s) {
 
 #ifdef IADGPT_ATTENTION_X86
 
+// The two adjacent bf16 values at pair p of a row as one 32-bit word, read through memcpy (the
+// row is bf16 data, not an array of words; the compiler makes it one broadcast load).
+inline int32_t pair_word(const uint16_t* row, int64_t p) {
+  int32_t word;
+  std::memcpy(&word, row + 2 * p, sizeof word);
+  return word;
+}
+
 // c[r][16v + l] = Σ_p a[r][p] · b[p][16v + l] for R rows and V vectors of 16 columns, where each
-// a and b element is a pair of bf16 (a 32-bit word) and the sums are fp32.
+// a element is a pair of adjacent bf16 in a's rows (a_stride in bf16 values), each b element a
+// packed pair (a 32-bit word; b_stride in words), and the sums are fp32.
 template <int R, int V>
-IADGPT_AVX512_BF16_TARGET void dot_tile(const uint32_t* a, int64_t a_stride, const uint32_t* b, int64_t b_stride,
+IADGPT_AVX512_BF16_TARGET void dot_tile(const uint16_t* a, int64_t a_stride, const uint32_t* b, int64_t b_stride,
                                         int64_t pairs, float* c, int64_t c_stride) {
   __m512 acc[R][V];
 #pragma GCC unroll 8
@@ -98,7 +107,7 @@ IADGPT_AVX512_BF16_TARGET void dot_tile(const uint32_t* a, int64_t a_stride, con
     for (int v = 0; v < V; ++v) right[v] = (__m512bh)_mm512_loadu_si512(b + p * b_stride + 16 * v);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512bh left = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * a_stride + p]));
+      const __m512bh left = (__m512bh)_mm512_set1_epi32(pair_word(a + r * a_stride, p));
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], left, right[v]);
     }
@@ -109,7 +118,7 @@ IADGPT_AVX512_BF16_TARGET void dot_tile(const uint32_t* a, int64_t a_stride, con
     for (int v = 0; v < V; ++v) _mm512_storeu_ps(c + r * c_stride + 16 * v, acc[r][v]);
 }
 
-using TileFn = void (*)(const uint32_t*, int64_t, const uint32_t*, int64_t, int64_t, float*, int64_t);
+using TileFn = void (*)(const uint16_t*, int64_t, const uint32_t*, int64_t, int64_t, float*, int64_t);
 
 template <int R>
 constexpr std::array<TileFn, kTileVectors> tiles_of_rows = {dot_tile<R, 1>, dot_tile<R, 2>, dot_tile<R, 3>, dot_tile<R, 4>};
@@ -117,7 +126,7 @@ constexpr std::array<std::array<TileFn, kTileVectors>, kTileRows> kTiles = {
     tiles_of_rows<1>, tiles_of_rows<2>, tiles_of_rows<3>, tiles_of_rows<4>, tiles_of_rows<5>, tiles_of_rows<6>};
 
 // c [rows][cols] = a [rows][pairs] · b [pairs][cols], cols a multiple of 16, in register tiles.
-void product(const uint32_t* a, int64_t a_stride, int64_t rows, const uint32_t* b, int64_t b_stride, int64_t pairs,
+void product(const uint16_t* a, int64_t a_stride, int64_t rows, const uint32_t* b, int64_t b_stride, int64_t pairs,
              int64_t cols, float* c, int64_t c_stride) {
   for (int64_t j0 = 0; j0 < cols; j0 += 16 * kTileVectors) {
     const int64_t vectors = std::min<int64_t>(kTileVectors, (cols - j0) / 16);
@@ -134,7 +143,7 @@ void product(const uint32_t* a, int64_t a_stride, int64_t rows, const uint32_t* 
 // formed again in the second pass rather than stored by the first: a multiply-add costs less
 // than a store and a load.
 IADGPT_AVX512_BF16_TARGET void softmax_row(float* scores, const float* mask_row, float scale, int64_t n,
-                                           uint32_t* probs) {
+                                           uint16_t* probs) {
   const __m512 factor = _mm512_set1_ps(scale);
   auto logits = [&](int64_t c, __mmask16 m) IADGPT_AVX512_BF16_TARGET {
     const __m512 bias = mask_row ? _mm512_maskz_loadu_ps(m, mask_row + c) : _mm512_setzero_ps();
@@ -154,12 +163,11 @@ IADGPT_AVX512_BF16_TARGET void softmax_row(float* scores, const float* mask_row,
     sum = _mm512_add_ps(sum, e);
   }
   const __m512 inv = _mm512_set1_ps(1.0f / simd::hsum16(sum));
-  auto* out = reinterpret_cast<uint16_t*>(probs);
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 m = simd::lanes_left(c, n);
-    simd::store_bf16(out + c, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scores + c), inv), m);
+    simd::store_bf16(probs + c, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scores + c), inv), m);
   }
-  if (n % 2) out[n] = 0;
+  if (n % 2) probs[n] = 0;
 }
 
 // Context rows fp32 → bf16 into the output's rows.
@@ -175,13 +183,12 @@ void attend_head(const HeadView& h, const float* mask, HeadScratch& s) {
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(h.head_dim)));
   for (int64_t i0 = 0; i0 < h.length; i0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, h.length - i0);
-    // The query rows' words: pair p of row i at word p of its row (bf16 pairs lie adjacent).
-    product(reinterpret_cast<const uint32_t*>(h.q + i0 * h.qkv_row), h.qkv_row / 2, rows, s.keys.data(),
-            s.key_columns, h.head_dim / 2, s.key_columns, s.scores.data(), s.key_columns);
+    product(h.q + i0 * h.qkv_row, h.qkv_row, rows, s.keys.data(), s.key_columns, h.head_dim / 2, s.key_columns,
+            s.scores.data(), s.key_columns);
     for (int64_t i = 0; i < rows; ++i)
       softmax_row(s.scores.data() + i * s.key_columns, mask ? mask + (i0 + i) * h.length : nullptr, scale, h.length,
-                  s.probs.data() + i * s.value_pairs);
-    product(s.probs.data(), s.value_pairs, rows, s.values.data(), h.head_dim, s.value_pairs, h.head_dim,
+                  s.probs.data() + i * 2 * s.value_pairs);
+    product(s.probs.data(), 2 * s.value_pairs, rows, s.values.data(), h.head_dim, s.value_pairs, h.head_dim,
             s.context.data(), h.head_dim);
     store_context(s.context.data(), rows, h.head_dim, h.out + i0 * h.out_row, h.out_row);
   }
