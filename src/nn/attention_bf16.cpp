@@ -6,7 +6,6 @@
 #include <array>
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "io/error.h"
@@ -62,7 +61,7 @@ struct HeadView {
 
 void pack_head(const HeadView& h, HeadScratch& s) {
   // keys: word p of key row j is the 32-bit pair (k[j][2p], k[j][2p+1]) as it lies in memory.
-  std::fill(s.keys.begin(), s.keys.end(), 0u);
+  // The columns past L are never written: zero since the scratch was made.
   for (int64_t j = 0; j < h.length; ++j) {
     const uint16_t* row = h.k + j * h.qkv_row;
     for (int64_t p = 0; p < h.head_dim / 2; ++p) {
@@ -145,28 +144,11 @@ void product(const uint16_t* a, int64_t a_stride, int64_t rows, const uint32_t* 
 IADGPT_AVX512_BF16_TARGET void softmax_row(float* scores, const float* mask_row, float scale, int64_t n,
                                            uint16_t* probs) {
   const __m512 factor = _mm512_set1_ps(scale);
-  auto logits = [&](int64_t c, __mmask16 m) IADGPT_AVX512_BF16_TARGET {
+  const auto logits = [=](int64_t c, __mmask16 m) IADGPT_AVX512_BF16_TARGET {
     const __m512 bias = mask_row ? _mm512_maskz_loadu_ps(m, mask_row + c) : _mm512_setzero_ps();
     return _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, scores + c), factor, bias);
   };
-  __m512 max = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 m = simd::lanes_left(c, n);
-    max = _mm512_mask_max_ps(max, m, max, logits(c, m));
-  }
-  const __m512 row_max = _mm512_set1_ps(simd::hmax16(max));
-  __m512 sum = _mm512_setzero_ps();
-  for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 m = simd::lanes_left(c, n);
-    const __m512 e = _mm512_maskz_mov_ps(m, simd::exp_nonpositive(_mm512_sub_ps(logits(c, m), row_max)));
-    _mm512_mask_storeu_ps(scores + c, m, e);
-    sum = _mm512_add_ps(sum, e);
-  }
-  const __m512 inv = _mm512_set1_ps(1.0f / simd::hsum16(sum));
-  for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 m = simd::lanes_left(c, n);
-    simd::store_bf16(probs + c, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, scores + c), inv), m);
-  }
+  simd::softmax_row(logits, n, scores, probs);
   if (n % 2) probs[n] = 0;
 }
 

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <limits>
 
 namespace iadgpt::nn::simd {
 
@@ -94,6 +95,33 @@ IADGPT_AVX512_BF16_TARGET inline __m512 exp_nonpositive(__m512 x) {
   for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
   const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
   return _mm512_maskz_scalef_ps(live, p, n);
+}
+
+// Softmax of one row of n logits, rounded to bf16 once: the fp32 max, the exponentials (into
+// `e`, n floats; it may be where the logits lie, each lane read before it is written) and their
+// sum, then e · (1 / sum) into `out` (n bf16). `logits(c, m)` gives lanes [c, c + 16) under
+// mask m (softmax.cpp: bf16 scores; attention_bf16.cpp: fp32 scores scaled, mask added).
+template <class Logits>
+IADGPT_AVX512_BF16_TARGET inline void softmax_row(Logits logits, int64_t n, float* e, void* out) {
+  __m512 max = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = lanes_left(c, n);
+    max = _mm512_mask_max_ps(max, m, max, logits(c, m));
+  }
+  const __m512 row_max = _mm512_set1_ps(hmax16(max));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = lanes_left(c, n);
+    const __m512 ex = _mm512_maskz_mov_ps(m, exp_nonpositive(_mm512_sub_ps(logits(c, m), row_max)));
+    _mm512_mask_storeu_ps(e + c, m, ex);
+    sum = _mm512_add_ps(sum, ex);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / hsum16(sum));
+  auto* bf16_out = static_cast<uint16_t*>(out);
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 m = lanes_left(c, n);
+    store_bf16(bf16_out + c, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e + c), inv), m);
+  }
 }
 
 }  // namespace iadgpt::nn::simd

@@ -28,30 +28,10 @@ void softmax_row_scalar(const at::BFloat16* s, at::BFloat16* out, int64_t n, flo
 }
 
 #ifdef IADGPT_SOFTMAX_X86
-using simd::exp_nonpositive;
-using simd::lanes_left;
-using simd::load_bf16;
-
 // One row; `e`: n floats (the exponentials between the sum and the scaling).
 IADGPT_AVX512_BF16_TARGET void softmax_row_avx512(const at::BFloat16* s, at::BFloat16* out, int64_t n, float* e) {
-  __m512 max = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 m = lanes_left(c, n);
-    max = _mm512_mask_max_ps(max, m, max, load_bf16(s + c, m));
-  }
-  const __m512 row_max = _mm512_set1_ps(simd::hmax16(max));
-  __m512 sum = _mm512_setzero_ps();
-  for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 m = lanes_left(c, n);
-    const __m512 ex = _mm512_maskz_mov_ps(m, exp_nonpositive(_mm512_sub_ps(load_bf16(s + c, m), row_max)));
-    _mm512_mask_storeu_ps(e + c, m, ex);
-    sum = _mm512_add_ps(sum, ex);
-  }
-  const __m512 inv = _mm512_set1_ps(1.0f / simd::hsum16(sum));
-  for (int64_t c = 0; c < n; c += 16) {
-    const __mmask16 m = lanes_left(c, n);
-    simd::store_bf16(out + c, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e + c), inv), m);
-  }
+  simd::softmax_row([s](int64_t c, __mmask16 m) IADGPT_AVX512_BF16_TARGET { return simd::load_bf16(s + c, m); }, n, e,
+                    out);
 }
 #endif  // IADGPT_SOFTMAX_X86
 
